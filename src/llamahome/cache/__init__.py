@@ -1,0 +1,68 @@
+"""The cache package: configuration, stores (memory, disk, Redis), typed caches and the manager.
+
+Names are imported lazily on first use, so ``import llamahome.cache`` stays cheap and optional backends
+(torch, redis) are touched only when their classes are used.
+
+    from llamahome.cache import CacheConfig, CacheManager
+
+    async with CacheManager(CacheConfig(memory_size=512)) as cache:
+        await cache.set("prompt:1", {"text": "hello"})
+        await cache.get("prompt:1")
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS: dict[str, str] = {
+    "CacheConfig": "config",
+    "CacheStats": "stats",
+    "CleanupReport": "stats",
+    "Store": "base",
+    "MISSING": "base",
+    "encode": "codecs",
+    "decode": "codecs",
+    "MemoryCache": "memory",
+    "DiskCache": "disk",
+    "TieredCache": "tiered",
+    "RedisCache": "network",
+    "AsyncRedisCache": "network",
+    "ModelCache": "model",
+    "TrainingCache": "training",
+    "SystemCache": "system",
+    "AsyncScheduler": "scheduler",
+    "CacheManager": "manager",
+    "memoize": "memoize",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from .base import MISSING, Store
+    from .codecs import decode, encode
+    from .config import CacheConfig
+    from .disk import DiskCache
+    from .manager import CacheManager
+    from .memoize import memoize
+    from .memory import MemoryCache
+    from .model import ModelCache
+    from .network import AsyncRedisCache, RedisCache
+    from .scheduler import AsyncScheduler
+    from .stats import CacheStats, CleanupReport
+    from .system import SystemCache
+    from .tiered import TieredCache
+    from .training import TrainingCache
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'llamahome.cache' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,135 @@
+"""The one store interface every tier and typed cache implements, and key handling shared by all of them."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping
+from typing import Any, Union
+
+from llamahome.errors import CacheKeyError
+
+from .stats import CacheStats, CleanupReport
+
+__all__ = ["Key", "Store", "MISSING", "key_to_bytes", "validate_key", "MAX_KEY_BYTES"]
+
+Key = Union[str, bytes]
+
+#: Longest key accepted, in bytes after UTF-8 encoding. Longer keys are refused with CacheKeyError.
+MAX_KEY_BYTES = 64 * 1024
+
+
+class _Missing:
+    """Sentinel for "no value" that cannot collide with a cached ``None``."""
+
+    _instance: _Missing | None = None
+
+    def __new__(cls) -> _Missing:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "MISSING"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+MISSING: Any = _Missing()
+
+
+def validate_key(key: object) -> Key:
+    """Return ``key`` if it is a usable key, else raise :class:`CacheKeyError` saying what is accepted."""
+    if isinstance(key, str):
+        if len(key) > MAX_KEY_BYTES // 4 and len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+            raise CacheKeyError(f"Cache keys are limited to {MAX_KEY_BYTES} bytes; hash long keys before caching.")
+        return key
+    if isinstance(key, bytes):
+        if len(key) > MAX_KEY_BYTES:
+            raise CacheKeyError(f"Cache keys are limited to {MAX_KEY_BYTES} bytes; hash long keys before caching.")
+        return key
+    raise CacheKeyError(
+        f"Cache keys must be str or bytes, not {type(key).__name__}; convert the key with str() or use "
+        "llamahome.cache.memoize, which builds keys from arguments."
+    )
+
+
+def key_to_bytes(key: Key) -> bytes:
+    """A stable, type-tagged byte form of a key (``"a"`` and ``b"a"`` stay distinct), for persistent tiers."""
+    if isinstance(key, str):
+        return b"s" + key.encode("utf-8", "surrogatepass")
+    return b"b" + key
+
+
+def key_from_bytes(data: bytes) -> Key:
+    """Inverse of :func:`key_to_bytes`."""
+    if data[:1] == b"s":
+        return data[1:].decode("utf-8", "surrogatepass")
+    return bytes(data[1:])
+
+
+class Store(ABC):
+    """A synchronous key-value store with a size bound, eviction, TTL and stats.
+
+    Subclasses implement the abstract methods; the multi-key and context-manager helpers come for free
+    and may be overridden where a store can do better (Redis pipelines, one SQLite transaction).
+    """
+
+    #: Short name used in stats, metrics labels and reports ("memory", "disk", "redis", ...).
+    name: str = "store"
+    stats: CacheStats
+
+    @abstractmethod
+    def get(self, key: Key, default: Any = None) -> Any:
+        """The value stored under ``key``, or ``default`` on a miss (expired and damaged entries are misses)."""
+        raise NotImplementedError("Store.get")
+
+    @abstractmethod
+    def set(self, key: Key, value: Any, ttl: float | None = None) -> None:
+        """Store ``value`` under ``key``; ``ttl`` in seconds (None: no expiry). Evicts to keep the bound."""
+        raise NotImplementedError("Store.set")
+
+    @abstractmethod
+    def delete(self, key: Key) -> bool:
+        """Remove ``key``; True if it was there."""
+        raise NotImplementedError("Store.delete")
+
+    @abstractmethod
+    def __contains__(self, key: object) -> bool:
+        raise NotImplementedError("Store.__contains__")
+
+    @abstractmethod
+    def clear(self) -> None:
+        """Remove every entry."""
+        raise NotImplementedError("Store.clear")
+
+    @abstractmethod
+    def cleanup(self) -> CleanupReport:
+        """One maintenance pass: drop expired entries, enforce the bound, repair; report what was done."""
+        raise NotImplementedError("Store.cleanup")
+
+    def close(self) -> None:
+        """Release files, connections and threads. Idempotent."""
+
+    def get_many(self, keys: Iterable[Key]) -> dict[Key, Any]:
+        """The hits among ``keys`` (misses are left out)."""
+        found: dict[Key, Any] = {}
+        for key in keys:
+            value = self.get(key, MISSING)
+            if value is not MISSING:
+                found[key] = value
+        return found
+
+    def set_many(self, items: Mapping[Key, Any], ttl: float | None = None) -> None:
+        """Store every item of ``items`` with the same ``ttl``."""
+        for key, value in items.items():
+            self.set(key, value, ttl=ttl)
+
+    def __len__(self) -> int:
+        return self.stats.entries
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
