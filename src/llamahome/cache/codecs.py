@@ -102,7 +102,8 @@ def _array_leaf(value: Any) -> tuple[np.ndarray, dict[str, Any]]:
                 f"numpy arrays of dtype {value.dtype} cannot be cached safely (object or structured dtype); "
                 "convert to a plain numeric dtype, or opt in to pickle with allow_pickle=True."
             )
-        arr = np.ascontiguousarray(value)
+        # ascontiguousarray would turn a 0-d array into 1-d; copy only what is not C-contiguous.
+        arr = value if value.flags.c_contiguous else value.copy(order="C")
         return arr, {"dtype": arr.dtype.str, "shape": list(arr.shape)}
     tensor = value.detach()
     if tensor.layout != _torch().strided:
