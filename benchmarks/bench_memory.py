@@ -1,0 +1,219 @@
+"""MemoryCache against its peers: get-hit and set-with-eviction, 100-byte values, 100k keys, byte-bounded.
+
+    .venv/bin/python benchmarks/bench_memory.py            # 9 trials
+    .venv/bin/python benchmarks/bench_memory.py --quick    # 3 trials
+
+Every peer runs in this one process on the same keys; each trial times every peer once, in a rotated order
+(interleaved, so a busy moment on the machine hits all peers alike), and the table shows medians over trials
+in ns per operation, loop and call overhead included, with the ratio to cachetools.
+
+- get-hit: a full cache of 100k entries read in one shuffled order (every read a hit).
+- set-with-eviction: the same full cache written with 100k new keys (every write evicts one entry).
+
+Peers: ``MemoryCache`` (stats always on, lock, byte bound with key + value + per-entry overhead);
+``cachetools.LRUCache(getsizeof=len)``; ``cachebox.LRUCache`` with a ``getsizeof`` (Rust); cachebox behind a
+small stats-and-lock wrapper (what using it as our engine would cost); ``functools.lru_cache`` (count-bound,
+no byte bound); a plain ``dict`` (the floor: ``dict.get``, and ``OrderedDict`` FIFO insert-and-pop on set).
+The issue's targets: MemoryCache get-hit <= 0.6x and set-with-eviction <= 0.5x of cachetools.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import gc
+import random
+import statistics
+import sys
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from llamahome.cache.memory import ENTRY_OVERHEAD, MemoryCache  # noqa: E402
+
+try:
+    import cachetools
+except ImportError:  # pragma: no cover - dev extra
+    cachetools = None
+try:
+    import cachebox
+except ImportError:  # pragma: no cover - dev extra
+    cachebox = None
+
+N = 100_000
+VALUE_SIZE = 100
+KEY_LEN = 14  # every key has the same length, so every entry costs the same
+
+
+def key(prefix: str, i: int) -> str:
+    return f"{prefix}:{i:0{KEY_LEN - len(prefix) - 1}d}"
+
+
+class CacheboxWithStats:
+    """cachebox as an engine would be used here: a lock and hit/miss/set/eviction counters around it."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self._cache = cachebox.LRUCache(maxsize=max_bytes, getsizeof=lambda k, v: len(k) + len(v) + ENTRY_OVERHEAD)
+        self._lock = threading.Lock()
+        self.hits = self.misses = self.sets = self.evictions = 0
+        self._missing = object()
+
+    def get(self, k: str, default: object = None) -> object:
+        with self._lock:
+            value = self._cache.get(k, self._missing)
+            if value is self._missing:
+                self.misses += 1
+                return default
+            self.hits += 1
+            return value
+
+    def set(self, k: str, value: bytes) -> None:
+        with self._lock:
+            new = k not in self._cache
+            before = len(self._cache)
+            self._cache[k] = value
+            self.sets += 1
+            self.evictions += before + new - len(self._cache)
+
+
+def build_peers(values: list[bytes], keys: list[str]) -> dict[str, dict[str, Any]]:
+    """For each peer: a full cache and its 'get' (key -> value) and 'set' (key -> None, evicting) callables."""
+    per_entry = KEY_LEN + VALUE_SIZE + ENTRY_OVERHEAD
+    peers: dict[str, dict[str, Any]] = {}
+    value = values[0]
+
+    mem = MemoryCache(size=N * per_entry / 1024**2)
+    for k, v in zip(keys, values):
+        mem.set(k, v)
+    assert len(mem) == N, len(mem)
+    peers["MemoryCache"] = {"get": mem.get, "set": mem.set, "cache": mem}
+
+    if cachetools is not None:
+        for name, getter in (("cachetools.get", "get"), ("cachetools[k]", "__getitem__")):
+            ct = cachetools.LRUCache(maxsize=N * VALUE_SIZE, getsizeof=len)
+            for k, v in zip(keys, values):
+                ct[k] = v
+            assert len(ct) == N
+            peers[name] = {"get": getattr(ct, getter), "set": ct.__setitem__}
+    if cachebox is not None:
+        cb = cachebox.LRUCache(maxsize=N * VALUE_SIZE, getsizeof=lambda k, v: len(v))
+        for k, v in zip(keys, values):
+            cb[k] = v
+        assert len(cb) == N
+        peers["cachebox"] = {"get": cb.get, "set": cb.__setitem__}
+        cbs = CacheboxWithStats(N * per_entry)
+        for k, v in zip(keys, values):
+            cbs.set(k, v)
+        assert len(cbs._cache) == N
+        peers["cachebox+stats"] = {"get": cbs.get, "set": cbs.set}
+
+    @functools.lru_cache(maxsize=N)
+    def cached(k: str) -> bytes:
+        return value
+
+    for k in keys:
+        cached(k)
+    # lru_cache has no "set": a call with a new argument (a miss that computes, stores and evicts) stands in.
+    peers["functools.lru_cache"] = {"get": cached, "set": lambda k, v: cached(k)}
+
+    # The floor: a plain dict read (no order kept), and an OrderedDict written FIFO (a plain dict cannot
+    # drop its oldest key in O(1) once many were deleted).
+    d = dict(zip(keys, values))
+    od = OrderedDict(zip(keys, values))
+
+    def od_set(k: str, v: bytes) -> None:
+        od[k] = v
+        od.popitem(last=False)
+
+    peers["dict"] = {"get": d.get, "set": od_set}
+    return peers
+
+
+def time_gets(fn: Callable[[str], object], keys: list[str]) -> float:
+    gc.disable()
+    try:
+        t0 = time.perf_counter_ns()
+        for k in keys:
+            fn(k)
+        return (time.perf_counter_ns() - t0) / len(keys)
+    finally:
+        gc.enable()
+
+
+def time_sets(fn: Callable[[str, bytes], object], keys: list[str], value: bytes) -> float:
+    gc.disable()
+    try:
+        t0 = time.perf_counter_ns()
+        for k in keys:
+            fn(k, value)
+        return (time.perf_counter_ns() - t0) / len(keys)
+    finally:
+        gc.enable()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="3 trials instead of 9")
+    parser.add_argument("--trials", type=int, default=None)
+    parser.add_argument("--only", default="", help="comma-separated peer names to run (cachetools.get always runs)")
+    args = parser.parse_args(argv)
+    trials = args.trials or (3 if args.quick else 9)
+
+    rng = random.Random(42)
+    keys = [key("k", i) for i in range(N)]
+    values = [rng.randbytes(VALUE_SIZE) for _ in range(N)]
+    peers = build_peers(values, keys)
+    if args.only:
+        wanted = set(args.only.split(",")) | {"cachetools.get", "MemoryCache"}
+        peers = {n: p for n, p in peers.items() if n in wanted}
+    names = list(peers)
+    order = keys[:]
+    rng.shuffle(order)
+
+    results: dict[str, dict[str, list[float]]] = {"get-hit": {n: [] for n in names}, "set-evict": {n: [] for n in names}}
+    for t in range(trials):
+        fresh = [key(f"t{t}", i) for i in range(N)]
+        rotated = names[t % len(names):] + names[: t % len(names)]
+        for name in rotated:
+            results["get-hit"][name].append(time_gets(peers[name]["get"], order))
+        for name in rotated:
+            results["set-evict"][name].append(time_sets(peers[name]["set"], fresh, values[t]))
+        # The next trial reads keys that are all present again: refill with the shuffled originals.
+        for name in names:
+            setter = peers[name]["set"]
+            for k, v in zip(keys, values):
+                setter(k, v)
+
+    print(f"MemoryCache vs peers: {N:,} keys, {VALUE_SIZE} B values, {trials} interleaved trials, "
+          f"medians in ns/op (loop and call included); python {sys.version.split()[0]}")
+    base = {op: statistics.median(results[op]["cachetools.get"]) if "cachetools.get" in names else None
+            for op in results}
+    targets = {"get-hit": 0.6, "set-evict": 0.5}
+    print(f"{'peer':22s} {'get-hit':>9s} {'ratio':>6s}   {'set-evict':>9s} {'ratio':>6s}")
+    for name in names:
+        row = f"{name:22s}"
+        for op in ("get-hit", "set-evict"):
+            med = statistics.median(results[op][name])
+            ratio = f"{med / base[op]:.2f}" if base[op] else "-"
+            row += f" {med:9.0f} {ratio:>6s}  "
+        print(row)
+    mem = peers["MemoryCache"]["cache"]
+    st = mem.stats  # type: ignore[attr-defined]
+    print(f"\nMemoryCache stats: entries={st.entries:,} bytes={st.bytes:,} <= max_bytes={st.max_bytes:,}: "
+          f"{st.bytes <= st.max_bytes}; hits={st.hits:,} evictions={st.evictions:,}")
+    if base["get-hit"]:
+        for op in ("get-hit", "set-evict"):
+            ratio = statistics.median(results[op]["MemoryCache"]) / base[op]
+            verdict = "met" if ratio <= targets[op] else "not met"
+            print(f"target {op}: MemoryCache/cachetools = {ratio:.2f} (target <= {targets[op]}): {verdict}")
+    print("(cachetools ratio base: cachetools.get, the same API as MemoryCache.get; the machine may be busy)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

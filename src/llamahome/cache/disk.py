@@ -1,0 +1,762 @@
+"""DiskCache: a persistent store on a local directory, shared safely by several processes.
+
+Layout of the cache directory (0700; files 0600)::
+
+    index.sqlite3 (+ -wal, -shm)   SQLite in WAL mode: one row per entry, small values inline
+    data/ab/<32 hex>               one file per large value (random names: never derived from the key)
+    tmp/<pid>-<32 hex>.tmp         values being written
+    lock                           held only while opening (one process repairs at a time)
+
+How a write stays atomic (kill -9 at any instant leaves the old value, the new value or a miss):
+
+1. The value is encoded and written to ``tmp/`` outside any lock, in large ``writev`` calls (no joining copy).
+2. ``BEGIN IMMEDIATE`` takes the index's write lock; the temp file is renamed into ``data/`` *inside* the
+   transaction, so cleanup (which lists ``data/`` and then checks the index under the same lock) can never
+   mistake a file about to be committed for an orphan.
+3. One transaction replaces the row, evicts to the bound (the totals live in the index, kept by triggers, so
+   the bound holds across every process), and commits. Files of replaced or evicted entries are unlinked
+   after the commit; a kill in between leaves orphan files that ``cleanup()`` removes.
+
+Durability: WAL with ``synchronous=NORMAL`` keeps the index consistent after kill -9 or a crash; the last
+commits before a power loss may be lost. Value files are not fsynced (``sync=True`` fsyncs them and commits
+with ``synchronous=FULL``); a value file damaged by a power loss fails its xxh3 checksum and reads as a miss.
+Every read verifies the checksum, so a damaged entry is never returned: it is removed, logged and counted in
+``stats.corrupt``.
+
+LRU/LFU bookkeeping is batched: reads record access times in memory, and they are written in one
+transaction at most once a second, before any eviction decision, on ``cleanup()`` and on ``close()``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sqlite3
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from llamahome.errors import (
+    CacheClosedError,
+    CacheError,
+    CacheValueError,
+    ConfigError,
+    StorageError,
+    ValueTooLargeError,
+)
+
+from . import codecs
+from . import disk_files as df
+from . import disk_index as dx
+from .base import MISSING, Key, Store, key_from_bytes, key_to_bytes, validate_key
+from .stats import CacheStats, CleanupReport
+
+__all__ = ["DiskCache", "POLICIES", "INLINE_MAX"]
+
+log = logging.getLogger("llamahome.cache.disk")
+T = TypeVar("T")
+
+POLICIES = tuple(dx.POLICY_ORDER)
+#: Frames smaller than this live inline in the index row; larger ones get a value file.
+INLINE_MAX = 32 * 1024
+#: Access bookkeeping is written at most this often (seconds) ...
+ACCESS_FLUSH_INTERVAL = 1.0
+#: ... or when this many distinct entries were read since the last write.
+ACCESS_BUFFER_MAX = 10_000
+#: Temp files older than this are removed by cleanup() even if their writer's pid looks alive.
+TMP_MAX_AGE = 3600.0
+_MB = 1024 * 1024
+_K_TREE, _K_PICKLE = 7, 8
+_SQL_CHUNK = 500
+
+_COLS = "id, value, file, checksum, expires, frame_size"
+_GET = f"SELECT {_COLS} FROM entries WHERE key = ?"
+_UPSERT = (
+    "INSERT INTO entries (key, value, file, size, frame_size, checksum, created, expires, accessed, hits)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1)"
+    " ON CONFLICT(key) DO UPDATE SET value = excluded.value, file = excluded.file, size = excluded.size,"
+    " frame_size = excluded.frame_size, checksum = excluded.checksum, created = excluded.created,"
+    " expires = excluded.expires, accessed = excluded.accessed, hits = entries.hits + 1"
+)
+# The shared total and the entry being replaced, in one step (LEFT JOIN: a row even when the key is new).
+_BEFORE = "SELECT m.bytes, e.file, e.size FROM meta AS m LEFT JOIN entries AS e ON e.key = ? WHERE m.id = 0"
+_FLUSH = "UPDATE entries SET accessed = max(accessed, ?), hits = hits + ? WHERE id = ?"
+
+_live: weakref.WeakSet[DiskCache] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # A SQLite connection must not cross fork(); the child opens its own on first use.
+    for cache in list(_live):
+        cache._forget_after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+@dataclass
+class _Pending:
+    """One encoded value ready to commit: inline bytes, or a finished temp file."""
+
+    key: bytes
+    value: bytes | None
+    name: str | None
+    tmp: str | None
+    size: int
+    frame_size: int
+    digest: int
+    expires: float | None
+    raw_size: int
+
+
+def _key_repr(key: bytes) -> str:
+    text = repr(key[1:] if key[:1] == b"b" else key[1:].decode("utf-8", "replace"))
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+class DiskCache(Store):
+    """A size-bounded, persistent, multi-process key-value store in a directory.
+
+    ``size`` is the bound in MB (1 MB = 1 MiB) over what the entries occupy: key bytes, inline values and value
+    files (SQLite's own page overhead is not counted). ``policy`` picks what to evict: ``lru``, ``lfu``,
+    ``fifo`` or ``time`` (oldest write first); expired entries always go first.
+
+        cache = DiskCache("./cache", size=512)
+        cache.set("emb:42", np.arange(4, dtype=np.float32), ttl=3600)
+        cache.get("emb:42", mmap=True)    # a read-only array mapped from the file (zero-copy) if large
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        size: float = 10000,
+        policy: str = "lru",
+        compression: bool = False,
+        *,
+        clock: Callable[[], float] = time.time,
+        allow_pickle: bool = False,
+        name: str = "disk",
+        sync: bool = False,
+        inline_max: int = INLINE_MAX,
+        check_on_open: bool = True,
+    ) -> None:
+        if policy not in POLICIES:
+            raise ConfigError(f"DiskCache policy must be one of {', '.join(POLICIES)}, not {policy!r}.")
+        try:
+            size_mb = float(size)
+        except (TypeError, ValueError):
+            raise ConfigError(f"DiskCache size must be a number of MB, not {size!r}.") from None
+        if not size_mb > 0:
+            raise ConfigError(f"DiskCache size must be a positive number of MB, not {size!r}.")
+        self.name = name
+        self.path = os.path.abspath(os.fspath(path))
+        self.policy = policy
+        self.max_bytes = int(size_mb * _MB)
+        self.compression = bool(compression)
+        self._clock = clock
+        self._allow_pickle = allow_pickle
+        self._sync = sync
+        self._inline_max = inline_max
+        self._check_on_open = check_on_open
+        self._data = os.path.join(self.path, "data")
+        self._tmp = os.path.join(self.path, "tmp")
+        self._stats = CacheStats(name=name, max_bytes=self.max_bytes)
+        self._lock = threading.RLock()
+        self._track = policy in ("lru", "lfu")
+        self._access: dict[int, list[Any]] = {}
+        self._last_flush = time.monotonic()
+        self._closed = False
+        self._db: sqlite3.Connection | None = None
+        self._stale: list[sqlite3.Connection] = []
+        self._index_ino: int | None = None
+        try:
+            created = not os.path.isdir(self.path)
+            os.makedirs(self.path, mode=0o700, exist_ok=True)
+            if created:
+                os.chmod(self.path, 0o700)
+            for folder in (self._data, self._tmp):
+                os.makedirs(folder, mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise dx.storage_error(exc, self.path) from exc
+        self._db = self._open()
+        _live.add(self)
+
+    # ------------------------------------------------------------------------------------------ plumbing
+
+    def _open(self) -> sqlite3.Connection:
+        try:
+            conn = dx.open_index(self.path, self._data, self.policy, self._sync, self._check_on_open)
+            self._index_ino = os.stat(os.path.join(self.path, dx.INDEX_NAME)).st_ino
+            return conn
+        except StorageError:
+            raise
+        except (OSError, sqlite3.Error) as exc:
+            raise dx.storage_error(exc, self.path) from exc
+
+    def _reopen(self) -> None:
+        if self._db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
+        self._db = None
+        self._access.clear()
+        self._db = self._open()
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._closed:
+            raise CacheClosedError(f"The disk cache at {self.path} was used after close(); open a new DiskCache.")
+        if self._db is None:
+            self._db = self._open()
+        return self._db
+
+    def _forget_after_fork(self) -> None:
+        if self._db is not None:
+            self._stale.append(self._db)  # never close it in the child: that would disturb the parent
+        self._db = None
+        self._lock = threading.RLock()
+        self._access = {}
+
+    def _recover(self, exc: BaseException) -> None:
+        log.warning("The disk cache index at %s failed (%s); reopening it with a check.", self.path, exc)
+        self._reopen()
+
+    def _guard(self, fn: Callable[[], T]) -> T:
+        """Run an index operation: retry lock waits, repair a damaged index once, translate errors."""
+        for attempt in (0, 1):
+            try:
+                return dx.retry_busy(fn, self.path)
+            except (StorageError, CacheClosedError):
+                raise
+            except sqlite3.Error as exc:
+                if attempt == 0 and dx.is_damaged(exc):
+                    self._recover(exc)
+                    continue
+                self._stats.errors += 1
+                raise dx.storage_error(exc, self.path) from exc
+            except OSError as exc:
+                self._stats.errors += 1
+                raise dx.storage_error(exc, self.path) from exc
+        raise AssertionError("unreachable")
+
+    def _write(self, body: Callable[[sqlite3.Connection], T], on_abort: Callable[[], None] | None = None) -> T:
+        """Run ``body`` in one write transaction (BEGIN IMMEDIATE ... COMMIT)."""
+
+        def attempt() -> T:
+            conn = self._conn()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = body(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                if on_abort is not None:
+                    on_abort()
+                raise
+            return result
+
+        with self._lock:
+            return self._guard(attempt)
+
+    def _read(self, sql: str, params: tuple[Any, ...]) -> Any:
+        with self._lock:
+            return self._guard(lambda: self._conn().execute(sql, params).fetchone())
+
+    def _path(self, name: str) -> str:
+        return df.file_path(self._data, name)
+
+    def _unlink(self, names: Iterable[str | None]) -> None:
+        for name in names:
+            if name and df.is_valid_name(name):
+                with contextlib.suppress(OSError):
+                    os.unlink(self._path(name))
+
+    # ------------------------------------------------------------------------------------------ reads
+
+    def get(self, key: Key, default: Any = None, *, mmap: bool = False) -> Any:
+        """The value under ``key`` or ``default``. With ``mmap=True`` large arrays come back as read-only
+        zero-copy views of the mapped value file (they stay valid after the entry is replaced or evicted)."""
+        value = self._get(key_to_bytes(validate_key(key)), mmap)[0]
+        return default if value is MISSING else value
+
+    def get_with_ttl(self, key: Key, default: Any = None, *, mmap: bool = False) -> tuple[Any, float | None]:
+        """``(value, seconds left)``: like :meth:`get`, plus the remaining ttl (None: no expiry, or a miss).
+
+        TieredCache uses it to promote an entry into faster tiers without extending its life.
+        """
+        value, expires, now = self._get(key_to_bytes(validate_key(key)), mmap)
+        if value is MISSING:
+            return default, None
+        return value, None if expires is None else expires - now
+
+    def _get(self, kb: bytes, mmap: bool) -> tuple[Any, float | None, float]:
+        """One lookup: ``(value or MISSING, expires, now)``; counts the hit or the miss."""
+        now = 0.0
+        for _ in range(3):
+            with self._lock:
+                conn = self._conn()
+                try:
+                    row = conn.execute(_GET, (kb,)).fetchone()
+                except sqlite3.Error:
+                    row = self._read(_GET, (kb,))
+                if row is None:
+                    break
+                now = self._clock()
+                expires = row[4]
+                if expires is not None and expires <= now:
+                    self._expire_one(row[0])
+                    break
+                if row[1] is not None:
+                    value = self._decode_inline(kb, row, mmap)
+                    if value is MISSING:
+                        break
+                    self._hit(row[0], now)
+                    return value, expires, now
+            value = self._read_file(kb, row, mmap)
+            if value is _RETRY:
+                continue
+            if value is MISSING:
+                break
+            with self._lock:
+                self._hit(row[0], now)
+            return value, expires, now
+        with self._lock:
+            self._stats.misses += 1
+        return MISSING, None, now
+
+    def _hit(self, entry_id: int, now: float) -> None:
+        self._stats.hits += 1
+        if self._track:
+            seen = self._access.get(entry_id)
+            if seen is None:
+                self._access[entry_id] = [now, 1]
+            else:
+                seen[0] = now
+                seen[1] += 1
+            if len(self._access) >= ACCESS_BUFFER_MAX or time.monotonic() - self._last_flush >= ACCESS_FLUSH_INTERVAL:
+                self._flush_soon()
+
+    def _decode_inline(self, kb: bytes, row: Any, mmap: bool) -> Any:
+        value = row[1]
+        if type(value) is not bytes or df.checksum(value) != row[3]:  # a hand-edited row may hold text
+            self._damaged(kb, row[0], None, "checksum mismatch")
+            return MISSING
+        # Arrays decode as views of the buffer: give them a writable one unless read-only views were asked.
+        buf = bytearray(value) if not mmap and len(value) > 4 and value[4] == _K_TREE else value
+        return self._decode(kb, row[0], None, buf)
+
+    def _decode(self, kb: bytes, entry_id: int, name: str | None, buf: Any) -> Any:
+        try:
+            return codecs.decode(buf, allow_pickle=self._allow_pickle)
+        except CacheValueError:
+            if len(buf) > 4 and buf[4] == _K_PICKLE and not self._allow_pickle:
+                raise  # intact, but stored with pickle: tell the user rather than hide it as a miss
+            self._damaged(kb, entry_id, name, "undecodable frame")
+            return MISSING
+
+    def _read_file(self, kb: bytes, row: Any, mmap: bool) -> Any:
+        entry_id, _, name, digest, _, frame_size = row
+        if not df.is_valid_name(name):
+            self._damaged(kb, entry_id, None, "invalid file name in the index")
+            return MISSING
+        try:
+            buf, is_payload = df.read_frame(self._path(name), df.frame_offset(len(kb)), frame_size, digest, mmap)
+        except FileNotFoundError:
+            # Either the file was lost, or another process replaced the entry between our two steps.
+            current = self._read("SELECT id, file FROM entries WHERE key = ?", (kb,))
+            if current is not None and tuple(current) == (entry_id, name):
+                self._missing(kb, entry_id, name)
+                return MISSING
+            return _RETRY
+        except df.DamagedFile as exc:
+            self._damaged(kb, entry_id, name, f"value file {exc} mismatch")
+            return MISSING
+        except (TypeError, ValueError, OverflowError) as exc:  # a row with fields of the wrong type
+            self._damaged(kb, entry_id, name, f"bad index row ({exc})")
+            return MISSING
+        except OSError as exc:
+            with self._lock:
+                self._stats.errors += 1
+            log.warning("The disk cache could not read %s (%s); reporting a miss.", self._path(name), exc)
+            return MISSING
+        return buf if is_payload else self._decode(kb, entry_id, name, buf)
+
+    def _damaged(self, kb: bytes, entry_id: int, name: str | None, why: str) -> None:
+        log.warning("Disk cache entry %s in %s is damaged (%s); it was removed.", _key_repr(kb), self.path, why)
+        with self._lock:
+            self._stats.corrupt += 1
+        self._drop_quietly("DELETE FROM entries WHERE id = ?", (entry_id,), name)
+
+    def _missing(self, kb: bytes, entry_id: int, name: str) -> None:
+        log.warning("Disk cache entry %s lost its value file %s; it was removed.", _key_repr(kb), name)
+        with self._lock:
+            self._stats.corrupt += 1
+        self._drop_quietly("DELETE FROM entries WHERE id = ? AND file = ?", (entry_id, name), None)
+
+    def _expire_one(self, entry_id: int) -> None:
+        now = self._clock()
+        rows = self._drop_quietly(
+            "DELETE FROM entries WHERE id = ? AND expires <= ? RETURNING file", (entry_id, now), None
+        )
+        if rows:
+            with self._lock:
+                self._stats.expirations += 1
+            self._unlink(r[0] for r in rows)
+
+    def _drop_quietly(self, sql: str, params: tuple[Any, ...], name: str | None) -> list[Any]:
+        """A repair done on the read path: it must never turn a miss into an error."""
+        try:
+            rows = self._write(lambda conn: conn.execute(sql, params).fetchall())
+        except (StorageError, CacheClosedError) as exc:
+            log.debug("Could not remove a disk cache entry: %s", exc)
+            return []
+        self._unlink([name])
+        return rows
+
+    def __contains__(self, key: object) -> bool:
+        if not isinstance(key, (str, bytes)):
+            return False
+        row = self._read("SELECT expires FROM entries WHERE key = ?", (key_to_bytes(validate_key(key)),))
+        return row is not None and (row[0] is None or row[0] > self._clock())
+
+    def get_many(self, keys: Iterable[Key], *, mmap: bool = False) -> dict[Key, Any]:
+        """The hits among ``keys``, looked up in one read transaction (misses are left out)."""
+        wanted: dict[bytes, Key] = {}
+        for key in keys:
+            wanted.setdefault(key_to_bytes(validate_key(key)), key)
+        found: dict[Key, Any] = {}
+        if not wanted:
+            return found
+        kbs = list(wanted)
+
+        def fetch() -> list[Any]:
+            conn = self._conn()
+            rows: list[Any] = []
+            conn.execute("BEGIN")
+            try:
+                for i in range(0, len(kbs), _SQL_CHUNK):
+                    chunk = kbs[i : i + _SQL_CHUNK]
+                    marks = ",".join("?" * len(chunk))
+                    rows += conn.execute(f"SELECT key, {_COLS} FROM entries WHERE key IN ({marks})", chunk).fetchall()
+            finally:
+                conn.execute("COMMIT")
+            return rows
+
+        with self._lock:
+            rows = self._guard(fetch)
+        now = self._clock()
+        for kb, *row in rows:
+            value = self._materialize(kb, row, now, mmap)
+            if value is not MISSING:
+                found[wanted[kb]] = value
+        with self._lock:
+            self._stats.misses += len(wanted) - len(found)
+        return found
+
+    def _materialize(self, kb: bytes, row: list[Any], now: float, mmap: bool) -> Any:
+        """get()'s work on a row already fetched (misses counted by the caller)."""
+        if row[4] is not None and row[4] <= now:
+            self._expire_one(row[0])
+            return MISSING
+        if row[1] is not None:
+            with self._lock:
+                value = self._decode_inline(kb, row, mmap)
+        else:
+            value = self._read_file(kb, row, mmap)
+            if value is _RETRY:  # replaced while we read: look it up again (that lookup counts a hit itself)
+                value = self._get(kb, mmap)[0]
+                if value is MISSING:
+                    with self._lock:
+                        self._stats.misses -= 1  # get_many counts its misses itself
+                return value
+        if value is not MISSING:
+            with self._lock:
+                self._hit(row[0], now)
+        return value
+
+    # ------------------------------------------------------------------------------------------ writes
+
+    def _prepare(self, kb: bytes, value: Any, ttl: float | None, now: float) -> _Pending:
+        expires = None
+        if ttl is not None:
+            expires = now + float(ttl)
+        enc = codecs.encode_parts(value, compress=self.compression, allow_pickle=self._allow_pickle)
+        if enc.size < self._inline_max:
+            frame = enc.parts[0] if len(enc.parts) == 1 else b"".join(enc.parts)
+            size = len(kb) + enc.size
+            self._check_fits(size)
+            return _Pending(kb, bytes(frame), None, None, size, enc.size, df.checksum(frame), expires, enc.raw_size)
+        size = len(kb) + df.frame_offset(len(kb)) + enc.size
+        self._check_fits(size)
+        digest = df.checksum_parts(enc.parts)
+        name = df.new_name()
+        try:
+            os.makedirs(os.path.dirname(self._path(name)), mode=0o700, exist_ok=True)
+            tmp = df.write_value_file(self._tmp, kb, enc.parts, enc.size, digest, now, expires, self._sync)
+        except OSError as exc:
+            with self._lock:
+                self._stats.errors += 1
+            raise dx.storage_error(exc, self.path) from exc
+        return _Pending(kb, None, name, tmp, size, enc.size, digest, expires, enc.raw_size)
+
+    def _check_fits(self, size: int) -> None:
+        if size > self.max_bytes:
+            raise ValueTooLargeError(
+                f"A value taking {size} bytes does not fit in the disk cache's bound of {self.max_bytes} bytes; "
+                "raise DiskCache(size=...) (MB) to store it."
+            )
+
+    def set(self, key: Key, value: Any, ttl: float | None = None) -> None:
+        """Store ``value`` under ``key`` (``ttl`` seconds, None: no expiry); evicts to keep the bound.
+
+        Raises DiskFullError / StorageError when the disk refuses the write; the cache is then unchanged.
+        """
+        kb = key_to_bytes(validate_key(key))
+        self._conn()  # fail fast when closed, before writing a file
+        now = self._clock()
+        if ttl is not None and float(ttl) <= 0:
+            self.delete(key)  # an entry that expires at once: nothing to store, the old value is gone
+            return
+        p = self._prepare(kb, value, ttl, now)
+        if p.tmp is None and self._set_inline_fast(p, now):
+            return
+        self._commit([p], now)
+
+    def _set_inline_fast(self, p: _Pending, now: float) -> bool:
+        """The common small set without closures or retries; False sends it down the general path."""
+        with self._lock:
+            conn = self._db
+            if conn is None:
+                return False
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error:
+                return False
+            try:
+                total, old_file, old_size = conn.execute(_BEFORE, (p.key,)).fetchone()
+                conn.execute(_UPSERT, (p.key, p.value, None, p.size, p.frame_size, p.digest, now, p.expires, now))
+                total += p.size - (old_size or 0)
+                victims = self._evict(conn, now, {p.key}, total) if total > self.max_bytes else []
+                conn.execute("COMMIT")
+            except sqlite3.Error:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                return False
+            self._stats.sets += 1
+            self._stats.raw_bytes += p.raw_size
+            self._stats.stored_bytes += p.frame_size
+        if old_file:
+            self._unlink([old_file])
+        self._unlink(victims)
+        return True
+
+    def set_many(self, items: Mapping[Key, Any], ttl: float | None = None) -> None:
+        """Store every item in one transaction (all or nothing)."""
+        self._conn()
+        now = self._clock()
+        pending: list[_Pending] = []
+        try:
+            if ttl is not None and float(ttl) <= 0:
+                for key in items:
+                    self.delete(key)
+                return
+            for key, value in items.items():
+                pending.append(self._prepare(key_to_bytes(validate_key(key)), value, ttl, now))
+            if pending:
+                self._commit(pending, now)
+        except BaseException:
+            for p in pending:
+                if p.tmp:
+                    with contextlib.suppress(OSError):
+                        os.unlink(p.tmp)
+            raise
+
+    def _commit(self, items: list[_Pending], now: float) -> None:
+        moved: list[_Pending] = []
+
+        def undo() -> None:
+            while moved:
+                p = moved.pop()
+                with contextlib.suppress(OSError):
+                    os.rename(self._path(p.name or ""), p.tmp or "")
+
+        def body(conn: sqlite3.Connection) -> tuple[list[str], list[str]]:
+            for p in items:
+                if p.tmp:
+                    os.rename(p.tmp, self._path(p.name or ""))
+                    moved.append(p)
+            replaced: list[str] = []
+            total = 0
+            for p in items:
+                total, old_file, old_size = conn.execute(_BEFORE, (p.key,)).fetchone()
+                if old_file:
+                    replaced.append(old_file)
+                conn.execute(
+                    _UPSERT, (p.key, p.value, p.name, p.size, p.frame_size, p.digest, now, p.expires, now)
+                )
+                total += p.size - (old_size or 0)
+            victims = self._evict(conn, now, {p.key for p in items}, total) if total > self.max_bytes else []
+            return replaced, victims
+
+        try:
+            replaced, victims = self._write(body, undo)
+        except BaseException:
+            for p in items:
+                if p.tmp:
+                    with contextlib.suppress(OSError):
+                        os.unlink(p.tmp)
+            raise
+        self._unlink(replaced)
+        self._unlink(victims)
+        with self._lock:
+            self._stats.sets += len(items)
+            self._stats.raw_bytes += sum(p.raw_size for p in items)
+            self._stats.stored_bytes += sum(p.frame_size for p in items)
+
+    def _evict(self, conn: sqlite3.Connection, now: float, keep: set[bytes], total: int | None = None) -> list[str]:
+        """Inside a write transaction: delete entries until the shared total is within the bound."""
+        if total is None:
+            total = conn.execute("SELECT bytes FROM meta WHERE id = 0").fetchone()[0]
+        if total <= self.max_bytes:
+            return []
+        self._flush_access(conn)
+        files: list[str] = []
+        excess = total - self.max_bytes
+        expired = conn.execute(
+            "SELECT id, key, file, size FROM entries WHERE expires <= ? ORDER BY expires", (now,)
+        )
+        excess, n_expired = self._take(conn, expired, excess, set(), files)
+        order = dx.POLICY_ORDER[self.policy]
+        n_evicted = 0
+        for skip in (keep, set()):  # spare the entries being written, unless they alone exceed the bound
+            if excess <= 0:
+                break
+            excess, n = self._take(conn, conn.execute(f"SELECT id, key, file, size FROM entries ORDER BY {order}"),
+                                   excess, skip, files)
+            n_evicted += n
+        self._stats.expirations += n_expired
+        self._stats.evictions += n_evicted
+        return files
+
+    @staticmethod
+    def _take(conn: sqlite3.Connection, cursor: sqlite3.Cursor, excess: int, skip: set[bytes],
+              files: list[str]) -> tuple[int, int]:
+        victims = []
+        for entry_id, key, name, size in cursor:
+            if key in skip:
+                continue
+            victims.append((entry_id,))
+            if name:
+                files.append(name)
+            excess -= size
+            if excess <= 0:
+                break
+        cursor.close()
+        conn.executemany("DELETE FROM entries WHERE id = ?", victims)
+        return excess, len(victims)
+
+    def _flush_access(self, conn: sqlite3.Connection) -> None:
+        """Write the buffered access times/counts (inside a write transaction)."""
+        if self._access:
+            conn.executemany(_FLUSH, [(t, n, i) for i, (t, n) in self._access.items()])
+            self._access.clear()
+        self._last_flush = time.monotonic()
+
+    def _flush_soon(self) -> None:
+        """Flush from the read path without waiting: if another process holds the write lock, try later."""
+        self._last_flush = time.monotonic()
+        conn = self._conn()
+        try:
+            conn.execute("PRAGMA busy_timeout = 0")
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error:
+            conn.execute(f"PRAGMA busy_timeout = {int(dx.BUSY_TIMEOUT_S * 1000)}")
+            if len(self._access) > 4 * ACCESS_BUFFER_MAX:
+                self._access.clear()  # bookkeeping is advisory; never let it grow without bound
+            return
+        conn.execute(f"PRAGMA busy_timeout = {int(dx.BUSY_TIMEOUT_S * 1000)}")
+        try:
+            self._flush_access(conn)
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            log.debug("Could not write disk cache access times: %s", exc)
+
+    def delete(self, key: Key) -> bool:
+        kb = key_to_bytes(validate_key(key))
+        now = self._clock()
+        rows = self._write(lambda conn: conn.execute(
+            "DELETE FROM entries WHERE key = ? RETURNING file, expires", (kb,)).fetchall())
+        if not rows:
+            return False
+        self._unlink([rows[0][0]])
+        live = rows[0][1] is None or rows[0][1] > now
+        with self._lock:
+            if live:
+                self._stats.deletes += 1
+            else:
+                self._stats.expirations += 1
+        return live
+
+    def clear(self) -> None:
+        def body(conn: sqlite3.Connection) -> list[str]:
+            names = [r[0] for r in conn.execute("SELECT file FROM entries WHERE file IS NOT NULL")]
+            conn.execute("DELETE FROM entries")
+            return names
+
+        with self._lock:
+            self._access.clear()
+        self._unlink(self._write(body))
+
+    # ------------------------------------------------------------------------------------------ upkeep
+
+    def cleanup(self) -> CleanupReport:
+        """Remove expired entries, enforce the bound, drop rows whose file is gone or damaged, remove orphan
+        and abandoned temp files, and reconcile the shared totals with the rows. Returns what it did."""
+        from .disk_upkeep import run_cleanup
+
+        return run_cleanup(self)
+
+    @property
+    def stats(self) -> CacheStats:  # type: ignore[override]
+        """This process's counters, with ``bytes``/``entries`` read from the shared index (all processes)."""
+        with self._lock:
+            if not self._closed:
+                with contextlib.suppress(CacheError, sqlite3.Error):
+                    row = self._read("SELECT bytes, entries FROM meta WHERE id = 0", ())
+                    if row is not None:
+                        self._stats.bytes, self._stats.entries = row
+            return self._stats
+
+    def close(self) -> None:
+        """Write pending access bookkeeping and close the index. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            if self._db is not None:
+                if self._access:
+                    with contextlib.suppress(Exception):
+                        self._write(lambda conn: self._flush_access(conn))
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.close()
+            self._db = None
+            self._closed = True
+            _live.discard(self)
+
+    def __repr__(self) -> str:
+        return f"DiskCache({self.path!r}, size={self.max_bytes / _MB:g}, policy={self.policy!r})"
+
+
+class _Retry:
+    def __repr__(self) -> str:
+        return "RETRY"
+
+
+_RETRY: Any = _Retry()
+

@@ -1,0 +1,249 @@
+"""Value files of the disk tier: names, atomic writes in large chunks, checked reads.
+
+A value file holds one large entry::
+
+    0   magic b"LHDV", version u8, 3 reserved bytes
+    8   key_len u32, 4 reserved bytes
+    16  expires f64 (NaN: no expiry)
+    24  created f64
+    32  checksum u64 (xxh3_64 of the frame)
+    40  frame_len u64
+    48  reserved up to 64
+    64  key bytes, zero padding to a multiple of 64
+        frame (see codecs.py): 64-byte aligned in the file, so arrays mapped with mmap stay aligned
+
+The index row is the authority; the header (key, times, checksum) lets a lost index be rebuilt from the files.
+File names are random hex and never derive from the key, so no key can name a path.
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import mmap as _mmap
+import os
+import re
+import secrets
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import xxhash
+
+__all__ = [
+    "FILE_HEADER_SIZE",
+    "FileHeader",
+    "checksum",
+    "checksum_parts",
+    "frame_offset",
+    "new_name",
+    "is_valid_name",
+    "file_path",
+    "write_value_file",
+    "read_header",
+]
+
+FILE_MAGIC = b"LHDV"
+FILE_VERSION = 1
+_HEAD = struct.Struct("<4sB3xI4xddQQ")
+FILE_HEADER_SIZE = 64
+_NAME_RE = re.compile(r"\A[0-9a-f]{32}\Z")
+# Linux moves at most about 2 GiB per read/write call, and writev takes at most IOV_MAX buffers.
+_MAX_IO = 0x7FFFF000
+_IOV_MAX = 1024
+_U64 = 1 << 64
+
+
+def _signed(value: int) -> int:
+    """SQLite integers are signed 64-bit; store the unsigned hash in that range."""
+    return value - _U64 if value >= 1 << 63 else value
+
+
+def checksum(data: Any) -> int:
+    """xxh3_64 of one buffer, as a signed 64-bit int (the form kept in the index)."""
+    return _signed(xxhash.xxh3_64_intdigest(data))
+
+
+def checksum_parts(parts: Sequence[Any]) -> int:
+    """xxh3_64 over several buffers, as if joined (no joining copy)."""
+    if len(parts) == 1:
+        return checksum(parts[0])
+    h = xxhash.xxh3_64()
+    for part in parts:
+        h.update(part)
+    return _signed(h.intdigest())
+
+
+def frame_offset(key_len: int) -> int:
+    """Where the frame starts in a value file whose key is ``key_len`` bytes long."""
+    end = FILE_HEADER_SIZE + key_len
+    return end + (-end % 64)
+
+
+def new_name() -> str:
+    """A fresh random file name (128 bits: unique across processes without coordination)."""
+    return secrets.token_hex(16)
+
+
+def is_valid_name(name: object) -> bool:
+    """True for names this module makes; anything else read from the index is refused, never opened."""
+    return isinstance(name, str) and _NAME_RE.match(name) is not None
+
+
+def file_path(data_dir: str, name: str) -> str:
+    """data/ab/abcdef... : 256 fan-out folders keep directories small."""
+    return os.path.join(data_dir, name[:2], name)
+
+
+@dataclass
+class FileHeader:
+    key: bytes
+    expires: float | None
+    created: float
+    checksum: int
+    frame_len: int
+
+    @property
+    def file_size(self) -> int:
+        return frame_offset(len(self.key)) + self.frame_len
+
+
+def _header_bytes(key: bytes, expires: float | None, created: float, digest: int, frame_len: int) -> bytes:
+    exp = math.nan if expires is None else float(expires)
+    head = _HEAD.pack(FILE_MAGIC, FILE_VERSION, len(key), exp, created, digest % _U64, frame_len)
+    head += b"\0" * (FILE_HEADER_SIZE - len(head))
+    return head + key + b"\0" * (frame_offset(len(key)) - FILE_HEADER_SIZE - len(key))
+
+
+def _write_all(fd: int, buffers: Sequence[Any]) -> None:
+    """Write every buffer, in as few large writev calls as the kernel allows, handling short writes."""
+    views = [memoryview(b).cast("B") for b in buffers if len(memoryview(b).cast("B"))]
+    i = 0
+    while i < len(views):
+        batch: list[memoryview] = []
+        total = 0
+        j = i
+        while j < len(views) and len(batch) < _IOV_MAX and total < _MAX_IO:
+            take = views[j][: _MAX_IO - total]
+            batch.append(take)
+            total += len(take)
+            j += 1
+        written = os.writev(fd, batch)
+        # Advance past what was written (a short write leaves part of a buffer).
+        while written and i < len(views):
+            n = len(views[i])
+            if written >= n:
+                written -= n
+                i += 1
+            else:
+                views[i] = views[i][written:]
+                written = 0
+
+
+def write_value_file(
+    tmp_dir: str,
+    key: bytes,
+    parts: Sequence[Any],
+    frame_len: int,
+    digest: int,
+    created: float,
+    expires: float | None,
+    sync: bool,
+) -> str:
+    """Write a complete value file under ``tmp_dir`` and return its path; the caller renames it into place.
+
+    The name carries our pid so cleanup can tell a dead writer's leftovers from a live writer's work.
+    Raises OSError (ENOSPC, EROFS, EACCES, ...) after removing the partial file.
+    """
+    path = os.path.join(tmp_dir, f"{os.getpid()}-{new_name()}.tmp")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+    try:
+        try:
+            _write_all(fd, [_header_bytes(key, expires, created, digest, frame_len), *parts])
+            if sync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+    except BaseException:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        raise
+    return path
+
+
+def read_header(path: str) -> FileHeader | None:
+    """The header of a value file, or None if it is not a complete value file (used to rebuild the index)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None
+    try:
+        head = os.pread(fd, FILE_HEADER_SIZE, 0)
+        if len(head) < _HEAD.size:
+            return None
+        magic, version, key_len, exp, created, digest, frame_len = _HEAD.unpack_from(head)
+        if magic != FILE_MAGIC or version != FILE_VERSION or key_len > 1 << 20:
+            return None
+        key = os.pread(fd, key_len, FILE_HEADER_SIZE)
+        size = os.fstat(fd).st_size
+    finally:
+        os.close(fd)
+    header = FileHeader(key, None if math.isnan(exp) else exp, created, _signed(digest), frame_len)
+    if len(key) != key_len or size != header.file_size:
+        return None
+    return header
+
+
+class DamagedFile(Exception):
+    """The value file does not match its index row (size or checksum)."""
+
+
+def read_frame(path: str, offset: int, frame_len: int, digest: int, use_mmap: bool) -> tuple[Any, bool]:
+    """Read and verify a frame; return ``(buffer, is_bytes_payload)``.
+
+    The buffer is a writable bytearray view, or a read-only mmap view with ``use_mmap``. An uncompressed
+    ``bytes`` value is read straight into the final ``bytes`` object (``is_bytes_payload`` True), saving the
+    copy that decoding would make. Raises FileNotFoundError if the file is gone and DamagedFile if its size
+    or checksum is wrong.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        if os.fstat(fd).st_size != offset + frame_len:
+            raise DamagedFile("size")
+        if use_mmap and frame_len:
+            mm = _mmap.mmap(fd, 0, access=_mmap.ACCESS_READ)
+            view = memoryview(mm)[offset:]
+            if checksum(view) != digest:
+                view.release()
+                mm.close()
+                raise DamagedFile("checksum")
+            return view, False
+        head = os.pread(fd, 64, offset)
+        # A plain uncompressed bytes frame: 64-byte header (kind 0, flags 0, no metadata), then the payload.
+        if len(head) == 64 and head[:6] == b"LHC1\0\0" and frame_len - 64 <= _MAX_IO:
+            payload = os.pread(fd, frame_len - 64, offset + 64)
+            h = xxhash.xxh3_64(head)
+            h.update(payload)
+            if len(payload) != frame_len - 64 or _signed(h.intdigest()) != digest:
+                raise DamagedFile("checksum")
+            return payload, True
+        buf = bytearray(frame_len)
+        view = memoryview(buf)
+        done = 0
+        while done < frame_len:
+            n = os.preadv(fd, [view[done : done + _MAX_IO]], offset + done)
+            if n <= 0:
+                raise DamagedFile("short read")
+            done += n
+        if checksum(buf) != digest:
+            raise DamagedFile("checksum")
+        return view, False
+    finally:
+        os.close(fd)
+
+
+def is_no_space(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)

@@ -1,0 +1,272 @@
+"""The SQLite index of the disk tier: schema, connection setup, lock retries, damage detection and rebuild.
+
+One row per entry. Small values live in the row (``value``); large ones in a value file (``file``). The
+``meta`` row holds the totals of every process sharing the directory (bytes, entries);
+triggers keep it exact in the same transaction as the change, so the size bound is global, not per process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+from llamahome.errors import DiskFullError, StorageError
+
+from . import disk_files as df
+
+__all__ = ["POLICY_ORDER", "open_index", "retry_busy", "is_busy", "is_damaged", "storage_error"]
+
+log = logging.getLogger("llamahome.cache.disk")
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+INDEX_NAME = "index.sqlite3"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries (
+    id INTEGER PRIMARY KEY,
+    key BLOB NOT NULL UNIQUE,
+    value BLOB,
+    file TEXT,
+    size INTEGER NOT NULL,
+    frame_size INTEGER NOT NULL,
+    checksum INTEGER NOT NULL,
+    created REAL NOT NULL,
+    expires REAL,
+    accessed REAL NOT NULL,
+    hits INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS meta (
+    id INTEGER PRIMARY KEY CHECK (id = 0),
+    bytes INTEGER NOT NULL,
+    entries INTEGER NOT NULL,
+    version INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO meta VALUES (0, 0, 0, {version});
+CREATE INDEX IF NOT EXISTS entries_expires ON entries(expires) WHERE expires IS NOT NULL;
+CREATE TRIGGER IF NOT EXISTS entries_ins AFTER INSERT ON entries BEGIN
+    UPDATE meta SET bytes = bytes + NEW.size, entries = entries + 1 WHERE id = 0;
+END;
+CREATE TRIGGER IF NOT EXISTS entries_del AFTER DELETE ON entries BEGIN
+    UPDATE meta SET bytes = bytes - OLD.size, entries = entries - 1 WHERE id = 0;
+END;
+CREATE TRIGGER IF NOT EXISTS entries_upd AFTER UPDATE OF size ON entries WHEN NEW.size != OLD.size BEGIN
+    UPDATE meta SET bytes = bytes + NEW.size - OLD.size WHERE id = 0;
+END;
+""".format(version=SCHEMA_VERSION)
+
+#: Eviction order per policy (after expired entries, which always go first).
+POLICY_ORDER = {
+    "lru": "accessed, id",
+    "lfu": "hits, accessed, id",
+    "fifo": "id",
+    "time": "created, id",
+}
+_POLICY_INDEX = {
+    "lru": "accessed",
+    "lfu": "hits, accessed",
+    "fifo": None,  # the rowid: ids only grow, and an overwrite keeps its row (first-insertion order)
+    "time": "created",
+}
+
+#: How long a writer waits for another process's write lock before the cache reports a StorageError.
+BUSY_TIMEOUT_S = 60.0
+
+
+def is_busy(exc: BaseException) -> bool:
+    if not isinstance(exc, sqlite3.OperationalError):
+        return False
+    msg = str(exc).lower()
+    return "locked" in msg or "busy" in msg
+
+
+def is_damaged(exc: BaseException) -> bool:
+    """An error that means the index file itself is damaged (not a lock, full disk or permission problem)."""
+    if isinstance(exc, sqlite3.OperationalError):
+        msg = str(exc).lower()
+        return "malformed" in msg or "disk i/o error" in msg
+    return isinstance(exc, sqlite3.DatabaseError) and not isinstance(
+        exc, (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError)
+    )
+
+
+def storage_error(exc: BaseException, where: str) -> StorageError:
+    """Translate an OSError or SQLite error into the library's StorageError / DiskFullError."""
+    msg = str(exc).lower()
+    if df.is_no_space(exc) or "database or disk is full" in msg:
+        return DiskFullError(
+            f"The disk holding the cache at {where} is full; free disk space or lower the cache's size. "
+            "The cache is unchanged."
+        )
+    if "readonly" in msg or "read-only" in msg or (
+        isinstance(exc, OSError) and exc.errno in (13, 30)  # EACCES, EROFS
+    ):
+        return StorageError(
+            f"The cache directory {where} is not writable ({exc}); fix its permissions or point the cache "
+            "at a writable directory. The cache is unchanged."
+        )
+    return StorageError(f"The cache at {where} could not complete a disk operation ({exc}). The cache is unchanged.")
+
+
+def retry_busy(fn: Callable[[], T], where: str, timeout: float = BUSY_TIMEOUT_S) -> T:
+    """Run ``fn`` again while SQLite says another process holds a lock, so "database is locked" never escapes."""
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while True:
+        try:
+            return fn()
+        except sqlite3.OperationalError as exc:
+            if not is_busy(exc):
+                raise
+            if time.monotonic() > deadline:
+                raise StorageError(
+                    f"The cache index at {where} stayed locked by another process for {timeout:.0f} s; "
+                    "check for a hung process using the same cache directory."
+                ) from exc
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+
+@contextlib.contextmanager
+def dir_lock(path: str) -> Iterator[None]:
+    """An exclusive lock on the directory, held while opening (so only one process repairs at a time)."""
+    fd = os.open(os.path.join(path, "lock"), os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing drops the flock
+
+
+def connect(db_path: str, sync: bool) -> sqlite3.Connection:
+    if not os.path.exists(db_path):
+        # Create it ourselves so it is private; SQLite gives -wal and -shm the same mode.
+        os.close(os.open(db_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600))
+    conn = sqlite3.connect(
+        db_path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False, cached_statements=128
+    )
+    try:
+        # WAL: readers never block the writer; NORMAL: a commit is durable once the WAL is synced at
+        # checkpoint, and the index stays consistent after kill -9 or power loss (only the last commits may
+        # be lost). sync=True makes every commit durable (FULL) at the cost of an fsync per write.
+        retry_busy(lambda: conn.execute("PRAGMA journal_mode=WAL").fetchone(), db_path)
+        conn.execute(f"PRAGMA synchronous={'FULL' if sync else 'NORMAL'}")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _remove_index(db_path: str) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(db_path + suffix)
+
+
+def _setup(conn: sqlite3.Connection, policy: str, check: bool) -> bool:
+    """Create the schema; return True if the index was empty (new or lost). Raises DatabaseError if damaged."""
+    if check:
+        result = conn.execute("PRAGMA quick_check").fetchone()[0]
+        if result != "ok":
+            raise sqlite3.DatabaseError(f"quick_check: {result}")
+    fresh = conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'entries'").fetchone()[0] == 0
+
+    if fresh:
+        # executescript commits first, so create the schema in its own script (it is idempotent).
+        retry_busy(lambda: conn.executescript(_SCHEMA), "index")
+    column = _POLICY_INDEX[policy]
+    if column is not None:
+        retry_busy(
+            lambda: conn.execute(f"CREATE INDEX IF NOT EXISTS entries_{policy} ON entries({column})"), "index"
+        )
+    version = conn.execute("SELECT version FROM meta WHERE id = 0").fetchone()
+    if version is None or version[0] != SCHEMA_VERSION:
+        raise sqlite3.DatabaseError(f"unknown index version {version}")
+    return fresh
+
+
+def rebuild_from_files(conn: sqlite3.Connection, data_dir: str) -> tuple[int, int]:
+    """Re-create rows for the value files whose header is intact; return (rebuilt, removed)."""
+    rebuilt = removed = 0
+    rows = []
+    for sub in _listdir(data_dir):
+        folder = os.path.join(data_dir, sub)
+        for name in _listdir(folder):
+            path = os.path.join(folder, name)
+            header = df.read_header(path) if df.is_valid_name(name) and name[:2] == sub else None
+            if header is None:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+                removed += 1
+                continue
+            rows.append((header, name))
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        # Newest first, so where two files hold the same key the newer one wins.
+        for header, name in sorted(rows, key=lambda r: r[0].created, reverse=True):
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO entries (key, value, file, size, frame_size, checksum, created, expires,"
+                " accessed, hits) VALUES (?, NULL, ?, ?, ?, ?, ?, ?, ?, 1)",
+                (header.key, name, len(header.key) + header.file_size, header.frame_len, header.checksum,
+                 header.created, header.expires, header.created),
+            )
+            if cur.rowcount:
+                rebuilt += 1
+            else:  # an older copy of a key we already have
+                with contextlib.suppress(OSError):
+                    os.unlink(df.file_path(data_dir, name))
+                removed += 1
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return rebuilt, removed
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return sorted(os.listdir(path))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def open_index(root: str, data_dir: str, policy: str, sync: bool, check: bool = True) -> sqlite3.Connection:
+    """Open (creating, checking and if need be repairing) the index of the cache directory ``root``.
+
+    A damaged index (not a database, malformed pages, failed quick_check) is removed with a warning in the
+    log and rebuilt from the value files; entries kept inline in the lost index are gone (a cache may
+    forget). An empty index next to existing value files (the index file was deleted) is rebuilt likewise.
+    """
+    db_path = os.path.join(root, INDEX_NAME)
+    with dir_lock(root):
+        conn: sqlite3.Connection | None = None
+        try:
+            conn = connect(db_path, sync)
+            fresh = _setup(conn, policy, check)
+        except sqlite3.DatabaseError as exc:
+            if conn is not None:
+                conn.close()
+            if is_busy(exc) or not is_damaged(exc):
+                raise
+            log.warning(
+                "The disk cache index %s is damaged (%s); it was removed and is being rebuilt from the value "
+                "files. Small entries stored inline in the index are lost; the cache keeps working.",
+                db_path, exc,
+            )
+            _remove_index(db_path)
+            conn = connect(db_path, sync)
+            fresh = _setup(conn, policy, check=False)
+        if fresh and any(_listdir(os.path.join(data_dir, sub)) for sub in _listdir(data_dir)):
+            rebuilt, removed = rebuild_from_files(conn, data_dir)
+            log.warning(
+                "The disk cache at %s had no index but %d value files; rebuilt %d entries from them and "
+                "removed %d unusable files.", root, rebuilt + removed, rebuilt, removed,
+            )
+        return conn

@@ -1,0 +1,482 @@
+"""CacheManager: builds every cache from a CacheConfig, serves them through an async facade, runs cleanup.
+
+    async with CacheManager(CacheConfig(memory_size=512)) as cache:
+        await cache.set("prompt:1", {"text": "hello"}, ttl=3600)
+        await cache.get("prompt:1")
+        await cache.get_or_set("embedding:1", compute)      # compute runs once, however many callers ask
+        report = await cache.cleanup()                       # one pass over every cache
+
+What it builds (attribute name == YAML block name):
+
+- ``memory``, ``disk`` and, when ``cache.network`` is set, ``network``: the tiers behind ``get``/``set``,
+  composed by ``tiered`` (a :class:`~llamahome.cache.tiered.TieredCache`: memory -> disk -> network).
+- ``model_cache`` at ``<cache.disk.path>/models``, ``training_cache`` at ``<cache.disk.path>/training``,
+  ``system_cache`` at ``system_cache.temp_dir``.
+
+Threads and the event loop. ``get`` asks the memory tier synchronously first: a memory hit never leaves the
+loop. Everything that may block (disk, Redis, a cleanup pass, closing files) runs in a worker thread via
+``asyncio.to_thread``. The stores are thread-safe, so the same manager also serves threads through the
+``*_sync`` methods, and several event loops in several threads at once.
+
+Scheduling. ``start()`` schedules ``cleanup`` every ``config.cleanup_interval`` seconds, exactly as the seed
+does. The system cache's files must vanish after ``max_age``; when ``max_age / 4`` is shorter than the cleanup
+interval, its cleanup also runs on its own every ``max_age / 4`` seconds (at least 0.1 s), so no scratch file
+outlives ``max_age`` by more than a quarter of it. The monitor records a snapshot every
+``monitor.snapshot_interval`` seconds into its ring buffer.
+
+Monitoring objects (``CacheMetricsCollector``, ``CacheMonitor``) that are assigned as attributes of a manager
+without a manager of their own are bound to it: that is how the seed's ``MonitoredCacheManager`` works.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import inspect
+import logging
+import os
+import threading
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from llamahome.errors import CacheClosedError, CacheError, ValueTooLargeError
+from llamahome.monitoring.collector import Bindable
+from llamahome.monitoring.monitor import CacheMonitor
+
+from .base import MISSING, Key, Store, validate_key
+from .config import CacheConfig
+from .scheduler import AsyncScheduler, ScheduledJob, _is_async_callable
+from .stats import CacheStats, CleanupReport
+
+if TYPE_CHECKING:
+    from .disk import DiskCache
+    from .memory import MemoryCache
+    from .model import ModelCache
+    from .system import SystemCache
+    from .tiered import TieredCache
+    from .training import TrainingCache
+
+__all__ = ["CacheManager"]
+
+logger = logging.getLogger(__name__)
+
+Factory = Callable[[], Any] | Callable[[], Awaitable[Any]]
+
+#: Shortest period of the system cache's own cleanup job, in seconds.
+MIN_SYSTEM_INTERVAL = 0.1
+
+
+class _LeaderGone(Exception):
+    """The caller computing a value was cancelled; the callers waiting on it must try again."""
+
+
+class _Flight:
+    """One factory call in progress for one key; every concurrent caller (any thread or loop) waits on it."""
+
+    __slots__ = ("future",)
+
+    def __init__(self) -> None:
+        self.future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+
+class CacheManager:
+    """Every cache the configuration describes, an async facade over the tiers, and scheduled cleanup.
+
+    ``config`` defaults to ``CacheConfig()`` (the seed's values); ``monitor`` to a fresh
+    :class:`~llamahome.monitoring.CacheMonitor` bound to this manager. ``stats`` counts the manager's own
+    lookups (``get`` and ``get_or_set``): its hit rate is the share that found a value in any tier.
+    """
+
+    memory: MemoryCache
+    disk: DiskCache
+    network: Store | None
+    tiered: TieredCache
+    model_cache: ModelCache
+    training_cache: TrainingCache
+    system_cache: SystemCache
+
+    def __init__(self, config: CacheConfig | None = None, monitor: CacheMonitor | None = None) -> None:
+        self.config = config if config is not None else CacheConfig()
+        self.cleanup_scheduler = AsyncScheduler()
+        self.stats = CacheStats(name="manager")
+        self.jobs: dict[str, ScheduledJob] = {}
+        self._flights: dict[Key, _Flight] = {}
+        self._flights_lock = threading.Lock()
+        self._cleanup_lock = threading.Lock()
+        self._state_lock = threading.Lock()
+        self._closed = False
+        self._started = False
+        self._built: list[Store] = []
+        try:
+            self._build()
+        except BaseException:
+            self._close_stores()
+            raise
+        self.monitor = monitor if monitor is not None else CacheMonitor()
+
+    # --- construction -------------------------------------------------------------------------------
+    def _build(self) -> None:
+        from .disk import DiskCache
+        from .memory import MemoryCache
+        from .model import ModelCache
+        from .system import SystemCache
+        from .tiered import TieredCache
+        from .training import TrainingCache
+
+        cfg = self.config
+        mem, disk = cfg.cache.memory, cfg.cache.disk
+        self.memory = self._own(MemoryCache(size=mem.size, policy=mem.type, compression=mem.compression))
+        # The YAML has one compression switch, under cache.memory; the disk tier follows it.
+        self.disk = self._own(DiskCache(disk.path, size=disk.size, policy="lru", compression=mem.compression))
+        self.network = None
+        tiers: list[Store] = [self.memory, self.disk]
+        if cfg.cache.network is not None:
+            from .network import RedisCache
+
+            self.network = self._own(RedisCache.from_config(cfg.cache.network))
+            tiers.append(self.network)
+        self.tiered = TieredCache(*tiers)
+
+        root = Path(disk.path)
+        mc, tc, sc = cfg.model_cache, cfg.training_cache, cfg.system_cache
+        self.model_cache = self._own(
+            ModelCache(root / "models", size=mc.size, compression=mc.compression, cleanup_policy=mc.cleanup_policy)
+        )
+        self.training_cache = self._own(
+            TrainingCache(
+                root / "training",
+                size=tc.size,
+                batch_buffer=tc.batch_buffer,
+                prefetch=tc.prefetch,
+                cleanup_policy=tc.cleanup_policy,
+            )
+        )
+        self.system_cache = self._own(
+            SystemCache(sc.temp_dir, size=sc.size, max_age=sc.max_age, cleanup_policy=sc.cleanup_policy)
+        )
+
+    def _own(self, store: Any) -> Any:
+        self._built.append(store)
+        return store
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # The seed's MonitoredCacheManager does `self.metrics = CacheMetricsCollector()`: bind it to us.
+        # One already observing another manager raises (bind() says so) rather than report the wrong numbers.
+        if isinstance(value, Bindable):
+            value.bind(self)
+        object.__setattr__(self, name, value)
+
+    def store_labels(self) -> list[tuple[str, str, Store]]:
+        """``(cache, tier, store)`` for every store the manager owns: ``cache`` is the YAML block name."""
+        rows: list[tuple[str, str, Store]] = [("cache", "memory", self.memory), ("cache", "disk", self.disk)]
+        if self.network is not None:
+            rows.append(("cache", "network", self.network))
+        rows += [
+            ("model_cache", "disk", self.model_cache),
+            ("training_cache", "disk", self.training_cache),
+            ("system_cache", "disk", self.system_cache),
+        ]
+        return rows
+
+    @property
+    def caches(self) -> dict[str, Store]:
+        """Every store by ``<cache>/<tier>`` label (``cache/memory``, ``model_cache/disk``, ...)."""
+        return {f"{cache}/{tier}": store for cache, tier, store in self.store_labels()}
+
+    @property
+    def started(self) -> bool:
+        return self._started
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # --- lifecycle ----------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Start cache management tasks: scheduled cleanup, the system cache's max-age sweep, snapshots."""
+        self._check_open()
+        if self._started:
+            return
+        self._started = True
+        self.jobs["cleanup"] = await self.cleanup_scheduler.schedule(
+            self.cleanup, interval=self.config.cleanup_interval
+        )
+        system_interval = self.system_cleanup_interval
+        if system_interval is not None:
+            self.jobs["system_cache"] = await self.cleanup_scheduler.schedule(
+                self._cleanup_system, interval=system_interval, name="system_cache.cleanup"
+            )
+        interval = self.monitor.snapshot_interval
+        if interval:
+            self.jobs["snapshot"] = await self.cleanup_scheduler.schedule(
+                self.monitor.record_snapshot, interval=interval, name="monitor.record_snapshot"
+            )
+
+    @property
+    def system_cleanup_interval(self) -> float | None:
+        """Period of the system cache's own cleanup job, or None when the main cleanup is frequent enough."""
+        quarter = max(MIN_SYSTEM_INTERVAL, float(self.config.system_cache.max_age) / 4)
+        return quarter if quarter < float(self.config.cleanup_interval) else None
+
+    async def stop(self) -> None:
+        """Stop the scheduled jobs (a run in progress finishes first), then close every store. Idempotent."""
+        await self.cleanup_scheduler.stop()
+        self._started = False
+        self.jobs.clear()
+        if not self._closed:
+            await asyncio.to_thread(self.close)
+
+    async def __aenter__(self) -> CacheManager:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    def close(self) -> None:
+        """Close every store (files, connections, threads). For code without a loop; ``stop()`` also does it.
+
+        Scheduled jobs are not touched: call ``await stop()`` when the manager was started.
+        """
+        with self._state_lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._close_stores()
+
+    def _close_stores(self) -> None:
+        for store in reversed(self._built):
+            try:
+                store.close()
+            except Exception:  # closing the rest matters more than one store's complaint
+                logger.exception("Closing %r failed; the other caches were still closed.", store)
+
+    def __enter__(self) -> CacheManager:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise CacheClosedError("This CacheManager is closed; create a new one to keep caching.")
+
+    # --- async facade -------------------------------------------------------------------------------
+    async def get(self, key: Key, default: Any = None) -> Any:
+        """The value under ``key`` from the first tier that has it (promoted to the tiers above), or ``default``."""
+        value = await self._lookup(key)
+        if value is MISSING:
+            self.stats.add("misses")
+            return default
+        self.stats.add("hits")
+        return value
+
+    async def set(self, key: Key, value: Any, ttl: float | None = None) -> None:
+        """Store ``value`` in every tier (``ttl`` seconds, None: no expiry)."""
+        self._check_open()
+        validate_key(key)
+        await asyncio.to_thread(self.tiered.set, key, value, ttl)
+        self.stats.add("sets")
+
+    async def delete(self, key: Key) -> bool:
+        """Remove ``key`` from every tier; True if any tier had it."""
+        self._check_open()
+        validate_key(key)
+        found = bool(await asyncio.to_thread(self.tiered.delete, key))
+        if found:
+            self.stats.add("deletes")
+        return found
+
+    async def contains(self, key: Key) -> bool:
+        """True if any tier holds ``key`` (does not count as a lookup)."""
+        self._check_open()
+        if key in self.memory:
+            return True
+        return bool(await asyncio.to_thread(self.tiered.__contains__, key))
+
+    async def get_or_set(self, key: Key, factory: Factory, ttl: float | None = None) -> Any:
+        """The cached value, or ``factory()``'s result stored under ``key``.
+
+        The factory runs once per key however many coroutines, event loops and threads ask at once: the
+        first caller computes, the others wait for its result (or its exception). Coroutine functions are
+        awaited on the loop; plain callables run in a worker thread so a slow factory never blocks the loop.
+        Counts as one lookup in ``stats`` (a hit when the value was already cached).
+        """
+        value = await self._lookup(key)
+        if value is not MISSING:
+            self.stats.add("hits")
+            return value
+        self.stats.add("misses")
+        while True:
+            flight, leader = self._join_or_lead(key)
+            if not leader:
+                try:
+                    # shield: a waiter being cancelled must not cancel the shared flight.
+                    return await asyncio.shield(asyncio.wrap_future(flight.future))
+                except _LeaderGone:
+                    continue
+            try:
+                value = await self._lookup(key)  # a flight may have landed between our miss and our lead
+                if value is MISSING:
+                    value = await _call_factory(factory)
+                    await asyncio.to_thread(self._store_computed, key, value, ttl)
+            except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+                self._land(key, flight, error=_LeaderGone())
+                raise
+            except BaseException as exc:
+                self._land(key, flight, error=exc)
+                raise
+            self._land(key, flight, value=value)
+            return value
+
+    async def cleanup(self) -> CleanupReport:
+        """One cleanup pass over every cache, in a worker thread; the report has one part per cache."""
+        self._check_open()
+        return await asyncio.to_thread(self.cleanup_sync)
+
+    # --- sync facade (threads, scripts, memoize over sync functions) --------------------------------
+    def get_sync(self, key: Key, default: Any = None) -> Any:
+        """Blocking :meth:`get`, for threads without an event loop."""
+        self._check_open()
+        value = self.tiered.get(key, MISSING)
+        if value is MISSING:
+            self.stats.add("misses")
+            return default
+        self.stats.add("hits")
+        return value
+
+    def set_sync(self, key: Key, value: Any, ttl: float | None = None) -> None:
+        """Blocking :meth:`set`."""
+        self._check_open()
+        self.tiered.set(key, value, ttl)
+        self.stats.add("sets")
+
+    def delete_sync(self, key: Key) -> bool:
+        """Blocking :meth:`delete`."""
+        self._check_open()
+        found = bool(self.tiered.delete(key))
+        if found:
+            self.stats.add("deletes")
+        return found
+
+    def get_or_set_sync(self, key: Key, factory: Callable[[], Any], ttl: float | None = None) -> Any:
+        """Blocking :meth:`get_or_set`; shares its once-per-key guarantee with async callers."""
+        self._check_open()
+        validate_key(key)
+        value = self.tiered.get(key, MISSING)
+        if value is not MISSING:
+            self.stats.add("hits")
+            return value
+        self.stats.add("misses")
+        while True:
+            flight, leader = self._join_or_lead(key)
+            if not leader:
+                try:
+                    return flight.future.result()
+                except _LeaderGone:
+                    continue
+            try:
+                value = self.tiered.get(key, MISSING)
+                if value is MISSING:
+                    value = factory()
+                    if inspect.isawaitable(value):
+                        _discard(value)
+                        raise CacheError(
+                            "get_or_set_sync got an async factory; await CacheManager.get_or_set instead."
+                        )
+                    self._store_computed(key, value, ttl)
+            except (KeyboardInterrupt, SystemExit):
+                self._land(key, flight, error=_LeaderGone())
+                raise
+            except BaseException as exc:
+                self._land(key, flight, error=exc)
+                raise
+            self._land(key, flight, value=value)
+            return value
+
+    def cleanup_sync(self) -> CleanupReport:
+        """Blocking :meth:`cleanup`. One cache failing is logged and reported; the others are still cleaned."""
+        self._check_open()
+        with self._cleanup_lock:
+            parts = [self._cleanup_one(f"{cache}/{tier}", store) for cache, tier, store in self.store_labels()]
+        return CleanupReport(cache="manager", parts=parts)
+
+    def _cleanup_system(self) -> CleanupReport:
+        with self._cleanup_lock:
+            return self._cleanup_one("system_cache/disk", self.system_cache)
+
+    def _cleanup_one(self, label: str, store: Store) -> CleanupReport:
+        try:
+            report = store.cleanup()
+        except Exception as exc:
+            logger.exception("Cleanup of %s failed; the other caches were still cleaned.", label)
+            self.stats.add("errors")
+            return CleanupReport(cache=label, details={"error": f"{type(exc).__name__}: {exc}"})
+        report.cache = label  # the store's own name ("memory") is ambiguous across caches
+        return report
+
+    # --- internals ----------------------------------------------------------------------------------
+    async def _lookup(self, key: Key) -> Any:
+        """Memory synchronously (a hit never leaves the loop), then the lower tiers in a worker thread."""
+        self._check_open()
+        validate_key(key)
+        value = self.memory.get(key, MISSING)
+        if value is not MISSING:
+            return value
+        return await asyncio.to_thread(self._lookup_below_memory, key)
+
+    def _lookup_below_memory(self, key: Key) -> Any:
+        below = getattr(self.tiered, "get_below", None)
+        if below is not None:
+            return below(key, 0, MISSING)
+        # A TieredCache without a lower-tier lookup: ask it all over again (memory counts a second miss).
+        return self.tiered.get(key, MISSING)
+
+    def _store_computed(self, key: Key, value: Any, ttl: float | None) -> None:
+        try:
+            self.tiered.set(key, value, ttl)
+        except ValueTooLargeError:
+            # The caller still gets its value; it just is not cached. Say so once per occurrence.
+            logger.warning("get_or_set computed a value for %r too large for every tier; it was not cached.", key)
+            self.stats.add("errors")
+            return
+        self.stats.add("sets")
+
+    def _join_or_lead(self, key: Key) -> tuple[_Flight, bool]:
+        with self._flights_lock:
+            flight = self._flights.get(key)
+            if flight is not None:
+                return flight, False
+            flight = self._flights[key] = _Flight()
+            return flight, True
+
+    def _land(self, key: Key, flight: _Flight, value: Any = MISSING, error: BaseException | None = None) -> None:
+        # The value is already stored, so callers arriving after the flight is gone hit the cache.
+        with self._flights_lock:
+            if self._flights.get(key) is flight:
+                del self._flights[key]
+        if error is not None:
+            flight.future.set_exception(error)
+        else:
+            flight.future.set_result(value)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("started" if self._started else "idle")
+        return f"<CacheManager {state} memory={self.config.cache.memory.size:g}MB disk={os.fspath(self.config.cache.disk.path)!r}>"
+
+
+async def _call_factory(factory: Factory) -> Any:
+    if _is_async_callable(factory):
+        result = factory()
+    else:
+        result = await asyncio.to_thread(factory)
+    if inspect.isawaitable(result):
+        result = await result
+    return result
+
+
+def _discard(awaitable: Any) -> None:
+    close = getattr(awaitable, "close", None)  # an un-awaited coroutine would warn (and warnings are errors)
+    if close is not None:
+        close()

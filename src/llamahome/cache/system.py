@@ -1,0 +1,772 @@
+"""SystemCache: scratch files and directories that vanish after ``max_age``, plus small keyed values.
+
+Converted checkpoints, downloads in progress and other scratch work go to ``temp_dir``; ``cleanup()`` removes
+what is older than ``max_age``, then the oldest beyond ``size``::
+
+    cache = SystemCache(".cache/temp", size=256, max_age=86400)
+    with cache.temp_file(suffix=".bin") as path:      # removed on exit (unless keep=True)
+        convert_checkpoint(src, path)
+    scratch = cache.temp_dir()                        # a plain path: kept until it ages out
+    with cache.in_use(scratch):                       # never cleaned up while this block runs
+        unpack_archive(archive, scratch)
+
+Safety rules, each with a reason:
+
+- Only what this cache created is ever removed: every scratch item is recorded in a private registry
+  (``temp_dir/.llamahome-system/registry``) before it is created, and cleanup walks the registry, never the
+  directory. A user's own files in ``temp_dir`` are never touched.
+- Cleanup never follows a symbolic link: items are removed through directory file descriptors with
+  ``O_NOFOLLOW`` and ``lstat``, so a link (planted inside a scratch directory, or put in place of a scratch
+  file) is unlinked itself and its target survives.
+- An item in use is never removed: :meth:`in_use` (and the context managers) hold an ``flock`` on the item's
+  lock file, which cleanup in any process on the machine respects.
+- Everything is private to the user: directories 0700, files 0600.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+import stat
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import xxhash
+
+from llamahome.errors import CacheClosedError, CacheError, CacheValueError, ConfigError, StorageError, ValueTooLargeError
+
+from .base import Key, Store, key_to_bytes, validate_key
+from .blobfile import HEADER_SIZE, TMP_SUFFIX, read_blob, read_header, write_blob
+from .codecs import decode, encode_parts
+from .stats import CacheStats, CleanupReport
+from .units import MIB, parse_duration, parse_size
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - non-POSIX: in-use marks hold within this process only
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["SystemCache", "ScratchPath", "POLICIES"]
+
+#: Orders for removing items beyond ``size`` (``time`` and ``fifo``: oldest created first).
+POLICIES = ("time", "fifo", "lru", "lfu")
+
+_META = ".llamahome-system"
+_REGISTRY = "registry"
+_LOCKS = "locks"
+_KV = "kv"
+_KV_RE = re.compile(r"^[0-9a-f]{32}\.lhb$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9._+=@,-]{1,200}$")
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+#: A registry record whose item does not exist yet may be a creation in progress (record first, then item).
+_MISSING_GRACE = 60.0
+
+
+@dataclass
+class _Record:
+    name: str
+    kind: str  # "file" or "dir"
+    created: float
+    used: float
+    uses: int = 0
+    ttl: float | None = None
+
+    def as_json(self) -> bytes:
+        return json.dumps(self.__dict__, separators=(",", ":")).encode()
+
+
+@dataclass
+class _KvEntry:
+    seq: int
+    created: float
+    used: float
+    size: int
+    expires: float = 0.0
+    uses: int = 0
+
+
+def _policy_key(policy: str, created: float, used: float, uses: int) -> tuple[float, ...]:
+    if policy == "lru":
+        return (used, created)
+    if policy == "lfu":
+        return (uses, used, created)
+    return (created,)
+
+
+def _check_part(text: str, what: str) -> str:
+    if text and not _NAME_RE.match(text):
+        raise CacheError(
+            f"The {what} {text!r} may only use letters, digits and ._+=@,- (no path separators); pick a plainer one."
+        )
+    return text
+
+
+class ScratchPath(os.PathLike):  # type: ignore[type-arg]
+    """A scratch file or directory the cache created: a path, and a context manager that removes it.
+
+    Use it as a path (``open(p)``, ``os.fspath(p)``, ``p.path``, ``p / "name"``) and it is kept until it ages
+    out; use it in a ``with`` block and it is marked in use inside the block and removed at the end (unless
+    it was created with ``keep=True``).
+    """
+
+    def __init__(self, cache: SystemCache, path: Path, keep: bool) -> None:
+        self._cache = cache
+        self.path = path
+        self.keep = keep
+        self._hold: contextlib.ExitStack | None = None
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def __repr__(self) -> str:
+        return f"ScratchPath({str(self.path)!r})"
+
+    def __truediv__(self, other: str) -> Path:
+        return self.path / other
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, ScratchPath):
+            return self.path == other.path
+        if isinstance(other, (str, os.PathLike)):
+            return self.path == Path(other)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.path)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    def __enter__(self) -> Path:
+        stack = contextlib.ExitStack()
+        stack.enter_context(self._cache.in_use(self.path))
+        self._hold = stack
+        return self.path
+
+    def __exit__(self, *exc_info: object) -> None:
+        hold, self._hold = self._hold, None
+        if hold is not None:
+            hold.close()  # release our own mark first, or removal would see the item as in use
+        if not self.keep:
+            self._cache.remove(self.path)
+
+
+class SystemCache(Store):
+    """Scratch files and keyed values under ``temp_dir``, removed after ``max_age`` seconds or beyond ``size``.
+
+    ``size`` is in MB (1 MB = 1 MiB; strings like ``"512KB"`` work); ``max_age`` in seconds (``"1d"`` works).
+    ``cleanup_policy`` orders removals beyond ``size``: ``time``/``fifo`` (oldest first), ``lru`` or ``lfu``.
+    ``clock`` is injectable so tests can age items without waiting.
+    """
+
+    def __init__(
+        self,
+        temp_dir: str | os.PathLike[str] = ".cache/temp",
+        size: float | str = 256,
+        max_age: float | str = 86400,
+        cleanup_policy: str = "time",
+        *,
+        clock: Callable[[], float] = time.time,
+        name: str = "system_cache",
+    ) -> None:
+        try:
+            size_mb = parse_size(size)
+        except ValueError as exc:
+            raise ConfigError(f"system_cache.size: {exc}") from exc
+        try:
+            self.max_age = parse_duration(max_age)
+        except ValueError as exc:
+            raise ConfigError(f"system_cache.max_age: {exc}") from exc
+        policy = str(cleanup_policy).strip().lower()
+        if policy not in POLICIES:
+            raise ConfigError(f"system_cache.cleanup_policy: unknown policy {cleanup_policy!r}; use one of {', '.join(POLICIES)}.")
+        self.size = size_mb
+        self.max_bytes = max(1, round(size_mb * MIB))
+        self.cleanup_policy = policy
+        self.clock = clock
+        self.name = name
+        self.stats = CacheStats(name=name, max_bytes=self.max_bytes)
+        self._lock = threading.RLock()
+        self._closed = False
+        self._in_use: Counter[str] = Counter()
+        self._seq = 0
+        created_root = not Path(temp_dir).exists()
+        try:
+            # Resolved once: a temp_dir that is itself a link is the user's choice; nothing below is followed.
+            self.root = Path(temp_dir).resolve()
+            self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if created_root:
+                os.chmod(self.root, 0o700)
+            self._meta = self.root / _META
+            for sub in (self._meta, self._meta / _REGISTRY, self._meta / _LOCKS, self._meta / _KV):
+                sub.mkdir(exist_ok=True, mode=0o700)
+                if sub.is_symlink() or not sub.is_dir():
+                    raise StorageError(f"{sub} is not a private directory of the system cache; remove it and retry.")
+        except OSError as exc:
+            if isinstance(exc, StorageError):
+                raise
+            raise StorageError(
+                exc.errno, f"Cannot create the system cache directory {temp_dir} ({exc.strerror}); pick a writable temp_dir."
+            ) from exc
+        self._kv: dict[str, _KvEntry] = {}
+        self._item_bytes = 0  # scratch items' size at the last scan
+        self._item_count = 0
+        self._scan_kv()
+        self._refresh_items()
+
+    # ------------------------------------------------------------------------------------ helpers
+    def _check_open(self) -> None:
+        if self._closed:
+            raise CacheClosedError(f"The system cache {self.name!r} was closed; create a new SystemCache to use it again.")
+
+    def _open_dir(self, path: Path) -> int:
+        return os.open(path, os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW | _O_CLOEXEC)
+
+    def _write_record(self, record: _Record) -> None:
+        directory = self._meta / _REGISTRY
+        tmp = directory / f".{record.name}.{os.getpid()}.{threading.get_ident()}{TMP_SUFFIX}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, record.as_json())
+        finally:
+            os.close(fd)
+        os.replace(tmp, directory / f"{record.name}.json")
+
+    def _read_record(self, name: str) -> _Record | None:
+        try:
+            data = json.loads((self._meta / _REGISTRY / f"{name}.json").read_bytes())
+            record = _Record(
+                name=str(data["name"]),
+                kind=str(data["kind"]),
+                created=float(data["created"]),
+                used=float(data.get("used", data["created"])),
+                uses=int(data.get("uses", 0)),
+                ttl=None if data.get("ttl") is None else float(data["ttl"]),
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        # The record names the item to delete: accept only a plain name that matches its own file name.
+        if record.name != name or not _NAME_RE.match(name) or record.kind not in ("file", "dir"):
+            return None
+        return record
+
+    def _records(self) -> list[_Record]:
+        records = []
+        with os.scandir(self._meta / _REGISTRY) as entries:
+            for entry in entries:
+                if entry.name.endswith(".json") and not entry.name.startswith("."):
+                    record = self._read_record(entry.name[: -len(".json")])
+                    if record is not None:
+                        records.append(record)
+        return records
+
+    def _name_of(self, path: str | os.PathLike[str]) -> str:
+        candidate = Path(os.fspath(path))
+        if not candidate.is_absolute():
+            candidate = Path.cwd() / candidate
+        if candidate.parent != self.root and Path(os.path.normpath(candidate.parent)) != self.root:
+            raise CacheError(f"{path} is not a scratch item of the system cache in {self.root}; pass a path it returned.")
+        name = candidate.name
+        if not _NAME_RE.match(name) or self._read_record(name) is None:
+            raise CacheError(f"{path} was not created by the system cache in {self.root}; pass a path it returned.")
+        return name
+
+    # ------------------------------------------------------------------------------------ scratch items
+    def _create(self, kind: str, suffix: str, prefix: str, ttl: float | None) -> Path:
+        self._check_open()
+        _check_part(suffix, "suffix")
+        _check_part(prefix, "prefix")
+        if ttl is not None and ttl <= 0:
+            raise CacheError(f"ttl must be a positive number of seconds, not {ttl!r}.")
+        for _ in range(100):
+            name = f"{prefix}{secrets.token_hex(8)}{suffix}"
+            if not _NAME_RE.match(name) or name.startswith(_META):
+                raise CacheError(f"The scratch name {name!r} is not usable; choose a shorter or plainer prefix and suffix.")
+            path = self.root / name
+            if os.path.lexists(path):
+                continue
+            now = self.clock()
+            record = _Record(name, kind, now, now, 0, ttl)
+            try:
+                # Record first, then the item: a crash in between leaves a record with no item (cleaned up
+                # later), never an item nobody knows the cache created.
+                self._write_record(record)
+                if kind == "file":
+                    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW | _O_CLOEXEC, 0o600))
+                else:
+                    os.mkdir(path, 0o700)
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                self._forget(name)
+                raise StorageError(exc.errno, f"Cannot create a scratch {kind} in {self.root} ({exc.strerror}).") from exc
+            with self._lock:
+                self._item_count += 1
+                self.stats.entries = self._item_count + len(self._kv)
+            return path
+        raise StorageError(f"Could not find a free scratch name in {self.root}; run cleanup() or pick another prefix.")
+
+    def temp_file(self, suffix: str = "", prefix: str = "lh-", *, keep: bool = False, ttl: float | None = None) -> ScratchPath:
+        """A new empty file (0600) in ``temp_dir``: ``with cache.temp_file(".bin") as path:`` removes it at
+        the end of the block unless ``keep``; used as a plain path it is kept until it ages out."""
+        return ScratchPath(self, self._create("file", suffix, prefix, ttl), keep)
+
+    def temp_dir(self, suffix: str = "", prefix: str = "lh-", *, keep: bool = False, ttl: float | None = None) -> ScratchPath:
+        """A new empty directory (0700) in ``temp_dir``; like :meth:`temp_file` for directories."""
+        return ScratchPath(self, self._create("dir", suffix, prefix, ttl), keep)
+
+    def new_temp_file(self, suffix: str = "", prefix: str = "lh-", *, ttl: float | None = None) -> Path:
+        """A new empty file kept until it ages out (``max_age``, or ``ttl`` seconds if given)."""
+        return self._create("file", suffix, prefix, ttl)
+
+    def new_temp_dir(self, suffix: str = "", prefix: str = "lh-", *, ttl: float | None = None) -> Path:
+        """A new empty directory kept until it ages out (``max_age``, or ``ttl`` seconds if given)."""
+        return self._create("dir", suffix, prefix, ttl)
+
+    @contextlib.contextmanager
+    def in_use(self, path: str | os.PathLike[str]) -> Iterator[Path]:
+        """Mark a scratch item in use for the block: no cleanup, in any process, removes it meanwhile."""
+        self._check_open()
+        name = self._name_of(path)
+        fd = None
+        with self._lock:
+            self._in_use[name] += 1
+        try:
+            if fcntl is not None:
+                fd = os.open(self._meta / _LOCKS / f"{name}.lock", os.O_RDONLY | os.O_CREAT | _O_CLOEXEC, 0o600)
+                fcntl.flock(fd, fcntl.LOCK_SH)
+            record = self._read_record(name)
+            if record is not None:
+                record.used = self.clock()
+                record.uses += 1
+                with contextlib.suppress(OSError):
+                    self._write_record(record)
+            yield self.root / name
+        finally:
+            if fd is not None:
+                os.close(fd)
+            with self._lock:
+                self._in_use[name] -= 1
+                if self._in_use[name] <= 0:
+                    del self._in_use[name]
+
+    def touch(self, path: str | os.PathLike[str]) -> None:
+        """Restart a scratch item's age (it was just used and should stay ``max_age`` longer)."""
+        name = self._name_of(path)
+        record = self._read_record(name)
+        if record is not None:
+            record.created = record.used = self.clock()
+            self._write_record(record)
+
+    def remove(self, path: str | os.PathLike[str]) -> bool:
+        """Remove a scratch item now (unless another holder has it in use); True if it was removed."""
+        self._check_open()
+        try:
+            name = self._name_of(path)
+        except CacheError:
+            return False
+        record = self._read_record(name)
+        if record is None:
+            return False
+        with self._lock:
+            removed = self._remove_item(record) is not None
+            if removed:
+                self.stats.deletes += 1
+            return removed
+
+    def _lock_probe(self, name: str) -> int | None | bool:
+        """An exclusive lock fd on the item's lock file, None without fcntl, or False if someone holds it."""
+        if name in self._in_use:
+            return False
+        if fcntl is None:
+            return None
+        path = self._meta / _LOCKS / f"{name}.lock"
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CREAT | _O_CLOEXEC, 0o600)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        return fd
+
+    def _remove_item(self, record: _Record) -> int | None:
+        """Remove the item (not following links) and its record; bytes freed, or None if it is in use."""
+        probe = self._lock_probe(record.name)
+        if probe is False:
+            return None
+        try:
+            freed = 0
+            root_fd = self._open_dir(self.root)
+            try:
+                freed = _remove_at(root_fd, record.name)
+            finally:
+                os.close(root_fd)
+            self._forget(record.name)
+            with self._lock:
+                self._item_count = max(0, self._item_count - 1)
+                self._item_bytes = max(0, self._item_bytes - freed)
+                self.stats.entries = self._item_count + len(self._kv)
+                self.stats.bytes = self._item_bytes + self._kv_bytes()
+            return freed
+        finally:
+            if isinstance(probe, int) and not isinstance(probe, bool):
+                with contextlib.suppress(OSError):
+                    os.unlink(self._meta / _LOCKS / f"{record.name}.lock")
+                os.close(probe)
+
+    def _forget(self, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._meta / _REGISTRY / f"{name}.json")
+
+    def items(self) -> list[dict[str, Any]]:
+        """Every scratch item, oldest first: name, path, kind, age (s), bytes, and whether it is in use."""
+        now = self.clock()
+        out = []
+        root_fd = self._open_dir(self.root)
+        try:
+            for record in sorted(self._records(), key=lambda r: r.created):
+                out.append(
+                    {
+                        "name": record.name,
+                        "path": str(self.root / record.name),
+                        "kind": record.kind,
+                        "age": now - record.created,
+                        "bytes": _size_at(root_fd, record.name),
+                        "in_use": self._lock_probe_held(record.name),
+                    }
+                )
+        finally:
+            os.close(root_fd)
+        return out
+
+    def _lock_probe_held(self, name: str) -> bool:
+        probe = self._lock_probe(name)
+        if probe is False:
+            return True
+        if isinstance(probe, int) and not isinstance(probe, bool):
+            os.close(probe)
+        return False
+
+    def _refresh_items(self) -> list[tuple[_Record, int | None]]:
+        """Each record with its item's size now (None: the item is missing); updates stats."""
+        result: list[tuple[_Record, int | None]] = []
+        root_fd = self._open_dir(self.root)
+        try:
+            for record in self._records():
+                result.append((record, _size_at(root_fd, record.name)))
+        finally:
+            os.close(root_fd)
+        with self._lock:
+            self._item_bytes = sum(size or 0 for _, size in result)
+            self._item_count = sum(1 for _, size in result if size is not None)
+            self.stats.bytes = self._item_bytes + self._kv_bytes()
+            self.stats.entries = self._item_count + len(self._kv)
+        return result
+
+    # ------------------------------------------------------------------------------------ keyed values
+    def _kv_bytes(self) -> int:
+        return sum(entry.size for entry in self._kv.values())
+
+    def _kv_name(self, key: Key) -> str:
+        return xxhash.xxh3_128_hexdigest(key_to_bytes(key)) + ".lhb"
+
+    def _scan_kv(self) -> None:
+        kv: dict[str, _KvEntry] = {}
+        with os.scandir(self._meta / _KV) as entries:
+            for entry in entries:
+                if _KV_RE.match(entry.name) and entry.is_file(follow_symlinks=False):
+                    header = read_header(Path(entry.path))
+                    if header is not None:
+                        kv[entry.name] = _KvEntry(header.seq, header.created, header.created, header.file_size, header.expires)
+                        self._seq = max(self._seq, header.seq)
+        with self._lock:
+            self._kv = kv
+
+    def set(self, key: Key, value: Any, ttl: float | None = None) -> None:
+        """Store ``value`` (bytes, or anything the codecs take) under ``key``; ``ttl`` overrides ``max_age``."""
+        self._check_open()
+        key = validate_key(key)
+        encoded = encode_parts(value, compress=False)
+        key_bytes = key_to_bytes(key)
+        nbytes = HEADER_SIZE + len(key_bytes) + (-len(key_bytes) % 64) + encoded.size
+        if nbytes > self.max_bytes:
+            raise ValueTooLargeError(
+                f"A value of {nbytes:,} bytes does not fit in the system cache's size of {self.max_bytes:,} bytes; "
+                "raise system_cache.size or store it as a scratch file."
+            )
+        if ttl is not None and ttl <= 0:
+            raise CacheError(f"ttl must be a positive number of seconds, not {ttl!r}.")
+        name = self._kv_name(key)
+        with self._lock:
+            self._seq += 1
+            now = self.clock()
+            expires = now + ttl if ttl is not None else 0.0
+            size = write_blob(self._meta / _KV / name, encoded.parts, created=now, seq=self._seq, key=key_bytes, expires=expires)
+            self._kv[name] = _KvEntry(self._seq, now, now, size, expires)
+            self.stats.sets += 1
+            self.stats.raw_bytes += encoded.raw_size
+            self.stats.stored_bytes += encoded.size
+            self.stats.bytes = self._item_bytes + self._kv_bytes()
+            self.stats.entries = self._item_count + len(self._kv)
+            if self.stats.bytes > self.max_bytes:
+                self._evict(CleanupReport(cache=self.name), protect=name)
+
+    put = set
+
+    def _expired(self, created: float, expires: float, now: float) -> bool:
+        return now >= expires if expires else now - created >= self.max_age
+
+    def get(self, key: Key, default: Any = None) -> Any:
+        """The value under ``key``, or ``default`` (missing, expired or damaged)."""
+        self._check_open()
+        key = validate_key(key)
+        name = self._kv_name(key)
+        with self._lock:
+            entry = self._kv.get(name)
+            if entry is None:
+                self.stats.misses += 1
+                return default
+            if self._expired(entry.created, entry.expires, self.clock()):
+                self._drop_kv(name)
+                self.stats.expirations += 1
+                self.stats.misses += 1
+                return default
+        blob = read_blob(self._meta / _KV / name)
+        ok = blob is not None and blob.header.key == key_to_bytes(key)
+        value: Any = default
+        if ok:
+            assert blob is not None
+            try:
+                value = decode(blob.frame)
+            except CacheValueError:
+                ok = False
+        with self._lock:
+            if not ok:
+                self.stats.corrupt += 1
+                self.stats.misses += 1
+                self._drop_kv(name)
+                return default
+            entry.used = self.clock()
+            entry.uses += 1
+            self.stats.hits += 1
+        return value
+
+    def _drop_kv(self, name: str) -> int:
+        entry = self._kv.pop(name, None)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._meta / _KV / name)
+        self.stats.bytes = self._item_bytes + self._kv_bytes()
+        self.stats.entries = self._item_count + len(self._kv)
+        return entry.size if entry is not None else 0
+
+    def delete(self, key: Key) -> bool:
+        self._check_open()
+        name = self._kv_name(validate_key(key))
+        with self._lock:
+            if name not in self._kv:
+                return False
+            self._drop_kv(name)
+            self.stats.deletes += 1
+            return True
+
+    def __contains__(self, key: object) -> bool:
+        if not isinstance(key, (str, bytes)):
+            return False
+        with self._lock:
+            entry = self._kv.get(self._kv_name(key))
+            return entry is not None and not self._expired(entry.created, entry.expires, self.clock())
+
+    # ------------------------------------------------------------------------------------ maintenance
+    def cleanup(self) -> CleanupReport:
+        """Remove items and values older than ``max_age``, then the oldest beyond ``size``.
+
+        Never removes an item in use, anything the cache did not create, or anything a link points to.
+        """
+        self._check_open()
+        report = CleanupReport(cache=self.name)
+        with self._cleanup_lock(), self._lock:
+            now = self.clock()
+            self._scan_kv()
+            for record, size in self._refresh_items():
+                if size is None:
+                    if now - record.created >= _MISSING_GRACE:
+                        self._forget(record.name)
+                        report.missing += 1
+                    continue
+                limit = record.ttl if record.ttl is not None else self.max_age
+                if now - record.created >= limit:
+                    freed = self._remove_item(record)
+                    if freed is None:
+                        report.details.setdefault("in_use", []).append(record.name)
+                        continue
+                    report.expired += 1
+                    report.bytes_freed += freed
+                    self.stats.expirations += 1
+            for name, entry in list(self._kv.items()):
+                if self._expired(entry.created, entry.expires, now):
+                    report.bytes_freed += self._drop_kv(name)
+                    report.expired += 1
+                    self.stats.expirations += 1
+            report.orphans += _remove_dead_temp_files(self._meta / _KV) + _remove_dead_temp_files(self._meta / _REGISTRY)
+            self._evict(report)
+        return report
+
+    def _evict(self, report: CleanupReport, protect: str | None = None) -> None:
+        """Remove the oldest (by policy) items and values not in use until the total fits ``size``."""
+        items = [(r, s) for r, s in self._refresh_items() if s is not None]
+        total = self._item_bytes + self._kv_bytes()
+        if total <= self.max_bytes:
+            return
+        units: list[tuple[tuple[float, ...], str, Any]] = []
+        for record, _ in items:
+            units.append((_policy_key(self.cleanup_policy, record.created, record.used, record.uses), "item", record))
+        for name, entry in self._kv.items():
+            if name != protect:
+                units.append((_policy_key(self.cleanup_policy, entry.created, entry.used, entry.uses), "kv", name))
+        units.sort(key=lambda u: u[0])
+        for _, kind, unit in units:
+            if total <= self.max_bytes:
+                break
+            if kind == "item":
+                freed = self._remove_item(unit)
+                if freed is None:
+                    report.details.setdefault("in_use", []).append(unit.name)
+                    continue
+            else:
+                freed = self._drop_kv(unit)
+            total -= freed
+            report.evicted += 1
+            report.bytes_freed += freed
+            self.stats.evictions += 1
+
+    @contextlib.contextmanager
+    def _cleanup_lock(self) -> Iterator[None]:
+        # One cleanup at a time across processes sharing temp_dir, so two never race over the same item.
+        if fcntl is None:
+            yield
+            return
+        fd = os.open(self._meta / "cleanup.lock", os.O_RDONLY | os.O_CREAT | _O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def clear(self) -> None:
+        """Remove every scratch item not in use and every keyed value."""
+        self._check_open()
+        with self._cleanup_lock(), self._lock:
+            for record in self._records():
+                self._remove_item(record)
+            for name in list(self._kv):
+                self._drop_kv(name)
+            self._refresh_items()
+
+    def close(self) -> None:
+        """Mark the cache closed (scratch items stay on disk until a later cleanup). Idempotent."""
+        self._closed = True
+
+    def __repr__(self) -> str:
+        return f"SystemCache({str(self.root)!r}, size={self.size:g}, max_age={self.max_age:g})"
+
+
+# ---------------------------------------------------------------------------------------------- fd-based walks
+
+
+def _size_at(parent_fd: int, name: str) -> int | None:
+    """Bytes under ``name`` (relative to ``parent_fd``), counting links as themselves; None if missing."""
+    try:
+        st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISDIR(st.st_mode):
+        return st.st_size
+    total = 0
+    try:
+        fd = os.open(name, os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW | _O_CLOEXEC, dir_fd=parent_fd)
+    except OSError:
+        return 0
+    try:
+        with os.scandir(fd) as entries:
+            for entry in entries:
+                total += _size_at(fd, entry.name) or 0
+    finally:
+        os.close(fd)
+    return total
+
+
+def _remove_at(parent_fd: int, name: str) -> int:
+    """Remove ``name`` under ``parent_fd`` without following any link; return the bytes freed."""
+    try:
+        st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return 0
+    if not stat.S_ISDIR(st.st_mode):
+        # A regular file, or a link (whatever it points to): unlink the name itself.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name, dir_fd=parent_fd)
+        return st.st_size
+    try:
+        fd = os.open(name, os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW | _O_CLOEXEC, dir_fd=parent_fd)
+    except OSError:
+        # Swapped for a link between stat and open: remove the link itself.
+        with contextlib.suppress(OSError):
+            os.unlink(name, dir_fd=parent_fd)
+        return 0
+    freed = 0
+    try:
+        with os.scandir(fd) as entries:
+            names = [entry.name for entry in entries]
+        for child in names:
+            freed += _remove_at(fd, child)
+    finally:
+        os.close(fd)
+    with contextlib.suppress(FileNotFoundError):
+        os.rmdir(name, dir_fd=parent_fd)
+    return freed
+
+
+def _remove_dead_temp_files(directory: Path) -> int:
+    """Remove temp files left by writers that died (the pid in their name is gone)."""
+    removed = 0
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            if not (entry.name.startswith(".") and entry.name.endswith(TMP_SUFFIX)):
+                continue
+            try:
+                pid = int(entry.name.split(".")[-3])
+            except (IndexError, ValueError):
+                continue
+            if pid == os.getpid():
+                continue
+            try:
+                os.kill(pid, 0)
+                continue
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
+                removed += 1
+    return removed

@@ -1,0 +1,1224 @@
+"""TrainingCache: collate batches once, serve later epochs from disk with read-ahead.
+
+Fine-tuning re-tokenizes and re-collates the same data every epoch and starves the accelerator meanwhile.
+``TrainingCache.wrap`` stores each batch of the first pass and serves later passes from the cache, in the same
+order or shuffled by a seed, always produced (or decoded) a few batches ahead in a background thread::
+
+    cache = TrainingCache("/data/cache/training", size=4096)
+    batches = cache.wrap(collated_batches, "wikitext-train", fingerprint={"tokenizer": "llama3", "seq": 2048})
+    for epoch in range(3):
+        batches.set_epoch(epoch)
+        for batch in batches:            # epoch 0 from the source, later epochs from the cache
+            train_step(batch)
+
+Layout: one directory per namespace (dataset id + fingerprint) holding one checksummed blob file per batch
+and a small JSON manifest (dataset, fingerprint, batch count, completion). A namespace is served as complete
+only once a pass has stored every batch and seen the source end; an interrupted pass (an exception, a
+``break``, a crash) leaves it incomplete, and the next pass serves the stored prefix from the cache and
+completes the rest from the source. Namespaces are evicted whole, oldest first (``cleanup_policy="fifo"``),
+to stay within ``size``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xxhash
+
+from llamahome.errors import CacheClosedError, CacheValueError, ConfigError, StorageError, TrainingCacheError
+
+from .base import Key, Store, key_to_bytes, validate_key
+from .blobfile import HEADER_SIZE, TMP_SUFFIX, read_blob, read_header, write_blob
+from .codecs import decode, encode_parts
+from .prefetch import THREAD_PREFIX, ReadAhead
+from .stats import CacheStats, CleanupReport
+from .units import MIB, parse_size
+
+try:  # cross-process "this namespace is being read or written" marks; absent on Windows
+    import fcntl
+except ImportError:  # pragma: no cover - non-POSIX
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["TrainingCache", "CachedBatches", "POLICIES"]
+
+log = logging.getLogger(__name__)
+
+#: Eviction orders the training cache understands (the config accepts these names for every cache).
+POLICIES = ("fifo", "time", "lru", "lfu")
+
+_NS_PREFIX = "ns-"
+_MANIFEST = "manifest.json"
+_LOCK = ".lock"
+_BATCH_RE = re.compile(r"^b(\d{9})\.lhb$")
+_KV_RE = re.compile(r"^[0-9a-f]{32}\.lhb$")
+_KV_DIR = "kv"
+#: A namespace directory without a manifest this old (seconds) is a crash leftover, not a write in progress.
+_ORPHAN_GRACE = 60.0
+
+
+def _batch_name(index: int) -> str:
+    return f"b{index:09d}.lhb"
+
+
+def namespace_id(dataset_id: str, fingerprint: Any = None) -> str:
+    """The directory name of a dataset's namespace: changes whenever ``dataset_id`` or ``fingerprint`` does."""
+    try:
+        text = json.dumps([dataset_id, fingerprint], sort_keys=True, separators=(",", ":"), default=str)
+    except ValueError as exc:  # circular structures
+        raise TrainingCacheError(
+            f"The fingerprint for dataset {dataset_id!r} cannot be turned into text ({exc}); pass a string, "
+            "number or JSON-like dict describing the data and its preprocessing."
+        ) from exc
+    return _NS_PREFIX + xxhash.xxh3_128_hexdigest(text.encode("utf-8", "surrogatepass"))
+
+
+@dataclass
+class _Namespace:
+    """What the cache knows about one dataset namespace (mirrors its manifest, plus the batch index)."""
+
+    id: str
+    dir: Path
+    dataset_id: str
+    fingerprint: Any
+    seq: int
+    created: float
+    used: float
+    uses: int = 0
+    complete: bool = False
+    total: int | None = None
+    oversize: int | None = None  # the byte budget it did not fit in, if it ever overflowed
+    batches: dict[int, int] = field(default_factory=dict)  # index -> file size
+    bytes: int = 0
+    pins: int = 0
+
+    def manifest(self) -> dict[str, Any]:
+        return {
+            "version": 1,
+            "dataset_id": self.dataset_id,
+            "fingerprint": self.fingerprint,
+            "seq": self.seq,
+            "created": self.created,
+            "used": self.used,
+            "uses": self.uses,
+            "complete": self.complete,
+            "total": self.total,
+            "oversize": self.oversize,
+        }
+
+    def contiguous(self, start: int = 0) -> int:
+        """The first index at or after ``start`` that is not stored."""
+        index = start
+        while index in self.batches:
+            index += 1
+        return index
+
+
+@dataclass
+class _KvEntry:
+    seq: int
+    created: float
+    used: float
+    size: int
+    uses: int = 0
+
+
+def _policy_key(policy: str, seq: int, created: float, used: float, uses: int) -> tuple[float, ...]:
+    if policy == "lru":
+        return (used, seq)
+    if policy == "lfu":
+        return (uses, used, seq)
+    if policy == "time":
+        return (created, seq)
+    return (seq,)
+
+
+def _snapshot(batch: Any) -> tuple[bytearray, int]:
+    """An uncompressed frame of ``batch`` in a fresh buffer: a private copy the consumer cannot mutate.
+
+    Taken in the producer before the batch is handed on, so a training step that edits its batch in place
+    (masking labels, say) cannot change what is stored; compression then happens off the critical path.
+    """
+    encoded = encode_parts(batch, compress=False)
+    buf = bytearray(encoded.size)
+    view = memoryview(buf)
+    offset = 0
+    for part in encoded.parts:
+        part_view = memoryview(part).cast("B")
+        view[offset : offset + part_view.nbytes] = part_view
+        offset += part_view.nbytes
+    return buf, encoded.raw_size
+
+
+# ---------------------------------------------------------------------------------------------- torch helpers
+
+
+def _torch() -> Any:
+    try:
+        import torch
+    except ImportError as exc:  # pragma: no cover - torch is optional
+        raise TrainingCacheError("pin_memory and device need torch; install it with pip install torch.") from exc
+    return torch
+
+
+def _map_tensors(value: Any, fn: Callable[[Any], Any], torch: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return fn(value)
+    if isinstance(value, dict):
+        return {k: _map_tensors(v, fn, torch) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_map_tensors(v, fn, torch) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_map_tensors(v, fn, torch) for v in value)
+    return value
+
+
+# ---------------------------------------------------------------------------------------------- writer
+
+
+class _Writer:
+    """Compresses and writes one pass's batches, in a background thread when read-ahead is on.
+
+    Holds at most ``capacity`` snapshots; the producer blocks when the disk falls behind, so memory stays
+    bounded by ``batch_buffer``. Errors are kept and re-raised in the producer at its next submit.
+    """
+
+    def __init__(self, cache: TrainingCache, ns: _Namespace, capacity: int, threaded: bool) -> None:
+        self.cache = cache
+        self.ns = ns
+        self.capacity = max(1, capacity)
+        self.error: BaseException | None = None
+        self.disabled = False  # the namespace overflowed or the disk failed: stop storing, keep serving
+        self.seconds = 0.0  # time spent compressing and writing (for the benchmark)
+        self._queue: deque[tuple[int, bytearray, int] | None] = deque()
+        self._cond = threading.Condition(threading.Lock())
+        self._pending: set[int] = set()
+        self._threaded = threaded
+        self._thread: threading.Thread | None = None  # started on the first batch to write
+
+    def wants(self, index: int) -> bool:
+        if self.disabled:
+            return False
+        with self._cond:
+            if index in self._pending:
+                return False
+        return not self.cache._has_batch(self.ns, index)
+
+    def submit(self, index: int, batch: Any) -> None:
+        self.raise_error()
+        if not self.wants(index):
+            return
+        snap, raw = _snapshot(batch)
+        if not self._threaded:
+            self._write(index, snap, raw)
+            self.raise_error()
+            return
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name=f"{THREAD_PREFIX}-writer", daemon=True)
+            self._thread.start()
+        with self._cond:
+            while len(self._queue) >= self.capacity and self._thread.is_alive():
+                self._cond.wait()
+            self._pending.add(index)
+            self._queue.append((index, snap, raw))
+            self._cond.notify_all()
+
+    def raise_error(self) -> None:
+        if self.error is not None:
+            error, self.error = self.error, None
+            self.disabled = True
+            raise error
+
+    def _write(self, index: int, snap: bytearray, raw: int) -> None:
+        if self.disabled:
+            return
+        began = time.perf_counter()
+        try:
+            if self.cache.compression:
+                encoded = encode_parts(decode(snap), compress=True)
+                parts, raw = encoded.parts, encoded.raw_size
+            else:
+                parts = [snap]
+            if not self.cache._store_batch(self.ns, index, parts, raw):
+                self.disabled = True
+        except TrainingCacheError as exc:
+            self.error = exc
+            self.disabled = True
+        except StorageError as exc:
+            # A full or read-only disk must not stop training: stop caching this pass and say so once.
+            self.cache._count("errors")
+            log.warning("The training cache stopped storing %r: %s", self.ns.dataset_id, exc)
+            self.disabled = True
+        finally:
+            self.seconds += time.perf_counter() - began
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue:
+                    self._cond.wait()
+                item = self._queue[0]
+            if item is None:
+                return
+            index, snap, raw = item
+            self._write(index, snap, raw)
+            with self._cond:
+                self._queue.popleft()
+                self._pending.discard(index)
+                self._cond.notify_all()
+
+    def close(self) -> None:
+        """Write what is queued (it is valid data) and stop the thread."""
+        if self._thread is not None:
+            with self._cond:
+                self._queue.append(None)
+                self._cond.notify_all()
+            self._thread.join()
+
+
+# ---------------------------------------------------------------------------------------------- source cursor
+
+
+class _SourceEnd(Exception):
+    """The source has no batch at the requested index."""
+
+
+class _Cursor:
+    """Random access over a sequential source: fetch(i) advances (or restarts) the source to batch ``i``.
+
+    Batches passed over on the way are stored if the cache lacks them, so a resumed pass that skips ahead
+    still completes the namespace. A ``Sequence`` source is indexed directly instead.
+    """
+
+    def __init__(self, source: Iterable[Any], writer: _Writer | None, stop: Any) -> None:
+        self.source = source
+        self.writer = writer
+        self.stop = stop
+        self.iterator: Iterator[Any] | None = None
+        self.position = 0
+        self.end: int | None = None
+        self.indexable = isinstance(source, Sequence) and not isinstance(source, (str, bytes))
+        self._skipper: threading.Thread | None = None
+        self._skip_error: BaseException | None = None
+
+    def _restart(self) -> None:
+        self.iterator = iter(self.source)
+        self.position = 0
+
+    def prepare(self, target: int, register: Callable[[threading.Thread], None] | None) -> None:
+        """Start skipping the source to ``target`` in a helper thread, while the cached prefix is served."""
+        if self.indexable or target <= 0:
+            return
+
+        def skip() -> None:
+            try:
+                self._restart()
+                assert self.iterator is not None
+                while self.position < target and not getattr(self.stop, "stopping", False):
+                    next(self.iterator)
+                    self.position += 1
+            except StopIteration:
+                self.end = self.position
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the producer by fetch()
+                self._skip_error = exc
+
+        self._skipper = threading.Thread(target=skip, name=f"{THREAD_PREFIX}-skip", daemon=True)
+        if register is not None:
+            register(self._skipper)
+        self._skipper.start()
+
+    def _join_skipper(self) -> None:
+        if self._skipper is not None:
+            self._skipper.join()
+            self._skipper = None
+            if self._skip_error is not None:
+                error, self._skip_error = self._skip_error, None
+                raise error
+
+    def fetch(self, index: int) -> Any:
+        self._join_skipper()
+        if self.end is not None and index >= self.end:
+            raise _SourceEnd
+        if self.indexable:
+            try:
+                batch = self.source[index]  # type: ignore[index]
+            except IndexError:
+                self.end = len(self.source)  # type: ignore[arg-type]
+                raise _SourceEnd from None
+            if self.writer is not None:
+                self.writer.submit(index, batch)
+            return batch
+        if self.iterator is None or index < self.position:
+            self._restart()
+        assert self.iterator is not None
+        while True:
+            try:
+                batch = next(self.iterator)
+            except StopIteration:
+                self.end = self.position
+                raise _SourceEnd from None
+            current = self.position
+            self.position += 1
+            if self.writer is not None:
+                self.writer.submit(current, batch)
+            if current == index:
+                return batch
+
+    def close(self) -> None:
+        self._join_skipper_quietly()
+        close = getattr(self.iterator, "close", None)
+        self.iterator = None
+        if close is not None:
+            with contextlib.suppress(Exception):
+                close()
+
+    def _join_skipper_quietly(self) -> None:
+        if self._skipper is not None:
+            self._skipper.join()
+            self._skipper = None
+
+
+# ---------------------------------------------------------------------------------------------- wrap
+
+
+class CachedBatches(Iterable[Any]):
+    """The iterable :meth:`TrainingCache.wrap` returns: each ``iter()`` is one pass (an epoch).
+
+    The first pass starts at ``start`` (resume), later ones at 0. Cached passes are shuffled when a
+    ``shuffle_seed`` was given: the order is a permutation drawn from ``(shuffle_seed, epoch)``, where the
+    epoch counts passes (or is set with :meth:`set_epoch`), so a resumed run reproduces the same order.
+    """
+
+    def __init__(
+        self,
+        cache: TrainingCache,
+        source: Iterable[Any],
+        dataset_id: str,
+        fingerprint: Any,
+        shuffle_seed: int | None,
+        start: int,
+        device: Any,
+        pin_memory: bool,
+    ) -> None:
+        self.cache = cache
+        self.source = source
+        self.dataset_id = dataset_id
+        self.fingerprint = fingerprint
+        self.shuffle_seed = shuffle_seed
+        self.namespace = namespace_id(dataset_id, fingerprint)
+        self.epoch = 0
+        self._start = start
+        self._device = device
+        self._pin = pin_memory
+        # Weak: a pass whose iterator the consumer dropped must be collectable, which is what stops it.
+        self._live: weakref.WeakSet[ReadAhead[Any]] = weakref.WeakSet()
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set the epoch number of the next pass (it picks the shuffle order)."""
+        self.epoch = int(epoch)
+
+    @property
+    def complete(self) -> bool:
+        """True once every batch is stored and the source's end was seen."""
+        return self.cache._namespace_state(self.namespace)[0]
+
+    @property
+    def num_batches(self) -> int | None:
+        """The number of batches per pass, once a pass has seen the source end (else None)."""
+        return self.cache._namespace_state(self.namespace)[1]
+
+    def __len__(self) -> int:
+        total = self.num_batches
+        if total is None:
+            try:
+                return len(self.source)  # type: ignore[arg-type]
+            except TypeError:
+                raise TypeError(
+                    "The number of batches is known after the first complete pass (or if the source has a len())."
+                ) from None
+        return total
+
+    def iter(self, start: int | None = None, epoch: int | None = None) -> Iterator[Any]:
+        """One pass from batch ``start`` (default: the resume index for the first pass, else 0)."""
+        if start is None:
+            start, self._start = self._start, 0
+        if start < 0:
+            raise TrainingCacheError(f"A pass cannot start at batch {start}; give a batch index of 0 or more.")
+        if epoch is not None:
+            self.epoch = int(epoch)
+        epoch_now = self.epoch
+        self.epoch += 1
+        iterator = self.cache._open_pass(self, start, epoch_now)
+        if isinstance(iterator, ReadAhead):
+            self._live.add(iterator)
+        return iterator
+
+    def __iter__(self) -> Iterator[Any]:
+        return self.iter()
+
+    def close(self) -> None:
+        """Stop every pass of this iterable that is still reading ahead."""
+        for iterator in list(self._live):
+            iterator.close()
+        self._live.clear()
+
+    def __repr__(self) -> str:
+        return f"CachedBatches(dataset_id={self.dataset_id!r}, namespace={self.namespace!r})"
+
+
+class _SyncPass(Iterator[Any]):
+    """A pass without read-ahead (``prefetch=0``): batches are produced and stored in the consumer's thread."""
+
+    def __init__(self, items: Iterator[Any], transform: Callable[[Any], Any] | None) -> None:
+        self._items = items
+        self._transform = transform
+
+    def __next__(self) -> Any:
+        batch = next(self._items)
+        return self._transform(batch) if self._transform is not None else batch
+
+    def close(self) -> None:
+        close = getattr(self._items, "close", None)
+        if close is not None:
+            close()
+
+    @property
+    def alive(self) -> bool:
+        return False
+
+
+# ---------------------------------------------------------------------------------------------- the cache
+
+
+class TrainingCache(Store):
+    """Collated training batches on disk, served back with read-ahead.
+
+    ``size`` is the byte budget in MB (1 MB = 1 MiB; strings like ``"4GB"`` work). ``prefetch`` batches are
+    produced or decoded ahead of the consumer (0 turns read-ahead off), and at most ``batch_buffer`` batches
+    are held in memory by a pass (read ahead plus waiting to be written). ``cleanup_policy`` picks which
+    namespace goes first when space is needed: ``fifo`` (oldest created, the default), ``time`` (same, by
+    clock), ``lru`` or ``lfu`` (by passes started).
+
+    ``put(key, batch)``/``get(key)`` store single batches; :meth:`wrap` caches a whole iterable of batches.
+    Instances pickle as their configuration, so a ``DataLoader`` worker reopens the same directory.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        size: float | str = 512,
+        batch_buffer: int = 32,
+        prefetch: int = 4,
+        cleanup_policy: str = "fifo",
+        *,
+        compression: bool = True,
+        clock: Callable[[], float] = time.time,
+        name: str = "training_cache",
+    ) -> None:
+        try:
+            size_mb = parse_size(size)
+        except ValueError as exc:
+            raise ConfigError(f"training_cache.size: {exc}") from exc
+        policy = str(cleanup_policy).strip().lower()
+        if policy not in POLICIES:
+            raise ConfigError(
+                f"training_cache.cleanup_policy: unknown policy {cleanup_policy!r}; use one of {', '.join(POLICIES)}."
+            )
+        if not isinstance(batch_buffer, int) or batch_buffer < 1:
+            raise ConfigError(f"training_cache.batch_buffer: must be a whole number of at least 1, not {batch_buffer!r}.")
+        if not isinstance(prefetch, int) or prefetch < 0:
+            raise ConfigError(f"training_cache.prefetch: must be a whole number of 0 or more, not {prefetch!r}.")
+        if prefetch > batch_buffer:
+            raise ConfigError(
+                f"training_cache.prefetch: prefetch ({prefetch}) is larger than batch_buffer ({batch_buffer}); "
+                "batches read ahead must fit in the buffer, so lower prefetch or raise batch_buffer."
+            )
+        self.path = Path(path)
+        self.size = size_mb
+        self.max_bytes = max(1, round(size_mb * MIB))
+        self.batch_buffer = batch_buffer
+        self.prefetch = prefetch
+        self.cleanup_policy = policy
+        self.compression = bool(compression)
+        self.clock = clock
+        self.name = name
+        self.stats = CacheStats(name=name, max_bytes=self.max_bytes)
+        self._lock = threading.RLock()
+        self._closed = False
+        self._namespaces: dict[str, _Namespace] = {}
+        self._kv: dict[str, _KvEntry] = {}
+        self._seq = 0
+        self._bytes = 0
+        self._orphans: list[Path] = []
+        self._passes: weakref.WeakSet[ReadAhead[Any]] = weakref.WeakSet()
+        try:
+            self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+            (self.path / _KV_DIR).mkdir(exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise StorageError(
+                exc.errno, f"Cannot create the training cache directory {self.path} ({exc.strerror}); pick a writable path."
+            ) from exc
+        self._scan()
+
+    # ------------------------------------------------------------------------------------ pickling
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (
+            _reopen,
+            (
+                {
+                    "path": str(self.path),
+                    "size": self.size,
+                    "batch_buffer": self.batch_buffer,
+                    "prefetch": self.prefetch,
+                    "cleanup_policy": self.cleanup_policy,
+                    "compression": self.compression,
+                    "clock": self.clock,
+                    "name": self.name,
+                },
+            ),
+        )
+
+    # ------------------------------------------------------------------------------------ index
+    def _scan(self) -> None:
+        """Rebuild the in-memory index from the directory (the files are the truth; see module docs)."""
+        namespaces: dict[str, _Namespace] = {}
+        kv: dict[str, _KvEntry] = {}
+        orphans: list[Path] = []
+        max_seq = 0
+        with os.scandir(self.path) as entries:
+            for entry in entries:
+                if not entry.name.startswith(_NS_PREFIX) or not entry.is_dir(follow_symlinks=False):
+                    continue
+                ns = self._load_namespace(Path(entry.path))
+                if ns is None:
+                    orphans.append(Path(entry.path))
+                    continue
+                namespaces[ns.id] = ns
+                max_seq = max(max_seq, ns.seq)
+        with os.scandir(self.path / _KV_DIR) as entries:
+            for entry in entries:
+                if not _KV_RE.match(entry.name) or not entry.is_file(follow_symlinks=False):
+                    continue
+                header = read_header(Path(entry.path))
+                if header is None:
+                    orphans.append(Path(entry.path))
+                    continue
+                kv[entry.name] = _KvEntry(header.seq, header.created, header.created, header.file_size)
+                max_seq = max(max_seq, header.seq)
+        with self._lock:
+            old = self._namespaces
+            for ns_id, ns in namespaces.items():
+                if ns_id in old:
+                    ns.pins = old[ns_id].pins
+            self._namespaces = namespaces
+            self._kv = kv
+            self._orphans = orphans
+            self._seq = max(self._seq, max_seq)
+            self._recount()
+
+    def _recount(self) -> None:
+        self._bytes = sum(ns.bytes for ns in self._namespaces.values()) + sum(e.size for e in self._kv.values())
+        self.stats.bytes = self._bytes
+        self.stats.entries = sum(len(ns.batches) for ns in self._namespaces.values()) + len(self._kv)
+
+    def _load_namespace(self, directory: Path) -> _Namespace | None:
+        try:
+            manifest = json.loads((directory / _MANIFEST).read_text("utf-8"))
+            ns = _Namespace(
+                id=directory.name,
+                dir=directory,
+                dataset_id=str(manifest["dataset_id"]),
+                fingerprint=manifest.get("fingerprint"),
+                seq=int(manifest["seq"]),
+                created=float(manifest["created"]),
+                used=float(manifest.get("used", manifest["created"])),
+                uses=int(manifest.get("uses", 0)),
+                complete=bool(manifest.get("complete", False)),
+                total=manifest.get("total"),
+                oversize=manifest.get("oversize"),
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                match = _BATCH_RE.match(entry.name)
+                if match and entry.is_file(follow_symlinks=False):
+                    size = entry.stat(follow_symlinks=False).st_size
+                    ns.batches[int(match.group(1))] = size
+                    ns.bytes += size
+        if ns.complete and (ns.total is None or any(i not in ns.batches for i in range(ns.total))):
+            ns.complete = False  # a batch went missing since: serve the rest from the source and repair
+        return ns
+
+    def _write_manifest(self, ns: _Namespace) -> None:
+        data = json.dumps(ns.manifest(), default=str, indent=1).encode()
+        tmp = ns.dir / f".{_MANIFEST}.{os.getpid()}.{threading.get_ident()}{TMP_SUFFIX}"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, ns.dir / _MANIFEST)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise StorageError(exc.errno, f"Cannot write the manifest of {ns.dir} ({exc.strerror}).") from exc
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _namespace(self, dataset_id: str, fingerprint: Any) -> _Namespace:
+        ns_id = namespace_id(dataset_id, fingerprint)
+        with self._lock:
+            ns = self._namespaces.get(ns_id)
+            if ns is not None and ns.dir.is_dir():
+                return ns
+            now = self.clock()
+            try:
+                fp = json.loads(json.dumps(fingerprint, default=str))
+            except ValueError:
+                fp = str(fingerprint)
+            ns = _Namespace(ns_id, self.path / ns_id, dataset_id, fp, self._next_seq(), now, now)
+            ns.dir.mkdir(exist_ok=True, mode=0o700)
+            self._write_manifest(ns)
+            self._namespaces[ns_id] = ns
+            return ns
+
+    def _namespace_state(self, ns_id: str) -> tuple[bool, int | None]:
+        with self._lock:
+            ns = self._namespaces.get(ns_id)
+            return (False, None) if ns is None else (ns.complete, ns.total)
+
+    def _has_batch(self, ns: _Namespace, index: int) -> bool:
+        with self._lock:
+            return index in ns.batches
+
+    def _count(self, counter: str, amount: int = 1) -> None:
+        with self._lock:
+            setattr(self.stats, counter, getattr(self.stats, counter) + amount)
+
+    # ------------------------------------------------------------------------------------ budget
+    def _busy(self, ns: _Namespace) -> bool:
+        """True if a pass here or in another process is using ``ns`` (it must not be evicted)."""
+        if ns.pins:
+            return True
+        if fcntl is None:
+            return False
+        try:
+            fd = os.open(ns.dir / _LOCK, os.O_RDONLY | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        finally:
+            os.close(fd)  # closing drops the probe lock
+        return False
+
+    def _victims(self, protect: _Namespace | None) -> list[tuple[tuple[float, ...], str, str]]:
+        units: list[tuple[tuple[float, ...], str, str]] = []
+        for ns in self._namespaces.values():
+            if ns is not protect and ns.bytes:
+                units.append((_policy_key(self.cleanup_policy, ns.seq, ns.created, ns.used, ns.uses), "ns", ns.id))
+        for name, entry in self._kv.items():
+            units.append((_policy_key(self.cleanup_policy, entry.seq, entry.created, entry.used, entry.uses), "kv", name))
+        units.sort()
+        return units
+
+    def _make_room(self, nbytes: int, protect: _Namespace | None, report: CleanupReport | None = None) -> bool:
+        """Evict whole namespaces (and single put() entries) in policy order until ``nbytes`` more fit."""
+        if self._bytes + nbytes <= self.max_bytes:
+            return True
+        for _, kind, unit in self._victims(protect):
+            if kind == "ns":
+                ns = self._namespaces[unit]
+                if self._busy(ns):
+                    continue
+                removed, freed = self._drop_namespace(ns, keep_manifest=False)
+            else:
+                removed, freed = self._drop_kv(unit)
+            self.stats.evictions += removed
+            if report is not None:
+                report.evicted += removed
+                report.bytes_freed += freed
+                report.details.setdefault("evicted", []).append(unit)
+            if self._bytes + nbytes <= self.max_bytes:
+                return True
+        return self._bytes + nbytes <= self.max_bytes
+
+    def _drop_namespace(self, ns: _Namespace, keep_manifest: bool) -> tuple[int, int]:
+        removed, freed = len(ns.batches), ns.bytes
+        for index in list(ns.batches):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(ns.dir / _batch_name(index))
+        ns.batches.clear()
+        ns.bytes = 0
+        ns.complete = False
+        if keep_manifest:
+            self._write_manifest(ns)
+        else:
+            self._namespaces.pop(ns.id, None)
+            self._remove_tree(ns.dir)
+        self._recount()
+        return removed, freed
+
+    def _remove_tree(self, directory: Path) -> None:
+        # Only our own names inside our own directory; a symlink is unlinked, never followed.
+        with contextlib.suppress(FileNotFoundError):
+            with os.scandir(directory) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        continue
+                    if _BATCH_RE.match(entry.name) or entry.name in (_MANIFEST, _LOCK) or entry.name.endswith(TMP_SUFFIX):
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(entry.path)
+            with contextlib.suppress(OSError):
+                os.rmdir(directory)
+
+    def _drop_kv(self, name: str) -> tuple[int, int]:
+        entry = self._kv.pop(name, None)
+        if entry is None:
+            return 0, 0
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path / _KV_DIR / name)
+        self._recount()
+        return 1, entry.size
+
+    def _too_large(self, nbytes: int, what: str) -> TrainingCacheError:
+        need = nbytes / MIB
+        return TrainingCacheError(
+            f"{what} takes {nbytes:,} bytes on disk, more than the training cache's whole size of "
+            f"{self.max_bytes:,} bytes ({self.size:g} MB); raise training_cache.size to at least {need:.2f} MB "
+            "or make batches smaller."
+        )
+
+    def _store_batch(self, ns: _Namespace, index: int, parts: list[Any], raw: int) -> bool:
+        """Write batch ``index`` of ``ns``; False if the namespace cannot fit in the budget (overflow)."""
+        nbytes = HEADER_SIZE + sum(memoryview(p).nbytes for p in parts)
+        if nbytes > self.max_bytes:
+            raise self._too_large(nbytes, f"Batch {index} of dataset {ns.dataset_id!r}")
+        with self._lock:
+            if self._closed or ns.oversize is not None:
+                return False
+            if index in ns.batches:
+                return True
+            if not self._make_room(nbytes, ns):
+                self._overflow(ns)
+                return False
+            if not ns.dir.is_dir():  # evicted by cleanup() or another process meanwhile
+                ns.dir.mkdir(exist_ok=True, mode=0o700)
+                self._write_manifest(ns)
+                self._namespaces[ns.id] = ns
+            size = write_blob(ns.dir / _batch_name(index), parts, created=self.clock(), seq=self._next_seq())
+            ns.batches[index] = size
+            ns.bytes += size
+            self._bytes += size
+            self.stats.bytes = self._bytes
+            self.stats.entries += 1
+            self.stats.sets += 1
+            self.stats.raw_bytes += raw
+            self.stats.stored_bytes += size - HEADER_SIZE
+            return True
+
+    def _overflow(self, ns: _Namespace) -> None:
+        stored = ns.bytes
+        self._drop_namespace(ns, keep_manifest=False)
+        ns.oversize = self.max_bytes
+        self.stats.errors += 1
+        with contextlib.suppress(OSError):
+            ns.dir.mkdir(exist_ok=True, mode=0o700)
+            self._write_manifest(ns)
+            self._namespaces[ns.id] = ns
+        log.warning(
+            "Dataset %r does not fit in the training cache (%s bytes stored when the %s-byte budget ran out); "
+            "its batches will come from the source every pass. Raise training_cache.size to cache it.",
+            ns.dataset_id,
+            stored,
+            self.max_bytes,
+        )
+
+    def _read_batch(self, ns: _Namespace, index: int) -> Any:
+        """Batch ``index`` of ``ns`` from disk, or None if it is missing or damaged (counted, then dropped)."""
+        blob = read_blob(ns.dir / _batch_name(index))
+        value: Any = None
+        if blob is not None:
+            try:
+                value = decode(blob.frame)
+            except CacheValueError:
+                blob = None
+        if blob is None:
+            with self._lock:
+                size = ns.batches.pop(index, None)
+                if size is not None:
+                    self.stats.corrupt += 1
+                    ns.bytes -= size
+                    ns.complete = False
+                    self._recount()
+                    with contextlib.suppress(OSError):
+                        os.unlink(ns.dir / _batch_name(index))
+            return None
+        return value
+
+    # ------------------------------------------------------------------------------------ passes
+    def wrap(
+        self,
+        iterable: Iterable[Any],
+        dataset_id: str,
+        *,
+        fingerprint: Any = None,
+        shuffle_seed: int | None = None,
+        start: int = 0,
+        device: Any = None,
+        pin_memory: bool = False,
+    ) -> CachedBatches:
+        """Cache the batches of ``iterable`` under ``dataset_id``; each iteration of the result is one pass.
+
+        The first pass yields from ``iterable`` while storing each batch; later passes yield from the cache,
+        in the same order, or shuffled by ``shuffle_seed`` (see :class:`CachedBatches`). ``fingerprint``
+        (any JSON-like value: tokenizer, sequence length, preprocessing version) is part of the namespace, so
+        changing it starts over. ``start`` resumes the first pass at that batch index. ``device`` moves torch
+        tensors there with non-blocking copies from ``pin_memory`` pinned buffers (both need torch; pinning
+        is skipped where CUDA is absent). ``iterable`` must be re-iterable (a list, a ``DataLoader``) for
+        passes that need the source again: a pass interrupted before the cache was complete, or a dataset
+        larger than ``size``.
+        """
+        self._check_open()
+        if not isinstance(dataset_id, str) or not dataset_id:
+            raise TrainingCacheError("dataset_id must be a non-empty string naming the dataset and its split.")
+        if device is not None:
+            torch = _torch()
+            device = torch.device(device)
+            if device.type == "cuda" and not torch.cuda.is_available():
+                raise TrainingCacheError(
+                    f"device={str(device)!r} was asked for but CUDA is not available; pass device=None or 'cpu'."
+                )
+        if shuffle_seed is not None and not isinstance(shuffle_seed, (int, np.integer)):
+            raise TrainingCacheError(f"shuffle_seed must be an int or None, not {type(shuffle_seed).__name__}.")
+        return CachedBatches(self, iterable, dataset_id, fingerprint, shuffle_seed, int(start), device, pin_memory)
+
+    def _pin(self, ns: _Namespace) -> int | None:
+        with self._lock:
+            ns.pins += 1
+            ns.used = self.clock()
+            ns.uses += 1
+        if fcntl is None:
+            return None
+        try:
+            fd = os.open(ns.dir / _LOCK, os.O_RDONLY | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            return fd
+        except OSError:
+            return None
+
+    def _unpin(self, ns: _Namespace, fd: int | None) -> None:
+        with self._lock:
+            ns.pins -= 1
+        if fd is not None:
+            os.close(fd)
+
+    def _open_pass(self, wrapped: CachedBatches, start: int, epoch: int) -> Iterator[Any]:
+        self._check_open()
+        ns = self._namespace(wrapped.dataset_id, wrapped.fingerprint)
+        transform = self._transform(wrapped._device)
+        pin = wrapped._pin and _torch().cuda.is_available()
+        if self.prefetch == 0:
+            return _SyncPass(self._pass_items(wrapped, ns, start, epoch, None, pin, None), transform)
+
+        def make_items(stop: Any) -> Iterator[Any]:
+            # stop is the pipeline: helper threads join its list so that stopping the pass waits for them too
+            return self._pass_items(wrapped, ns, start, epoch, stop, pin, stop.threads.append)
+
+        iterator: ReadAhead[Any] = ReadAhead(make_items, self.prefetch, name=wrapped.dataset_id[:24], transform=transform)
+        with self._lock:
+            self._passes.add(iterator)
+        return iterator
+
+    def _transform(self, device: Any) -> Callable[[Any], Any] | None:
+        if device is None:
+            return None
+        torch = _torch()
+
+        def move(batch: Any) -> Any:
+            # Issued from the consumer's thread on its current stream, so later kernels are ordered after
+            # the copy; non_blocking lets the copy overlap with the host returning to the training loop.
+            return _map_tensors(batch, lambda t: t.to(device, non_blocking=True), torch)
+
+        return move
+
+    def _pass_items(
+        self,
+        wrapped: CachedBatches,
+        ns: _Namespace,
+        start: int,
+        epoch: int,
+        stop: Any,
+        pin: bool,
+        register: Callable[[threading.Thread], None] | None,
+    ) -> Iterator[Any]:
+        """The batches of one pass, in order; runs in the producer thread (or inline without read-ahead)."""
+        lock_fd = self._pin(ns)
+        writer: _Writer | None = None
+        cursor: _Cursor | None = None
+        torch = _torch() if pin else None
+        try:
+            with self._lock:
+                if ns.oversize is not None and ns.oversize < self.max_bytes:
+                    ns.oversize = None  # the budget grew since it overflowed: try to cache it again
+                oversize = ns.oversize is not None
+                complete, total = ns.complete, ns.total
+                prefix_end = ns.contiguous(start)
+            if not oversize:
+                capacity = max(1, self.batch_buffer - self.prefetch)
+                writer = _Writer(self, ns, capacity, threaded=stop is not None)
+            cursor = _Cursor(wrapped.source, writer, stop)
+            if complete and total is not None:
+                order: Iterable[int]
+                if wrapped.shuffle_seed is not None:
+                    order = np.random.default_rng([int(wrapped.shuffle_seed), epoch]).permutation(total)[start:].tolist()
+                else:
+                    order = range(start, total)
+            else:
+                # Source order; the stored prefix is read from disk while a helper thread skips the source
+                # past it, so a resumed pass does not wait for the source to replay what is already cached.
+                order = _count_from(start, total)
+                if not oversize and prefix_end > start:
+                    cursor.prepare(prefix_end, register)
+            for index in order:
+                batch = None
+                if self._has_batch(ns, index):
+                    batch = self._read_batch(ns, index)
+                    if batch is not None:
+                        self._count("hits")
+                if batch is None:
+                    try:
+                        batch = cursor.fetch(index)
+                    except _SourceEnd:
+                        break
+                    self._count("misses")
+                if torch is not None:
+                    batch = _map_tensors(batch, lambda t: t.pin_memory(), torch)
+                yield batch
+            if writer is not None:
+                writer.close()
+                writer.raise_error()
+                writer_done = writer
+                writer = None
+                self._finish_pass(ns, cursor.end, writer_done)
+        finally:
+            if cursor is not None:
+                cursor.close()
+            if writer is not None:
+                writer.close()
+            self._unpin(ns, lock_fd)
+
+    def _finish_pass(self, ns: _Namespace, end: int | None, writer: _Writer) -> None:
+        with self._lock:
+            if end is not None:
+                ns.total = end
+            if ns.total is None or ns.oversize is not None or writer.disabled:
+                return
+            complete = all(i in ns.batches for i in range(ns.total))
+            if complete != ns.complete or end is not None:
+                ns.complete = complete
+                with contextlib.suppress(StorageError):
+                    if ns.dir.is_dir():
+                        self._write_manifest(ns)
+
+    # ------------------------------------------------------------------------------------ Store API
+    def _check_open(self) -> None:
+        if self._closed:
+            raise CacheClosedError(f"The training cache {self.name!r} was closed; create a new TrainingCache to use it again.")
+
+    def _kv_name(self, key: Key) -> str:
+        return xxhash.xxh3_128_hexdigest(key_to_bytes(key)) + ".lhb"
+
+    def put(self, key: Key, batch: Any) -> None:
+        """Store one batch under ``key`` (evicting the oldest namespaces/entries if needed)."""
+        self._check_open()
+        key = validate_key(key)
+        encoded = encode_parts(batch, compress=self.compression)
+        key_bytes = key_to_bytes(key)
+        nbytes = HEADER_SIZE + len(key_bytes) + (-len(key_bytes) % 64) + encoded.size
+        if nbytes > self.max_bytes:
+            raise self._too_large(nbytes, f"The batch for key {key!r}")
+        name = self._kv_name(key)
+        with self._lock:
+            self._drop_kv(name)
+            if not self._make_room(nbytes, None):
+                raise self._too_large(nbytes, f"The batch for key {key!r}")  # pragma: no cover - room always made
+            seq, now = self._next_seq(), self.clock()
+            size = write_blob(self.path / _KV_DIR / name, encoded.parts, created=now, seq=seq, key=key_bytes)
+            self._kv[name] = _KvEntry(seq, now, now, size)
+            self.stats.sets += 1
+            self.stats.raw_bytes += encoded.raw_size
+            self.stats.stored_bytes += encoded.size
+            self._recount()
+
+    def set(self, key: Key, value: Any, ttl: float | None = None) -> None:
+        """Store interface spelling of :meth:`put`; batches do not expire, so ``ttl`` must be None."""
+        if ttl is not None:
+            raise TrainingCacheError("The training cache does not expire batches; call set() without ttl.")
+        self.put(key, value)
+
+    def get(self, key: Key, default: Any = None) -> Any:
+        """The batch stored under ``key`` by :meth:`put`, or ``default``."""
+        self._check_open()
+        key = validate_key(key)
+        name = self._kv_name(key)
+        with self._lock:
+            entry = self._kv.get(name)
+        if entry is None:
+            self._count("misses")
+            return default
+        blob = read_blob(self.path / _KV_DIR / name)
+        value: Any = default
+        ok = blob is not None and blob.header.key == key_to_bytes(key)
+        if ok:
+            assert blob is not None
+            try:
+                value = decode(blob.frame)
+            except CacheValueError:
+                ok = False
+        with self._lock:
+            if not ok:
+                self.stats.corrupt += 1
+                self.stats.misses += 1
+                self._drop_kv(name)
+                return default
+            entry.used = self.clock()
+            entry.uses += 1
+            self.stats.hits += 1
+        return value
+
+    def delete(self, key: Key) -> bool:
+        self._check_open()
+        with self._lock:
+            removed, _ = self._drop_kv(self._kv_name(validate_key(key)))
+            if removed:
+                self.stats.deletes += 1
+            return bool(removed)
+
+    def __contains__(self, key: object) -> bool:
+        if not isinstance(key, (str, bytes)):
+            return False
+        with self._lock:
+            return self._kv_name(key) in self._kv
+
+    def invalidate(self, dataset_id: str) -> int:
+        """Drop every namespace of ``dataset_id`` (all fingerprints) not in use; return batches removed."""
+        self._check_open()
+        removed = 0
+        with self._lock:
+            for ns in [n for n in self._namespaces.values() if n.dataset_id == dataset_id]:
+                if not self._busy(ns):
+                    removed += self._drop_namespace(ns, keep_manifest=False)[0]
+        return removed
+
+    def clear(self) -> None:
+        """Remove every batch and entry (namespaces in use by a pass are left alone)."""
+        self._check_open()
+        with self._lock:
+            for ns in list(self._namespaces.values()):
+                if not self._busy(ns):
+                    self._drop_namespace(ns, keep_manifest=False)
+            for name in list(self._kv):
+                self._drop_kv(name)
+
+    def namespaces(self) -> list[dict[str, Any]]:
+        """A description of each namespace, oldest first: dataset, fingerprint, batches, bytes, completion."""
+        with self._lock:
+            items = sorted(self._namespaces.values(), key=lambda n: n.seq)
+            return [
+                dict(n.manifest(), id=n.id, batches=len(n.batches), bytes=n.bytes, in_use=n.pins > 0) for n in items
+            ]
+
+    def cleanup(self) -> CleanupReport:
+        """Re-read the directory (other processes may have written), drop crash leftovers, enforce ``size``."""
+        self._check_open()
+        report = CleanupReport(cache=self.name)
+        self._scan()
+        with self._lock:
+            for orphan in self._orphans:
+                if orphan.is_dir() and time.time() - orphan.stat().st_mtime < _ORPHAN_GRACE:
+                    continue  # maybe a namespace being created right now by another process
+                report.orphans += 1
+                if orphan.is_dir():
+                    self._remove_tree(orphan)
+                else:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(orphan)
+            for directory in [self.path / _KV_DIR, *(ns.dir for ns in self._namespaces.values())]:
+                report.orphans += _remove_stale_temp_files(directory)
+            self._make_room(0, None, report)
+        return report
+
+    def close(self) -> None:
+        """Stop every pass still reading ahead. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            passes = list(self._passes)
+            self._passes.clear()
+        for iterator in passes:
+            iterator.close()
+
+    def __repr__(self) -> str:
+        return f"TrainingCache({str(self.path)!r}, size={self.size:g}, prefetch={self.prefetch})"
+
+
+def _count_from(start: int, total: int | None) -> Iterator[int]:
+    index = start
+    while total is None or index < total:
+        yield index
+        index += 1
+
+
+def _remove_stale_temp_files(directory: Path) -> int:
+    """Remove temp files of writers that died (their pid is gone); live writers' files are left alone."""
+    removed = 0
+    with contextlib.suppress(FileNotFoundError):
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                if not (entry.name.startswith(".") and entry.name.endswith(TMP_SUFFIX)):
+                    continue
+                parts = entry.name.split(".")
+                try:
+                    pid = int(parts[-3])
+                except (IndexError, ValueError):
+                    continue
+                if pid == os.getpid() or _pid_alive(pid):
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                    removed += 1
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _reopen(kwargs: dict[str, Any]) -> TrainingCache:
+    path = kwargs.pop("path")
+    return TrainingCache(path, **kwargs)
+
