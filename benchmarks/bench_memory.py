@@ -1,7 +1,7 @@
 """MemoryCache against its peers: get-hit and set-with-eviction, 100-byte values, 100k keys, byte-bounded.
 
-    .venv/bin/python benchmarks/bench_memory.py            # 9 trials
-    .venv/bin/python benchmarks/bench_memory.py --quick    # 3 trials
+    .venv/bin/python benchmarks/bench_memory.py            # 9 trials, plus MemoryCache's other policies
+    .venv/bin/python benchmarks/bench_memory.py --quick    # 3 trials, the targets' peers only
 
 Every peer runs in this one process on the same keys; each trial times every peer once, in a rotated order
 (interleaved, so a busy moment on the machine hits all peers alike), and the table shows medians over trials
@@ -12,7 +12,7 @@ in ns per operation, loop and call overhead included, with the ratio to cachetoo
 
 Peers: ``MemoryCache`` (stats always on, lock, byte bound with key + value + per-entry overhead);
 ``cachetools.LRUCache(getsizeof=len)``; ``cachebox.LRUCache`` with a ``getsizeof`` (Rust); cachebox behind a
-small stats-and-lock wrapper (what using it as our engine would cost); ``functools.lru_cache`` (count-bound,
+lock with exact counters and MemoryCache's charges (what using it as MemoryCache's engine would cost); ``functools.lru_cache`` (count-bound,
 no byte bound); a plain ``dict`` (the floor: ``dict.get``, and ``OrderedDict`` FIFO insert-and-pop on set).
 The issue's targets: MemoryCache get-hit <= 0.6x and set-with-eviction <= 0.5x of cachetools.
 """
@@ -55,71 +55,130 @@ def key(prefix: str, i: int) -> str:
 
 
 class CacheboxWithStats:
-    """cachebox as an engine would be used here: a lock and hit/miss/set/eviction counters around it."""
+    """cachebox as MemoryCache's engine would have to be used: one lock, exact counters, honest charges.
+
+    The charge (key + value + ENTRY_OVERHEAD) is computed before the lock and handed to cachebox's
+    ``getsizeof`` through ``_charge``: cachebox calls it once per insert and remembers the size.
+    """
 
     def __init__(self, max_bytes: int) -> None:
-        self._cache = cachebox.LRUCache(maxsize=max_bytes, getsizeof=lambda k, v: len(k) + len(v) + ENTRY_OVERHEAD)
+        self._charge = 0
+        self._cache = cachebox.LRUCache(maxsize=max_bytes, getsizeof=lambda k, v: self._charge)
         self._lock = threading.Lock()
         self.hits = self.misses = self.sets = self.evictions = 0
         self._missing = object()
 
     def get(self, k: str, default: object = None) -> object:
-        with self._lock:
+        self._lock.acquire()
+        try:
             value = self._cache.get(k, self._missing)
             if value is self._missing:
                 self.misses += 1
                 return default
             self.hits += 1
             return value
+        finally:
+            self._lock.release()
 
     def set(self, k: str, value: bytes) -> None:
-        with self._lock:
+        charge = len(k) + len(value) + ENTRY_OVERHEAD
+        self._lock.acquire()
+        try:
             new = k not in self._cache
             before = len(self._cache)
+            self._charge = charge
             self._cache[k] = value
             self.sets += 1
             self.evictions += before + new - len(self._cache)
+        finally:
+            self._lock.release()
 
 
-def build_peers(values: list[bytes], keys: list[str]) -> dict[str, dict[str, Any]]:
-    """For each peer: a full cache and its 'get' (key -> value) and 'set' (key -> None, evicting) callables."""
+def _filled(factory: Callable[[], Any], put: Callable[[Any, str, bytes], object], keys: list[str],
+            values: list[bytes]) -> Any:
+    cache = factory()
+    for k, v in zip(keys, values):
+        put(cache, k, v)
+    return cache
+
+
+def build_peers(values: list[bytes], keys: list[str], variants: bool = False) -> dict[str, dict[str, Any]]:
+    """For each peer, two full caches: one only read ('get': key -> value), one only written ('set': key,
+    value -> None, evicting), so reads always meet the layout of a freshly filled cache."""
     per_entry = KEY_LEN + VALUE_SIZE + ENTRY_OVERHEAD
     peers: dict[str, dict[str, Any]] = {}
-    value = values[0]
 
-    mem = MemoryCache(size=N * per_entry / 1024**2)
-    for k, v in zip(keys, values):
-        mem.set(k, v)
-    assert len(mem) == N, len(mem)
-    peers["MemoryCache"] = {"get": mem.get, "set": mem.set, "cache": mem}
+    def item(cache: Any, k: str, v: bytes) -> None:
+        cache[k] = v
+
+    def mem_factory() -> MemoryCache:
+        return MemoryCache(size=N * per_entry / 1024**2)
+
+    def mem_put(cache: Any, k: str, v: bytes) -> None:
+        cache.set(k, v)
+
+    reader = _filled(mem_factory, mem_put, keys, values)
+    writer = _filled(mem_factory, mem_put, keys, values)
+    assert len(reader) == len(writer) == N
+    peers["MemoryCache"] = {"get": reader.get, "set": writer.set, "caches": (reader, writer)}
+    if variants:
+        # The general path: other policies, entries with a ttl (deadline checks on every hit), compression
+        # (encode on set, decode on get; 100 random bytes do not compress, so frames stay uncompressed).
+        for label, kwargs, ttl in (
+            ("lfu", {"policy": "lfu"}, None),
+            ("fifo", {"policy": "fifo"}, None),
+            ("time", {"policy": "time"}, None),
+            ("lru+ttl", {}, 1e9),
+            ("compressed", {"compression": True}, None),
+        ):
+            per = per_entry + (192 if "compression" in kwargs else 0)  # room for the frame headers
+
+            def factory(kwargs: dict[str, Any] = kwargs, per: int = per) -> MemoryCache:
+                return MemoryCache(size=N * per / 1024**2, **kwargs)
+
+            def put(cache: Any, k: str, v: bytes, ttl: float | None = ttl) -> None:
+                cache.set(k, v, ttl=ttl)
+
+            reader, writer = (_filled(factory, put, keys, values) for _ in range(2))
+            assert len(reader) == len(writer) == N, (label, len(reader))
+            setter = writer.set if ttl is None else functools.partial(writer.set, ttl=ttl)
+            peers[f"MemoryCache {label}"] = {"get": reader.get, "set": setter}
 
     if cachetools is not None:
         for name, getter in (("cachetools.get", "get"), ("cachetools[k]", "__getitem__")):
-            ct = cachetools.LRUCache(maxsize=N * VALUE_SIZE, getsizeof=len)
-            for k, v in zip(keys, values):
-                ct[k] = v
-            assert len(ct) == N
-            peers[name] = {"get": getattr(ct, getter), "set": ct.__setitem__}
+            reader, writer = (
+                _filled(lambda: cachetools.LRUCache(maxsize=N * VALUE_SIZE, getsizeof=len), item, keys, values)
+                for _ in range(2)
+            )
+            assert len(reader) == len(writer) == N
+            peers[name] = {"get": getattr(reader, getter), "set": writer.__setitem__}
     if cachebox is not None:
-        cb = cachebox.LRUCache(maxsize=N * VALUE_SIZE, getsizeof=lambda k, v: len(v))
-        for k, v in zip(keys, values):
-            cb[k] = v
-        assert len(cb) == N
-        peers["cachebox"] = {"get": cb.get, "set": cb.__setitem__}
-        cbs = CacheboxWithStats(N * per_entry)
-        for k, v in zip(keys, values):
-            cbs.set(k, v)
-        assert len(cbs._cache) == N
-        peers["cachebox+stats"] = {"get": cbs.get, "set": cbs.set}
+        reader, writer = (
+            _filled(lambda: cachebox.LRUCache(maxsize=N * VALUE_SIZE, getsizeof=lambda k, v: len(v)), item, keys,
+                    values)
+            for _ in range(2)
+        )
+        assert len(reader) == len(writer) == N
+        peers["cachebox"] = {"get": reader.get, "set": writer.__setitem__}
+        reader, writer = (_filled(lambda: CacheboxWithStats(N * per_entry), mem_put, keys, values) for _ in range(2))
+        assert len(reader._cache) == len(writer._cache) == N
+        peers["cachebox+stats"] = {"get": reader.get, "set": writer.set}
+
+    value = values[0]
 
     @functools.lru_cache(maxsize=N)
-    def cached(k: str) -> bytes:
+    def read(k: str) -> bytes:
+        return value
+
+    @functools.lru_cache(maxsize=N)
+    def write(k: str) -> bytes:
         return value
 
     for k in keys:
-        cached(k)
+        read(k)
+        write(k)
     # lru_cache has no "set": a call with a new argument (a miss that computes, stores and evicts) stands in.
-    peers["functools.lru_cache"] = {"get": cached, "set": lambda k, v: cached(k)}
+    peers["functools.lru_cache"] = {"get": read, "set": lambda k, v: write(k)}
 
     # The floor: a plain dict read (no order kept), and an OrderedDict written FIFO (a plain dict cannot
     # drop its oldest key in O(1) once many were deleted).
@@ -167,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(42)
     keys = [key("k", i) for i in range(N)]
     values = [rng.randbytes(VALUE_SIZE) for _ in range(N)]
-    peers = build_peers(values, keys)
+    peers = build_peers(values, keys, variants=not args.quick)
     if args.only:
         wanted = set(args.only.split(",")) | {"cachetools.get", "MemoryCache"}
         peers = {n: p for n, p in peers.items() if n in wanted}
@@ -183,11 +242,6 @@ def main(argv: list[str] | None = None) -> int:
             results["get-hit"][name].append(time_gets(peers[name]["get"], order))
         for name in rotated:
             results["set-evict"][name].append(time_sets(peers[name]["set"], fresh, values[t]))
-        # The next trial reads keys that are all present again: refill with the shuffled originals.
-        for name in names:
-            setter = peers[name]["set"]
-            for k, v in zip(keys, values):
-                setter(k, v)
 
     print(f"MemoryCache vs peers: {N:,} keys, {VALUE_SIZE} B values, {trials} interleaved trials, "
           f"medians in ns/op (loop and call included); python {sys.version.split()[0]}")
@@ -202,10 +256,11 @@ def main(argv: list[str] | None = None) -> int:
             ratio = f"{med / base[op]:.2f}" if base[op] else "-"
             row += f" {med:9.0f} {ratio:>6s}  "
         print(row)
-    mem = peers["MemoryCache"]["cache"]
-    st = mem.stats  # type: ignore[attr-defined]
-    print(f"\nMemoryCache stats: entries={st.entries:,} bytes={st.bytes:,} <= max_bytes={st.max_bytes:,}: "
-          f"{st.bytes <= st.max_bytes}; hits={st.hits:,} evictions={st.evictions:,}")
+    print()
+    for role, mem in zip(("reader", "writer"), peers["MemoryCache"]["caches"]):
+        st = mem.stats
+        print(f"MemoryCache {role} stats: entries={st.entries:,} bytes={st.bytes:,} <= max_bytes={st.max_bytes:,}: "
+              f"{st.bytes <= st.max_bytes}; hits={st.hits:,} sets={st.sets:,} evictions={st.evictions:,}")
     if base["get-hit"]:
         for op in ("get-hit", "set-evict"):
             ratio = statistics.median(results[op]["MemoryCache"]) / base[op]

@@ -3,7 +3,7 @@
 A source costs p per batch (tokenize + collate, simulated with time.sleep), the consumer c per batch (a
 training step, simulated with time.sleep), N batches. Without read-ahead a pass takes about N x (p + c).
 
-    .venv/bin/python benchmarks/bench_training.py           # N=400, 5 trials (about 1.5 minutes)
+    .venv/bin/python benchmarks/bench_training.py           # N=400, 5 trials (about 2 minutes)
     .venv/bin/python benchmarks/bench_training.py --quick   # N=100, 3 trials
 
 Targets (issue 5), with p = c = 4 ms:

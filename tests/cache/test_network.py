@@ -671,6 +671,7 @@ def test_cluster_multi_key_operations_span_slots(redis_cluster: Any, redis_names
     assert cache.get_many([*items, "absent"]) == items
     report = cache.cleanup()
     assert cache.stats.entries == 200 and report.details["server_used_memory"] > 0
+    assert report.details["server_maxmemory_policy"] == "noeviction" and cache.stats.max_bytes == 0
     slots = {cache.client.keyslot(cache._rkey(k)) for k in items}
     assert len(slots) > 100
     assert cache.get_or_set("computed", lambda: "v") == "v" and cache.get("computed") == "v"
@@ -711,16 +712,61 @@ def test_plugs_into_tiered_cache_as_the_third_tier(tmp_path: Path, redis_url: st
     from llamahome.cache.memory import MemoryCache
     from llamahome.cache.tiered import TieredCache
 
-    shared = RedisCache(redis_url, namespace=redis_namespace, timeout=2.0)
-    host_a = TieredCache(MemoryCache(size=1), DiskCache(tmp_path / "a", size=4), shared)
+    host_a_redis = RedisCache(redis_url, namespace=redis_namespace, timeout=2.0)
+    host_a = TieredCache(MemoryCache(size=1), DiskCache(tmp_path / "a", size=4), host_a_redis)
     host_b_redis = RedisCache(redis_url, namespace=redis_namespace, timeout=2.0)
-    host_b = TieredCache(MemoryCache(size=1), DiskCache(tmp_path / "b", size=4), host_b_redis)
-    host_a.set("k", {"v": 1})
+    host_b_disk = DiskCache(tmp_path / "b", size=4)
+    host_b = TieredCache(MemoryCache(size=1), host_b_disk, host_b_redis)
+    host_a.set("k", {"v": 1}, ttl=60)
     host_a.set_many({"m1": b"1", "m2": b"2"})
     assert host_b.get("k") == {"v": 1}  # found in Redis, promoted into host b's local tiers
     assert host_b.get_many(["m1", "m2", "none"]) == {"m1": b"1", "m2": b"2"}
-    hits_before = host_b_redis.stats.hits
-    assert host_b.get("k") == {"v": 1} and host_b_redis.stats.hits == hits_before  # now served locally
-    shared.clear()
+    assert (host_b_redis.stats.hits, host_b_redis.stats.misses) == (3, 1)
+    assert host_b.get("k") == {"v": 1} and host_b.get_many(["m1", "m2"]) == {"m1": b"1", "m2": b"2"}
+    assert host_b_redis.stats.hits == 3  # now served locally
+    # the promoted copy keeps the shared entry's remaining ttl; untimed entries stay untimed
+    value, ttl = host_b_disk.get_with_ttl("k")
+    assert value == {"v": 1} and ttl is not None and 55 < ttl <= 60
+    assert host_b_disk.get_with_ttl("m1") == (b"1", None)
+    host_a.clear()
+    assert host_b_redis.get_many(["k", "m1", "m2"]) == {}
     host_a.close()
     host_b.close()
+
+
+@redis_mark
+def test_get_with_ttl_reports_the_remaining_ttl(cache: RedisCache) -> None:
+    cache.set("timed", b"t", ttl=30)
+    cache.set("forever", {"f": 1})
+    value, ttl = cache.get_with_ttl("timed")
+    assert value == b"t" and ttl is not None and 29 < ttl <= 30
+    assert cache.get_with_ttl("forever") == ({"f": 1}, None)
+    assert cache.get_with_ttl("absent", "d") == ("d", None)
+    many = cache.get_many_with_ttl(["timed", "forever", "absent"])
+    assert set(many) == {"timed", "forever"} and many["forever"] == ({"f": 1}, None)
+    assert many["timed"][0] == b"t" and 29 < many["timed"][1] <= 30  # type: ignore[operator]
+    assert (cache.stats.hits, cache.stats.misses) == (4, 2)
+
+
+@redis_mark
+def test_get_many_with_ttl_on_cluster_and_async(redis_cluster: Any, redis_url: str, redis_namespace: str) -> None:
+    cluster = RedisCache(redis_cluster.url, namespace=redis_namespace, timeout=2.0)
+    cluster.set_many({f"k{i}": i for i in range(50)}, ttl=40)
+    got = cluster.get_many_with_ttl([f"k{i}" for i in range(60)])
+    assert sorted(got) == sorted(f"k{i}" for i in range(50))
+    assert all(v == int(k[1:]) and ttl is not None and 35 < ttl <= 40 for k, (v, ttl) in got.items())
+    cluster.clear()
+    cluster.close()
+
+    async def scenario(url: str) -> None:
+        cache = AsyncRedisCache(url, namespace=redis_namespace, timeout=2.0)
+        await cache.set("a", "x", ttl=20)
+        await cache.set("b", "y")
+        value, ttl = await cache.get_with_ttl("a")
+        assert value == "x" and ttl is not None and 15 < ttl <= 20
+        assert await cache.get_many_with_ttl(["b", "c"]) == {"b": ("y", None)}
+        await cache.clear()
+        await cache.close()
+
+    asyncio.run(scenario(redis_url))
+    asyncio.run(scenario(redis_cluster.url))

@@ -55,7 +55,9 @@ def test_keep_and_plain_paths_stay_until_they_age_out(cache: SystemCache, clock:
     plain = cache.temp_file(".part")
     assert isinstance(plain, ScratchPath) and Path(plain).exists()
     with open(plain, "wb") as f:  # usable wherever a path is
-        f.write(b"download in progress")
+        f.write(b"download")
+    plain.write_bytes(b"download in progress")  # and it has a Path's methods
+    assert plain.suffix == ".part" and plain.stat().st_size == 20
     directory = cache.new_temp_dir()
     file = cache.new_temp_file(suffix=".npy")
     assert {i["name"] for i in cache.items()} == {kept.name, plain.name, directory.name, file.name}

@@ -204,6 +204,18 @@ def test_a_source_error_reaches_the_consumer_unchanged_and_leaves_the_pass_incom
     assert wrapped.complete
 
 
+def test_a_one_shot_iterator_is_never_re_read_at_the_wrong_position(cache: TrainingCache) -> None:
+    once = cache.wrap(iter(Source()), "once")
+    for batch in once:
+        if batch["index"] == 3:
+            break
+    with pytest.raises(TrainingCacheError, match="re-iterable"):
+        next(iter(once))
+    complete = cache.wrap(iter(Source()), "complete")
+    assert indices(complete) == list(range(N))
+    assert indices(complete) == list(range(N))  # served from the cache: the spent iterator is not needed
+
+
 def test_a_source_that_fails_immediately_raises_on_the_first_next(cache: TrainingCache) -> None:
     class Broken:
         def __iter__(self) -> Iterator[Any]:
@@ -227,6 +239,45 @@ def test_a_crash_mid_pass_is_detected_after_reopening(tmp_path: Path) -> None:
     assert not wrapped.complete
     assert indices(wrapped) == list(range(N)) and wrapped.complete
     reopened.close()
+
+
+@pytest.mark.slow
+def test_a_process_killed_mid_pass_leaves_an_incomplete_namespace_that_is_completed_later(tmp_path: Path) -> None:
+    script = textwrap.dedent(
+        f"""
+        import sys, time
+        import numpy as np
+        from llamahome.cache.training import TrainingCache
+
+        def batches():
+            for i in range(200):
+                time.sleep(0.002)
+                yield {{"index": i, "input_ids": np.full((2, 32), i, dtype=np.int64)}}
+
+        cache = TrainingCache({str(tmp_path)!r}, size=8)
+        for batch in cache.wrap(batches(), "killed"):
+            if batch["index"] == 20:
+                print("ready", flush=True)
+                time.sleep(60)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        time.sleep(0.1)
+    finally:
+        proc.kill()
+        proc.wait(timeout=20)
+        if proc.stdout is not None:
+            proc.stdout.close()
+    c = TrainingCache(tmp_path, size=8)
+    [ns] = c.namespaces()
+    assert not ns["complete"] and 21 <= ns["batches"] < 200
+    src = Source(n=200)
+    wrapped = c.wrap(src, "killed")
+    out = list(wrapped)
+    assert indices(out) == list(range(200)) and wrapped.complete
+    c.close()
 
 
 def test_a_missing_or_damaged_batch_is_served_from_the_source(cache: TrainingCache) -> None:

@@ -15,6 +15,7 @@ import yaml
 from click.testing import CliRunner, Result
 
 from llamahome.cache.config import CacheConfig
+from llamahome.cache.disk import DiskCache
 from llamahome.cache.units import format_bytes
 from llamahome.cli.demo import DEMO_DISK_MB, DEMO_MEMORY_MB
 from llamahome.cli.main import EXIT_INTERNAL, _Group, cli, main
@@ -35,12 +36,6 @@ def assert_one_line_error(result: Result, message: str, exit_code: int = 1) -> N
     assert "Traceback" not in result.stderr
     assert result.stderr.startswith("Error: " + message), result.stderr
     assert result.stderr.count("\n") == 1
-
-
-def has_tier(module: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(f"llamahome.cache.{module}") is not None
 
 
 # ------------------------------------------------------------------------------------------------ basics
@@ -101,12 +96,18 @@ def test_config_masks_the_redis_secret(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("cache:\n  memory:\n    type: lruu\n", "{p}: cache.memory.type: unknown policy 'lruu'; use one of lru, lfu, fifo, time. Did you mean 'lru'?"),
+        (
+            "cache:\n  memory:\n    type: lruu\n",
+            "{p}: cache.memory.type: unknown policy 'lruu'; use one of lru, lfu, fifo, time. Did you mean 'lru'?",
+        ),
         ("cache:\n  memory:\n    sise: 5\n", "{p}: cache.memory.sise: unknown key. Did you mean 'size'?"),
         ("cache:\n  disk:\n    size: big\n", "{p}: cache.disk.size: cannot read 'big' as a size"),
         ("model_cache:\n  format: gguf\n", "{p}: model_cache.format: unsupported format 'gguf'; only 'safetensors'"),
         ("cache:\n  disk:\n    cleanup_interval: 0\n", "{p}: cache.disk.cleanup_interval: must be larger than zero"),
-        ("cache:\n  memory: {size: 1\n", "{p}, line 3, column 1: malformed YAML (expected ',' or '}}', but got '<stream end>', while parsing a flow mapping that starts on line 2)"),
+        (
+            "cache:\n  memory: {size: 1\n",
+            "{p}, line 3, column 1: malformed YAML (expected ',' or '}}', but got '<stream end>', while parsing a flow mapping that starts on line 2)",
+        ),
         ("- cache\n", "{p}: the top level must be a mapping of blocks"),
     ],
 )
@@ -130,7 +131,9 @@ def test_config_lists_every_problem(tmp_path: Path) -> None:
 
 def test_config_missing_file(tmp_path: Path) -> None:
     missing = tmp_path / "nope.yaml"
-    assert_one_line_error(run("cache", "config", str(missing)), f"{missing}: no such configuration file; check the path.")
+    assert_one_line_error(
+        run("cache", "config", str(missing)), f"{missing}: no such configuration file; check the path."
+    )
 
 
 def test_config_of_a_directory(tmp_path: Path) -> None:
@@ -157,17 +160,14 @@ def test_demo_runs_a_verified_workload_on_memory_in_front_of_disk() -> None:
     assert memory["max_bytes"] == 256 * 1024
     assert 0 < memory["bytes"] <= memory["max_bytes"]
     assert memory["evictions"] > 0  # the working set is larger than the memory tier
-    if has_tier("disk"):
-        assert report["setup"].startswith("memory 256 KiB (lru, compressed) -> disk 64.0 MiB in ")
-        disk = tiers["disk"]
-        assert disk["max_bytes"] == int(DEMO_DISK_MB * MIB)
-        assert disk["evictions"] == 0 and disk["entries"] == report["distinct_items"]
-        assert report["disk_hit_rate"] > 0
-        assert report["hit_rate"] == pytest.approx(report["best_hit_rate"])  # disk holds everything ever set
-        restart = report["after_restart"]
-        assert restart["checked"] == restart["found"] == report["distinct_items"] and restart["mismatches"] == 0
-    else:
-        assert "after_restart" not in report
+    assert report["setup"].startswith("memory 256 KiB (lru, compressed) -> disk 64.0 MiB in ")
+    disk = tiers["disk"]
+    assert disk["max_bytes"] == int(DEMO_DISK_MB * MIB)
+    assert disk["evictions"] == 0 and disk["entries"] == report["distinct_items"]
+    assert report["disk_hit_rate"] > 0
+    assert report["hit_rate"] == pytest.approx(report["best_hit_rate"])  # disk holds everything ever set
+    restart = report["after_restart"]
+    assert restart["checked"] == restart["found"] == report["distinct_items"] and restart["mismatches"] == 0
     assert report["ops_per_second"] > 0 and report["median_us"]["set"] > 0
 
 
@@ -189,14 +189,11 @@ def test_demo_prints_a_readable_summary() -> None:
     labels = [line.split()[0] for line in lines[1:]]
     assert labels[:3] == ["tiers", "hit", "memory"]
     assert "timings" in labels and "checked" in labels and "took" in labels
-    if has_tier("disk"):
-        assert labels[3:4] == ["disk"] and "restart" in labels
+    assert labels[3:4] == ["disk"] and "restart" in labels
     assert "all matched" in result.stdout
 
 
 def test_demo_keeps_the_disk_tier_under_dir_and_stats_reads_it(tmp_path: Path) -> None:
-    if not has_tier("disk"):
-        pytest.skip("the disk tier is not installed yet")
     where = tmp_path / "demo-cache"
     result = run("cache", "demo", "--dir", str(where), "--requests", "300", "--items", "100")
     assert result.exit_code == 0, result.stderr
@@ -211,13 +208,14 @@ def test_demo_keeps_the_disk_tier_under_dir_and_stats_reads_it(tmp_path: Path) -
 
 def test_demo_takes_sizes_and_policy_from_config(tmp_path: Path) -> None:
     path = tmp_path / "cache.yaml"
-    path.write_text("cache:\n  memory:\n    size: 512KB\n    type: fifo\n    compression: false\n  disk:\n    size: 32MB\n")
+    path.write_text(
+        "cache:\n  memory:\n    size: 512KB\n    type: fifo\n    compression: false\n  disk:\n    size: 32MB\n"
+    )
     report = demo_json("--config", str(path), "--requests", "600", "--items", "300")
     tiers = {t["name"]: t for t in report["tiers"]}
     assert tiers["memory"]["max_bytes"] == 512 * 1024
     assert "memory 512 KiB (fifo) " in report["setup"]
-    if "disk" in tiers:
-        assert tiers["disk"]["max_bytes"] == 32 * MIB
+    assert tiers["disk"]["max_bytes"] == 32 * MIB
     override = demo_json("--config", str(path), "--memory-size", "2MB", "--requests", "200", "--items", "100")
     assert {t["name"]: t for t in override["tiers"]}["memory"]["max_bytes"] == 2 * MIB
 
@@ -232,7 +230,9 @@ def test_demo_bad_size_option_is_a_usage_error() -> None:
 def test_demo_bad_config_is_one_line(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text("cache:\n  memory:\n    type: mru\n")
-    assert_one_line_error(run("cache", "demo", "--config", str(path)), f"{path}: cache.memory.type: unknown policy 'mru'")
+    assert_one_line_error(
+        run("cache", "demo", "--config", str(path)), f"{path}: cache.memory.type: unknown policy 'mru'"
+    )
 
 
 def test_demo_dir_that_cannot_be_created_is_one_line(tmp_path: Path) -> None:
@@ -257,7 +257,7 @@ def test_workload_is_zipf_skewed_and_covers_every_kind() -> None:
 
 def test_workload_values_are_deterministic_llm_shapes() -> None:
     workload = Workload(requests=10, items=50, seed=3)
-    by_kind = {}
+    by_kind: dict[str, int] = {}
     for item in range(50):
         by_kind.setdefault(workload.kind(item), item)
     for kind, item in by_kind.items():
@@ -287,10 +287,6 @@ def test_values_equal_is_strict_about_arrays() -> None:
 # ------------------------------------------------------------------------------------------------ disk commands
 @pytest.fixture
 def disk_dir(tmp_path: Path) -> Path:
-    if not has_tier("disk"):
-        pytest.skip("the disk tier is not installed yet")
-    from llamahome.cache.disk import DiskCache
-
     where = tmp_path / "disk"
     cache = DiskCache(where, size=8)
     try:
@@ -329,7 +325,7 @@ def test_clear_asks_first(disk_dir: Path) -> None:
     assert result.exit_code == 1 and "Remove all 40 entries" in result.stdout
     assert json.loads(run("cache", "stats", "--dir", str(disk_dir), "--json").stdout)["entries"] == 40
     result = run("cache", "clear", "--dir", str(disk_dir), "--yes")
-    assert result.exit_code == 0 and result.stdout.startswith(f"Removed 40 entries (")
+    assert result.exit_code == 0 and result.stdout.startswith("Removed 40 entries (")
     assert json.loads(run("cache", "stats", "--dir", str(disk_dir), "--json").stdout)["entries"] == 0
 
 
@@ -339,7 +335,9 @@ def test_disk_commands_refuse_what_is_not_a_cache(tmp_path: Path, command: str) 
     missing = tmp_path / "missing"
     assert_one_line_error(run("cache", command, "--dir", str(missing), *extra), f"{missing}: no such cache directory")
     assert not missing.exists()  # a typo never creates a cache
-    assert_one_line_error(run("cache", command, "--dir", str(tmp_path), *extra), f"{tmp_path}: not a LlamaHome disk cache")
+    assert_one_line_error(
+        run("cache", command, "--dir", str(tmp_path), *extra), f"{tmp_path}: not a LlamaHome disk cache"
+    )
 
 
 def test_disk_command_bad_size(tmp_path: Path) -> None:
@@ -367,7 +365,10 @@ def test_cache_errors_and_os_errors_become_one_line() -> None:
     error = PermissionError(13, "Permission denied", "/var/cache/x")
     result = CliRunner().invoke(_failing_group(error), ["boom"])
     assert result.exit_code == 1
-    assert result.stderr == "Error: /var/cache/x: Permission denied. Check that the path exists and that you may read and write it.\n"
+    assert (
+        result.stderr
+        == "Error: /var/cache/x: Permission denied. Check that the path exists and that you may read and write it.\n"
+    )
 
 
 def test_os_error_without_a_path_and_broken_pipes() -> None:

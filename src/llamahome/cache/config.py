@@ -28,6 +28,7 @@ import difflib
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from types import UnionType
 from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 
 import yaml
@@ -47,16 +48,16 @@ from llamahome.errors import ConfigError
 from .units import MIB, parse_duration, parse_size
 
 __all__ = [
+    "POLICIES",
     "CacheConfig",
     "CacheSection",
-    "MemoryConfig",
     "DiskConfig",
-    "NetworkConfig",
+    "MemoryConfig",
     "ModelCacheConfig",
-    "TrainingCacheConfig",
-    "SystemCacheConfig",
-    "POLICIES",
+    "NetworkConfig",
     "Policy",
+    "SystemCacheConfig",
+    "TrainingCacheConfig",
     "load_config",
 ]
 
@@ -191,8 +192,8 @@ class NetworkConfig(_Block):
     yaml_path: ClassVar[str] = "cache.network"
     url: Text
     namespace: Text = "llamahome"
-    ttl: Union[Seconds, None] = None
-    secret: Union[Text, None] = Field(default=None, repr=False)
+    ttl: Seconds | None = None
+    secret: Text | None = Field(default=None, repr=False)
     timeout: Seconds = 0.05
 
     @field_validator("url")
@@ -212,7 +213,7 @@ class CacheSection(_Block):
     yaml_path: ClassVar[str] = "cache"
     memory: MemoryConfig = Field(default_factory=MemoryConfig)
     disk: DiskConfig = Field(default_factory=DiskConfig)
-    network: Union[NetworkConfig, None] = None
+    network: NetworkConfig | None = None
 
     @field_validator("memory", "disk", mode="before")
     @classmethod
@@ -255,7 +256,7 @@ class TrainingCacheConfig(_SizedBlock):
             raise _FieldProblem(
                 "prefetch",
                 f"prefetch ({self.prefetch}) is larger than batch_buffer ({self.batch_buffer}); batches read ahead "
-                "must fit in the buffer, so lower prefetch or raise batch_buffer."
+                "must fit in the buffer, so lower prefetch or raise batch_buffer.",
             )
         return self
 
@@ -349,7 +350,7 @@ class CacheConfig(_Block):
         return cls(**data)
 
     @classmethod
-    def model_validate(cls, obj: Any, *args: Any, **kwargs: Any) -> CacheConfig:  # type: ignore[override]
+    def model_validate(cls, obj: Any, *args: Any, **kwargs: Any) -> CacheConfig:
         """pydantic's entry point, with errors translated to :class:`ConfigError` like every other one."""
         try:
             return super().model_validate(obj, *args, **kwargs)
@@ -365,12 +366,16 @@ class CacheConfig(_Block):
         except FileNotFoundError as exc:
             raise ConfigError(f"{where}: no such configuration file; check the path.") from exc
         except IsADirectoryError as exc:
-            raise ConfigError(f"{where}: is a directory, not a configuration file; give the path of a YAML file.") from exc
+            raise ConfigError(
+                f"{where}: is a directory, not a configuration file; give the path of a YAML file."
+            ) from exc
         except UnicodeDecodeError as exc:
             raise ConfigError(f"{where}: is not UTF-8 text; save the configuration as UTF-8 YAML.") from exc
         except OSError as exc:
             reason = exc.strerror or str(exc)
-            raise ConfigError(f"{where}: cannot read the configuration file ({reason}); check its permissions.") from exc
+            raise ConfigError(
+                f"{where}: cannot read the configuration file ({reason}); check its permissions."
+            ) from exc
         return cls.from_yaml_text(text, source=where)
 
     @classmethod
@@ -467,7 +472,7 @@ class _YAMLDuplicateKeyLoader(yaml.SafeLoader):
 def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
     seen: set[Any] = set()
     for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+        key = loader.construct_object(key_node, deep=deep)
         if isinstance(key, (str, int, float, bool)) and key in seen:
             raise yaml.constructor.ConstructorError(
                 None, None, f"duplicate key {key!r}; keep only one", key_node.start_mark
@@ -481,13 +486,13 @@ _YAMLDuplicateKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPI
 
 def _load_yaml(text: str, source: str) -> Any:
     try:
-        return yaml.load(text, Loader=_YAMLDuplicateKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        return yaml.load(text, Loader=_YAMLDuplicateKeyLoader)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+        mark = getattr(exc, "problem_mark", None) or context_mark
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         at = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
-        if context and context_mark is not None and context_mark is not mark and context_mark.line != mark.line:
+        if context and mark is not None and context_mark is not None and context_mark.line != mark.line:
             # An unclosed bracket is detected far below where it opened; point at the opening too.
             problem = f"{problem}, {context} that starts on line {context_mark.line + 1}"
         raise ConfigError(f"{source}{at}: malformed YAML ({problem}); fix the syntax there.") from exc
@@ -507,7 +512,7 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
         if field is None:
             return None
         annotation = field.annotation
-        candidates = get_args(annotation) if get_origin(annotation) is Union else (annotation,)
+        candidates = get_args(annotation) if get_origin(annotation) in (Union, UnionType) else (annotation,)
         nested = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
         if not nested:
             return None

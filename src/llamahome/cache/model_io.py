@@ -34,7 +34,6 @@ from .model_format import (
     SafetensorsHeader,
     TensorSpec,
     numpy_dtype,
-    padded,
     parse_safetensors_header,
 )
 
@@ -47,8 +46,12 @@ __all__ = [
     "load_part",
     "decode_part_to_file",
     "read_to_device",
+    "plain_to_device",
     "torch_dtype",
     "torch_code",
+    "require_torch",
+    "map_file",
+    "tensor_items_from_header",
 ]
 
 #: Bytes of raw tensors allowed in flight while encoding (bounds memory on huge models).
@@ -309,7 +312,8 @@ def link_or_copy(src: Path, dst: Path, progress: Progress | None = None, *, hard
 # --- reading -------------------------------------------------------------------------------------------------
 
 
-def _torch() -> Any:
+def require_torch() -> Any:
+    """Import torch, or raise ModelCacheError saying how to install it."""
     try:
         import torch
     except ImportError:
@@ -327,7 +331,7 @@ _TORCH_NAMES = {
 
 def torch_dtype(code: str) -> Any:
     """The torch dtype of a safetensors code (ModelCacheError if this torch lacks it)."""
-    torch = _torch()
+    torch = require_torch()
     dtype = getattr(torch, _TORCH_NAMES[code], None)
     if dtype is None:
         raise ModelCacheError(f"This PyTorch has no dtype for safetensors {code}; upgrade torch to load it.")
@@ -347,7 +351,7 @@ def _as_tensor(flat: np.ndarray, spec_dtype: str, shape: tuple[int, ...], framew
     """View a flat uint8 array as the tensor (no copy where alignment allows)."""
     if framework == "numpy":
         return flat.view(numpy_dtype(spec_dtype)).reshape(shape)
-    torch = _torch()
+    torch = require_torch()
     if flat.nbytes == 0:
         return torch.empty(shape, dtype=torch_dtype(spec_dtype))
     base = torch.from_numpy(flat)
@@ -357,7 +361,7 @@ def _as_tensor(flat: np.ndarray, spec_dtype: str, shape: tuple[int, ...], framew
     return base.view(torch_dtype(spec_dtype)).view(shape)
 
 
-def _map_file(path: Path) -> tuple[np.ndarray, int]:
+def map_file(path: Path) -> tuple[np.ndarray, int]:
     """A writable copy-on-write map of a file as uint8 (zero-copy until written; survives unlink)."""
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
@@ -431,9 +435,9 @@ def load_part(
     on_device = framework == "torch" and device != "cpu"
     if not compressed:
         if on_device:
-            return _plain_to_device(path, device)
+            return plain_to_device(path, device)
         if mmap_:
-            buf, size = _map_file(path)
+            buf, size = map_file(path)
             header = _read_plain_header(buf, size, where)
             data = buf[header.data_start :]
         else:
@@ -442,7 +446,7 @@ def load_part(
             name: _as_tensor(data[spec.begin : spec.end], spec.dtype, spec.shape, framework)
             for name, spec in header.tensors.items()
         }
-    buf, _ = _map_file(path)
+    buf, _ = map_file(path)
     doc = read_container_footer(buf, where)
     entries: dict[str, dict[str, Any]] = doc["tensors"]
     flats = _decode_entries(entries, buf, threads, copy_raw=not mmap_)
@@ -482,7 +486,7 @@ def read_to_device(path: Path, offset: int, length: int, device: str) -> Any:
     Reads go through two pinned staging buffers (when the device is CUDA) so that the disk read of one
     block overlaps the host-to-device copy of the previous one.
     """
-    torch = _torch()
+    torch = require_torch()
     dst = torch.empty(length, dtype=torch.uint8, device=device)
     if length == 0:
         return dst
@@ -506,7 +510,8 @@ def read_to_device(path: Path, offset: int, length: int, device: str) -> Any:
     return dst
 
 
-def _plain_to_device(path: Path, device: str) -> dict[str, Any]:
+def plain_to_device(path: Path, device: str) -> dict[str, Any]:
+    """Every tensor of a plain safetensors file on ``device``: one staged copy, then views (copies if misaligned)."""
     header = _read_plain_header_file(path)
     data = read_to_device(path, header.data_start, header.data_len, device)
     out = {}
@@ -532,7 +537,7 @@ def _read_plain_header_file(path: Path) -> SafetensorsHeader:
 
 def decode_part_to_file(src: Path, dst: Path, threads: int) -> str:
     """Write the plain safetensors form of container ``src`` to ``dst``; returns its xxh3-128."""
-    buf, _ = _map_file(src)
+    buf, _ = map_file(src)
     doc = read_container_footer(buf, str(src))
     entries: dict[str, dict[str, Any]] = doc["tensors"]
     header_text = doc["prefix"].encode("utf-8")

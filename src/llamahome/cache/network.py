@@ -42,6 +42,7 @@ from redis.exceptions import (
     ConnectionError as RedisConnectionError,
     RedisClusterException,
     RedisError,
+    ResponseError,
     TimeoutError as RedisTimeoutError,
 )
 from redis.retry import Retry
@@ -84,6 +85,21 @@ if redis.call('get', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+
+# Values and remaining ttls of several keys in one command: MGET, then one PTTL per key (no network hop).
+# Reply: n values (nil for a miss), then the n PTTLs (-1: no expiry, -2: no key) as one comma-separated
+# string, because parsing n integer replies costs the client more than the whole MGET.
+_GET_TTL_SCRIPT = """
+local n = #KEYS
+local out = redis.call('mget', unpack(KEYS))
+local ttls = {}
+for i = 1, n do
+    ttls[i] = redis.call('pttl', KEYS[i])
+end
+out[n + 1] = table.concat(ttls, ',')
+return out
+"""
+_SCRIPT_CHUNK = 1000  # keys per script call (Lua's unpack has a stack limit near 8000)
 
 _SCAN_BATCH = 500
 _ENVELOPE_HEAD = len(UNSIGNED)
@@ -188,6 +204,9 @@ class _RedisCore:
         self._owns_client = False
         self._client: Any = None
         self._last_log: dict[str, float] = {}
+        self._scripts: dict[str, Any] = {}
+        # False once the server refused a Lua script (ACLs, managed services): pipelines are used instead.
+        self._scripts_allowed = True
 
     @classmethod
     def from_config(cls: type[_CacheT], network: Any, **overrides: Any) -> _CacheT:
@@ -241,7 +260,7 @@ class _RedisCore:
             )
             if self.raise_errors:
                 raise ValueTooLargeError(message)
-            self._log_limited("too-large", logging.WARNING, message)
+            self._log_limited("too-large", logging.WARNING, "%s", message)
             return None
         return self._envelope.seal(rkey, encoded.parts), encoded.raw_size
 
@@ -320,6 +339,39 @@ class _RedisCore:
         self._count_gets(hits, len(keys) - hits)
         return found
 
+    def _script(self, source: str) -> Any:
+        script = self._scripts.get(source)
+        if script is None:
+            script = self._scripts[source] = self.client.register_script(source)
+        return script
+
+    def _use_ttl_script(self, n_keys: int) -> bool:
+        # On a cluster a multi-key script must stay in one slot, so only single keys go through it there.
+        return self._scripts_allowed and (not self._cluster or n_keys == 1)
+
+    def _scripts_refused(self, exc: ResponseError) -> None:
+        if isinstance(exc, _OUTAGE_ERRORS):
+            raise exc
+        self._scripts_allowed = False
+        log.warning("Redis refused a Lua script (%s); the Redis tier falls back to pipelines.", exc)
+
+    @staticmethod
+    def _split_ttl_replies(replies: list[Any], n: int, joined: bool) -> tuple[list[Any], list[int]]:
+        """(values, pttls) from the script's n values plus one joined string, or a pipeline's 2n replies."""
+        if joined:
+            return replies[:n], [int(p) for p in replies[n].split(b",")]
+        return replies[:n], [int(p) for p in replies[n:]]
+
+    def _with_ttls(
+        self, keys: list[Key], found: dict[Key, Any], pttls: list[int]
+    ) -> dict[Key, tuple[Any, float | None]]:
+        """Pair each hit with its remaining ttl in seconds (None: no expiry) from PTTL replies."""
+        out: dict[Key, tuple[Any, float | None]] = {}
+        for key, pttl in zip(keys, pttls):
+            if key in found and pttl != -2:  # -2: expired between GET and PTTL; too late to promote
+                out[key] = (found[key], None if pttl < 0 else pttl / 1000)
+        return out
+
     def _count_gets(self, hits: int, misses: int) -> None:
         with self.stats._lock:
             self.stats.hits += hits
@@ -359,7 +411,7 @@ class _RedisCore:
             else:
                 self._log_limited("error", logging.DEBUG, "Redis %s failed: %s: %s", op, type(exc).__name__, exc)
         else:
-            self.breaker.record_success()  # the server answered; it is reachable
+            self._ok()  # the server answered: it is reachable
             self._log_limited("error", logging.WARNING, "Redis %s failed: %s: %s", op, type(exc).__name__, exc)
         if self.raise_errors:
             raise NetworkError(
@@ -485,7 +537,6 @@ class RedisCache(_RedisCore, Store):
             )
         if self._client is not None and self._client.get_encoder().decode_responses:
             raise ConfigError("Pass a Redis client made with decode_responses=False; the cache stores raw bytes.")
-        self._unlock_script: Any = None
 
     # ----------------------------------------------------------------------------------- client
 
@@ -584,6 +635,72 @@ class RedisCache(_RedisCore, Store):
         self._ok()
         return self._collect(keys, rkeys, replies)
 
+    def get_with_ttl(self, key: Key, default: Any = None) -> tuple[Any, float | None]:
+        """``(value, remaining ttl in seconds or None)``, or ``(default, None)`` on a miss; one round trip.
+
+        TieredCache calls it so that copies promoted into the local tiers expire with the shared entry.
+        """
+        rkey = self._rkey(key)
+        if not self._allow("GET"):
+            self.stats.add("misses")
+            return default, None
+        try:
+            (data,), (pttl,) = self._fetch_with_ttls([rkey])
+        except _CALL_ERRORS as exc:
+            self.stats.add("misses")
+            self._failed(exc, "GET")
+            return default, None
+        self._ok()
+        found = self._collect([key], [rkey], [data])
+        if key in found and pttl != -2:
+            return found[key], None if pttl < 0 else pttl / 1000
+        return default, None
+
+    def get_many_with_ttl(self, keys: Iterable[Key]) -> dict[Key, tuple[Any, float | None]]:
+        """The hits among ``keys`` with their remaining ttl (see :meth:`get_with_ttl`); one round trip."""
+        keys = list(keys)
+        if not keys:
+            self._check_open()
+            return {}
+        rkeys = self._rkeys(keys)
+        if not self._allow("MGET"):
+            self._count_gets(0, len(keys))
+            return {}
+        try:
+            values, pttls = self._fetch_with_ttls(rkeys)
+        except _CALL_ERRORS as exc:
+            self._count_gets(0, len(keys))
+            self._failed(exc, "MGET")
+            return {}
+        self._ok()
+        return self._with_ttls(keys, self._collect(keys, rkeys, values), pttls)
+
+    def _fetch_with_ttls(self, rkeys: list[bytes]) -> tuple[list[Any], list[int]]:
+        """Values and PTTLs of ``rkeys``: one script call per 1000 keys, or one pipeline (GETs, then PTTLs)."""
+        if self._use_ttl_script(len(rkeys)):
+            try:
+                values: list[Any] = []
+                pttls: list[int] = []
+                for i in range(0, len(rkeys), _SCRIPT_CHUNK):
+                    chunk = rkeys[i : i + _SCRIPT_CHUNK]
+                    part_values, part_pttls = self._split_ttl_replies(
+                        self._script(_GET_TTL_SCRIPT)(keys=chunk), len(chunk), joined=True
+                    )
+                    values += part_values
+                    pttls += part_pttls
+                return values, pttls
+            except ResponseError as exc:
+                self._scripts_refused(exc)
+        pipe = self._pipeline()  # a cluster pipeline groups these per node
+        for rkey in rkeys:
+            pipe.get(rkey)
+        for rkey in rkeys:
+            pipe.pttl(rkey)
+        return self._split_ttl_replies(pipe.execute(), len(rkeys), joined=False)
+
+    def _pipeline(self) -> Any:
+        return self.client.pipeline() if self._cluster else self.client.pipeline(transaction=False)
+
     def set_many(self, items: Mapping[Key, Any], ttl: float | None = None) -> bool:  # type: ignore[override]
         """Store every item in one pipeline (split per node on a cluster); True if Redis took them all."""
         px = self._px(ttl)
@@ -598,7 +715,7 @@ class RedisCache(_RedisCore, Store):
         if not self._allow("SET pipeline"):
             return False
         try:
-            pipe = self.client.pipeline() if self._cluster else self.client.pipeline(transaction=False)
+            pipe = self._pipeline()
             for rkey, (payload, _) in packed:
                 pipe.set(rkey, payload, px=px)
             pipe.execute()
@@ -670,7 +787,7 @@ class RedisCache(_RedisCore, Store):
         return report
 
     def _strlen_sum(self, rkeys: list[bytes]) -> int:
-        pipe = self.client.pipeline() if self._cluster else self.client.pipeline(transaction=False)
+        pipe = self._pipeline()
         for rkey in rkeys:
             pipe.strlen(rkey)
         return sum(int(n) for n in pipe.execute())
@@ -781,9 +898,7 @@ class RedisCache(_RedisCore, Store):
         if self._closed or not self.breaker.allow():
             return  # the lock expires by itself
         try:
-            if self._unlock_script is None:
-                self._unlock_script = self.client.register_script(_UNLOCK_SCRIPT)
-            self._unlock_script(keys=[lkey], args=[token])
+            self._script(_UNLOCK_SCRIPT)(keys=[lkey], args=[token])
         except _CALL_ERRORS as exc:
             self._failed(exc, "unlock")
             return
@@ -843,7 +958,6 @@ class AsyncRedisCache(_RedisCore):
             )
         if self._client is not None and self._client.get_encoder().decode_responses:
             raise ConfigError("Pass a Redis client made with decode_responses=False; the cache stores raw bytes.")
-        self._unlock_script: Any = None
 
     @property
     def client(self) -> Any:
@@ -926,6 +1040,65 @@ class AsyncRedisCache(_RedisCore):
             self._count_gets(0, len(keys))
             return {}
         return self._collect(keys, rkeys, replies)
+
+    async def get_with_ttl(self, key: Key, default: Any = None) -> tuple[Any, float | None]:
+        """As :meth:`RedisCache.get_with_ttl`."""
+        rkey = self._rkey(key)
+
+        try:
+            replies = await self._call("GET", lambda client: self._fetch_with_ttls(client, [rkey]))
+        except NetworkError:
+            self.stats.add("misses")
+            raise
+        if replies is MISSING:
+            self.stats.add("misses")
+            return default, None
+        (data,), (pttl,) = replies
+        found = self._collect([key], [rkey], [data])
+        if key in found and pttl != -2:
+            return found[key], None if pttl < 0 else pttl / 1000
+        return default, None
+
+    async def get_many_with_ttl(self, keys: Iterable[Key]) -> dict[Key, tuple[Any, float | None]]:
+        """As :meth:`RedisCache.get_many_with_ttl`."""
+        keys = list(keys)
+        if not keys:
+            self._check_open()
+            return {}
+        rkeys = self._rkeys(keys)
+
+        try:
+            replies = await self._call("MGET", lambda client: self._fetch_with_ttls(client, rkeys))
+        except NetworkError:
+            self._count_gets(0, len(keys))
+            raise
+        if replies is MISSING:
+            self._count_gets(0, len(keys))
+            return {}
+        values, pttls = replies
+        return self._with_ttls(keys, self._collect(keys, rkeys, values), pttls)
+
+    async def _fetch_with_ttls(self, client: Any, rkeys: list[bytes]) -> tuple[list[Any], list[int]]:
+        """As :meth:`RedisCache._fetch_with_ttls`."""
+        if self._use_ttl_script(len(rkeys)):
+            try:
+                values: list[Any] = []
+                pttls: list[int] = []
+                for i in range(0, len(rkeys), _SCRIPT_CHUNK):
+                    chunk = rkeys[i : i + _SCRIPT_CHUNK]
+                    replies = await self._script(_GET_TTL_SCRIPT)(keys=chunk)
+                    part_values, part_pttls = self._split_ttl_replies(replies, len(chunk), joined=True)
+                    values += part_values
+                    pttls += part_pttls
+                return values, pttls
+            except ResponseError as exc:
+                self._scripts_refused(exc)
+        pipe = client.pipeline() if self._cluster else client.pipeline(transaction=False)
+        for rkey in rkeys:
+            pipe.get(rkey)
+        for rkey in rkeys:
+            pipe.pttl(rkey)
+        return self._split_ttl_replies(await pipe.execute(), len(rkeys), joined=False)
 
     async def set_many(self, items: Mapping[Key, Any], ttl: float | None = None) -> bool:
         px = self._px(ttl)
@@ -1080,9 +1253,7 @@ class AsyncRedisCache(_RedisCore):
     async def _unlock(self, lkey: bytes, token: bytes) -> None:
         if self._closed:
             return
-        if self._unlock_script is None:
-            self._unlock_script = self.client.register_script(_UNLOCK_SCRIPT)
-        script = self._unlock_script
+        script = self._script(_UNLOCK_SCRIPT)
         await self._call("unlock", lambda c: script(keys=[lkey], args=[token]))
 
     async def close(self) -> None:

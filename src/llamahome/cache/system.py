@@ -147,12 +147,11 @@ class ScratchPath(os.PathLike):  # type: ignore[type-arg]
     def __hash__(self) -> int:
         return hash(self.path)
 
-    @property
-    def name(self) -> str:
-        return self.path.name
-
-    def exists(self) -> bool:
-        return self.path.exists()
+    def __getattr__(self, attribute: str) -> Any:
+        # Everything else a Path offers (write_bytes, stat, name, suffix, ...) works on the scratch path.
+        if attribute.startswith("_"):
+            raise AttributeError(attribute)
+        return getattr(self.path, attribute)
 
     def __enter__(self) -> Path:
         stack = contextlib.ExitStack()

@@ -230,7 +230,7 @@ class _Writer:
             self._thread.start()
         with self._cond:
             while len(self._queue) >= self.capacity and self._thread.is_alive():
-                self._cond.wait()
+                self._cond.wait(0.1)  # with a timeout, so a writer that died cannot block the producer
             self._pending.add(index)
             self._queue.append((index, snap, raw))
             self._cond.notify_all()
@@ -253,13 +253,13 @@ class _Writer:
                 parts = [snap]
             if not self.cache._store_batch(self.ns, index, parts, raw):
                 self.disabled = True
-        except TrainingCacheError as exc:
-            self.error = exc
-            self.disabled = True
         except StorageError as exc:
             # A full or read-only disk must not stop training: stop caching this pass and say so once.
             self.cache._count("errors")
             log.warning("The training cache stopped storing %r: %s", self.ns.dataset_id, exc)
+            self.disabled = True
+        except BaseException as exc:  # noqa: BLE001 - a dead writer would block the producer: report instead
+            self.error = exc
             self.disabled = True
         finally:
             self.seconds += time.perf_counter() - began
@@ -302,10 +302,13 @@ class _Cursor:
     still completes the namespace. A ``Sequence`` source is indexed directly instead.
     """
 
-    def __init__(self, source: Iterable[Any], writer: _Writer | None, stop: Any) -> None:
+    def __init__(
+        self, source: Iterable[Any], writer: _Writer | None, stop: Any, claim: Callable[[], None] | None = None
+    ) -> None:
         self.source = source
         self.writer = writer
         self.stop = stop
+        self.claim = claim
         self.iterator: Iterator[Any] | None = None
         self.position = 0
         self.end: int | None = None
@@ -314,6 +317,8 @@ class _Cursor:
         self._skip_error: BaseException | None = None
 
     def _restart(self) -> None:
+        if self.claim is not None:
+            self.claim()
         self.iterator = iter(self.source)
         self.position = 0
 
@@ -424,6 +429,19 @@ class CachedBatches(Iterable[Any]):
         self._pin = pin_memory
         # Weak: a pass whose iterator the consumer dropped must be collectable, which is what stops it.
         self._live: weakref.WeakSet[ReadAhead[Any]] = weakref.WeakSet()
+        self._one_shot = iter(source) is source  # a generator or iterator: it can be read only once
+        self._source_started = False
+
+    def _claim_source(self, *, check_only: bool = False) -> None:
+        """Called before each read of the source from its start; refuses to re-read a one-shot iterator."""
+        if self._one_shot and self._source_started:
+            raise TrainingCacheError(
+                f"Dataset {self.dataset_id!r} needs its source again (the cache is not complete: an earlier pass "
+                "was interrupted, or the data is larger than the cache), but the source is an iterator that was "
+                "already read. Pass a re-iterable source (a list, a DataLoader, an object with __iter__)."
+            )
+        if not check_only:
+            self._source_started = True
 
     def set_epoch(self, epoch: int) -> None:
         """Set the epoch number of the next pass (it picks the shuffle order)."""
@@ -592,36 +610,49 @@ class TrainingCache(Store):
 
     # ------------------------------------------------------------------------------------ index
     def _scan(self) -> None:
-        """Rebuild the in-memory index from the directory (the files are the truth; see module docs)."""
-        namespaces: dict[str, _Namespace] = {}
-        kv: dict[str, _KvEntry] = {}
-        orphans: list[Path] = []
-        max_seq = 0
-        with os.scandir(self.path) as entries:
-            for entry in entries:
-                if not entry.name.startswith(_NS_PREFIX) or not entry.is_dir(follow_symlinks=False):
-                    continue
-                ns = self._load_namespace(Path(entry.path))
-                if ns is None:
-                    orphans.append(Path(entry.path))
-                    continue
-                namespaces[ns.id] = ns
-                max_seq = max(max_seq, ns.seq)
-        with os.scandir(self.path / _KV_DIR) as entries:
-            for entry in entries:
-                if not _KV_RE.match(entry.name) or not entry.is_file(follow_symlinks=False):
-                    continue
-                header = read_header(Path(entry.path))
-                if header is None:
-                    orphans.append(Path(entry.path))
-                    continue
-                kv[entry.name] = _KvEntry(header.seq, header.created, header.created, header.file_size)
-                max_seq = max(max_seq, header.seq)
+        """Rebuild the in-memory index from the directory (the files are the truth; see module docs).
+
+        Runs under the lock, so no batch is written mid-listing; namespaces already known are updated in
+        place, because passes in flight hold them.
+        """
         with self._lock:
-            old = self._namespaces
-            for ns_id, ns in namespaces.items():
-                if ns_id in old:
-                    ns.pins = old[ns_id].pins
+            found: dict[str, _Namespace] = {}
+            kv: dict[str, _KvEntry] = {}
+            orphans: list[Path] = []
+            max_seq = 0
+            with os.scandir(self.path) as entries:
+                for entry in entries:
+                    if not entry.name.startswith(_NS_PREFIX) or not entry.is_dir(follow_symlinks=False):
+                        continue
+                    ns = self._load_namespace(Path(entry.path))
+                    if ns is None:
+                        orphans.append(Path(entry.path))
+                        continue
+                    found[ns.id] = ns
+                    max_seq = max(max_seq, ns.seq)
+            with os.scandir(self.path / _KV_DIR) as entries:
+                for entry in entries:
+                    if not _KV_RE.match(entry.name) or not entry.is_file(follow_symlinks=False):
+                        continue
+                    header = read_header(Path(entry.path))
+                    if header is None:
+                        orphans.append(Path(entry.path))
+                        continue
+                    kv[entry.name] = _KvEntry(header.seq, header.created, header.created, header.file_size)
+                    max_seq = max(max_seq, header.seq)
+            namespaces: dict[str, _Namespace] = {}
+            for ns_id, ns in found.items():
+                known = self._namespaces.get(ns_id)
+                if known is not None:
+                    known.batches, known.bytes = ns.batches, ns.bytes
+                    known.complete = known.complete and ns.complete
+                    known.total = known.total if known.total is not None else ns.total
+                    ns = known
+                namespaces[ns_id] = ns
+            for ns_id, known in self._namespaces.items():
+                if ns_id not in namespaces and known.pins:  # removed by another process while a pass uses it
+                    known.batches, known.bytes, known.complete = {}, 0, False
+                    namespaces[ns_id] = known
             self._namespaces = namespaces
             self._kv = kv
             self._orphans = orphans
@@ -914,6 +945,10 @@ class TrainingCache(Store):
             ns.pins += 1
             ns.used = self.clock()
             ns.uses += 1
+            if self.cleanup_policy in ("lru", "lfu"):  # the order must survive a restart
+                with contextlib.suppress(StorageError):
+                    if ns.dir.is_dir():
+                        self._write_manifest(ns)
         if fcntl is None:
             return None
         try:
@@ -983,7 +1018,9 @@ class TrainingCache(Store):
             if not oversize:
                 capacity = max(1, self.batch_buffer - self.prefetch)
                 writer = _Writer(self, ns, capacity, threaded=stop is not None)
-            cursor = _Cursor(wrapped.source, writer, stop)
+            cursor = _Cursor(wrapped.source, writer, stop, wrapped._claim_source)
+            if not (complete and total is not None):
+                wrapped._claim_source(check_only=True)  # fail before serving anything, not halfway through
             if complete and total is not None:
                 order: Iterable[int]
                 if wrapped.shuffle_seed is not None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import re
 
-__all__ = ["MIB", "parse_size", "size_to_bytes", "format_bytes", "parse_duration", "SIZE_UNITS"]
+__all__ = ["MIB", "SIZE_UNITS", "format_bytes", "parse_duration", "parse_size", "size_to_bytes"]
 
 #: Bytes in one configuration megabyte.
 MIB = 1024 * 1024
@@ -33,7 +33,9 @@ SIZE_UNITS: dict[str, int] = {
     "t": _K**4, "tb": _K**4, "tib": _K**4,
 }  # fmt: skip
 
-_SIZE_RE = re.compile(r"^\s*(?P<num>[+-]?(?:\d+(?:[_,]\d{3})*(?:\.\d*)?|\.\d+)(?:e[+-]?\d+)?)\s*(?P<unit>[a-z]*)\s*$", re.I)
+_SIZE_RE = re.compile(
+    r"^\s*(?P<num>[+-]?(?:\d+(?:[_,]\d{3})*(?:\.\d*)?|\.\d+)(?:e[+-]?\d+)?)\s*(?P<unit>[a-z]*)\s*$", re.I
+)
 
 _ACCEPTED_SIZES = 'a number of megabytes (1 MB = 1 MiB) or a string with a unit such as "512KB", "4GB" or "1.5GiB"'
 
@@ -96,7 +98,9 @@ _ACCEPTED_DURATIONS = 'a number of seconds, or a string such as "90s", "15m", "1
 def parse_duration(value: object) -> float:
     """Return ``value`` as a positive number of seconds (numbers are seconds; "15m", "1h", "1d" also work)."""
     if isinstance(value, bool):
-        raise ValueError(f"expected a number of seconds, not the boolean {str(value).lower()}; use {_ACCEPTED_DURATIONS}.")
+        raise ValueError(
+            f"expected a number of seconds, not the boolean {str(value).lower()}; use {_ACCEPTED_DURATIONS}."
+        )
     if isinstance(value, (int, float)):
         seconds = float(value)
     elif isinstance(value, str):

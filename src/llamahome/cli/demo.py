@@ -15,9 +15,9 @@ import json
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,113 +25,67 @@ import click
 
 from llamahome.cache.base import MISSING, Store
 from llamahome.cache.config import CacheConfig
+from llamahome.cache.disk import DiskCache
+from llamahome.cache.memory import MemoryCache
+from llamahome.cache.tiered import TieredCache
 from llamahome.cache.units import MIB, format_bytes
-from llamahome.errors import CacheError
 
 from .params import SIZE
 from .workload import Workload, values_equal
 
-__all__ = ["demo", "run_workload", "open_tiers", "Tiers", "DEMO_MEMORY_MB", "DEMO_DISK_MB"]
+__all__ = ["DEMO_DISK_MB", "DEMO_MEMORY_MB", "Tiers", "demo", "open_tiers", "run_workload"]
 
 #: Demo tier sizes when no --config is given: the working set (~5 MB) overflows memory, fits on disk.
 DEMO_MEMORY_MB = 0.5
 DEMO_DISK_MB = 64.0
 
 
+def _disk(cfg: CacheConfig, directory: Path, disk_mb: float) -> DiskCache:
+    # The YAML has one compression switch, under cache.memory; the disk tier follows it, as in CacheManager.
+    return DiskCache(directory, size=disk_mb, policy="lru", compression=cfg.cache.memory.compression)
+
+
 @dataclass
 class Tiers:
-    """The stores the demo talks to: ``front`` answers get/set; ``memory``/``disk`` are its tiers."""
+    """What the demo talks to: ``front`` (memory -> disk) answers get/set; ``memory``/``disk`` are its tiers."""
 
-    front: Any  # a Store: TieredCache, or one tier alone
-    memory: Store | None
-    disk: Store | None
+    front: TieredCache
+    memory: MemoryCache
+    disk: DiskCache
     description: str
-    _closers: list[Callable[[], None]] = field(default_factory=list)
 
     def named(self) -> list[tuple[str, Store]]:
-        return [(name, store) for name, store in (("memory", self.memory), ("disk", self.disk)) if store is not None]
+        return [("memory", self.memory), ("disk", self.disk)]
 
     def close(self) -> None:
-        for close in reversed(self._closers):
-            close()
-        self._closers.clear()
+        self.front.close()  # the tiered cache owns and closes its tiers
 
 
-def open_tiers(cfg: CacheConfig, directory: Path | None, memory_mb: float, disk_mb: float) -> Tiers:
-    """Memory in front of disk, as the manager builds them; only the tiers that are installed are used."""
-    memory_cls = _optional("memory", "MemoryCache")
-    disk_cls = _optional("disk", "DiskCache") if directory is not None else None
-    tiered_cls = _optional("tiered", "TieredCache")
-    policy = cfg.cache.memory.type
-    closers: list[Callable[[], None]] = []
-    memory = disk = None
-    if memory_cls is not None:
-        memory = memory_cls(size=memory_mb, policy=policy, compression=cfg.cache.memory.compression)
-        closers.append(memory.close)
-    if disk_cls is not None:
-        assert directory is not None
-        # The YAML has one compression switch, under cache.memory; the disk tier follows it (as in CacheManager).
-        disk = disk_cls(directory, size=disk_mb, policy="lru", compression=cfg.cache.memory.compression)
-        closers.append(disk.close)
-    packed = ", compressed" if cfg.cache.memory.compression else ""
-    memory_text = f"memory {format_bytes(memory_mb * MIB)} ({policy}{packed})"
-    disk_text = f"disk {format_bytes(disk_mb * MIB)} in {directory}"
-    if memory is not None and disk is not None:
-        front = tiered_cls(memory, disk) if tiered_cls is not None else _TwoTiers(memory, disk)
-        closers.append(front.close)
-        description = f"{memory_text} -> {disk_text}"
-    elif memory is not None:
-        front, description = memory, f"{memory_text} only"
-    elif disk is not None:
-        front, description = disk, f"{disk_text} only"
-    else:
-        raise CacheError("No cache tier is installed (llamahome.cache.memory is missing); reinstall llamahome-cache.")
-    return Tiers(front, memory, disk, description, closers)
-
-
-class _TwoTiers:
-    """Read-through memory -> disk with promotion, for installs without ``llamahome.cache.tiered``."""
-
-    def __init__(self, memory: Store, disk: Store) -> None:
-        self.memory, self.disk = memory, disk
-
-    def get(self, key: str, default: Any = None) -> Any:
-        value = self.memory.get(key, MISSING)
-        if value is MISSING:
-            value = self.disk.get(key, MISSING)
-            if value is MISSING:
-                return default
-            self.memory.set(key, value)
-        return value
-
-    def set(self, key: str, value: Any) -> None:
-        self.disk.set(key, value)
-        self.memory.set(key, value)
-
-    def close(self) -> None:
-        """The tiers are closed by their owner."""
-
-
-def _optional(module: str, name: str) -> Any:
-    """A store class if its module exists (the demo runs on whatever tiers this install has)."""
-    import importlib
-
+def open_tiers(cfg: CacheConfig, directory: Path, memory_mb: float, disk_mb: float) -> Tiers:
+    """A memory tier in front of a disk tier, built from ``cfg`` as CacheManager builds them."""
+    policy, compression = cfg.cache.memory.type, cfg.cache.memory.compression
+    memory = MemoryCache(size=memory_mb, policy=policy, compression=compression)
     try:
-        return getattr(importlib.import_module(f"llamahome.cache.{module}"), name)
-    except (ImportError, AttributeError):
-        return None
+        disk = _disk(cfg, directory, disk_mb)
+    except BaseException:
+        memory.close()
+        raise
+    packed = ", compressed" if compression else ""
+    memory_text = f"memory {format_bytes(memory_mb * MIB)} ({policy}{packed})"
+    description = f"{memory_text} -> disk {format_bytes(disk_mb * MIB)} in {directory}"
+    return Tiers(TieredCache(memory, disk), memory, disk, description)
 
 
 def run_workload(tiers: Tiers, workload: Workload) -> dict[str, Any]:
     """Replay ``workload`` through ``tiers.front`` (get; on a miss compute and set); return the figures."""
-    memory_stats = tiers.memory.stats if tiers.memory is not None else None
+    memory_stats = tiers.memory.stats
     latencies: dict[str, list[int]] = {"memory_hit": [], "disk_hit": [], "miss": [], "set": []}
     hits = misses = mismatches = verified = 0
     cache_ns = 0
     clock = time.perf_counter_ns
     started = clock()
     for request in workload:
-        memory_hits = memory_stats.hits if memory_stats is not None else 0
+        memory_hits = memory_stats.hits
         t0 = clock()
         value = tiers.front.get(request.key, MISSING)
         elapsed = clock() - t0
@@ -147,8 +101,7 @@ def run_workload(tiers: Tiers, workload: Workload) -> dict[str, Any]:
             latencies["set"].append(elapsed)
             continue
         hits += 1
-        served_by_memory = memory_stats is not None and memory_stats.hits > memory_hits
-        latencies["memory_hit" if served_by_memory or tiers.disk is None else "disk_hit"].append(elapsed)
+        latencies["memory_hit" if memory_stats.hits > memory_hits else "disk_hit"].append(elapsed)
         verified += 1
         if not values_equal(value, workload.compute(request)):
             mismatches += 1
@@ -195,8 +148,7 @@ def run_workload(tiers: Tiers, workload: Workload) -> dict[str, Any]:
 
 def check_restart(cfg: CacheConfig, directory: Path, disk_mb: float, workload: Workload) -> dict[str, Any]:
     """Reopen the disk tier as a new process would and read back every item the workload touched."""
-    disk_cls = _optional("disk", "DiskCache")
-    disk = disk_cls(directory, size=disk_mb, policy="lru", compression=cfg.cache.memory.compression)
+    disk = _disk(cfg, directory, disk_mb)
     found = checked = wrong = 0
     started = time.perf_counter()
     try:
@@ -271,12 +223,21 @@ def _directory(path: str | None) -> Iterator[Path]:
     type=click.Path(file_okay=False, path_type=str),
     help="Keep the disk tier in this directory (default: a temporary directory, removed afterwards).",
 )
-@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=str), help="Take policies and sizes from this YAML file.")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=str),
+    help="Take policies and sizes from this YAML file.",
+)
 @click.option("--memory-size", type=SIZE, help='Memory tier size, e.g. "1MB" (default 512KB, or the --config value).')
 @click.option("--disk-size", type=SIZE, help='Disk tier size, e.g. "64MB" (default 64MB, or the --config value).')
-@click.option("--requests", default=6000, show_default=True, type=click.IntRange(1, 10_000_000), help="Requests to replay.")
+@click.option(
+    "--requests", default=6000, show_default=True, type=click.IntRange(1, 10_000_000), help="Requests to replay."
+)
 @click.option("--items", default=3000, show_default=True, type=click.IntRange(1, 10_000_000), help="Distinct prompts.")
-@click.option("--skew", default=1.0, show_default=True, type=click.FloatRange(0.0, 5.0), help="Zipf exponent (0 = uniform).")
+@click.option(
+    "--skew", default=1.0, show_default=True, type=click.FloatRange(0.0, 5.0), help="Zipf exponent (0 = uniform)."
+)
 @click.option("--seed", default=0, show_default=True, type=int, help="Random seed (the run is reproducible).")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 def demo(
@@ -301,8 +262,7 @@ def demo(
             report = run_workload(tiers, workload)
         finally:
             tiers.close()
-        if tiers.disk is not None:
-            report["after_restart"] = check_restart(cfg, where, disk_mb, workload)
+        report["after_restart"] = check_restart(cfg, where, disk_mb, workload)
     report["directory"] = str(where) if directory is not None else None
     if as_json:
         click.echo(json.dumps(report, indent=2))
@@ -316,4 +276,3 @@ def demo(
             f"{wrong} cached values differed from a fresh computation. This is a bug in "
             "LlamaHome Cache; please report it with the command you ran."
         )
-

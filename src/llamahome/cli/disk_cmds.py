@@ -19,7 +19,7 @@ from llamahome.errors import CacheError
 
 from .params import SIZE
 
-__all__ = ["COMMANDS", "stats", "clear", "cleanup", "open_disk_cache", "INDEX_FILE"]
+__all__ = ["COMMANDS", "INDEX_FILE", "cleanup", "clear", "open_disk_cache", "stats"]
 
 #: The file that marks a directory as a disk cache.
 INDEX_FILE = "index.sqlite3"
@@ -31,7 +31,9 @@ def open_disk_cache(directory: str, size: float) -> Any:
 
     path = Path(directory)
     if not path.is_dir():
-        raise CacheError(f"{directory}: no such cache directory; pass the directory given to DiskCache or cache.disk.path.")
+        raise CacheError(
+            f"{directory}: no such cache directory; pass the directory given to DiskCache or cache.disk.path."
+        )
     if not (path / INDEX_FILE).is_file():
         raise CacheError(
             f"{directory}: not a LlamaHome disk cache (no {INDEX_FILE} inside); pass the directory given to "
@@ -60,13 +62,22 @@ def _size_mb(size: float | None, config_file: str | None) -> float:
 
 
 _dir_option = click.option(
-    "--dir", "directory", required=True, type=click.Path(file_okay=False, path_type=str), help="The disk cache directory."
+    "--dir",
+    "directory",
+    required=True,
+    type=click.Path(file_okay=False, path_type=str),
+    help="The disk cache directory.",
 )
 _size_option = click.option(
-    "--size", type=SIZE, help='The cache\'s size bound, e.g. "10GB" (default: cache.disk.size from --config, else 10000 MB).'
+    "--size",
+    type=SIZE,
+    help='The cache\'s size bound, e.g. "10GB" (default: cache.disk.size from --config, else 10000 MB).',
 )
 _config_option = click.option(
-    "--config", "config_file", type=click.Path(dir_okay=False, path_type=str), help="Read cache.disk.size from this YAML file."
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=str),
+    help="Read cache.disk.size from this YAML file.",
 )
 
 

@@ -18,7 +18,7 @@ import click
 from llamahome import __version__
 from llamahome.errors import CacheError
 
-__all__ = ["cli", "cache", "main"]
+__all__ = ["cache", "cli", "main"]
 
 #: Exit status for a failure the user can fix (bad configuration, unreadable directory, ...).
 EXIT_FAILURE = 1
@@ -59,15 +59,17 @@ class _Group(click.Group):
             if ctx.find_root().params.get("debug"):
                 raise
             raise click.ClickException(_describe_os_error(exc)) from exc
-        except Exception as exc:  # noqa: BLE001 - the one place that keeps tracebacks off the user's screen
+        except Exception as exc:
             if ctx.find_root().params.get("debug"):
                 raise
-            error = click.ClickException(
+            raise _InternalError(
                 f"internal error ({type(exc).__name__}: {exc}). This is a bug in LlamaHome Cache; "
                 "rerun with `llamahome --debug ...` and report the traceback."
-            )
-            error.exit_code = EXIT_INTERNAL
-            raise error from exc
+            ) from exc
+
+
+class _InternalError(click.ClickException):
+    exit_code = EXIT_INTERNAL
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -9,7 +9,7 @@ from llamahome.cache.units import parse_size
 __all__ = ["SIZE"]
 
 
-class SizeType(click.ParamType):
+class SizeType(click.ParamType):  # type: ignore[type-arg,unused-ignore]  # generic in click >= 8.2 only
     """A size in MB: ``512``, ``"512KB"``, ``"4GB"``, ``"1.5GiB"`` (converted to float megabytes)."""
 
     name = "size"

@@ -18,15 +18,47 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Request", "Workload", "KINDS", "values_equal"]
+__all__ = ["KINDS", "Request", "Workload", "values_equal"]
 
 #: Share of items of each kind.
 KINDS: tuple[tuple[str, float], ...] = (("response", 0.45), ("embedding", 0.35), ("tokens", 0.20))
 
-_WORDS = (
-    "the cache keeps hot prompts close so the model answers fast while cold entries move to disk and "
-    "expire when nobody asks for them again tokens embeddings weights batches llama memory tier hit miss"
-).split()
+_WORDS = [
+    "the",
+    "cache",
+    "keeps",
+    "hot",
+    "prompts",
+    "close",
+    "so",
+    "the",
+    "model",
+    "answers",
+    "fast",
+    "while",
+    "cold",
+    "entries",
+    "move",
+    "to",
+    "disk",
+    "and",
+    "expire",
+    "when",
+    "nobody",
+    "asks",
+    "for",
+    "them",
+    "again",
+    "tokens",
+    "embeddings",
+    "weights",
+    "batches",
+    "llama",
+    "memory",
+    "tier",
+    "hit",
+    "miss",
+]
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,290 @@
+"""TieredCache: several stores composed fastest first (memory -> disk -> network), read-through with promotion.
+
+    from llamahome.cache import MemoryCache, DiskCache, TieredCache
+
+    cache = TieredCache(MemoryCache(size=256), DiskCache("./cache", size=4096))
+    cache.set("emb:42", vector, ttl=3600)   # written to every tier
+    cache.get("emb:42")                     # memory first; a disk hit is copied up into memory
+    cache.stats.hit_rate, cache.stats_by_tier()["disk"].bytes
+
+Rules:
+
+- **Reads** go down the tiers; a hit in a lower tier is written into every faster tier with the entry's
+  remaining ttl (a store that offers ``get_with_ttl`` / ``get_many_with_ttl`` reports it; from one that does
+  not, the copy gets no ttl). A copy a faster tier cannot take (too large, a write error) is skipped.
+- **Writes** go through every tier, slowest first, so a failure never leaves a faster tier newer than a
+  slower one. A tier too small for the value drops its old copy instead; if every tier refuses,
+  :class:`ValueTooLargeError` is raised. Any other error propagates; if slower tiers already took the new
+  value, the key is first removed from the failed tier and every faster one, so no tier is left serving a
+  value older than a slower tier's.
+- **Deletes** reach every tier. ``clear``, ``cleanup`` and ``close`` too (the tiered cache owns its tiers).
+- Multi-key calls use each tier's ``get_many``/``set_many`` (one round trip or transaction per tier).
+- Any :class:`Store` plugs in as a tier, a Redis store included, without changes here.
+
+Stats: ``stats`` counts the tiered cache's own lookups (a hit is a key found in any tier, a miss one found in
+none) and writes, and sums the tiers' holdings and eviction counters; ``stats_by_tier()`` has each tier's own.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from llamahome.errors import CacheError, ConfigError, ValueTooLargeError
+
+from .base import MISSING, Key, Store, validate_key
+from .stats import CacheStats, CleanupReport
+
+__all__ = ["TieredCache"]
+
+log = logging.getLogger("llamahome.cache.tiered")
+
+_SUMMED = ("evictions", "expirations", "corrupt", "errors", "bytes", "entries", "max_bytes", "raw_bytes",
+           "stored_bytes")
+
+
+class TieredCache(Store):
+    """Stores composed fastest first; see the module docstring for the rules."""
+
+    def __init__(self, *stores: Store, name: str = "tiered") -> None:
+        if not stores:
+            raise ConfigError("TieredCache needs at least one store, fastest first: TieredCache(memory, disk).")
+        for store in stores:
+            if not isinstance(store, Store):
+                raise ConfigError(
+                    f"TieredCache tiers must be Store instances (MemoryCache, DiskCache, RedisCache, ...), "
+                    f"not {type(store).__name__}."
+                )
+        self.tiers: tuple[Store, ...] = tuple(stores)
+        self.name = name
+        self._own = CacheStats(name=name)
+        self._lock = threading.Lock()
+        self._closed = False
+
+    # ------------------------------------------------------------------------------------------ reads
+
+    def get(self, key: Key, default: Any = None) -> Any:
+        validate_key(key)
+        value = self._lookup(key, 0)
+        return default if value is MISSING else value
+
+    def get_below(self, key: Key, index: int, default: Any = None) -> Any:
+        """Look ``key`` up in the tiers after ``tiers[index]`` only (the caller already missed the tiers up to
+        it); a hit is promoted into every faster tier, ``tiers[0]`` included."""
+        validate_key(key)
+        value = self._lookup(key, index + 1)
+        return default if value is MISSING else value
+
+    def _lookup(self, key: Key, start: int) -> Any:
+        for i in range(start, len(self.tiers)):
+            value, ttl = _get_with_ttl(self.tiers[i], key)
+            if value is not MISSING:
+                self._promote({key: (value, ttl)}, i)
+                self._own.add("hits")
+                return value
+        self._own.add("misses")
+        return MISSING
+
+    def get_many(self, keys: Iterable[Key]) -> dict[Key, Any]:
+        """The hits among ``keys``: each tier is asked once (its multi-key call) for the keys still missing."""
+        remaining: list[Key] = []
+        seen: set[Key] = set()
+        for key in keys:
+            validate_key(key)
+            if key not in seen:
+                seen.add(key)
+                remaining.append(key)
+        found: dict[Key, Any] = {}
+        for i, tier in enumerate(self.tiers):
+            if not remaining:
+                break
+            hits = _get_many_with_ttl(tier, remaining)
+            if not hits:
+                continue
+            for key, (value, _) in hits.items():
+                found[key] = value
+            if i:
+                self._promote(hits, i)
+            remaining = [k for k in remaining if k not in hits]
+        with self._own._lock:
+            self._own.hits += len(found)
+            self._own.misses += len(remaining)
+        return found
+
+    def _promote(self, entries: Mapping[Key, tuple[Any, float | None]], found_in: int) -> None:
+        """Copy hits from ``tiers[found_in]`` into every faster tier, keeping each entry's remaining ttl."""
+        if not found_in:
+            return
+        plain = {k: v for k, (v, ttl) in entries.items() if ttl is None}
+        timed = [(k, v, ttl) for k, (v, ttl) in entries.items() if ttl is not None and ttl > 0]
+        for tier in self.tiers[:found_in]:
+            try:
+                if len(plain) == 1:
+                    ((k, v),) = plain.items()
+                    tier.set(k, v)
+                elif plain:
+                    tier.set_many(plain)
+                for k, v, ttl in timed:
+                    tier.set(k, v, ttl=ttl)
+            except ValueTooLargeError:
+                continue  # a faster tier too small for it: it is served from below
+            except CacheError as exc:
+                self._own.add("errors")
+                log.warning("Could not copy %d entries up into tier %r: %s", len(entries), tier.name, exc)
+
+    def __contains__(self, key: object) -> bool:
+        return any(key in tier for tier in self.tiers)
+
+    # ------------------------------------------------------------------------------------------ writes
+
+    def set(self, key: Key, value: Any, ttl: float | None = None) -> None:
+        validate_key(key)
+        self._write_through({key: value}, ttl)
+        self._own.add("sets")
+
+    def set_many(self, items: Mapping[Key, Any], ttl: float | None = None) -> None:
+        for key in items:
+            validate_key(key)
+        if not items:
+            return
+        self._write_through(items, ttl)
+        self._own.add("sets", len(items))
+
+    def _write_through(self, items: Mapping[Key, Any], ttl: float | None) -> None:
+        taken = {key: False for key in items}
+        n = len(self.tiers)
+        for i in range(n - 1, -1, -1):  # slowest first: a failure never leaves a faster tier newer
+            tier = self.tiers[i]
+            try:
+                self._set_in(tier, items, ttl, taken)
+            except BaseException:
+                if i == n - 1:
+                    raise  # nothing was written yet: every tier still agrees on the old value
+                # The tiers below now hold the new value: the failed tier and the faster ones must not keep
+                # serving the old one.
+                for upper in self.tiers[: i + 1]:
+                    for key in items:
+                        try:
+                            upper.delete(key)
+                        except CacheError as exc:
+                            log.warning("Could not remove %r from tier %r after a failed write: %s", key,
+                                        upper.name, exc)
+                raise
+        refused = [k for k, ok in taken.items() if not ok]
+        if refused:
+            raise ValueTooLargeError(
+                f"The value for {refused[0]!r} is larger than every tier of {self.name!r}; raise a tier's size "
+                "to cache it."
+            )
+
+    @staticmethod
+    def _set_in(tier: Store, items: Mapping[Key, Any], ttl: float | None, taken: dict[Key, bool]) -> None:
+        try:
+            if len(items) == 1:
+                ((key, value),) = items.items()
+                tier.set(key, value, ttl=ttl)
+            else:
+                tier.set_many(items, ttl=ttl)
+            for key in items:
+                taken[key] = True
+            return
+        except ValueTooLargeError:
+            if len(items) == 1:
+                tier.delete(next(iter(items)))  # it must not keep serving an older value
+                return
+        for key, value in items.items():  # find which values this tier cannot hold
+            try:
+                tier.set(key, value, ttl=ttl)
+                taken[key] = True
+            except ValueTooLargeError:
+                tier.delete(key)
+
+    def delete(self, key: Key) -> bool:
+        validate_key(key)
+        found = False
+        first_error: BaseException | None = None
+        for tier in self.tiers:
+            try:
+                found = tier.delete(key) or found
+            except CacheError as exc:
+                first_error = first_error or exc
+        if first_error is not None:
+            raise first_error
+        if found:
+            self._own.add("deletes")
+        return found
+
+    def clear(self) -> None:
+        for tier in self.tiers:
+            tier.clear()
+
+    # ------------------------------------------------------------------------------------------ upkeep
+
+    def cleanup(self) -> CleanupReport:
+        """Run every tier's cleanup; the report has one part per tier (a failing tier reports its error)."""
+        report = CleanupReport(cache=self.name)
+        for tier in self.tiers:
+            try:
+                report.parts.append(tier.cleanup())
+            except CacheError as exc:
+                self._own.add("errors")
+                report.parts.append(CleanupReport(cache=tier.name, details={"error": f"{type(exc).__name__}: {exc}"}))
+        return report
+
+    @property
+    def stats(self) -> CacheStats:  # type: ignore[override]
+        """Own lookups and writes; holdings and eviction counters summed over the tiers."""
+        parts = [tier.stats for tier in self.tiers]
+        combined = CacheStats(name=self.name)
+        with self._own._lock:
+            for field in ("hits", "misses", "sets", "deletes"):
+                setattr(combined, field, getattr(self._own, field))
+            own_errors = self._own.errors
+        for field in _SUMMED:
+            setattr(combined, field, sum(getattr(p, field) for p in parts))
+        combined.errors += own_errors
+        return combined
+
+    def stats_by_tier(self) -> dict[str, CacheStats]:
+        """Each tier's own stats by tier name (a repeated name gets ``#2``, ``#3``...)."""
+        out: dict[str, CacheStats] = {}
+        for tier in self.tiers:
+            label = tier.name
+            n = 2
+            while label in out:
+                label = f"{tier.name}#{n}"
+                n += 1
+            out[label] = tier.stats
+        return out
+
+    def __len__(self) -> int:
+        """Entries in the largest tier (each entry of a faster tier normally has a copy below)."""
+        return max(tier.stats.entries for tier in self.tiers)
+
+    def close(self) -> None:
+        """Close every tier. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for tier in self.tiers:
+            tier.close()
+
+    def __repr__(self) -> str:
+        return f"TieredCache({', '.join(type(t).__name__ for t in self.tiers)}, name={self.name!r})"
+
+
+def _get_with_ttl(tier: Store, key: Key) -> tuple[Any, float | None]:
+    method = getattr(tier, "get_with_ttl", None)
+    if method is not None:
+        value, ttl = method(key, MISSING)
+        return value, ttl
+    return tier.get(key, MISSING), None
+
+
+def _get_many_with_ttl(tier: Store, keys: list[Key]) -> dict[Key, tuple[Any, float | None]]:
+    method = getattr(tier, "get_many_with_ttl", None)
+    if method is not None:
+        return dict(method(keys))
+    return {k: (v, None) for k, v in tier.get_many(keys).items()}
