@@ -247,3 +247,11 @@ def test_cleanup_reports_and_reconciles(cache: DiskCache, clock: Any) -> None:
     assert report.expired == 1 and report.bytes_freed >= 100_000
     assert report.details["entries"] == 1
     assert _files(Path(cache.path)) == []
+
+
+def test_sync_mode_and_size_strings(tmp_path: Path, clock: Any) -> None:
+    with DiskCache(tmp_path / "c", size="2MB", clock=clock, sync=True) as c:
+        assert c.stats.max_bytes == 2 * MIB
+        c.set("big", b"x" * 100_000)
+        c.set("small", b"y")
+        assert c.get("big") == b"x" * 100_000 and c.get("small") == b"y"

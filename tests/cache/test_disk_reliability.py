@@ -403,3 +403,25 @@ def test_unusable_path_is_a_storage_error(tmp_path: Path) -> None:
     (tmp_path / "file").write_bytes(b"not a directory")
     with pytest.raises(StorageError, match="writable|could not"):
         DiskCache(tmp_path / "file" / "c", size=1)
+
+
+def test_forked_child_opens_its_own_connection(tmp_path: Path) -> None:
+    cache = DiskCache(tmp_path / "c", size=4)
+    try:
+        cache.set("parent", b"p")
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child
+            code = 1
+            try:
+                cache.set("child", b"c" * 50_000)
+                code = 0 if cache.get("parent") == b"p" else 2
+                cache.close()
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert cache.get("child") == b"c" * 50_000  # the parent's connection is unharmed
+        cache.set("after", b"a")
+        assert cache.get("after") == b"a"
+    finally:
+        cache.close()

@@ -770,3 +770,31 @@ def test_get_many_with_ttl_on_cluster_and_async(redis_cluster: Any, redis_url: s
 
     asyncio.run(scenario(redis_url))
     asyncio.run(scenario(redis_cluster.url))
+
+
+@redis_mark
+def test_falls_back_to_pipelines_where_scripts_are_refused(redis_restartable: RedisServer, caplog: Any) -> None:
+    admin = _raw(redis_restartable.url)
+    admin.acl_setuser("noscripts", enabled=True, passwords=["+pw"], keys=["*"], commands=["+@all", "-@scripting"])
+    url = f"redis://noscripts:pw@127.0.0.1:{redis_restartable.port}/0"
+    cache = RedisCache(url, namespace="app", timeout=2.0)
+    cache.set("a", b"1", ttl=30)
+    cache.set("b", b"2")
+    with caplog.at_level(logging.WARNING, logger="llamahome.cache.network"):
+        value, ttl = cache.get_with_ttl("a")
+    assert "falls back to pipelines" in caplog.text
+    assert value == b"1" and ttl is not None and 25 < ttl <= 30
+    assert cache.get_many_with_ttl(["a", "b", "c"])["b"] == (b"2", None)
+    assert cache.get_or_set("g", lambda: "v") == "v" and not admin.exists(cache._lkey("g"))  # unlocked anyway
+    assert cache.stats.errors == 0
+
+    async def scenario() -> None:
+        acache = AsyncRedisCache(url, namespace="app", timeout=2.0)
+        assert (await acache.get_with_ttl("b")) == (b"2", None)
+        assert await acache.get_or_set("h", lambda: "w") == "w" and not admin.exists(acache._lkey("h"))
+        assert acache.stats.errors == 0
+        await acache.close()
+
+    asyncio.run(scenario())
+    cache.close()
+    admin.close()

@@ -898,9 +898,21 @@ class RedisCache(_RedisCore, Store):
         if self._closed or not self.breaker.allow():
             return  # the lock expires by itself
         try:
-            self._script(_UNLOCK_SCRIPT)(keys=[lkey], args=[token])
+            if self._scripts_allowed:
+                try:
+                    self._script(_UNLOCK_SCRIPT)(keys=[lkey], args=[token])
+                except ResponseError as exc:
+                    self._scripts_refused(exc)
+            if not self._scripts_allowed:
+                # Check, then delete: should the lock expire and pass to another caller in between, that
+                # caller merely loses exclusivity for the rest of its computation.
+                if self.client.get(lkey) == token:
+                    self.client.delete(lkey)
         except _CALL_ERRORS as exc:
-            self._failed(exc, "unlock")
+            try:
+                self._failed(exc, "unlock")
+            except NetworkError:
+                pass  # the lock expires by itself; never hide the factory's own outcome behind this
             return
         self._ok()
 
@@ -1253,8 +1265,20 @@ class AsyncRedisCache(_RedisCore):
     async def _unlock(self, lkey: bytes, token: bytes) -> None:
         if self._closed:
             return
-        script = self._script(_UNLOCK_SCRIPT)
-        await self._call("unlock", lambda c: script(keys=[lkey], args=[token]))
+
+        async def run(client: Any) -> None:
+            if self._scripts_allowed:
+                try:
+                    await self._script(_UNLOCK_SCRIPT)(keys=[lkey], args=[token])
+                except ResponseError as exc:
+                    self._scripts_refused(exc)
+            if not self._scripts_allowed and await client.get(lkey) == token:
+                await client.delete(lkey)  # check, then delete: see RedisCache._unlock
+
+        try:
+            await self._call("unlock", run)
+        except NetworkError:
+            pass  # the lock expires by itself; never hide the factory's own outcome behind this
 
     async def close(self) -> None:
         if self._closed:
