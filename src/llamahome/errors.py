@@ -14,6 +14,7 @@ all. Messages are whole sentences that say what went wrong and what to do about 
     ├── CorruptEntryError         an entry failed its checksum (normally reported as a miss)
     ├── NetworkError              the network tier (Redis) failed or timed out
     ├── ModelCacheError           a model file or name the model cache cannot accept
+    │   └── ModelNotFoundError    the model is not cached (never added, deleted or evicted) (also KeyError)
     └── TrainingCacheError        a training cache misuse (batch larger than the budget, ...)
 """
 
@@ -31,6 +32,7 @@ __all__ = [
     "CorruptEntryError",
     "NetworkError",
     "ModelCacheError",
+    "ModelNotFoundError",
     "TrainingCacheError",
 ]
 
@@ -77,6 +79,12 @@ class NetworkError(CacheError, ConnectionError):
 
 class ModelCacheError(CacheError, ValueError):
     """The model cache cannot accept a model, file or name."""
+
+
+class ModelNotFoundError(ModelCacheError, KeyError):
+    """The model is not in the model cache (never added, deleted or evicted)."""
+
+    __str__ = Exception.__str__  # KeyError would quote the message
 
 
 class TrainingCacheError(CacheError, ValueError):

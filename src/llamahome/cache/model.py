@@ -36,7 +36,14 @@ from typing import Any
 
 import numpy as np
 
-from llamahome.errors import CacheClosedError, ConfigError, CorruptEntryError, ModelCacheError, StorageError
+from llamahome.errors import (
+    CacheClosedError,
+    ConfigError,
+    CorruptEntryError,
+    ModelCacheError,
+    ModelNotFoundError,
+    StorageError,
+)
 
 from . import model_io
 from .model_format import (
@@ -66,12 +73,6 @@ _NAME_MAX = 200
 _BAD_NAME = re.compile(r"[/\\\x00-\x1f\x7f]")
 #: Imports at least this large show a progress bar (when stderr is a terminal).
 PROGRESS_MIN_BYTES = 256 * MIB
-
-
-class ModelNotFoundError(ModelCacheError, KeyError):
-    """The model is not in the cache (never added, deleted or evicted)."""
-
-    __str__ = Exception.__str__  # KeyError would quote the message
 
 
 class _Replaced(ModelNotFoundError):
