@@ -72,16 +72,18 @@ async def bench(trials: int, n_keys: int) -> dict[str, float]:
         res: dict[str, list[float]] = {
             n: [] for n in ("mem_floor", "mem_manager", "mem_to_thread", "getorset_hit", "disk_manager", "disk_to_thread", "scrape_ms")
         }
-        for _ in range(trials):  # interleaved: each trial runs every contender once
+        for trial in range(trials):  # interleaved: each trial runs every contender once
             res["mem_floor"].append(sync_per_op_us(cache.memory.get, keys))
             res["mem_manager"].append(await per_op_us(cache.get, keys))
             res["mem_to_thread"].append(await per_op_us(threaded_get, keys))
             res["getorset_hit"].append(await per_op_us(get_or_set, keys))
+            # Disk hits: memory emptied before each pass; the two contenders alternate who goes first, since
+            # the first pass after a refill also pays for the disk tier's batched access-time write.
             disk_keys = keys[: max(50, n_keys // 10)]
-            cache.memory.clear()
-            res["disk_manager"].append(await per_op_us(cache.get, disk_keys))
-            cache.memory.clear()
-            res["disk_to_thread"].append(await per_op_us(threaded_get, disk_keys))
+            order = [("disk_manager", cache.get), ("disk_to_thread", threaded_get)]
+            for name, fn in order if trial % 2 == 0 else order[::-1]:
+                cache.memory.clear()
+                res[name].append(await per_op_us(fn, disk_keys))
             for k in keys:  # clear() emptied the memory tier: refill it for the next trial's memory hits
                 cache.memory.set(k, cache.disk.get(k))
             t0 = time.perf_counter()
@@ -101,7 +103,7 @@ def main() -> int:
     print(f"  memory hit  MemoryCache.get (floor)        {m['mem_floor']:8.2f} us")
     print(f"  memory hit  await manager.get              {m['mem_manager']:8.2f} us   {m['mem_manager'] / m['mem_floor']:5.1f}x floor")
     print(f"  memory hit  await to_thread(tiered.get)    {m['mem_to_thread']:8.2f} us")
-    print(f"  memory hit  manager / to_thread facade     {m['mem_manager'] / m['mem_to_thread']:8.3f}x   (target <= 0.25x)")
+    print(f"  memory hit  manager / to_thread facade     {m['mem_manager'] / m['mem_to_thread']:8.3f}x   (own target <= 0.25x; the issue sets none)")
     print(f"  get_or_set hit                             {m['getorset_hit']:8.2f} us")
     print(f"  disk hit    await manager.get              {m['disk_manager']:8.2f} us")
     print(f"  disk hit    await to_thread(tiered.get)    {m['disk_to_thread']:8.2f} us   ratio {m['disk_manager'] / m['disk_to_thread']:.2f}x")

@@ -21,7 +21,7 @@ What the contract fixes (the shared semantics of every tier):
 - ``get`` counts one hit or one miss; ``in``, ``len`` and ``cleanup`` count neither and do not count as a use
   for the eviction policy. ``set`` counts ``sets``; a ``delete`` that removed something counts ``deletes``.
 - ``stats.bytes`` and ``stats.entries`` are what the store holds now; ``stats.bytes <= stats.max_bytes`` after
-  every operation; ``stats.max_bytes == int(size_mb * 1_048_576)``.
+  every operation; ``stats.max_bytes`` is ``size_mb`` MiB in bytes (``units.size_to_bytes``).
 - A value larger than the whole store raises ``ValueTooLargeError`` and leaves the store as it was (nothing is
   evicted to make room for a value that cannot fit).
 - ``ttl`` is in seconds on the store's clock; an expired entry is a miss counted in ``stats.expirations``;

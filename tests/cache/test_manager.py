@@ -384,3 +384,10 @@ def test_network_tier_is_the_third_store_when_configured(tmp_path: Path, redis_u
             assert "shared" in cache.memory
 
     run(main())
+
+
+def test_a_monitor_of_another_manager_is_refused_before_anything_opens(tmp_path: Path) -> None:
+    with CacheManager(make_config(tmp_path / "a")) as first:
+        with pytest.raises(CacheError, match="already observes another"):
+            CacheManager(make_config(tmp_path / "b"), monitor=first.monitor)
+    assert not (tmp_path / "b").exists()

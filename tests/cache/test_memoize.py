@@ -179,3 +179,44 @@ def test_async_function_over_a_disk_store(tmp_path: Path) -> None:
 
         asyncio.run(main())
     assert calls == 2
+
+
+def test_over_a_manager_the_function_runs_once_under_concurrency(tmp_path: Path) -> None:
+    from llamahome.cache import CacheConfig, CacheManager
+
+    cfg = CacheConfig.from_dict(
+        {"cache": {"memory": {"size": 1}, "disk": {"size": 4, "path": str(tmp_path / "c")}},
+         "system_cache": {"temp_dir": str(tmp_path / "t")}}
+    )
+    calls = {"async": 0, "sync": 0}
+    lock = threading.Lock()
+
+    with CacheManager(cfg) as manager:
+
+        @memoize(manager, ttl=60)
+        async def slow_async(x: int) -> int:
+            calls["async"] += 1
+            await asyncio.sleep(0.05)
+            return x * 2
+
+        @memoize(manager)
+        def slow_sync(x: int) -> int:
+            with lock:
+                calls["sync"] += 1
+            threading.Event().wait(0.05)
+            return x * 3
+
+        async def main() -> list[int]:
+            return await asyncio.gather(*(slow_async(7) for _ in range(20)))
+
+        assert asyncio.run(main()) == [14] * 20
+        results: list[int] = []
+        threads = [threading.Thread(target=lambda: results.append(slow_sync(5))) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert results == [15] * 8
+        assert calls == {"async": 1, "sync": 1}
+        assert manager.get_sync(slow_sync.key_for(5)) == 15
+        assert slow_sync.invalidate(5) is True and manager.get_sync(slow_sync.key_for(5)) is None

@@ -58,7 +58,9 @@ def charge(key: str | bytes, value: Any) -> int:
 # ------------------------------------------------------------------------------------------ construction
 
 
-@pytest.mark.parametrize(("size", "max_bytes"), [(1, MIB), (0.5, MIB // 2), ("512KB", 512 * 1024), ("1.5GiB", 3 * 2**29)])
+@pytest.mark.parametrize(
+    ("size", "max_bytes"), [(1, MIB), (0.5, MIB // 2), ("512KB", 512 * 1024), ("1.5GiB", 3 * 2**29)]
+)
 def test_size_in_megabytes_or_with_a_unit(size: Any, max_bytes: int) -> None:
     cache = MemoryCache(size=size)
     assert cache.max_bytes == max_bytes == cache.stats.max_bytes
@@ -171,7 +173,9 @@ _ops = st.lists(
 
 @settings(max_examples=120, deadline=None)
 @given(ops=_ops, policy=st.sampled_from([*ALL_POLICIES, "slow-lru"]), compression=st.booleans())
-def test_byte_bound_and_accounting_under_random_workloads(ops: list[tuple[Any, ...]], policy: str, compression: bool) -> None:
+def test_byte_bound_and_accounting_under_random_workloads(
+    ops: list[tuple[Any, ...]], policy: str, compression: bool
+) -> None:
     clock = FakeClock()
     pol: Any = _SlowLRU() if policy == "slow-lru" else policy
     cache = MemoryCache(size=8 / 1024, policy=pol, compression=compression, clock=clock)  # 8 KiB
@@ -316,6 +320,26 @@ def test_time_policy_max_age_cleanup(clock: Any) -> None:
     assert "old" not in cache and "young" in cache
 
 
+def test_time_policy_max_age_makes_old_entries_misses(clock: Any) -> None:
+    cache = MemoryCache(size=1, policy=TimePolicy(max_age=60), clock=clock)
+    cache.set("k", b"v")
+    clock.advance(59.5)
+    assert cache.get("k") == b"v" and "k" in cache and cache.peek("k") == b"v"
+    cache.set("k2", b"v")
+    clock.advance(0.5)  # "k" is now exactly max_age old
+    assert cache.peek("k") is None
+    assert cache.get("k") is None
+    assert cache.stats.expirations == 1 and "k" not in cache and cache.get("k2") == b"v"
+
+
+@pytest.mark.parametrize("ttl", ["soon", [1]])
+def test_ttl_must_be_a_number(ttl: Any) -> None:
+    cache = MemoryCache(size=1)
+    with pytest.raises(CacheValueError, match="ttl must be a number of seconds"):
+        cache.set("k", b"v", ttl=ttl)
+    assert "k" not in cache and cache.stats.sets == 0
+
+
 def test_many_rewritten_deadlines_do_not_pile_up(clock: Any) -> None:
     cache = MemoryCache(size=1, clock=clock)
     for i in range(5000):
@@ -353,6 +377,29 @@ def test_compressed_values_are_private_copies() -> None:
     assert got == {"tokens": [1, 2, 3]}
     got["tokens"].clear()
     assert cache.get("k") == {"tokens": [1, 2, 3]}
+
+
+def test_short_bytes_and_str_skip_the_frame_when_compressing() -> None:
+    cache = MemoryCache(size=1, compression=True)
+    small = b"x" * 100
+    cache.set("b", small)
+    assert cache.stats.bytes == 1 + 100 + ENTRY_OVERHEAD
+    assert cache.get("b") is small  # immutable: no copy needed
+    cache.set("s", "é" * 10)
+    assert cache.stats.bytes == (1 + 100) + (1 + 20) + 2 * ENTRY_OVERHEAD
+    assert cache.get("s") == "é" * 10
+    assert cache.stats.raw_bytes == cache.stats.stored_bytes == 120
+    cache.set("big", b"x" * 5000)  # over the threshold: framed and compressed
+    assert cache.stats.bytes < (1 + 100) + (1 + 20) + (3 + 200) + 3 * ENTRY_OVERHEAD
+    assert cache.get("big") == b"x" * 5000
+
+
+@pytest.mark.parametrize("ttl", [None, 60])
+def test_memoryview_values_come_back_as_stored_without_compression(ttl: float | None) -> None:
+    cache = MemoryCache(size=1)
+    view = memoryview(b"frame-like bytes")
+    cache.set("k", view, ttl=ttl)
+    assert cache.get("k") is view and cache.peek("k") is view
 
 
 def test_uncompressed_values_are_kept_by_reference() -> None:

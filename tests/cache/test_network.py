@@ -171,6 +171,10 @@ def test_construction_never_connects_and_validates_options() -> None:
         AsyncRedisCache(redis.Redis())  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="decode_responses=False"):
         RedisCache(redis.Redis(decode_responses=True))
+    with pytest.raises(ConfigError, match="rediss:// for TLS"):
+        RedisCache("http://127.0.0.1:6379")
+    with pytest.raises(ConfigError, match="rediss:// for TLS"):
+        AsyncRedisCache("redis+cluster://127.0.0.1:bad-port")
     with pytest.raises(ConfigError, match="cluster=False"):
         RedisCache("redis+cluster://127.0.0.1:7000", cluster=False)
 

@@ -123,3 +123,24 @@ def test_snapshots_go_to_the_ring(manager: CacheManager) -> None:
     assert len(monitor.history) == 2
     latest = monitor.history.latest()
     assert latest is not None and set(latest.data["caches"]) == set(manager.caches)
+
+
+def test_memory_advice_warns_when_the_suggestion_exceeds_available_memory(manager: CacheManager) -> None:
+    def little_memory() -> MemoryInfo:
+        return MemoryInfo(total=256 * MB, available=100 * MB)
+
+    for _ in range(2):
+        for i in range(400):
+            if manager.memory.get(f"k{i}") is None:
+                manager.memory.set(f"k{i}", bytes(16 * 1024))
+    advice = [r for r in CacheMonitor(manager, memory_probe=little_memory).recommendations() if r.setting == "cache.memory.size"]
+    assert len(advice) == 1 and advice[0].suggested > 50
+    assert "more than 50% of the 100 MB available" in advice[0].message
+
+
+def test_keys_that_never_repeat_get_no_size_advice(manager: CacheManager) -> None:
+    for i in range(200):
+        manager.memory.get(f"unique{i}")
+    advice = CacheMonitor(manager, disk_probe=roomy_disk, memory_probe=plenty_of_memory).recommendations()
+    assert [(r.severity, r.setting) for r in advice] == [("info", None)]
+    assert "keys rarely repeat" in advice[0].message

@@ -68,13 +68,16 @@ INLINE_MAX = 32 * 1024
 ACCESS_FLUSH_INTERVAL = 1.0
 #: ... or when this many distinct entries were read since the last write.
 ACCESS_BUFFER_MAX = 10_000
+#: lru access times are recorded to this resolution (seconds) at least, and to 1/64 of the age span of the
+#: entries at most: reads of an entry used more recently than that cost no bookkeeping at all.
+ACCESS_RESOLUTION = 1.0
 #: Temp files older than this are removed by cleanup() even if their writer's pid looks alive.
 TMP_MAX_AGE = 3600.0
 _MB = 1024 * 1024
 _K_TREE, _K_PICKLE = 7, 8
 _SQL_CHUNK = 500
 
-_COLS = "id, value, file, checksum, expires, frame_size"
+_COLS = "id, value, file, checksum, expires, frame_size, accessed"
 _GET = f"SELECT {_COLS} FROM entries WHERE key = ?"
 _UPSERT = (
     "INSERT INTO entries (key, value, file, size, frame_size, checksum, created, expires, accessed, hits)"
@@ -173,6 +176,8 @@ class DiskCache(Store):
         self._stats = CacheStats(name=name, max_bytes=self.max_bytes)
         self._lock = threading.RLock()
         self._track = policy in ("lru", "lfu")
+        self._lfu = policy == "lfu"
+        self._resolution = ACCESS_RESOLUTION
         self._access: dict[int, list[Any]] = {}
         self._last_flush = time.monotonic()
         self._closed = False
@@ -321,7 +326,7 @@ class DiskCache(Store):
                     value = self._decode_inline(kb, row, mmap)
                     if value is MISSING:
                         break
-                    self._hit(row[0], now)
+                    self._hit(row[0], now, row[6])
                     return value, expires, now
             value = self._read_file(kb, row, mmap)
             if value is _RETRY:
@@ -329,15 +334,17 @@ class DiskCache(Store):
             if value is MISSING:
                 break
             with self._lock:
-                self._hit(row[0], now)
+                self._hit(row[0], now, row[6])
             return value, expires, now
         with self._lock:
             self._stats.misses += 1
         return MISSING, None, now
 
-    def _hit(self, entry_id: int, now: float) -> None:
+    def _hit(self, entry_id: int, now: float, accessed: float) -> None:
         self._stats.hits += 1
-        if self._track:
+        # lfu counts every use; lru keeps access times to a resolution (like the file system's relatime):
+        # an entry whose recorded use is more recent than that is not recorded again.
+        if self._track and (self._lfu or not now - accessed < self._resolution):
             seen = self._access.get(entry_id)
             if seen is None:
                 self._access[entry_id] = [now, 1]
@@ -366,7 +373,7 @@ class DiskCache(Store):
             return MISSING
 
     def _read_file(self, kb: bytes, row: Any, mmap: bool) -> Any:
-        entry_id, _, name, digest, _, frame_size = row
+        entry_id, _, name, digest, _, frame_size, _ = row
         if not df.is_valid_name(name):
             self._damaged(kb, entry_id, None, "invalid file name in the index")
             return MISSING
@@ -486,7 +493,7 @@ class DiskCache(Store):
                 return value
         if value is not MISSING:
             with self._lock:
-                self._hit(row[0], now)
+                self._hit(row[0], now, row[6])
         return value
 
     # ------------------------------------------------------------------------------------------ writes
@@ -634,47 +641,22 @@ class DiskCache(Store):
             total = conn.execute("SELECT bytes FROM meta WHERE id = 0").fetchone()[0]
         if total <= self.max_bytes:
             return []
-        self._flush_access(conn)
-        files: list[str] = []
-        excess = total - self.max_bytes
-        expired = conn.execute(
-            "SELECT id, key, file, size FROM entries WHERE expires <= ? ORDER BY expires", (now,)
-        )
-        excess, n_expired = self._take(conn, expired, excess, set(), files)
-        order = dx.POLICY_ORDER[self.policy]
-        n_evicted = 0
-        for skip in (keep, set()):  # spare the entries being written, unless they alone exceed the bound
-            if excess <= 0:
-                break
-            excess, n = self._take(conn, conn.execute(f"SELECT id, key, file, size FROM entries ORDER BY {order}"),
-                                   excess, skip, files)
-            n_evicted += n
+        self._flush_access(conn)  # so this process's own reads count in the order
+        files, n_expired, n_evicted = dx.evict(conn, self.policy, total - self.max_bytes, now, keep)
         self._stats.expirations += n_expired
         self._stats.evictions += n_evicted
         return files
 
-    @staticmethod
-    def _take(conn: sqlite3.Connection, cursor: sqlite3.Cursor, excess: int, skip: set[bytes],
-              files: list[str]) -> tuple[int, int]:
-        victims = []
-        for entry_id, key, name, size in cursor:
-            if key in skip:
-                continue
-            victims.append((entry_id,))
-            if name:
-                files.append(name)
-            excess -= size
-            if excess <= 0:
-                break
-        cursor.close()
-        conn.executemany("DELETE FROM entries WHERE id = ?", victims)
-        return excess, len(victims)
-
     def _flush_access(self, conn: sqlite3.Connection) -> None:
         """Write the buffered access times/counts (inside a write transaction)."""
         if self._access:
-            conn.executemany(_FLUSH, [(t, n, i) for i, (t, n) in self._access.items()])
+            conn.executemany(_FLUSH, [(t, n, i) for i, (t, n) in sorted(self._access.items())])
             self._access.clear()
+            if self.policy == "lru":
+                # Finer than 1/64 of the age span of the entries cannot change which entries go first.
+                oldest = conn.execute("SELECT min(accessed) FROM entries").fetchone()[0]
+                span = self._clock() - oldest if oldest is not None else 0.0
+                self._resolution = max(ACCESS_RESOLUTION, span / 64)
         self._last_flush = time.monotonic()
 
     def _flush_soon(self) -> None:

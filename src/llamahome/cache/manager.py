@@ -86,6 +86,9 @@ class CacheManager:
     ``config`` defaults to ``CacheConfig()`` (the seed's values); ``monitor`` to a fresh
     :class:`~llamahome.monitoring.CacheMonitor` bound to this manager. ``stats`` counts the manager's own
     lookups (``get`` and ``get_or_set``): its hit rate is the share that found a value in any tier.
+
+    Construction opens every store (directories, the disk index) synchronously, as a constructor must;
+    create managers at start-up rather than per request. Start and stop a manager on the same event loop.
     """
 
     memory: MemoryCache
@@ -108,12 +111,13 @@ class CacheManager:
         self._closed = False
         self._started = False
         self._built: list[Store] = []
+        # Bound before any store opens, so a monitor already observing another manager fails cleanly.
+        self.monitor = monitor if monitor is not None else CacheMonitor()
         try:
             self._build()
         except BaseException:
             self._close_stores()
             raise
-        self.monitor = monitor if monitor is not None else CacheMonitor()
 
     # --- construction -------------------------------------------------------------------------------
     def _build(self) -> None:
@@ -243,7 +247,8 @@ class CacheManager:
             if self._closed:
                 return
             self._closed = True
-        self._close_stores()
+        with self._cleanup_lock:  # let a cleanup pass in progress finish before its stores close
+            self._close_stores()
 
     def _close_stores(self) -> None:
         for store in reversed(self._built):
@@ -399,11 +404,13 @@ class CacheManager:
         """Blocking :meth:`cleanup`. One cache failing is logged and reported; the others are still cleaned."""
         self._check_open()
         with self._cleanup_lock:
+            self._check_open()  # closed while we waited for the lock
             parts = [self._cleanup_one(f"{cache}/{tier}", store) for cache, tier, store in self.store_labels()]
         return CleanupReport(cache="manager", parts=parts)
 
     def _cleanup_system(self) -> CleanupReport:
         with self._cleanup_lock:
+            self._check_open()
             return self._cleanup_one("system_cache/disk", self.system_cache)
 
     def _cleanup_one(self, label: str, store: Store) -> CleanupReport:

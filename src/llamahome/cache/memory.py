@@ -17,12 +17,14 @@ Values are kept by reference, as in ``cachetools`` and ``functools.lru_cache``: 
 got back and the cached one changes too. With ``compression=True`` values are kept as encoded frames
 (:func:`llamahome.cache.codecs.encode`, zstd where it pays) and decoded on every ``get``, so the cache holds
 its own copy and charges the encoded size; only the safe codec types are accepted then (or pickle with
-``allow_pickle=True``), and uncompressed arrays come back as read-only zero-copy views of the frame.
+``allow_pickle=True``), and uncompressed arrays come back as read-only zero-copy views of the frame. Short
+``bytes``/``str`` values (under the codecs' compression threshold) are kept as they are: they are immutable,
+so they need no copy, and a frame would only add 64 bytes and an encode/decode per use.
 
-Why there is a fast path: the issue asks for LRU get-hits and evicting sets well under cachetools' time,
-with a lock and stats. So with ``policy="lru"``, no ttl deadline held and no compression, ``get`` and ``set``
-run a short path: the values live in an ``OrderedDict`` whose order *is* the LRU order (``move_to_end`` on
-use, pop from the front to evict), implementing exactly :class:`~llamahome.cache.policies.LRUPolicy`'s rules
+Why there is a fast path: LRU get-hits and evicting sets are the hot path of an inference cache, and here
+they must cost well under cachetools' time while taking a lock and counting stats. So with ``policy="lru"``,
+no ttl deadline held and no compression, ``get`` and ``set`` run a short path: the values live in an
+``OrderedDict`` whose order *is* the LRU order (``move_to_end`` on use, pop from the front to evict), implementing exactly :class:`~llamahome.cache.policies.LRUPolicy`'s rules
 (``tests/cache/test_memory.py`` checks the two agree on random workloads). Everything else (ttl, other
 policies, an ``LRUPolicy`` subclass passed in, compression) takes the general path through the policy object.
 Second trick: an entry whose charge can be recomputed exactly, a ``bytes`` value under a ``bytes`` or ASCII
@@ -41,13 +43,15 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any, Callable
 
-from llamahome.errors import CacheClosedError, ConfigError, ValueTooLargeError
+from llamahome.errors import CacheClosedError, CacheValueError, ConfigError, ValueTooLargeError
 
 from . import codecs
 from .base import Key, Store, validate_key
+from .compression import MIN_COMPRESS_BYTES
 from .policies import EvictionPolicy, LRUPolicy, TimePolicy, make_policy
 from .sizing import key_size, sizeof
 from .stats import CacheStats, CleanupReport
+from .units import size_to_bytes
 
 __all__ = ["MemoryCache", "ENTRY_OVERHEAD"]
 
@@ -59,19 +63,12 @@ ENTRY_OVERHEAD = 256
 
 # Longest str key the fast path accepts without the full check (4 UTF-8 bytes per char at most).
 _FAST_KEY_CHARS = 64 * 1024 // 4
+# With compression, bytes/str values shorter than this are stored as they are (never compressed anyway).
+_RAW_BYTES = MIN_COMPRESS_BYTES
+_RAW_CHARS = MIN_COMPRESS_BYTES // 4
 
 
 def _parse_size(size: object) -> int:
-    if isinstance(size, bool) or not isinstance(size, (int, float, str)):
-        raise ConfigError(
-            f"MemoryCache size must be a number of megabytes or a string such as '512MB', not {size!r}."
-        )
-    try:
-        from .units import size_to_bytes
-    except ImportError:  # pragma: no cover - units.py ships with the package
-        if isinstance(size, str) or not size > 0:
-            raise ConfigError(f"MemoryCache size must be a positive number of megabytes, not {size!r}.") from None
-        return max(1, round(size * 1024 * 1024))
     try:
         return size_to_bytes(size)
     except ValueError as exc:
@@ -100,7 +97,7 @@ class MemoryCache(Store):
     Args:
         size: the bound in megabytes (1 MB = 1 MiB), or a string with a unit (``"512KB"``, ``"4GB"``).
         policy: ``"lru"``, ``"lfu"``, ``"fifo"``, ``"time"`` or an :class:`EvictionPolicy` instance
-            (e.g. ``TimePolicy(max_age=3600)``, whose stale entries ``cleanup()`` removes).
+            (e.g. ``TimePolicy(max_age=3600)``: entries older than that are misses, and ``cleanup()`` drops them).
         compression: keep values as encoded, zstd-compressed-where-it-pays frames (a private copy).
         clock: seconds as a float; ``ttl`` deadlines and the ``time`` policy read it (inject one in tests).
         allow_pickle: with ``compression``, let values the safe codecs cannot express fall back to pickle.
@@ -139,6 +136,7 @@ class MemoryCache(Store):
         self._heap: list[tuple[float, int, Key]] = []  # (deadline, seq, key); stale items skipped lazily
         self._seq = itertools.count()
         self._needs_now = isinstance(self.policy, TimePolicy)
+        self._max_age = self.policy.max_age if isinstance(self.policy, TimePolicy) else None
         # What a read hit does to a non-lru order: nothing for fifo/time, so get skips the call.
         self._touch: Callable[[Key], None] | None = (
             self.policy.access if (not self._lru and self.policy.reads_matter) else None
@@ -177,13 +175,14 @@ class MemoryCache(Store):
                 return default
         finally:
             self._lock.release()
-        if self.compression:
+        if self.compression and type(value) is memoryview:  # an encoded frame; see _encode
             return codecs.decode(value, allow_pickle=self.allow_pickle)
         return value
 
     def _hit(self, key: Key) -> bool:
         """Account a found key on the general path: False (and dropped) if it expired. Under the lock."""
-        if self._expires and key in self._expires and self._expires[key] <= self._clock():
+        deadline = self._expires.get(key) if self._expires else None
+        if (deadline is not None and deadline <= self._clock()) or (self._max_age is not None and self._too_old(key)):
             self._drop(key)
             self._stats.expirations += 1
             self._stats.misses += 1
@@ -201,7 +200,15 @@ class MemoryCache(Store):
         return default
 
     def _expired(self, key: Key) -> bool:
-        return bool(self._expires) and key in self._expires and self._expires[key] <= self._clock()
+        """Past its ttl, or older than ``TimePolicy(max_age=...)``. Under the lock."""
+        deadline = self._expires.get(key) if self._expires else None
+        if deadline is not None and deadline <= self._clock():
+            return True
+        return self._max_age is not None and self._too_old(key)
+
+    def _too_old(self, key: Key) -> bool:
+        age = self.policy.age(key, self._clock())  # type: ignore[attr-defined]
+        return bool(age >= self._max_age)  # type: ignore[operator]
 
     def peek(self, key: Key, default: Any = None) -> Any:
         """Like ``get`` but counts nothing and is not a use for the policy."""
@@ -213,7 +220,7 @@ class MemoryCache(Store):
                 return default
             if self._expired(key):
                 return default
-        if self.compression:
+        if self.compression and type(value) is memoryview:
             return codecs.decode(value, allow_pickle=self.allow_pickle)
         return value
 
@@ -261,9 +268,7 @@ class MemoryCache(Store):
             ksize = key_size(key)
         raw = 0
         if self.compression:
-            encoded = codecs.encode_parts(value, compress=True, allow_pickle=self.allow_pickle)
-            value = encoded.to_bytes()
-            vsize, raw = len(value), encoded.raw_size
+            value, vsize, raw = self._encode(value)
         elif type(value) is bytes:
             vsize = len(value)
         else:
@@ -303,6 +308,17 @@ class MemoryCache(Store):
         finally:
             self._lock.release()
 
+    def _encode(self, value: Any) -> tuple[Any, int, int]:
+        """With compression: (what to store, its size, the raw size). Frames are stored as memoryviews, so
+        ``get`` tells them from short ``bytes``/``str`` values kept as they are."""
+        kind = type(value)
+        if (kind is bytes and len(value) < _RAW_BYTES) or (kind is str and len(value) < _RAW_CHARS):
+            size = sizeof(value)
+            return value, size, size
+        encoded = codecs.encode_parts(value, compress=True, allow_pickle=self.allow_pickle)
+        frame = encoded.to_bytes()
+        return memoryview(frame), len(frame), encoded.raw_size
+
     def _uncharge(self, key: Key, value: Any) -> int:
         """The bytes an entry was charged, forgetting its record. Under the lock.
 
@@ -321,6 +337,11 @@ class MemoryCache(Store):
         """Every other case of ``set``: ttl deadlines, expired-first eviction, policy objects. Under the lock."""
         st = self._stats
         data = self._data
+        if ttl is not None:
+            try:
+                ttl = float(ttl)
+            except (TypeError, ValueError):
+                raise CacheValueError(f"ttl must be a number of seconds or None, not {ttl!r}.") from None
         now = self._clock() if (ttl is not None or self._expires or self._needs_now) else 0.0
         st.sets += 1
         if ttl is not None and not ttl > 0:

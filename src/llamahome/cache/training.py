@@ -29,8 +29,7 @@ import re
 import threading
 import time
 import weakref
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,8 +42,9 @@ from llamahome.errors import CacheClosedError, CacheValueError, ConfigError, Sto
 from .base import Key, Store, key_to_bytes, validate_key
 from .blobfile import HEADER_SIZE, TMP_SUFFIX, read_blob, read_header, write_blob
 from .codecs import decode, encode_parts
-from .prefetch import THREAD_PREFIX, ReadAhead
+from .prefetch import ReadAhead
 from .stats import CacheStats, CleanupReport
+from .training_pass import CachedBatches, _count_from, _Cursor, _map_tensors, _SourceEnd, _SyncPass, _torch, _Writer
 from .units import MIB, parse_size
 
 try:  # cross-process "this namespace is being read or written" marks; absent on Windows
@@ -143,378 +143,6 @@ def _policy_key(policy: str, seq: int, created: float, used: float, uses: int) -
     if policy == "time":
         return (created, seq)
     return (seq,)
-
-
-def _snapshot(batch: Any) -> tuple[bytearray, int]:
-    """An uncompressed frame of ``batch`` in a fresh buffer: a private copy the consumer cannot mutate.
-
-    Taken in the producer before the batch is handed on, so a training step that edits its batch in place
-    (masking labels, say) cannot change what is stored; compression then happens off the critical path.
-    """
-    encoded = encode_parts(batch, compress=False)
-    buf = bytearray(encoded.size)
-    view = memoryview(buf)
-    offset = 0
-    for part in encoded.parts:
-        part_view = memoryview(part).cast("B")
-        view[offset : offset + part_view.nbytes] = part_view
-        offset += part_view.nbytes
-    return buf, encoded.raw_size
-
-
-# ---------------------------------------------------------------------------------------------- torch helpers
-
-
-def _torch() -> Any:
-    try:
-        import torch
-    except ImportError as exc:  # pragma: no cover - torch is optional
-        raise TrainingCacheError("pin_memory and device need torch; install it with pip install torch.") from exc
-    return torch
-
-
-def _map_tensors(value: Any, fn: Callable[[Any], Any], torch: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return fn(value)
-    if isinstance(value, dict):
-        return {k: _map_tensors(v, fn, torch) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_map_tensors(v, fn, torch) for v in value]
-    if isinstance(value, tuple):
-        return tuple(_map_tensors(v, fn, torch) for v in value)
-    return value
-
-
-# ---------------------------------------------------------------------------------------------- writer
-
-
-class _Writer:
-    """Compresses and writes one pass's batches, in a background thread when read-ahead is on.
-
-    Holds at most ``capacity`` snapshots; the producer blocks when the disk falls behind, so memory stays
-    bounded by ``batch_buffer``. Errors are kept and re-raised in the producer at its next submit.
-    """
-
-    def __init__(self, cache: TrainingCache, ns: _Namespace, capacity: int, threaded: bool) -> None:
-        self.cache = cache
-        self.ns = ns
-        self.capacity = max(1, capacity)
-        self.error: BaseException | None = None
-        self.disabled = False  # the namespace overflowed or the disk failed: stop storing, keep serving
-        self.seconds = 0.0  # time spent compressing and writing (for the benchmark)
-        self._queue: deque[tuple[int, bytearray, int] | None] = deque()
-        self._cond = threading.Condition(threading.Lock())
-        self._pending: set[int] = set()
-        self._threaded = threaded
-        self._thread: threading.Thread | None = None  # started on the first batch to write
-
-    def wants(self, index: int) -> bool:
-        if self.disabled:
-            return False
-        with self._cond:
-            if index in self._pending:
-                return False
-        return not self.cache._has_batch(self.ns, index)
-
-    def submit(self, index: int, batch: Any) -> None:
-        self.raise_error()
-        if not self.wants(index):
-            return
-        snap, raw = _snapshot(batch)
-        if not self._threaded:
-            self._write(index, snap, raw)
-            self.raise_error()
-            return
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name=f"{THREAD_PREFIX}-writer", daemon=True)
-            self._thread.start()
-        with self._cond:
-            while len(self._queue) >= self.capacity and self._thread.is_alive():
-                self._cond.wait(0.1)  # with a timeout, so a writer that died cannot block the producer
-            self._pending.add(index)
-            self._queue.append((index, snap, raw))
-            self._cond.notify_all()
-
-    def raise_error(self) -> None:
-        if self.error is not None:
-            error, self.error = self.error, None
-            self.disabled = True
-            raise error
-
-    def _write(self, index: int, snap: bytearray, raw: int) -> None:
-        if self.disabled:
-            return
-        began = time.perf_counter()
-        try:
-            if self.cache.compression:
-                encoded = encode_parts(decode(snap), compress=True)
-                parts, raw = encoded.parts, encoded.raw_size
-            else:
-                parts = [snap]
-            if not self.cache._store_batch(self.ns, index, parts, raw):
-                self.disabled = True
-        except StorageError as exc:
-            # A full or read-only disk must not stop training: stop caching this pass and say so once.
-            self.cache._count("errors")
-            log.warning("The training cache stopped storing %r: %s", self.ns.dataset_id, exc)
-            self.disabled = True
-        except BaseException as exc:  # noqa: BLE001 - a dead writer would block the producer: report instead
-            self.error = exc
-            self.disabled = True
-        finally:
-            self.seconds += time.perf_counter() - began
-
-    def _loop(self) -> None:
-        while True:
-            with self._cond:
-                while not self._queue:
-                    self._cond.wait()
-                item = self._queue[0]
-            if item is None:
-                return
-            index, snap, raw = item
-            self._write(index, snap, raw)
-            with self._cond:
-                self._queue.popleft()
-                self._pending.discard(index)
-                self._cond.notify_all()
-
-    def close(self) -> None:
-        """Write what is queued (it is valid data) and stop the thread."""
-        if self._thread is not None:
-            with self._cond:
-                self._queue.append(None)
-                self._cond.notify_all()
-            self._thread.join()
-
-
-# ---------------------------------------------------------------------------------------------- source cursor
-
-
-class _SourceEnd(Exception):
-    """The source has no batch at the requested index."""
-
-
-class _Cursor:
-    """Random access over a sequential source: fetch(i) advances (or restarts) the source to batch ``i``.
-
-    Batches passed over on the way are stored if the cache lacks them, so a resumed pass that skips ahead
-    still completes the namespace. A ``Sequence`` source is indexed directly instead.
-    """
-
-    def __init__(
-        self, source: Iterable[Any], writer: _Writer | None, stop: Any, claim: Callable[[], None] | None = None
-    ) -> None:
-        self.source = source
-        self.writer = writer
-        self.stop = stop
-        self.claim = claim
-        self.iterator: Iterator[Any] | None = None
-        self.position = 0
-        self.end: int | None = None
-        self.indexable = isinstance(source, Sequence) and not isinstance(source, (str, bytes))
-        self._skipper: threading.Thread | None = None
-        self._skip_error: BaseException | None = None
-
-    def _restart(self) -> None:
-        if self.claim is not None:
-            self.claim()
-        self.iterator = iter(self.source)
-        self.position = 0
-
-    def prepare(self, target: int, register: Callable[[threading.Thread], None] | None) -> None:
-        """Start skipping the source to ``target`` in a helper thread, while the cached prefix is served."""
-        if self.indexable or target <= 0:
-            return
-
-        def skip() -> None:
-            try:
-                self._restart()
-                assert self.iterator is not None
-                while self.position < target and not getattr(self.stop, "stopping", False):
-                    next(self.iterator)
-                    self.position += 1
-            except StopIteration:
-                self.end = self.position
-            except BaseException as exc:  # noqa: BLE001 - re-raised in the producer by fetch()
-                self._skip_error = exc
-
-        self._skipper = threading.Thread(target=skip, name=f"{THREAD_PREFIX}-skip", daemon=True)
-        if register is not None:
-            register(self._skipper)
-        self._skipper.start()
-
-    def _join_skipper(self) -> None:
-        if self._skipper is not None:
-            self._skipper.join()
-            self._skipper = None
-            if self._skip_error is not None:
-                error, self._skip_error = self._skip_error, None
-                raise error
-
-    def fetch(self, index: int) -> Any:
-        self._join_skipper()
-        if self.end is not None and index >= self.end:
-            raise _SourceEnd
-        if self.indexable:
-            try:
-                batch = self.source[index]  # type: ignore[index]
-            except IndexError:
-                self.end = len(self.source)  # type: ignore[arg-type]
-                raise _SourceEnd from None
-            if self.writer is not None:
-                self.writer.submit(index, batch)
-            return batch
-        if self.iterator is None or index < self.position:
-            self._restart()
-        assert self.iterator is not None
-        while True:
-            try:
-                batch = next(self.iterator)
-            except StopIteration:
-                self.end = self.position
-                raise _SourceEnd from None
-            current = self.position
-            self.position += 1
-            if self.writer is not None:
-                self.writer.submit(current, batch)
-            if current == index:
-                return batch
-
-    def close(self) -> None:
-        self._join_skipper_quietly()
-        close = getattr(self.iterator, "close", None)
-        self.iterator = None
-        if close is not None:
-            with contextlib.suppress(Exception):
-                close()
-
-    def _join_skipper_quietly(self) -> None:
-        if self._skipper is not None:
-            self._skipper.join()
-            self._skipper = None
-
-
-# ---------------------------------------------------------------------------------------------- wrap
-
-
-class CachedBatches(Iterable[Any]):
-    """The iterable :meth:`TrainingCache.wrap` returns: each ``iter()`` is one pass (an epoch).
-
-    The first pass starts at ``start`` (resume), later ones at 0. Cached passes are shuffled when a
-    ``shuffle_seed`` was given: the order is a permutation drawn from ``(shuffle_seed, epoch)``, where the
-    epoch counts passes (or is set with :meth:`set_epoch`), so a resumed run reproduces the same order.
-    """
-
-    def __init__(
-        self,
-        cache: TrainingCache,
-        source: Iterable[Any],
-        dataset_id: str,
-        fingerprint: Any,
-        shuffle_seed: int | None,
-        start: int,
-        device: Any,
-        pin_memory: bool,
-    ) -> None:
-        self.cache = cache
-        self.source = source
-        self.dataset_id = dataset_id
-        self.fingerprint = fingerprint
-        self.shuffle_seed = shuffle_seed
-        self.namespace = namespace_id(dataset_id, fingerprint)
-        self.epoch = 0
-        self._start = start
-        self._device = device
-        self._pin = pin_memory
-        # Weak: a pass whose iterator the consumer dropped must be collectable, which is what stops it.
-        self._live: weakref.WeakSet[ReadAhead[Any]] = weakref.WeakSet()
-        self._one_shot = iter(source) is source  # a generator or iterator: it can be read only once
-        self._source_started = False
-
-    def _claim_source(self, *, check_only: bool = False) -> None:
-        """Called before each read of the source from its start; refuses to re-read a one-shot iterator."""
-        if self._one_shot and self._source_started:
-            raise TrainingCacheError(
-                f"Dataset {self.dataset_id!r} needs its source again (the cache is not complete: an earlier pass "
-                "was interrupted, or the data is larger than the cache), but the source is an iterator that was "
-                "already read. Pass a re-iterable source (a list, a DataLoader, an object with __iter__)."
-            )
-        if not check_only:
-            self._source_started = True
-
-    def set_epoch(self, epoch: int) -> None:
-        """Set the epoch number of the next pass (it picks the shuffle order)."""
-        self.epoch = int(epoch)
-
-    @property
-    def complete(self) -> bool:
-        """True once every batch is stored and the source's end was seen."""
-        return self.cache._namespace_state(self.namespace)[0]
-
-    @property
-    def num_batches(self) -> int | None:
-        """The number of batches per pass, once a pass has seen the source end (else None)."""
-        return self.cache._namespace_state(self.namespace)[1]
-
-    def __len__(self) -> int:
-        total = self.num_batches
-        if total is None:
-            try:
-                return len(self.source)  # type: ignore[arg-type]
-            except TypeError:
-                raise TypeError(
-                    "The number of batches is known after the first complete pass (or if the source has a len())."
-                ) from None
-        return total
-
-    def iter(self, start: int | None = None, epoch: int | None = None) -> Iterator[Any]:
-        """One pass from batch ``start`` (default: the resume index for the first pass, else 0)."""
-        if start is None:
-            start, self._start = self._start, 0
-        if start < 0:
-            raise TrainingCacheError(f"A pass cannot start at batch {start}; give a batch index of 0 or more.")
-        if epoch is not None:
-            self.epoch = int(epoch)
-        epoch_now = self.epoch
-        self.epoch += 1
-        iterator = self.cache._open_pass(self, start, epoch_now)
-        if isinstance(iterator, ReadAhead):
-            self._live.add(iterator)
-        return iterator
-
-    def __iter__(self) -> Iterator[Any]:
-        return self.iter()
-
-    def close(self) -> None:
-        """Stop every pass of this iterable that is still reading ahead."""
-        for iterator in list(self._live):
-            iterator.close()
-        self._live.clear()
-
-    def __repr__(self) -> str:
-        return f"CachedBatches(dataset_id={self.dataset_id!r}, namespace={self.namespace!r})"
-
-
-class _SyncPass(Iterator[Any]):
-    """A pass without read-ahead (``prefetch=0``): batches are produced and stored in the consumer's thread."""
-
-    def __init__(self, items: Iterator[Any], transform: Callable[[Any], Any] | None) -> None:
-        self._items = items
-        self._transform = transform
-
-    def __next__(self) -> Any:
-        batch = next(self._items)
-        return self._transform(batch) if self._transform is not None else batch
-
-    def close(self) -> None:
-        close = getattr(self._items, "close", None)
-        if close is not None:
-            close()
-
-    @property
-    def alive(self) -> bool:
-        return False
 
 
 # ---------------------------------------------------------------------------------------------- the cache
@@ -938,7 +566,10 @@ class TrainingCache(Store):
                 )
         if shuffle_seed is not None and not isinstance(shuffle_seed, (int, np.integer)):
             raise TrainingCacheError(f"shuffle_seed must be an int or None, not {type(shuffle_seed).__name__}.")
-        return CachedBatches(self, iterable, dataset_id, fingerprint, shuffle_seed, int(start), device, pin_memory)
+        namespace = namespace_id(dataset_id, fingerprint)
+        return CachedBatches(
+            self, iterable, dataset_id, fingerprint, namespace, shuffle_seed, int(start), device, pin_memory
+        )
 
     def _pin(self, ns: _Namespace) -> int | None:
         with self._lock:
@@ -1215,13 +846,6 @@ class TrainingCache(Store):
 
     def __repr__(self) -> str:
         return f"TrainingCache({str(self.path)!r}, size={self.size:g}, prefetch={self.prefetch})"
-
-
-def _count_from(start: int, total: int | None) -> Iterator[int]:
-    index = start
-    while total is None or index < total:
-        yield index
-        index += 1
 
 
 def _remove_stale_temp_files(directory: Path) -> int:
