@@ -292,26 +292,31 @@ def test_damaged_index_is_rebuilt_from_value_files(tmp_path: Path, caplog: pytes
         assert cache.get("new") == b"n"
 
 
-def test_index_damaged_while_open_recovers(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_damage_found_at_run_time_is_repaired(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     root = tmp_path / "c"
     _fill(root)
     with DiskCache(root, size=4) as cache:
-        # Damage every page but the first while the cache is open (a disk error, a stray write).
-        with open(root / "index.sqlite3", "r+b") as fh:
-            fh.seek(4096)
-            fh.write(os.urandom(8192))
-        with caplog.at_level(logging.WARNING, logger="llamahome.cache.disk"):
-            for key in ("big", "small", "arr", "nothing"):
-                try:
-                    value = cache.get(key)
-                except CacheError:  # a StorageError is allowed, never a raw sqlite3 error or a wrong value
-                    continue
+        for i in range(300):  # enough rows for several table and index pages
+            cache.set(f"filler{i}", b"f" * 500)
+    index = root / "index.sqlite3"
+    pages = index.stat().st_size // 4096
+    with open(index, "r+b") as fh:  # the last pages: the schema and totals stay readable, rows do not
+        fh.seek((pages - 6) * 4096)
+        fh.write(os.urandom(5 * 4096))
+    # A big index is not checked on open (check_on_open=False stands in for that): the damage shows up
+    # when an operation touches it, and the cache repairs itself then.
+    with caplog.at_level(logging.WARNING, logger="llamahome.cache.disk"):
+        with DiskCache(root, size=4, check_on_open=False) as cache:
+            for key in ("big", "small", "arr", "nothing", *(f"filler{i}" for i in range(300))):
+                value = cache.get(key)  # never a raw sqlite3 error, never a wrong value
                 if isinstance(value, np.ndarray):
                     np.testing.assert_array_equal(value, np.arange(10_000, dtype=np.float64))
                 else:
-                    assert value in (None, b"b" * 100_000, b"s" * 100)
+                    assert value in (None, b"b" * 100_000, b"s" * 100, b"f" * 500)
             cache.set("after", b"ok")
             assert cache.get("after") == b"ok"
+            assert cache.get("big") == b"b" * 100_000  # rebuilt from its value file
+    assert "reopening it with a check" in caplog.text and "rebuilt" in caplog.text
 
 
 # ---------------------------------------------------------------------------------- full / read-only

@@ -201,7 +201,7 @@ class DiskCache(Store):
     def _open(self, check: bool | None = None) -> sqlite3.Connection:
         try:
             conn = dx.open_index(self.path, self._data, self.policy, self._sync,
-                                 self._check_on_open if check is None else check)
+                                 self._check_on_open if check is None else check, self.max_bytes)
             self._index_ino = os.stat(os.path.join(self.path, dx.INDEX_NAME)).st_ino
             return conn
         except StorageError:
@@ -499,10 +499,13 @@ class DiskCache(Store):
     # ------------------------------------------------------------------------------------------ writes
 
     def _prepare(self, kb: bytes, value: Any, ttl: float | None, now: float) -> _Pending:
-        expires = None
-        if ttl is not None:
-            expires = now + float(ttl)
-        enc = codecs.encode_parts(value, compress=self.compression, allow_pickle=self._allow_pickle)
+        return self._pending(kb, self._encode(value), None if ttl is None else now + float(ttl), now)
+
+    def _encode(self, value: Any) -> codecs.EncodedValue:
+        return codecs.encode_parts(value, compress=self.compression, allow_pickle=self._allow_pickle)
+
+    def _pending(self, kb: bytes, enc: codecs.EncodedValue, expires: float | None, now: float) -> _Pending:
+        """Small frames become inline bytes; large ones are written to a temp file now, outside any lock."""
         if enc.size < self._inline_max:
             frame = enc.parts[0] if len(enc.parts) == 1 else b"".join(enc.parts)
             size = len(kb) + enc.size
@@ -534,18 +537,26 @@ class DiskCache(Store):
         Raises DiskFullError / StorageError when the disk refuses the write; the cache is then unchanged.
         """
         kb = key_to_bytes(validate_key(key))
-        self._conn()  # fail fast when closed, before writing a file
+        if self._db is None:
+            self._conn()  # fail fast when closed, before writing a file
         now = self._clock()
-        if ttl is not None and float(ttl) <= 0:
-            self.delete(key)  # an entry that expires at once: nothing to store, the old value is gone
+        expires = None
+        if ttl is not None:
+            if not float(ttl) > 0:
+                self.delete(key)  # an entry that expires at once: nothing to store, the old value is gone
+                return
+            expires = now + float(ttl)
+        enc = self._encode(value)
+        if enc.size < self._inline_max and self._set_inline_fast(kb, enc, expires, now):
             return
-        p = self._prepare(kb, value, ttl, now)
-        if p.tmp is None and self._set_inline_fast(p, now):
-            return
-        self._commit([p], now)
+        self._commit([self._pending(kb, enc, expires, now)], now)
 
-    def _set_inline_fast(self, p: _Pending, now: float) -> bool:
-        """The common small set without closures or retries; False sends it down the general path."""
+    def _set_inline_fast(self, kb: bytes, enc: codecs.EncodedValue, expires: float | None, now: float) -> bool:
+        """The common small set, without closures or retries; False sends it down the general path."""
+        frame = enc.parts[0] if len(enc.parts) == 1 else b"".join(enc.parts)
+        size = len(kb) + enc.size
+        self._check_fits(size)
+        digest = df.checksum(frame)
         with self._lock:
             conn = self._db
             if conn is None:
@@ -555,21 +566,23 @@ class DiskCache(Store):
             except sqlite3.Error:
                 return False
             try:
-                total, old_file, old_size = conn.execute(_BEFORE, (p.key,)).fetchone()
-                conn.execute(_UPSERT, (p.key, p.value, None, p.size, p.frame_size, p.digest, now, p.expires, now))
-                total += p.size - (old_size or 0)
-                victims = self._evict(conn, now, {p.key}, total) if total > self.max_bytes else []
+                total, old_file, old_size = conn.execute(_BEFORE, (kb,)).fetchone()
+                conn.execute(_UPSERT, (kb, frame, None, size, enc.size, digest, now, expires, now))
+                total += size - (old_size or 0)
+                victims = self._evict(conn, now, {kb}, total) if total > self.max_bytes else ()
                 conn.execute("COMMIT")
             except sqlite3.Error:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
                 return False
-            self._stats.sets += 1
-            self._stats.raw_bytes += p.raw_size
-            self._stats.stored_bytes += p.frame_size
+            st = self._stats
+            st.sets += 1
+            st.raw_bytes += enc.raw_size
+            st.stored_bytes += enc.size
         if old_file:
-            self._unlink([old_file])
-        self._unlink(victims)
+            self._unlink((old_file,))
+        if victims:
+            self._unlink(victims)
         return True
 
     def set_many(self, items: Mapping[Key, Any], ttl: float | None = None) -> None:

@@ -16,6 +16,9 @@ for bytes keys), locks under ``<namespace>:l`` + the tagged key. The size bound 
 ``maxmemory`` and ``maxmemory-policy`` (e.g. ``allkeys-lru``); see :meth:`RedisCache.cleanup` for what the
 tier counts.
 
+``RedisCache`` lives here, its async twin ``AsyncRedisCache`` in :mod:`llamahome.cache.network_async`
+(re-exported here), and what both share (keys, envelope, breaker, stats) in :mod:`llamahome.cache.redis_core`.
+
     cache = RedisCache("redis://:secret@cache-host:6379/0", namespace="myapp", ttl=3600, secret="k3y")
     cache.set("prompt:1", {"text": "hello"})
     cache.get("prompt:1")
@@ -36,7 +39,7 @@ from redis.exceptions import RedisError, ResponseError
 from llamahome.errors import ConfigError, NetworkError
 
 from .base import MISSING, Key, Store
-from .stats import CleanupReport
+from .network_async import AsyncRedisCache
 from .redis_core import (
     DEFAULT_TIMEOUT,
     MAX_VALUE_BYTES,
@@ -51,7 +54,7 @@ from .redis_core import (
     _split_cluster_url,
     log,
 )
-from .network_async import AsyncRedisCache
+from .stats import CleanupReport
 
 __all__ = ["RedisCache", "AsyncRedisCache", "DEFAULT_TIMEOUT", "MAX_VALUE_BYTES"]
 

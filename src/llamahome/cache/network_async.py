@@ -19,7 +19,6 @@ from redis.exceptions import RedisError, ResponseError
 from llamahome.errors import ConfigError, NetworkError
 
 from .base import MISSING, Key
-from .stats import CleanupReport
 from .redis_core import (
     DEFAULT_TIMEOUT,
     _CALL_ERRORS,
@@ -33,6 +32,7 @@ from .redis_core import (
     _split_cluster_url,
     log,
 )
+from .stats import CleanupReport
 
 __all__ = ["AsyncRedisCache"]
 

@@ -2,8 +2,9 @@
 
 Each policy is a small, pure, synchronous object that tracks keys only (no values, no sizes, no locks): the
 store tells it what happened (``insert``, ``access``, ``update``, ``remove``) and asks it for the next
-``victim()``. Every store (memory, disk, the typed caches) uses these same objects, so "lru" means the same
-thing everywhere. They are not thread-safe; the store calls them under its own lock.
+``victim()``. They are the one statement of what each name means: an in-memory store uses them directly, and
+a store that keeps its order elsewhere (SQL, say) implements the same rules, which the shared store contract
+(``tests/cache/store_contract.py``) checks. They are not thread-safe; the store calls them under its lock.
 
 ============  ===========================================================================================
 ``lru``       least recently used: the entry read or written longest ago goes first.
