@@ -370,7 +370,7 @@ def test_assigned_collector_binds_to_its_manager(cfg: CacheConfig, tmp_path: Pat
 
 
 def test_network_tier_is_the_third_store_when_configured(tmp_path: Path, redis_url: str, redis_namespace: str) -> None:
-    cfg = make_config(tmp_path, cache={"network": {"url": redis_url, "namespace": redis_namespace}})
+    cfg = make_config(tmp_path, cache={"network": {"url": redis_url, "namespace": redis_namespace, "timeout": 1}})
 
     async def main() -> None:
         async with CacheManager(cfg) as cache:

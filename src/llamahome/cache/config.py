@@ -195,11 +195,12 @@ class NetworkConfig(_Block):
     ttl: Seconds | None = None
     secret: Text | None = Field(default=None, repr=False)
     timeout: Seconds = 0.05
+    cluster: bool | None = None  # None: decided by the URL scheme (redis+cluster://)
 
     @field_validator("url")
     @classmethod
     def _check_url(cls, url: str) -> str:
-        schemes = ("redis://", "rediss://", "unix://")
+        schemes = ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")
         if not url.lower().startswith(schemes):
             raise ValueError(
                 f"expected a Redis URL such as 'redis://localhost:6379/0' (schemes {', '.join(schemes)}), not {url!r}."
