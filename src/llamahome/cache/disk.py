@@ -23,8 +23,13 @@ with ``synchronous=FULL``); a value file damaged by a power loss fails its xxh3 
 Every read verifies the checksum, so a damaged entry is never returned: it is removed, logged and counted in
 ``stats.corrupt``.
 
-LRU/LFU bookkeeping is batched: reads record access times in memory, and they are written in one
-transaction at most once a second, before any eviction decision, on ``cleanup()`` and on ``close()``.
+LRU/LFU bookkeeping is batched, never a write per read: reads record access times in memory, written in one
+transaction at most once a second, before any eviction decision, on ``cleanup()`` and on ``close()``. For lru
+an entry whose recorded use is less than a second old (or 1/64 of the entries' age span) is not recorded
+again, as ``relatime`` does for file access times. Other processes see this process's reads after its next
+flush; each process's own evictions always see them.
+
+Space outside the bound: SQLite's pages and its WAL (up to 40 MiB between checkpoints, less for small caches).
 """
 
 from __future__ import annotations
@@ -79,15 +84,19 @@ _SQL_CHUNK = 500
 
 _COLS = "id, value, file, checksum, expires, frame_size, accessed"
 _GET = f"SELECT {_COLS} FROM entries WHERE key = ?"
-_UPSERT = (
+# Under the write lock the entry being replaced is read first (its file goes after the commit; its id lets
+# the row be updated in place, cheaper than an upsert), together with the shared total, in one step.
+_BEFORE = (
+    "SELECT m.bytes, e.id, e.file, e.size FROM meta AS m LEFT JOIN entries AS e ON e.key = ? WHERE m.id = 0"
+)
+_INSERT = (
     "INSERT INTO entries (key, value, file, size, frame_size, checksum, created, expires, accessed, hits)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1)"
-    " ON CONFLICT(key) DO UPDATE SET value = excluded.value, file = excluded.file, size = excluded.size,"
-    " frame_size = excluded.frame_size, checksum = excluded.checksum, created = excluded.created,"
-    " expires = excluded.expires, accessed = excluded.accessed, hits = entries.hits + 1"
 )
-# The shared total and the entry being replaced, in one step (LEFT JOIN: a row even when the key is new).
-_BEFORE = "SELECT m.bytes, e.file, e.size FROM meta AS m LEFT JOIN entries AS e ON e.key = ? WHERE m.id = 0"
+_UPDATE = (
+    "UPDATE entries SET value = ?, file = ?, size = ?, frame_size = ?, checksum = ?, created = ?, expires = ?,"
+    " accessed = ?, hits = hits + 1 WHERE id = ?"
+)
 _FLUSH = "UPDATE entries SET accessed = max(accessed, ?), hits = hits + ? WHERE id = ?"
 
 _live: weakref.WeakSet[DiskCache] = weakref.WeakSet()
@@ -357,25 +366,25 @@ class DiskCache(Store):
     def _decode_inline(self, kb: bytes, row: Any, mmap: bool) -> Any:
         value = row[1]
         if type(value) is not bytes or df.checksum(value) != row[3]:  # a hand-edited row may hold text
-            self._damaged(kb, row[0], None, "checksum mismatch")
+            self._damaged(kb, row, "checksum mismatch")
             return MISSING
         # Arrays decode as views of the buffer: give them a writable one unless read-only views were asked.
         buf = bytearray(value) if not mmap and len(value) > 4 and value[4] == _K_TREE else value
-        return self._decode(kb, row[0], None, buf)
+        return self._decode(kb, row, buf)
 
-    def _decode(self, kb: bytes, entry_id: int, name: str | None, buf: Any) -> Any:
+    def _decode(self, kb: bytes, row: Any, buf: Any) -> Any:
         try:
             return codecs.decode(buf, allow_pickle=self._allow_pickle)
         except CacheValueError:
             if len(buf) > 4 and buf[4] == _K_PICKLE and not self._allow_pickle:
                 raise  # intact, but stored with pickle: tell the user rather than hide it as a miss
-            self._damaged(kb, entry_id, name, "undecodable frame")
+            self._damaged(kb, row, "undecodable frame")
             return MISSING
 
     def _read_file(self, kb: bytes, row: Any, mmap: bool) -> Any:
         entry_id, _, name, digest, _, frame_size, _ = row
         if not df.is_valid_name(name):
-            self._damaged(kb, entry_id, None, "invalid file name in the index")
+            self._damaged(kb, row, "invalid file name in the index")
             return MISSING
         try:
             buf, is_payload = df.read_frame(self._path(name), df.frame_offset(len(kb)), frame_size, digest, mmap)
@@ -387,29 +396,32 @@ class DiskCache(Store):
                 return MISSING
             return _RETRY
         except df.DamagedFile as exc:
-            self._damaged(kb, entry_id, name, f"value file {exc} mismatch")
+            self._damaged(kb, row, f"value file {exc} mismatch")
             return MISSING
         except (TypeError, ValueError, OverflowError) as exc:  # a row with fields of the wrong type
-            self._damaged(kb, entry_id, name, f"bad index row ({exc})")
+            self._damaged(kb, row, f"bad index row ({exc})")
             return MISSING
         except OSError as exc:
             with self._lock:
                 self._stats.errors += 1
             log.warning("The disk cache could not read %s (%s); reporting a miss.", self._path(name), exc)
             return MISSING
-        return buf if is_payload else self._decode(kb, entry_id, name, buf)
+        return buf if is_payload else self._decode(kb, row, buf)
 
-    def _damaged(self, kb: bytes, entry_id: int, name: str | None, why: str) -> None:
+    def _damaged(self, kb: bytes, row: Any, why: str) -> None:
         log.warning("Disk cache entry %s in %s is damaged (%s); it was removed.", _key_repr(kb), self.path, why)
         with self._lock:
             self._stats.corrupt += 1
-        self._drop_quietly("DELETE FROM entries WHERE id = ?", (entry_id,), name)
+        # Only if it is still the damaged version: another process may have rewritten the entry meanwhile.
+        name = row[2] if df.is_valid_name(row[2]) else None
+        self._drop_quietly("DELETE FROM entries WHERE id = ? AND checksum IS ? AND file IS ? RETURNING id",
+                           (row[0], row[3], row[2]), name)
 
     def _missing(self, kb: bytes, entry_id: int, name: str) -> None:
         log.warning("Disk cache entry %s lost its value file %s; it was removed.", _key_repr(kb), name)
         with self._lock:
             self._stats.corrupt += 1
-        self._drop_quietly("DELETE FROM entries WHERE id = ? AND file = ?", (entry_id, name), None)
+        self._drop_quietly("DELETE FROM entries WHERE id = ? AND file = ? RETURNING id", (entry_id, name), None)
 
     def _expire_one(self, entry_id: int) -> None:
         now = self._clock()
@@ -428,7 +440,8 @@ class DiskCache(Store):
         except (StorageError, CacheClosedError) as exc:
             log.debug("Could not remove a disk cache entry: %s", exc)
             return []
-        self._unlink([name])
+        if rows:
+            self._unlink([name])
         return rows
 
     def __contains__(self, key: object) -> bool:
@@ -566,9 +579,13 @@ class DiskCache(Store):
             except sqlite3.Error:
                 return False
             try:
-                total, old_file, old_size = conn.execute(_BEFORE, (kb,)).fetchone()
-                conn.execute(_UPSERT, (kb, frame, None, size, enc.size, digest, now, expires, now))
-                total += size - (old_size or 0)
+                total, old_id, old_file, old_size = conn.execute(_BEFORE, (kb,)).fetchone()
+                if old_id is None:
+                    conn.execute(_INSERT, (kb, frame, None, size, enc.size, digest, now, expires, now))
+                else:
+                    conn.execute(_UPDATE, (frame, None, size, enc.size, digest, now, expires, now, old_id))
+                    total -= old_size
+                total += size
                 victims = self._evict(conn, now, {kb}, total) if total > self.max_bytes else ()
                 conn.execute("COMMIT")
             except sqlite3.Error:
@@ -623,13 +640,15 @@ class DiskCache(Store):
             replaced: list[str] = []
             total = 0
             for p in items:
-                total, old_file, old_size = conn.execute(_BEFORE, (p.key,)).fetchone()
+                total, old_id, old_file, old_size = conn.execute(_BEFORE, (p.key,)).fetchone()
                 if old_file:
                     replaced.append(old_file)
-                conn.execute(
-                    _UPSERT, (p.key, p.value, p.name, p.size, p.frame_size, p.digest, now, p.expires, now)
-                )
-                total += p.size - (old_size or 0)
+                if old_id is None:
+                    conn.execute(_INSERT, (p.key, p.value, p.name, p.size, p.frame_size, p.digest, now, p.expires, now))
+                else:
+                    conn.execute(_UPDATE, (p.value, p.name, p.size, p.frame_size, p.digest, now, p.expires, now, old_id))
+                    total -= old_size
+                total += p.size
             victims = self._evict(conn, now, {p.key for p in items}, total) if total > self.max_bytes else []
             return replaced, victims
 

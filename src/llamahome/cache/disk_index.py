@@ -8,6 +8,7 @@ triggers keep it exact in the same transaction as the change, so the size bound 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -148,7 +149,7 @@ def storage_error(exc: BaseException, where: str) -> StorageError:
             "The cache is unchanged."
         )
     if "readonly" in msg or "read-only" in msg or (
-        isinstance(exc, OSError) and exc.errno in (13, 30)  # EACCES, EROFS
+        isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
     ):
         return StorageError(
             f"The cache directory {where} is not writable ({exc}); fix its permissions or point the cache "
