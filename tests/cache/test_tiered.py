@@ -155,6 +155,30 @@ class CountingStore(Store):
         self.data.update(items)
 
 
+class RacingStore(CountingStore):
+    """A slow tier: while it serves a read, the same key is written through the tiered cache."""
+
+    cache: TieredCache | None = None
+
+    def get(self, key: Key, default: Any = None) -> Any:
+        value = self.data.get(key, default)
+        if self.cache is not None:
+            cache, self.cache = self.cache, None
+            cache.set(key, b"new")
+        return value
+
+
+def test_a_read_racing_a_write_does_not_copy_the_older_value_up(clock: Any) -> None:
+    memory = MemoryCache(size=1, clock=clock)
+    slow = RacingStore()
+    with TieredCache(memory, slow) as cache:
+        slow.data["k"] = b"old"
+        slow.cache = cache
+        assert cache.get("k") == b"old"  # the read began before the write
+        assert memory.get("k") == b"new" and slow.data["k"] == b"new"  # and did not overwrite it with "old"
+        assert cache.get("k") == b"new"
+
+
 def test_a_third_store_plugs_in_and_multi_key_calls_delegate(tmp_path: Path, clock: Any) -> None:
     memory = MemoryCache(size=1, clock=clock)
     disk = DiskCache(tmp_path / "disk", size=4, clock=clock)

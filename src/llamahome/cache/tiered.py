@@ -27,9 +27,10 @@ none) and writes, and sums the tiers' holdings and eviction counters; ``stats_by
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from llamahome.errors import CacheError, ConfigError, ValueTooLargeError
@@ -40,6 +41,8 @@ from .stats import CacheStats, CleanupReport
 __all__ = ["TieredCache"]
 
 log = logging.getLogger("llamahome.cache.tiered")
+
+_STRIPES = 64
 
 _SUMMED = ("evictions", "expirations", "corrupt", "errors", "bytes", "entries", "max_bytes", "raw_bytes",
            "stored_bytes")
@@ -60,8 +63,11 @@ class TieredCache(Store):
         self.tiers: tuple[Store, ...] = tuple(stores)
         self.name = name
         self._own = CacheStats(name=name)
-        self._lock = threading.Lock()
         self._closed = False
+        # Per-key-stripe locks and write counters: a read that raced with a write of the same key in this
+        # process does not copy its (older) value up over the newer one.
+        self._stripes = [threading.Lock() for _ in range(_STRIPES)]
+        self._versions = [0] * _STRIPES
 
     # ------------------------------------------------------------------------------------------ reads
 
@@ -78,10 +84,11 @@ class TieredCache(Store):
         return default if value is MISSING else value
 
     def _lookup(self, key: Key, start: int) -> Any:
+        seen = self._versions_of([key])
         for i in range(start, len(self.tiers)):
             value, ttl = _get_with_ttl(self.tiers[i], key)
             if value is not MISSING:
-                self._promote({key: (value, ttl)}, i)
+                self._promote({key: (value, ttl)}, i, seen)
                 self._own.add("hits")
                 return value
         self._own.add("misses")
@@ -97,6 +104,7 @@ class TieredCache(Store):
                 seen.add(key)
                 remaining.append(key)
         found: dict[Key, Any] = {}
+        seen = self._versions_of(remaining)
         for i, tier in enumerate(self.tiers):
             if not remaining:
                 break
@@ -106,17 +114,50 @@ class TieredCache(Store):
             for key, (value, _) in hits.items():
                 found[key] = value
             if i:
-                self._promote(hits, i)
+                self._promote(hits, i, seen)
             remaining = [k for k in remaining if k not in hits]
         with self._own._lock:
             self._own.hits += len(found)
             self._own.misses += len(remaining)
         return found
 
-    def _promote(self, entries: Mapping[Key, tuple[Any, float | None]], found_in: int) -> None:
+    def _stripe(self, key: Key | int) -> int:
+        return hash(key) % _STRIPES
+
+    def _versions_of(self, keys: Iterable[Key]) -> dict[int, int]:
+        return {i: self._versions[i] for i in {self._stripe(k) for k in keys}}
+
+    @contextlib.contextmanager
+    def _writing(self, keys: Iterable[Key | int]) -> Iterator[None]:
+        """Hold the stripes of ``keys`` (in a fixed order, so two writers cannot deadlock) and bump them."""
+        stripes = sorted({self._stripe(k) for k in keys})
+        for i in stripes:
+            self._stripes[i].acquire()
+        try:
+            for i in stripes:
+                self._versions[i] += 1
+            yield
+        finally:
+            for i in reversed(stripes):
+                self._stripes[i].release()
+
+    def _promote(self, entries: Mapping[Key, tuple[Any, float | None]], found_in: int, seen: dict[int, int]) -> None:
         """Copy hits from ``tiers[found_in]`` into every faster tier, keeping each entry's remaining ttl."""
         if not found_in:
             return
+        stripes = sorted({self._stripe(k) for k in entries})
+        for i in stripes:
+            self._stripes[i].acquire()
+        try:
+            # A key written since our read may have a newer value than the one we found: leave it alone.
+            fresh = {k: e for k, e in entries.items() if self._versions[self._stripe(k)] == seen.get(self._stripe(k))}
+            if fresh:
+                self._copy_up(fresh, found_in)
+        finally:
+            for i in reversed(stripes):
+                self._stripes[i].release()
+
+    def _copy_up(self, entries: Mapping[Key, tuple[Any, float | None]], found_in: int) -> None:
         plain = {k: v for k, (v, ttl) in entries.items() if ttl is None}
         timed = [(k, v, ttl) for k, (v, ttl) in entries.items() if ttl is not None and ttl > 0]
         for tier in self.tiers[:found_in]:
@@ -141,7 +182,8 @@ class TieredCache(Store):
 
     def set(self, key: Key, value: Any, ttl: float | None = None) -> None:
         validate_key(key)
-        self._write_through({key: value}, ttl)
+        with self._writing((key,)):
+            self._write_through({key: value}, ttl)
         self._own.add("sets")
 
     def set_many(self, items: Mapping[Key, Any], ttl: float | None = None) -> None:
@@ -149,7 +191,8 @@ class TieredCache(Store):
             validate_key(key)
         if not items:
             return
-        self._write_through(items, ttl)
+        with self._writing(items):
+            self._write_through(items, ttl)
         self._own.add("sets", len(items))
 
     def _write_through(self, items: Mapping[Key, Any], ttl: float | None) -> None:
@@ -205,11 +248,12 @@ class TieredCache(Store):
         validate_key(key)
         found = False
         first_error: BaseException | None = None
-        for tier in self.tiers:
-            try:
-                found = tier.delete(key) or found
-            except CacheError as exc:
-                first_error = first_error or exc
+        with self._writing((key,)):
+            for tier in self.tiers:
+                try:
+                    found = tier.delete(key) or found
+                except CacheError as exc:
+                    first_error = first_error or exc
         if first_error is not None:
             raise first_error
         if found:
@@ -217,8 +261,10 @@ class TieredCache(Store):
         return found
 
     def clear(self) -> None:
-        for tier in self.tiers:
-            tier.clear()
+        # Holding every stripe: a read in flight must not copy a cleared entry back up.
+        with self._writing(range(_STRIPES)):
+            for tier in self.tiers:
+                tier.clear()
 
     # ------------------------------------------------------------------------------------------ upkeep
 
