@@ -89,7 +89,8 @@ def test_config_masks_the_redis_secret(tmp_path: Path) -> None:
     assert result.exit_code == 0
     assert "hunter2" not in result.stdout
     assert json.loads(result.stdout)["cache"]["network"] == {
-        "url": "redis://db:6379/0", "namespace": "llamahome", "ttl": None, "secret": "********", "timeout": 0.05
+        "url": "redis://db:6379/0", "namespace": "llamahome", "ttl": None, "secret": "********", "timeout": 0.05,
+        "cluster": None,
     }  # fmt: skip
 
 

@@ -84,8 +84,10 @@ class TieredCache(Store):
         return default if value is MISSING else value
 
     def _lookup(self, key: Key, start: int) -> Any:
-        seen = self._versions_of([key])
+        seen: dict[int, int] = {}
         for i in range(start, len(self.tiers)):
+            if i and not seen:  # taken before reading a tier whose hit would be copied up
+                seen = self._versions_of([key])
             value, ttl = _get_with_ttl(self.tiers[i], key)
             if value is not MISSING:
                 self._promote({key: (value, ttl)}, i, seen)
