@@ -29,7 +29,8 @@ import pytest
 import llamahome.cache.manager as manager_module
 from llamahome.cache import AsyncScheduler, CacheConfig, CacheManager
 
-SEED = Path("/work/shared/seed/Cache.md")
+# The seed sits in shared/, beside the checkout (as for CI); the test that compares skips without it.
+SEED = Path(__file__).resolve().parents[2] / "shared" / "seed" / "Cache.md"
 ADDED_IMPORT = "from llamahome.cache import CacheConfig\n"
 
 SNIPPET_1 = '''class CacheManager:
