@@ -255,3 +255,22 @@ def test_sync_mode_and_size_strings(tmp_path: Path, clock: Any) -> None:
         c.set("big", b"x" * 100_000)
         c.set("small", b"y")
         assert c.get("big") == b"x" * 100_000 and c.get("small") == b"y"
+
+
+def test_lru_records_uses_to_one_second(tmp_path: Path, clock: Any) -> None:
+    size = MIB // 3 - 4096  # three entries fit
+    with DiskCache(tmp_path / "c", size=1, clock=clock) as c:
+        c.set("a", os.urandom(size))
+        clock.advance(0.5)
+        c.set("b", os.urandom(size))
+        clock.advance(0.2)
+        c.set("a", os.urandom(size))  # 0.7 s after its last use: keeps its place (older than b)
+        c.get("a")
+        clock.advance(5)
+        c.set("c", os.urandom(size))
+        c.set("d", os.urandom(size))
+        assert "a" not in c and "b" in c
+        clock.advance(5)
+        c.get("b")  # 5 s after its last use: recorded, b becomes the most recent
+        c.set("e", os.urandom(size))
+        assert "b" in c and "c" not in c

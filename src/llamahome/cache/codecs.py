@@ -134,7 +134,12 @@ class _TreeBuilder:
             self.leaves.append(meta)
             return ["a", len(self.arrays) - 1]
         if isinstance(value, np.generic):
-            return self.node(np.asarray(value), depth)
+            # A numpy scalar (np.float32(1.5)) comes back as the same scalar type, not a 0-d array, so a value
+            # reads the same from the memory tier (kept as is) and from disk.
+            arr, meta = _array_leaf(np.asarray(value))
+            self.arrays.append(arr)
+            self.leaves.append(meta)
+            return ["s", len(self.arrays) - 1]
         if isinstance(value, dict):
             if not all(type(k) is str for k in value):
                 raise CacheValueError("Dict keys must be str to be cached without pickle.")
@@ -184,6 +189,8 @@ def _maybe_compress(
 
 def encode_parts(value: Any, *, compress: bool = False, allow_pickle: bool = False, level: int = 3) -> EncodedValue:
     """Encode ``value`` as a frame (a list of buffers). See :func:`encode`."""
+    if isinstance(value, np.generic):  # before the float/int checks: np.float64 stays np.float64
+        return _encode_tree(value, compress, level)
     if isinstance(value, (bytes, bytearray, memoryview)):
         raw = memoryview(value).cast("B") if not isinstance(value, bytes) else value
         return _maybe_compress(K_BYTES, None, [raw], len(raw), compress, level)
@@ -374,6 +381,8 @@ def _build(node: Any, arrays: list[Any], depth: int) -> Any:
     tag, body = node
     if tag == "a":
         return arrays[body]
+    if tag == "s":
+        return arrays[body][()]
     if tag == "v":
         return body
     if tag == "d":

@@ -42,6 +42,9 @@ __all__ = [
     "file_path",
     "write_value_file",
     "read_header",
+    "read_frame",
+    "DamagedFile",
+    "is_no_space",
 ]
 
 FILE_MAGIC = b"LHDV"

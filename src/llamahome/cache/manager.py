@@ -40,7 +40,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from llamahome.errors import CacheClosedError, CacheError, ValueTooLargeError
+from llamahome.errors import CacheClosedError, CacheError, ConfigError, ValueTooLargeError
 from llamahome.monitoring.collector import Bindable
 from llamahome.monitoring.monitor import CacheMonitor
 
@@ -100,6 +100,11 @@ class CacheManager:
     system_cache: SystemCache
 
     def __init__(self, config: CacheConfig | None = None, monitor: CacheMonitor | None = None) -> None:
+        if config is not None and not isinstance(config, CacheConfig):
+            raise ConfigError(
+                f"CacheManager takes a CacheConfig, not {type(config).__name__}; build one with "
+                "CacheConfig.from_yaml(path), CacheConfig.from_dict(data) or CacheConfig(memory_size=...)."
+            )
         self.config = config if config is not None else CacheConfig()
         self.cleanup_scheduler = AsyncScheduler()
         self.stats = CacheStats(name="manager")
@@ -308,6 +313,11 @@ class CacheManager:
         awaited on the loop; plain callables run in a worker thread so a slow factory never blocks the loop.
         Counts as one lookup in ``stats`` (a hit when the value was already cached).
         """
+        if not callable(factory):
+            raise CacheError(
+                f"get_or_set needs a factory to call on a miss (a function or coroutine function), not "
+                f"{type(factory).__name__}; to store a value you already have, use set()."
+            )
         value = await self._lookup(key)
         if value is not MISSING:
             self.stats.add("hits")
@@ -369,6 +379,11 @@ class CacheManager:
         """Blocking :meth:`get_or_set`; shares its once-per-key guarantee with async callers."""
         self._check_open()
         validate_key(key)
+        if not callable(factory):
+            raise CacheError(
+                f"get_or_set_sync needs a factory to call on a miss (a function), not {type(factory).__name__}; "
+                "to store a value you already have, use set_sync()."
+            )
         value = self.tiered.get(key, MISSING)
         if value is not MISSING:
             self.stats.add("hits")

@@ -179,13 +179,20 @@ class AsyncScheduler:
         """
         if not callable(fn):
             raise CacheError(f"AsyncScheduler.schedule needs a callable, not {type(fn).__name__}.")
-        interval = float(interval)
+        given = interval
+        try:
+            interval = float(interval)
+        except (TypeError, ValueError):
+            interval = math.nan  # reported below, as a ConfigError like any other bad interval
         if not math.isfinite(interval) or interval <= 0:
             raise ConfigError(
-                f"A scheduling interval must be a positive number of seconds, not {interval!r}; "
+                f"A scheduling interval must be a positive number of seconds, not {given!r}; "
                 "check cache.disk.cleanup_interval."
             )
-        first = interval if delay is None else float(delay)
+        try:
+            first = interval if delay is None else float(delay)
+        except (TypeError, ValueError):
+            first = math.nan
         if not math.isfinite(first) or first < 0:
             raise ConfigError(f"A scheduling delay must be zero or more seconds, not {delay!r}.")
         job = ScheduledJob(fn, interval, name or getattr(fn, "__qualname__", None) or repr(fn))

@@ -98,13 +98,7 @@ class TieredCache(Store):
 
     def get_many(self, keys: Iterable[Key]) -> dict[Key, Any]:
         """The hits among ``keys``: each tier is asked once (its multi-key call) for the keys still missing."""
-        remaining: list[Key] = []
-        seen: set[Key] = set()
-        for key in keys:
-            validate_key(key)
-            if key not in seen:
-                seen.add(key)
-                remaining.append(key)
+        remaining = list(dict.fromkeys(validate_key(key) for key in keys))  # deduplicated, in order
         found: dict[Key, Any] = {}
         seen = self._versions_of(remaining)
         for i, tier in enumerate(self.tiers):
