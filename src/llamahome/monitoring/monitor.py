@@ -60,6 +60,12 @@ class Thresholds:
     max_share_of_available: float = 0.5  # never suggest more than this share of available memory
 
 
+def _mb(value_mb: float) -> str:
+    """Megabytes for a message: whole numbers from 10 MB up, two significant digits below (a 256 KB tier is
+    "0.25 MB", not "0 MB")."""
+    return f"{value_mb:,.0f}" if value_mb >= 10 or value_mb == 0 else f"{value_mb:.2g}"
+
+
 def _round_up_mb(value_mb: float, step: int = 64) -> int:
     return int(max(step, math.ceil(value_mb / step) * step))
 
@@ -159,7 +165,7 @@ class CacheMonitor(Bindable):
         message = (
             f"The memory tier finds only {stats.hit_rate:.0%} of lookups and has evicted {stats.evictions:,} "
             f"entries: the working set (about {seen:,} entries of "
-            f"{avg_entry / 1024:,.1f} KB, ~{working_set_mb:,.0f} MB) does not fit in {current_mb:,.0f} MB. "
+            f"{avg_entry / 1024:,.1f} KB, ~{_mb(working_set_mb)} MB) does not fit in {_mb(current_mb)} MB. "
             f"Raise cache.memory.size to about {suggested:,} MB."
         )
         try:
@@ -183,7 +189,7 @@ class CacheMonitor(Bindable):
         if not enabled or stats.raw_bytes < t.min_compressed_bytes or stats.compression_ratio <= t.poor_compression:
             return []
         message = (
-            f"Compression in {label} saves only {1 - stats.compression_ratio:.0%} "
+            f"Compression in {label} saves only {max(0.0, 1 - stats.compression_ratio):.0%} "
             f"({stats.raw_bytes / MB:,.1f} MB written as {stats.stored_bytes / MB:,.1f} MB) and costs CPU on every "
             f"read; turn it off ({setting}: false)."
         )
@@ -200,7 +206,7 @@ class CacheMonitor(Bindable):
         suggested = _round_up_mb(current_mb * 1.5, 256)
         setting = "cache.disk.size" if cache == "cache" else f"{cache}.size"
         message = (
-            f"{label} is {stats.bytes / stats.max_bytes:.0%} full ({stats.bytes / MB:,.0f} of {current_mb:,.0f} MB) "
+            f"{label} is {stats.bytes / stats.max_bytes:.0%} full ({_mb(stats.bytes / MB)} of {_mb(current_mb)} MB) "
             f"and has evicted {stats.evictions:,} entries; raise {setting} to about {suggested:,} MB if the "
             "filesystem has room."
         )
