@@ -1609,11 +1609,6 @@ def test_misuse_raises_cache_errors_not_bare_python_errors(tmp_path: Path) -> No
     asyncio.run(main())
 
 
-@pytest.mark.xfail(
-    reason="disk.py DiskCache.set calls float(ttl) unguarded (line ~586): ttl='soon' raises a bare ValueError, "
-    "where MemoryCache raises CacheValueError. Disk owner to fix; then remove this mark.",
-    strict=True,
-)
 def test_disk_bad_ttl_type_is_a_cache_error(tmp_path: Path) -> None:
     cache = DiskCache(tmp_path / "d", size=1)
     try:
@@ -1623,21 +1618,17 @@ def test_disk_bad_ttl_type_is_a_cache_error(tmp_path: Path) -> None:
         cache.close()
 
 
-@pytest.mark.xfail(
-    reason="src/llamahome/cache/__init__.py: the export 'memoize' has the same name as its submodule, so once "
-    "anything imports llamahome.cache.memoize (e.g. `from llamahome.cache.memoize import make_key`), the import "
-    "system rebinds llamahome.cache.memoize to the module and `from llamahome.cache import memoize` returns a "
-    "module ('module' object is not callable). Lead to fix in __init__.py; then remove this mark.",
-    strict=True,
-)
-def test_from_llamahome_cache_import_memoize_is_the_decorator_whatever_was_imported_first() -> None:
-    # A fresh interpreter, as a user's script: the order of imports in this test process must not matter.
+def test_exports_stay_the_real_objects_whatever_was_imported_first() -> None:
+    # A fresh interpreter, as a user's script that imported every submodule first: an export named like its
+    # submodule would be rebound to the module by the import system.
     script = (
-        "import importlib, importlib.util\n"
-        "if importlib.util.find_spec('llamahome.cache.memoize') is not None:\n"
-        "    importlib.import_module('llamahome.cache.memoize')  # as `from llamahome.cache.memoize import ...`\n"
+        "import importlib, pkgutil, types, llamahome.cache as c\n"
+        "for m in pkgutil.iter_modules(c.__path__):\n"
+        "    importlib.import_module('llamahome.cache.' + m.name)\n"
         "from llamahome.cache import memoize\n"
-        "assert callable(memoize), type(memoize)\n"
+        "assert callable(memoize) and not isinstance(memoize, types.ModuleType), type(memoize)\n"
+        "bad = [n for n in c.__all__ if isinstance(getattr(c, n), types.ModuleType)]\n"
+        "assert not bad, bad\n"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr

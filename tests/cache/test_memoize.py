@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from llamahome.cache.disk import DiskCache
-from llamahome.cache.memoize import make_key, memoize
+from llamahome.cache.memoizing import make_key, memoize
 from llamahome.cache.memory import MemoryCache
 from llamahome.errors import CacheError, CacheKeyError
 

@@ -33,7 +33,7 @@ _EXPORTS: dict[str, str] = {
     "SystemCache": "system",
     "AsyncScheduler": "scheduler",
     "CacheManager": "manager",
-    "memoize": "memoize",
+    "memoize": "memoizing",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -44,7 +44,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .config import CacheConfig
     from .disk import DiskCache
     from .manager import CacheManager
-    from .memoize import memoize
+    from .memoizing import memoize
     from .memory import MemoryCache
     from .model import ModelCache
     from .network import AsyncRedisCache, RedisCache

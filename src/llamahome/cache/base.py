@@ -6,11 +6,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from typing import Any, Union
 
-from llamahome.errors import CacheKeyError
+from llamahome.errors import CacheKeyError, CacheValueError
 
 from .stats import CacheStats, CleanupReport
 
-__all__ = ["Key", "Store", "MISSING", "key_to_bytes", "validate_key", "MAX_KEY_BYTES"]
+__all__ = ["Key", "Store", "MISSING", "key_to_bytes", "validate_key", "validate_ttl", "MAX_KEY_BYTES"]
 
 Key = Union[str, bytes]
 
@@ -52,6 +52,21 @@ def validate_key(key: object) -> Key:
         f"Cache keys must be str or bytes, not {type(key).__name__}; convert the key with str() or use "
         "llamahome.cache.memoize, which builds keys from arguments."
     )
+
+
+def validate_ttl(ttl: object) -> float | None:
+    """``ttl`` as float seconds (None: no expiry), else :class:`CacheValueError` saying what is accepted.
+
+    Zero or less is returned as is: stores treat it as "already expired" (nothing stored, old value gone).
+    """
+    if ttl is None:
+        return None
+    if isinstance(ttl, bool):
+        raise CacheValueError(f"ttl must be a number of seconds or None, not {ttl!r}.")
+    try:
+        return float(ttl)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise CacheValueError(f"ttl must be a number of seconds or None, not {ttl!r}.") from None
 
 
 def key_to_bytes(key: Key) -> bytes:

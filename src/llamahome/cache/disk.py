@@ -68,7 +68,7 @@ from llamahome.errors import (
 from . import codecs
 from . import disk_files as df
 from . import disk_index as dx
-from .base import MISSING, Key, Store, key_to_bytes, validate_key
+from .base import MISSING, Key, Store, key_to_bytes, validate_key, validate_ttl
 from .stats import CacheStats, CleanupReport
 from .units import size_to_bytes
 
@@ -581,13 +581,14 @@ class DiskCache(Store):
         kb = key_to_bytes(validate_key(key))
         if self._db is None:
             self._conn()  # fail fast when closed, before writing a file
+        ttl = validate_ttl(ttl)
         now = self._clock()
         expires = None
         if ttl is not None:
-            if not float(ttl) > 0:
+            if not ttl > 0:
                 self.delete(key)  # an entry that expires at once: nothing to store, the old value is gone
                 return
-            expires = now + float(ttl)
+            expires = now + ttl
         enc = self._encode(value)
         if enc.size < self._inline_max and self._set_inline_fast(kb, enc, expires, now):
             return
@@ -641,10 +642,11 @@ class DiskCache(Store):
     def set_many(self, items: Mapping[Key, Any], ttl: float | None = None) -> None:
         """Store every item in one transaction (all or nothing)."""
         self._conn()
+        ttl = validate_ttl(ttl)
         now = self._clock()
         pending: list[_Pending] = []
         try:
-            if ttl is not None and float(ttl) <= 0:
+            if ttl is not None and not ttl > 0:
                 for key in items:
                     self.delete(key)
                 return

@@ -46,7 +46,7 @@ from typing import Any, Callable
 from llamahome.errors import CacheClosedError, CacheValueError, ConfigError, ValueTooLargeError
 
 from . import codecs
-from .base import Key, Store, validate_key
+from .base import Key, Store, validate_key, validate_ttl
 from .compression import MIN_COMPRESS_BYTES
 from .policies import EvictionPolicy, LRUPolicy, TimePolicy, make_policy
 from .sizing import key_size, sizeof
@@ -353,11 +353,7 @@ class MemoryCache(Store):
         """Every other case of ``set``: ttl deadlines, expired-first eviction, policy objects. Under the lock."""
         st = self._stats
         data = self._data
-        if ttl is not None:
-            try:
-                ttl = float(ttl)
-            except (TypeError, ValueError):
-                raise CacheValueError(f"ttl must be a number of seconds or None, not {ttl!r}.") from None
+        ttl = validate_ttl(ttl)
         now = self._clock() if (ttl is not None or self._expires or self._needs_now) else 0.0
         st.sets += 1
         if ttl is not None and not ttl > 0:
