@@ -642,6 +642,7 @@ def test_manager_cleanup_removes_expired_entries_and_reports_them() -> None:
             report = await cache.cleanup()
             # One report with one part per cache; the expired entry was in both tiers.
             assert sum(part.expired for part in report.parts) == 2
+            assert report.expired == 2  # top-level counters are totals over the parts
             assert report.removed == 2
             assert await cache.get("short") is None
             assert await cache.get("long") == b"y"

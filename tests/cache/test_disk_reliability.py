@@ -21,7 +21,7 @@ import pytest
 
 from llamahome.cache import disk_files
 from llamahome.cache.disk import DiskCache
-from llamahome.errors import CacheError, DiskFullError, StorageError
+from llamahome.errors import DiskFullError, StorageError
 
 MIB = 1024 * 1024
 SIZES = (100, 5_000, 40_000, 300_000)

@@ -229,7 +229,7 @@ def _encode_tree(value: Any, compress: bool, level: int) -> EncodedValue:
         leaf["offset"] = offset
         leaf["nbytes"] = arr.nbytes
         if arr.nbytes:
-            parts.append(memoryview(arr.reshape(-1).view(np.uint8)))
+            parts.append(arr.reshape(-1).view(np.uint8).data)
         pad = _pad(arr.nbytes)
         if pad:
             parts.append(b"\0" * pad)
@@ -242,7 +242,7 @@ def _encode_tree(value: Any, compress: bool, level: int) -> EncodedValue:
             if zc.should_group(arr.dtype):
                 grouped.append(zc.group_bytes(arr.reshape(-1), arr.dtype.itemsize))
             elif arr.nbytes:
-                grouped.append(memoryview(arr.reshape(-1).view(np.uint8)))
+                grouped.append(arr.reshape(-1).view(np.uint8).data)
             pad = _pad(arr.nbytes)
             if pad:
                 grouped.append(b"\0" * pad)

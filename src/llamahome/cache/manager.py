@@ -421,7 +421,7 @@ class CacheManager:
         with self._cleanup_lock:
             self._check_open()  # closed while we waited for the lock
             parts = [self._cleanup_one(f"{cache}/{tier}", store) for cache, tier, store in self.store_labels()]
-        return CleanupReport(cache="manager", parts=parts)
+        return CleanupReport.combine("manager", parts)
 
     def _cleanup_system(self) -> CleanupReport:
         with self._cleanup_lock:

@@ -233,7 +233,7 @@ def _encode(value: Any, out: Callable[[bytes], Any], depth: int) -> None:
         if arr.dtype.hasobject:
             raise CacheKeyError("numpy arrays of Python objects have no stable bytes to build a key from.")
         out(_tag(b"a", f"{arr.dtype.str}{arr.shape}".encode()))
-        out(_tag(b"A", hashlib.blake2b(arr.view(np.uint8).reshape(-1) if arr.size else b"", digest_size=16).digest()))
+        out(_tag(b"A", hashlib.blake2b(arr.view(np.uint8).reshape(-1).data if arr.size else b"", digest_size=16).digest()))
     elif _is_tensor(value):
         import torch
 

@@ -43,7 +43,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any, Callable
 
-from llamahome.errors import CacheClosedError, CacheValueError, ConfigError, ValueTooLargeError
+from llamahome.errors import CacheClosedError, ConfigError, ValueTooLargeError
 
 from . import codecs
 from .base import Key, Store, validate_key, validate_ttl

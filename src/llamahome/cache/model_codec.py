@@ -41,7 +41,7 @@ CHUNK_BYTES = 8 * 1024 * 1024
 STREAM_MIN_SAVING = 0.02
 #: A stream whose fast compression already saves this much is structured: worth zstd's optimal parser.
 _STRONG_IF_BELOW = 0.85
-_WORD_UINT = {2: np.dtype("<u2"), 4: np.dtype("<u4"), 8: np.dtype("<u8")}
+_WORD_UINT: dict[int, np.dtype[Any]] = {2: np.dtype("<u2"), 4: np.dtype("<u4"), 8: np.dtype("<u8")}
 
 # The optimal parser with small search tables: about entropy on exponent streams at ~30 MB/s a thread
 # (zstd level 19 reaches the same ratio at ~2 MB/s; levels 1-12 are 10-20% larger on this data).
@@ -122,9 +122,9 @@ def encode_chunk(raw: np.ndarray, word: int, rotate: bool) -> ChunkResult:
         n = stream.nbytes
         best: bytes | None = None
         if n >= MIN_COMPRESS_BYTES:
-            best = fast.compress(stream)
+            best = fast.compress(stream.data)
             if len(best) <= n * _STRONG_IF_BELOW:
-                other = strong.compress(stream)
+                other = strong.compress(stream.data)
                 if len(other) < len(best):
                     best = other
         if best is not None and len(best) <= n * (1.0 - STREAM_MIN_SAVING):
@@ -176,7 +176,7 @@ def decode_chunk(entry: dict[str, Any], index: int, source: np.ndarray, out: np.
     for i, (offset, size, compressed) in enumerate(streams):
         src = source[offset : offset + size]
         if compressed:
-            data = dec.decompress(src, max_output_size=count)
+            data = dec.decompress(src.data, max_output_size=count)
             if len(data) != count:
                 raise ValueError(f"a compressed stream decoded to {len(data)} bytes instead of {count}")
             src = np.frombuffer(data, dtype=np.uint8)

@@ -80,7 +80,7 @@ def _optional_ml_dtypes() -> dict[str, np.dtype]:
 
 
 _ML = _optional_ml_dtypes()
-_BITS_FALLBACK = {1: np.dtype("u1"), 2: np.dtype("<u2")}
+_BITS_FALLBACK: dict[int, np.dtype[Any]] = {1: np.dtype("u1"), 2: np.dtype("<u2")}
 
 
 def numpy_dtype(code: str) -> np.dtype:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Literal, overload
 
 import numpy as np
 import xxhash
@@ -125,6 +125,34 @@ class _HashingWriter:
         self.file.close()
 
 
+@overload
+def write_part(
+    directory: Path,
+    file_name: str,
+    prefix: bytes,
+    items: Sequence[TensorItem],
+    *,
+    compress: bool,
+    threads: int,
+    progress: Progress | None = None,
+    write_plain: Literal[True] = True,
+) -> PartResult: ...
+
+
+@overload
+def write_part(
+    directory: Path,
+    file_name: str,
+    prefix: bytes,
+    items: Sequence[TensorItem],
+    *,
+    compress: bool,
+    threads: int,
+    progress: Progress | None = None,
+    write_plain: bool,
+) -> PartResult | None: ...
+
+
 def write_part(
     directory: Path,
     file_name: str,
@@ -196,7 +224,7 @@ def _write_container(
             nonlocal inflight, compressed
             item, futures = pending.popleft()
             inflight -= item.nbytes
-            raw_hasher.update(memoryview(item.data))
+            raw_hasher.update(item.data.data)
             base = out.size
             built = None
             if futures:
@@ -470,7 +498,7 @@ def _read_plain(path: Path) -> tuple[SafetensorsHeader, np.ndarray]:
 
 
 def _readinto_all(f: Any, out: np.ndarray, offset: int, where: str) -> None:
-    view = memoryview(out).cast("B")
+    view = out.data.cast("B")
     done = 0
     f.seek(offset)
     while done < view.nbytes:

@@ -85,7 +85,11 @@ class CacheStats:
 
 @dataclass
 class CleanupReport:
-    """What one ``cleanup()`` pass removed or repaired."""
+    """What one ``cleanup()`` pass removed or repaired.
+
+    The counters are always totals: a report over several caches (``TieredCache``, ``CacheManager``) is
+    built with :meth:`combine`, which sums its parts into its own counters and keeps the parts for detail.
+    """
 
     cache: str = ""
     expired: int = 0
@@ -97,15 +101,24 @@ class CleanupReport:
     details: dict[str, Any] = field(default_factory=dict)
     parts: list[CleanupReport] = field(default_factory=list)
 
+    _TOTALS = ("expired", "evicted", "orphans", "missing", "corrupt", "bytes_freed")
+
+    @classmethod
+    def combine(cls, cache: str, parts: list[CleanupReport]) -> CleanupReport:
+        """A report whose counters are the sums of ``parts`` (kept in ``.parts``)."""
+        report = cls(cache=cache, parts=list(parts))
+        for name in cls._TOTALS:
+            setattr(report, name, sum(getattr(p, name) for p in parts))
+        return report
+
     @property
     def removed(self) -> int:
-        """Entries and files removed, over this report and its parts."""
-        own = self.expired + self.evicted + self.orphans + self.missing + self.corrupt
-        return own + sum(p.removed for p in self.parts)
+        """Entries and files removed or repaired."""
+        return self.expired + self.evicted + self.orphans + self.missing + self.corrupt
 
     @property
     def total_bytes_freed(self) -> int:
-        return self.bytes_freed + sum(p.total_bytes_freed for p in self.parts)
+        return self.bytes_freed
 
     def as_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {

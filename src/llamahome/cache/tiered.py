@@ -266,14 +266,14 @@ class TieredCache(Store):
 
     def cleanup(self) -> CleanupReport:
         """Run every tier's cleanup; the report has one part per tier (a failing tier reports its error)."""
-        report = CleanupReport(cache=self.name)
+        parts: list[CleanupReport] = []
         for tier in self.tiers:
             try:
-                report.parts.append(tier.cleanup())
+                parts.append(tier.cleanup())
             except CacheError as exc:
                 self._own.add("errors")
-                report.parts.append(CleanupReport(cache=tier.name, details={"error": f"{type(exc).__name__}: {exc}"}))
-        return report
+                parts.append(CleanupReport(cache=tier.name, details={"error": f"{type(exc).__name__}: {exc}"}))
+        return CleanupReport.combine(self.name, parts)
 
     @property
     def stats(self) -> CacheStats:  # type: ignore[override]
