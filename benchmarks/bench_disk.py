@@ -110,10 +110,11 @@ def large_ops(root: str, trials: int, size: int) -> dict[str, float]:
         raw_write()
     for i in range(trials):
         key = f"big-{i % 2}"
-        timed(lambda: ours.set(key, value), res["set_ours"])
-        timed(lambda: dc.set(key, value), res["set_dc"])
+        # timed() calls each lambda at once; the default binds this trial's key all the same.
+        timed(lambda key=key: ours.set(key, value), res["set_ours"])
+        timed(lambda key=key: dc.set(key, value), res["set_dc"])
         timed(raw_write, res["set_raw"])
-        got = [timed(lambda: ours.get(key), res["get_ours"]), timed(lambda: dc.get(key), res["get_dc"]),
+        got = [timed(lambda key=key: ours.get(key), res["get_ours"]), timed(lambda key=key: dc.get(key), res["get_dc"]),
                timed(raw_read, res["get_raw"])]
         if any(len(g) != size for g in got):  # type: ignore[arg-type]
             raise AssertionError("large read returned the wrong length")

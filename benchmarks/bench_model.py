@@ -85,7 +85,7 @@ def main() -> int:
             "ModelCache.load torch (bf16 zstd)": lambda: cache.load("bf16-z", framework="torch"),
         }
         times: dict[str, list[float]] = {name: [] for name in peers}
-        for name, fn in peers.items():  # warm-up: page cache, thread start, imports
+        for fn in peers.values():  # warm-up: page cache, thread start, imports
             fn()
         for _ in range(trials):
             for name, fn in peers.items():

@@ -22,7 +22,7 @@ import shutil
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -142,8 +142,8 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="bench-training-"))
     results: dict[str, list[float]] = {}
 
-    def record(name: str, fn: Callable[[], float]) -> None:
-        results.setdefault(name, []).append(fn())
+    def record(name: str, seconds: float) -> None:
+        results.setdefault(name, []).append(seconds)
 
     try:
         snap_s, write_s = store_costs(batches[: min(n, 100)], root / "costs")
@@ -152,19 +152,19 @@ def main() -> None:
             cache = TrainingCache(root / f"t{trial}", size=4096, prefetch=4, batch_buffer=32)
             sync = TrainingCache(root / f"s{trial}", size=4096, prefetch=0)
             dc = diskcache.Cache(str(root / f"dc{trial}"), size_limit=1 << 32)
-            record("sleep only: N x c", lambda: sleep_only(n, c))
-            record("plain loop (no read-ahead)", lambda: consume(source, c))
-            record("read-ahead, no cache", lambda: consume(read_ahead(source, 4), c))
+            record("sleep only: N x c", sleep_only(n, c))
+            record("plain loop (no read-ahead)", consume(source, c))
+            record("read-ahead, no cache", consume(read_ahead(source, 4), c))
             wrapped = cache.wrap(source, "bench")
-            record("TrainingCache first pass", lambda: consume(wrapped, c))
+            record("TrainingCache first pass", consume(wrapped, c))
             assert wrapped.complete
-            record("TrainingCache cached pass", lambda: consume(wrapped, c))
-            record("TrainingCache cached, shuffled", lambda: consume(cache.wrap(source, "bench", shuffle_seed=1), c))
+            record("TrainingCache cached pass", consume(wrapped, c))
+            record("TrainingCache cached, shuffled", consume(cache.wrap(source, "bench", shuffle_seed=1), c))
             plain = sync.wrap(source, "bench")
-            record("TrainingCache prefetch=0 first", lambda: consume(plain, c))
-            record("TrainingCache prefetch=0 cached", lambda: consume(plain, c))
-            record("diskcache first pass", lambda: diskcache_pass(dc, source, "bench", c))
-            record("diskcache cached pass", lambda: diskcache_pass(dc, source, "bench", c))
+            record("TrainingCache prefetch=0 first", consume(plain, c))
+            record("TrainingCache prefetch=0 cached", consume(plain, c))
+            record("diskcache first pass", diskcache_pass(dc, source, "bench", c))
+            record("diskcache cached pass", diskcache_pass(dc, source, "bench", c))
             cache.close()
             sync.close()
             dc.close()

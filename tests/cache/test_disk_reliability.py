@@ -159,7 +159,7 @@ def test_four_processes_keep_the_bound(tmp_path: Path) -> None:
         for p in range(4)
     ]
     outs = [p.communicate(timeout=60) for p in procs]
-    for p, (out, err) in zip(procs, outs):
+    for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err.decode()[-2000:]  # never "database is locked", never a wrong value
     worst = max(int(out.split()[0]) for out, _ in outs)
     assert 0 < worst <= MIB

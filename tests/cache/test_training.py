@@ -333,7 +333,7 @@ def test_namespaces_are_evicted_whole_oldest_first_and_the_budget_holds(tmp_path
         list(c.wrap(Source(), name))
     assert [n["dataset_id"] for n in c.namespaces()] == ["a", "b", "c"]
     list(c.wrap(Source(), "a"))  # reading "a" again does not make it younger under FIFO
-    for batch in c.wrap(Source(), "d"):
+    for _ in c.wrap(Source(), "d"):
         assert c.stats.bytes <= c.max_bytes
     assert [n["dataset_id"] for n in c.namespaces()] == ["b", "c", "d"]
     assert all(n["complete"] for n in c.namespaces())

@@ -38,21 +38,21 @@ _EXPORTS: dict[str, str] = {
 
 __all__ = sorted(_EXPORTS)
 
-if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from .base import MISSING, Store
-    from .codecs import decode, encode
-    from .config import CacheConfig
-    from .disk import DiskCache
-    from .manager import CacheManager
-    from .memoizing import memoize
-    from .memory import MemoryCache
-    from .model import ModelCache
-    from .network import AsyncRedisCache, RedisCache
-    from .scheduler import AsyncScheduler
-    from .stats import CacheStats, CleanupReport
-    from .system import SystemCache
-    from .tiered import TieredCache
-    from .training import TrainingCache
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only; `X as X` marks a re-export
+    from .base import MISSING as MISSING, Store as Store
+    from .codecs import decode as decode, encode as encode
+    from .config import CacheConfig as CacheConfig
+    from .disk import DiskCache as DiskCache
+    from .manager import CacheManager as CacheManager
+    from .memoizing import memoize as memoize
+    from .memory import MemoryCache as MemoryCache
+    from .model import ModelCache as ModelCache
+    from .network import AsyncRedisCache as AsyncRedisCache, RedisCache as RedisCache
+    from .scheduler import AsyncScheduler as AsyncScheduler
+    from .stats import CacheStats as CacheStats, CleanupReport as CleanupReport
+    from .system import SystemCache as SystemCache
+    from .tiered import TieredCache as TieredCache
+    from .training import TrainingCache as TrainingCache
 
 
 def __getattr__(name: str) -> Any:

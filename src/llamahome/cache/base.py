@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
-from typing import Any, Union
+from typing import Any, Protocol
 
 from llamahome.errors import CacheKeyError, CacheValueError
 
 from .stats import CacheStats, CleanupReport
 
-__all__ = ["Key", "Store", "MISSING", "key_to_bytes", "validate_key", "validate_ttl", "MAX_KEY_BYTES"]
+__all__ = ["Key", "Store", "MaintainedCache", "MISSING", "key_to_bytes", "validate_key", "validate_ttl", "MAX_KEY_BYTES"]
 
-Key = Union[str, bytes]
+Key = str | bytes
 
 #: Longest key accepted, in bytes after UTF-8 encoding. Longer keys are refused with CacheKeyError.
 MAX_KEY_BYTES = 64 * 1024
@@ -83,6 +83,21 @@ def key_from_bytes(data: bytes) -> Key:
     return bytes(data[1:])
 
 
+class MaintainedCache(Protocol):
+    """What the manager and the monitor use of every cache they own: a :class:`Store`, or the model cache,
+    which is keyed by model name and has no get/set."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def stats(self) -> CacheStats: ...
+
+    def cleanup(self) -> CleanupReport: ...
+
+    def close(self) -> None: ...
+
+
 class Store(ABC):
     """A synchronous key-value store with a size bound, eviction, TTL and stats.
 
@@ -123,7 +138,7 @@ class Store(ABC):
         """One maintenance pass: drop expired entries, enforce the bound, repair; report what was done."""
         raise NotImplementedError("Store.cleanup")
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - a no-op default on purpose: stores holding nothing need not override it
         """Release files, connections and threads. Idempotent."""
 
     def get_many(self, keys: Iterable[Key]) -> dict[Key, Any]:

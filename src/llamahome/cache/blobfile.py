@@ -30,9 +30,11 @@ from typing import Any
 
 import xxhash
 
-from llamahome.errors import DiskFullError, StorageError
+from llamahome.errors import CacheValueError, DiskFullError, StorageError
 
-__all__ = ["Blob", "BlobHeader", "write_blob", "read_blob", "read_header", "HEADER_SIZE", "TMP_SUFFIX"]
+from .codecs import decode
+
+__all__ = ["Blob", "BlobHeader", "write_blob", "read_blob", "read_value", "read_header", "HEADER_SIZE", "TMP_SUFFIX"]
 
 MAGIC = b"LHB1"
 _HEADER = struct.Struct("<4sBBHQQdQId")
@@ -201,3 +203,16 @@ def read_blob(path: Path) -> Blob | None:
         parsed.checksum, parsed.length, parsed.created, parsed.seq, key, parsed.data_offset, parsed.expires
     )
     return Blob(header, frame)
+
+
+def read_value(path: Path, key: bytes) -> tuple[bool, Any]:
+    """Read the blob at ``path`` and decode its value: ``(True, value)``, or ``(False, None)`` when the file
+    is missing or damaged, holds another key (``key`` is :func:`~.base.key_to_bytes` form), or its frame
+    does not decode. Callers count a False as a corrupt entry and drop it."""
+    blob = read_blob(path)
+    if blob is None or blob.header.key != key:
+        return False, None
+    try:
+        return True, decode(blob.frame)
+    except CacheValueError:
+        return False, None

@@ -45,6 +45,7 @@ POSIX only (fcntl locks, fork handling).
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import logging
 import os
@@ -706,7 +707,7 @@ class DiskCache(Store):
             self._stats.raw_bytes += sum(p.raw_size for p in items)
             self._stats.stored_bytes += sum(p.frame_size for p in items)
 
-    def _evict(self, conn: sqlite3.Connection, now: float, keep: set[bytes], total: int | None = None) -> list[str]:
+    def _evict(self, conn: sqlite3.Connection, now: float, keep: builtins.set[bytes], total: int | None = None) -> list[str]:
         """Inside a write transaction: delete entries until the shared total is within the bound."""
         if total is None:
             total = conn.execute("SELECT bytes FROM meta WHERE id = 0").fetchone()[0]

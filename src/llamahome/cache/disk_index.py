@@ -31,7 +31,7 @@ T = TypeVar("T")
 SCHEMA_VERSION = 1
 INDEX_NAME = "index.sqlite3"
 
-_SCHEMA = """
+_SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS entries (
     id INTEGER PRIMARY KEY,
     key BLOB NOT NULL UNIQUE,
@@ -51,7 +51,7 @@ CREATE TABLE IF NOT EXISTS meta (
     entries INTEGER NOT NULL,
     version INTEGER NOT NULL
 );
-INSERT OR IGNORE INTO meta VALUES (0, 0, 0, {version});
+INSERT OR IGNORE INTO meta VALUES (0, 0, 0, {SCHEMA_VERSION});
 CREATE INDEX IF NOT EXISTS entries_expires ON entries(expires) WHERE expires IS NOT NULL;
 CREATE TRIGGER IF NOT EXISTS entries_ins AFTER INSERT ON entries BEGIN
     UPDATE meta SET bytes = bytes + NEW.size, entries = entries + 1 WHERE id = 0;
@@ -62,7 +62,7 @@ END;
 CREATE TRIGGER IF NOT EXISTS entries_upd AFTER UPDATE OF size ON entries WHEN NEW.size != OLD.size BEGIN
     UPDATE meta SET bytes = bytes + NEW.size - OLD.size WHERE id = 0;
 END;
-""".format(version=SCHEMA_VERSION)
+"""
 
 #: Eviction order per policy (after expired entries, which always go first).
 POLICY_ORDER = {
@@ -240,7 +240,7 @@ def _setup(conn: sqlite3.Connection, policy: str, check: bool) -> bool:
         result = retry_busy(lambda: conn.execute("PRAGMA quick_check").fetchone()[0], "index")
         if result != "ok":
             raise sqlite3.DatabaseError(f"quick_check: {result}")
-    fresh = retry_busy(
+    fresh: bool = retry_busy(
         lambda: conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'entries'").fetchone()[0] == 0,
         "index",
     )

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import disk_files as df
 from . import disk_index as dx
+from ._procs import pid_alive
 from .stats import CleanupReport
 
 if TYPE_CHECKING:
@@ -143,7 +144,7 @@ def _remove_orphans(cache: DiskCache, report: CleanupReport) -> None:
         pid_text = name.split("-", 1)[0]
         with contextlib.suppress(OSError):
             st = os.lstat(path)
-            dead = not pid_text.isdigit() or (int(pid_text) != os.getpid() and not _pid_alive(int(pid_text)))
+            dead = not pid_text.isdigit() or (int(pid_text) != os.getpid() and not pid_alive(int(pid_text)))
             if dead or now - st.st_mtime > _tmp_max_age():
                 os.unlink(path)
                 temps += 1
@@ -190,16 +191,6 @@ def _listdir(path: str) -> list[str]:
         return sorted(os.listdir(path))
     except OSError:
         return []
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _tmp_max_age() -> float:

@@ -44,7 +44,7 @@ from llamahome.errors import CacheClosedError, CacheError, ConfigError, ValueToo
 from llamahome.monitoring.collector import Bindable
 from llamahome.monitoring.monitor import CacheMonitor
 
-from .base import MISSING, Key, Store, validate_key
+from .base import MISSING, Key, MaintainedCache, Store, validate_key
 from .config import CacheConfig
 from .scheduler import AsyncScheduler, ScheduledJob, _is_async_callable
 from .stats import CacheStats, CleanupReport
@@ -176,9 +176,9 @@ class CacheManager:
             value.bind(self)
         object.__setattr__(self, name, value)
 
-    def store_labels(self) -> list[tuple[str, str, Store]]:
+    def store_labels(self) -> list[tuple[str, str, MaintainedCache]]:
         """``(cache, tier, store)`` for every store the manager owns: ``cache`` is the YAML block name."""
-        rows: list[tuple[str, str, Store]] = [("cache", "memory", self.memory), ("cache", "disk", self.disk)]
+        rows: list[tuple[str, str, MaintainedCache]] = [("cache", "memory", self.memory), ("cache", "disk", self.disk)]
         if self.network is not None:
             rows.append(("cache", "network", self.network))
         rows += [
@@ -189,7 +189,7 @@ class CacheManager:
         return rows
 
     @property
-    def caches(self) -> dict[str, Store]:
+    def caches(self) -> dict[str, MaintainedCache]:
         """Every store by ``<cache>/<tier>`` label (``cache/memory``, ``model_cache/disk``, ...)."""
         return {f"{cache}/{tier}": store for cache, tier, store in self.store_labels()}
 
@@ -428,7 +428,7 @@ class CacheManager:
             self._check_open()
             return self._cleanup_one("system_cache/disk", self.system_cache)
 
-    def _cleanup_one(self, label: str, store: Store) -> CleanupReport:
+    def _cleanup_one(self, label: str, store: MaintainedCache) -> CleanupReport:
         try:
             report = store.cleanup()
         except Exception as exc:

@@ -40,8 +40,8 @@ import itertools
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
-from typing import Any, Callable
+from collections.abc import Callable, Iterator
+from typing import Any, cast
 
 from llamahome.errors import CacheClosedError, ConfigError, ValueTooLargeError
 
@@ -73,6 +73,11 @@ def _parse_size(size: object) -> int:
         return size_to_bytes(size)
     except ValueError as exc:
         raise ConfigError(f"MemoryCache size: {exc}") from None
+
+
+def _keeps_no_order(key: Key) -> None:
+    """Stand-in for ``OrderedDict.move_to_end`` where the entries keep no lru order (never called)."""
+    raise TypeError("This store keeps no lru order.")
 
 
 class _Closed:
@@ -143,7 +148,10 @@ class MemoryCache(Store):
         )
         self._lockfree_hits = itertools.count()  # hits counted by get's lock-free path
         self._count_lockfree_hit = self._lockfree_hits.__next__
-        self._move_to_end: Callable[[Key], None] = getattr(self._data, "move_to_end", None)  # lru only
+        # Only the lru fast path calls it; other orders get a stand-in that is never reached.
+        self._move_to_end: Callable[[Key], None] = (
+            self._data.move_to_end if isinstance(self._data, OrderedDict) else _keeps_no_order
+        )
         self._lockfree_hits_folded = 0  # how many of those are already in self._stats.hits
         self._fast = False
         self._refresh_fast()
@@ -224,7 +232,7 @@ class MemoryCache(Store):
 
     def _too_old(self, key: Key) -> bool:
         age = self.policy.age(key, self._clock())  # type: ignore[attr-defined]
-        return bool(age >= self._max_age)  # type: ignore[operator]
+        return bool(age >= self._max_age)
 
     def peek(self, key: Key, default: Any = None) -> Any:
         """Like ``get`` but counts nothing and is not a use for the policy."""
@@ -401,7 +409,8 @@ class MemoryCache(Store):
                 st.expirations += 1
         removed_writing = False
         while st.bytes > limit:
-            k = next(iter(self._data)) if self._lru else self.policy.victim()
+            # The policy only ever holds keys this cache validated and inserted.
+            k = cast(Key, next(iter(self._data)) if self._lru else self.policy.victim())
             if k == writing and not removed_writing:
                 # Overwriting the next victim: its old value is already uncharged, so the old entry just
                 # leaves (not an eviction) and the new value comes in as a fresh insert.
@@ -410,7 +419,7 @@ class MemoryCache(Store):
                     self.policy.remove(k)
                 removed_writing = True
                 continue
-            self._drop(k)  # type: ignore[arg-type]
+            self._drop(k)
             st.evictions += 1
         return removed_writing
 
@@ -476,8 +485,8 @@ class MemoryCache(Store):
                     self._drop(k)
                     report.expired += 1
             if isinstance(self.policy, TimePolicy):
-                for k in self.policy.stale(now):
-                    self._drop(k)  # type: ignore[arg-type]
+                for k in cast("list[Key]", self.policy.stale(now)):
+                    self._drop(k)
                     report.expired += 1
             self._stats.expirations += report.expired
             report.bytes_freed = before - self._stats.bytes

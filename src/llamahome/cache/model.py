@@ -21,6 +21,7 @@ Missing models raise :class:`ModelNotFoundError` (a ``ModelCacheError`` and a ``
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import re
@@ -46,6 +47,7 @@ from llamahome.errors import (
 )
 
 from . import model_io
+from ._procs import pid_alive
 from .model_format import (
     build_safetensors_header,
     dtype_code_of_numpy,
@@ -447,7 +449,7 @@ class ModelCache:
                         decoded_any = True
                     finally:
                         tmp.unlink(missing_ok=True)
-            path = directory / (manifest["index"] or manifest["parts"][0]["file"])
+            path: Path = directory / (manifest["index"] or manifest["parts"][0]["file"])
         if decoded_any:
             self._enforce_budget(keep=name)
         return path
@@ -515,7 +517,7 @@ class ModelCache:
             if not entry.name.startswith(".") and entry.is_dir() and os.path.isfile(os.path.join(entry.path, _MANIFEST))
         )
 
-    def list_info(self) -> list[ModelInfo]:
+    def list_info(self) -> builtins.list[ModelInfo]:
         """``info()`` of every cached model, in eviction order (the next victim first)."""
         infos = []
         for model in self.list():
@@ -636,7 +638,7 @@ class ModelCache:
             shutil.rmtree(path, ignore_errors=True)
         return report
 
-    def _enforce_budget(self, keep: str | None) -> list[str]:
+    def _enforce_budget(self, keep: str | None) -> builtins.list[str]:
         trash: list[Path] = []
         with FileLock(self._index_lock_path()):
             evicted, _ = self._make_room(0, exclude=None, keep=keep, trash=trash)
@@ -645,8 +647,8 @@ class ModelCache:
         return evicted
 
     def _make_room(
-        self, needed: int, *, exclude: str | None, trash: list[Path], keep: str | None = None
-    ) -> tuple[list[str], bool]:
+        self, needed: int, *, exclude: str | None, trash: builtins.list[Path], keep: str | None = None
+    ) -> tuple[builtins.list[str], bool]:
         """Evict unused models in policy order until ``needed`` more bytes fit. Caller holds the index lock.
 
         ``exclude`` is left out of the count (it is about to be replaced); ``keep`` counts but is not evicted.
@@ -667,7 +669,7 @@ class ModelCache:
                 self._stats.add("evictions")
         return evicted, usage + needed <= self.max_bytes
 
-    def _remove(self, name: str, trash: list[Path], write_lock: Any = None) -> int | None:
+    def _remove(self, name: str, trash: builtins.list[Path], write_lock: Any = None) -> int | None:
         """Move a model to the trash if nobody uses it; returns the bytes freed, or None if it is in use."""
         own_write = write_lock is None
         if own_write:
@@ -859,6 +861,7 @@ def _tensor_items(tensors: Mapping[str, Any]) -> list[TensorItem]:
 
 
 def _tensor_item(name: str, value: Any) -> TensorItem:
+    code: str | None
     if isinstance(value, (np.ndarray, np.generic)):
         value = np.asarray(value)
         code = dtype_code_of_numpy(value.dtype, name)
@@ -948,12 +951,4 @@ def _fsync_dir(path: Path) -> None:
 def _owner_alive(tmp_name: str) -> bool:
     """Is the process that created ``.tmp/<pid>-<id>`` still running?"""
     pid_text = tmp_name.split("-", 1)[0]
-    if not pid_text.isdigit():
-        return False
-    try:
-        os.kill(int(pid_text), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid_text.isdigit() and pid_alive(int(pid_text))

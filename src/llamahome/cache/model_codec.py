@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import zstandard
@@ -53,7 +53,7 @@ _FAST = zstandard.ZstdCompressionParameters.from_level(1, write_content_size=Tru
 
 _local = threading.local()
 
-Payload = Union[bytes, np.ndarray]
+Payload = bytes | np.ndarray
 
 
 def _compressors() -> tuple[zstandard.ZstdCompressor, zstandard.ZstdCompressor]:
@@ -64,14 +64,14 @@ def _compressors() -> tuple[zstandard.ZstdCompressor, zstandard.ZstdCompressor]:
             zstandard.ZstdCompressor(compression_params=_FAST),
             zstandard.ZstdCompressor(compression_params=_STRONG),
         )
-    return pair  # type: ignore[no-any-return]
+    return pair
 
 
 def _decompressor() -> zstandard.ZstdDecompressor:
     dec = getattr(_local, "decompressor", None)
     if dec is None:
         dec = _local.decompressor = zstandard.ZstdDecompressor()
-    return dec  # type: ignore[no-any-return]
+    return dec
 
 
 def word_of(dtype: str) -> tuple[int, bool]:

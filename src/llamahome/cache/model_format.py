@@ -71,7 +71,7 @@ _NUMPY: dict[str, np.dtype] = {
 
 def _optional_ml_dtypes() -> dict[str, np.dtype]:
     try:  # ml_dtypes (if installed) gives numpy real bf16/fp8 dtypes; without it we hand out the raw bits
-        import ml_dtypes  # type: ignore[import-not-found]
+        import ml_dtypes  # type: ignore[import-not-found, unused-ignore]  # optional, may be absent
     except ImportError:
         return {}
     names = {"BF16": "bfloat16", "F8_E4M3": "float8_e4m3fn", "F8_E4M3FNUZ": "float8_e4m3fnuz",

@@ -31,7 +31,7 @@ from __future__ import annotations
 import difflib
 from collections import OrderedDict
 from collections.abc import Hashable, Iterator
-from typing import Callable
+from collections.abc import Callable
 
 from llamahome.errors import ConfigError
 

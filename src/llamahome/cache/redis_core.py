@@ -210,7 +210,7 @@ class _RedisCore:
             "cluster": _block_value(network, "cluster"),
         }
         kwargs.update(overrides)
-        return cls(_block_value(network, "url", "redis://127.0.0.1:6379/0"), **kwargs)  # type: ignore[call-arg]
+        return cls(_block_value(network, "url", "redis://127.0.0.1:6379/0"), **kwargs)
 
     # -------------------------------------------------------------------------------------------- keys
 

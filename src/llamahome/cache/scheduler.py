@@ -38,7 +38,7 @@ Job = Callable[[], Any]
 
 def _is_async_callable(fn: object) -> bool:
     while hasattr(fn, "func") and not inspect.isfunction(fn):  # functools.partial, possibly nested
-        fn = fn.func  # type: ignore[attr-defined]
+        fn = fn.func
     if inspect.iscoroutinefunction(fn):
         return True
     call = getattr(fn, "__call__", None)  # noqa: B004 - objects with an async __call__

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Sequence
-from typing import Union
 
 __all__ = ["Envelope", "EnvelopeError", "MARKER", "SIGNED", "UNSIGNED", "TAG_SIZE"]
 
@@ -26,7 +25,7 @@ TAG_SIZE = 32
 _HEAD = len(UNSIGNED)
 _ONE_SHOT_MAX = 256 * 1024
 
-Buffer = Union[bytes, bytearray, memoryview]
+Buffer = bytes | bytearray | memoryview
 
 
 class EnvelopeError(Exception):

@@ -27,7 +27,7 @@ _CONTAINERS = (dict, list, tuple, set, frozenset)
 
 def key_size(key: str | bytes) -> int:
     """Bytes of a key: UTF-8 length for ``str`` (the length itself when ASCII), length for ``bytes``."""
-    if type(key) is bytes or key.isascii():  # type: ignore[union-attr]
+    if type(key) is bytes or key.isascii():
         return len(key)
     return len(key.encode("utf-8", "surrogatepass"))  # type: ignore[union-attr]
 
@@ -78,7 +78,8 @@ def _is_tensor(value: Any) -> bool:
 
 def _tensor_size(tensor: Any) -> int:
     try:
-        return max(int(tensor.untyped_storage().nbytes()), tensor.element_size() * tensor.nelement())
+        nbytes: int = max(int(tensor.untyped_storage().nbytes()), tensor.element_size() * tensor.nelement())
+        return nbytes
     except (RuntimeError, NotImplementedError):  # meta/sparse tensors have no plain storage
         return int(tensor.element_size() * tensor.nelement())
 

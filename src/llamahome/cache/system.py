@@ -41,11 +41,12 @@ from typing import Any
 
 import xxhash
 
-from llamahome.errors import CacheClosedError, CacheError, CacheValueError, ConfigError, StorageError, ValueTooLargeError
+from llamahome.errors import CacheClosedError, CacheError, ConfigError, StorageError, ValueTooLargeError
 
+from ._procs import pid_alive
 from .base import Key, Store, key_to_bytes, validate_key
-from .blobfile import HEADER_SIZE, TMP_SUFFIX, read_blob, read_header, write_blob
-from .codecs import decode, encode_parts
+from .blobfile import HEADER_SIZE, TMP_SUFFIX, read_header, read_value, write_blob
+from .codecs import encode_parts
 from .stats import CacheStats, CleanupReport
 from .units import MIB, parse_duration, parse_size
 
@@ -550,15 +551,7 @@ class SystemCache(Store):
                 self.stats.expirations += 1
                 self.stats.misses += 1
                 return default
-        blob = read_blob(self._meta / _KV / name)
-        ok = blob is not None and blob.header.key == key_to_bytes(key)
-        value: Any = default
-        if ok:
-            assert blob is not None
-            try:
-                value = decode(blob.frame)
-            except CacheValueError:
-                ok = False
+        ok, value = read_value(self._meta / _KV / name, key_to_bytes(key))
         with self._lock:
             if not ok:
                 self.stats.corrupt += 1
@@ -756,14 +749,7 @@ def _remove_dead_temp_files(directory: Path) -> int:
                 pid = int(entry.name.split(".")[-3])
             except (IndexError, ValueError):
                 continue
-            if pid == os.getpid():
-                continue
-            try:
-                os.kill(pid, 0)
-                continue
-            except ProcessLookupError:
-                pass
-            except PermissionError:
+            if pid == os.getpid() or pid_alive(pid):
                 continue
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(entry.path)

@@ -39,8 +39,9 @@ import xxhash
 
 from llamahome.errors import CacheClosedError, CacheValueError, ConfigError, StorageError, TrainingCacheError
 
+from ._procs import pid_alive
 from .base import Key, Store, key_to_bytes, validate_key
-from .blobfile import HEADER_SIZE, TMP_SUFFIX, read_blob, read_header, write_blob
+from .blobfile import HEADER_SIZE, TMP_SUFFIX, read_blob, read_header, read_value, write_blob
 from .codecs import decode, encode_parts
 from .prefetch import ReadAhead
 from .stats import CacheStats, CleanupReport
@@ -751,15 +752,7 @@ class TrainingCache(Store):
         if entry is None:
             self._count("misses")
             return default
-        blob = read_blob(self.path / _KV_DIR / name)
-        value: Any = default
-        ok = blob is not None and blob.header.key == key_to_bytes(key)
-        if ok:
-            assert blob is not None
-            try:
-                value = decode(blob.frame)
-            except CacheValueError:
-                ok = False
+        ok, value = read_value(self.path / _KV_DIR / name, key_to_bytes(key))
         with self._lock:
             if not ok:
                 self.stats.corrupt += 1
@@ -861,22 +854,12 @@ def _remove_stale_temp_files(directory: Path) -> int:
                     pid = int(parts[-3])
                 except (IndexError, ValueError):
                     continue
-                if pid == os.getpid() or _pid_alive(pid):
+                if pid == os.getpid() or pid_alive(pid):
                     continue
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(entry.path)
                     removed += 1
     return removed
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _reopen(kwargs: dict[str, Any]) -> TrainingCache:

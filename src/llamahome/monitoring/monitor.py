@@ -20,7 +20,7 @@ from .collector import Bindable, CacheMetricsCollector
 from .snapshots import SnapshotRing
 
 if TYPE_CHECKING:
-    from llamahome.cache.base import Store
+    from llamahome.cache.base import MaintainedCache
     from llamahome.cache.manager import CacheManager
 
 __all__ = ["CacheMonitor", "Recommendation", "Thresholds"]
@@ -181,7 +181,7 @@ class CacheMonitor(Bindable):
         return [Recommendation("warning", "cache/memory", message, "cache.memory.size", round(current_mb, 1), suggested)]
 
     def _compression_advice(
-        self, manager: CacheManager, cache: str, tier: str, label: str, store: Store
+        self, manager: CacheManager, cache: str, tier: str, label: str, store: MaintainedCache
     ) -> list[Recommendation]:
         t = self.thresholds
         enabled, setting = _compression_setting(manager, cache, tier, store)
@@ -195,7 +195,7 @@ class CacheMonitor(Bindable):
         )
         return [Recommendation("info", label, message, setting, True, False)]
 
-    def _bound_advice(self, cache: str, tier: str, label: str, store: Store) -> list[Recommendation]:
+    def _bound_advice(self, cache: str, tier: str, label: str, store: MaintainedCache) -> list[Recommendation]:
         t = self.thresholds
         stats = store.stats
         if tier == "memory" or not stats.max_bytes or stats.bytes < t.tier_full * stats.max_bytes:
@@ -212,7 +212,7 @@ class CacheMonitor(Bindable):
         )
         return [Recommendation("warning", label, message, setting, round(current_mb, 1), suggested)]
 
-    def _corruption_advice(self, label: str, store: Store) -> list[Recommendation]:
+    def _corruption_advice(self, label: str, store: MaintainedCache) -> list[Recommendation]:
         t = self.thresholds
         stats = store.stats
         gets = stats.hits + stats.misses
@@ -271,7 +271,7 @@ class CacheMonitor(Bindable):
         return f"<CacheMonitor {'bound' if self.bound else 'unbound'} history={len(self.history)}>"
 
 
-def _compression_setting(manager: CacheManager, cache: str, tier: str, store: Store) -> tuple[bool, str]:
+def _compression_setting(manager: CacheManager, cache: str, tier: str, store: MaintainedCache) -> tuple[bool, str]:
     """Whether ``store`` compresses, and the YAML setting that controls it."""
     if cache == "cache":
         setting = "cache.memory.compression"
