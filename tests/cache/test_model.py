@@ -573,3 +573,16 @@ def test_a_pin_in_another_process_blocks_eviction(tmp_path: Path) -> None:
         proc.stdout.close()  # type: ignore[union-attr]
     assert not cache.info("m").pinned
     assert cache.delete("m")
+
+
+def test_model_cache_files_and_directories_are_private(tmp_path: Path) -> None:
+    cache = ModelCache(tmp_path / "models", size=64, compression=True)
+    try:
+        cache.put("m", {"w": np.random.default_rng(0).random(50_000)})
+        cache.load("m")
+        cache.get_path("m")
+        for path in [tmp_path / "models", *(tmp_path / "models").rglob("*")]:
+            mode = path.stat().st_mode & 0o777
+            assert mode == (0o700 if path.is_dir() else 0o600), (path, oct(mode))
+    finally:
+        cache.close()

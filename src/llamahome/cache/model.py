@@ -145,8 +145,11 @@ class ModelCache:
         self._closed = False
         self._stats = CacheStats(name=name, max_bytes=self.max_bytes)
         try:
+            # Private to the user: the directories are 0700 (files inside are 0600, except hard-linked
+            # imports, which keep the user's own inode and mode but sit where nobody else can reach them).
             for sub in ("", ".locks", ".tmp", ".trash"):
-                (self.root / sub).mkdir(parents=True, exist_ok=True)
+                (self.root / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
+                os.chmod(self.root / sub, 0o700)
         except OSError as exc:
             raise StorageError(
                 f"Cannot create the model cache directory {self.root} ({exc.strerror}); choose a writable path."
@@ -351,7 +354,7 @@ class ModelCache:
             )
         _write_json(tmp / _MANIFEST, manifest)
         access = tmp / _ACCESS
-        access.touch()
+        access.touch(mode=0o600)
         now = manifest["created"]
         os.utime(access, (now, now))
         target = self._dir(name)
@@ -741,7 +744,7 @@ class ModelCache:
 
     def _new_tmp(self) -> Path:
         path = self.root / ".tmp" / f"{os.getpid()}-{uuid.uuid4().hex}"
-        path.mkdir(parents=True)
+        path.mkdir(mode=0o700, parents=True)
         return path
 
     def _read_manifest(self, name: str) -> dict[str, Any] | None:
@@ -762,7 +765,7 @@ class ModelCache:
         # and the mtime (set from our clock) is the last use.
         path = self._dir(name) / _ACCESS
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except FileNotFoundError:
             return  # evicted or replaced meanwhile: nothing to record
         try:
@@ -934,7 +937,8 @@ def _dir_bytes(directory: Path) -> int:
 
 
 def _write_json(path: Path, doc: dict[str, Any]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with open(fd, "w", encoding="utf-8") as f:
         json.dump(doc, f, indent=1)
         f.flush()
         os.fsync(f.fileno())

@@ -104,7 +104,8 @@ class _HashingWriter:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.file: BinaryIO = open(path, "wb")  # noqa: SIM115 - closed in close()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        self.file: BinaryIO = open(fd, "wb")  # noqa: SIM115 - closed in close()
         self.hasher = xxhash.xxh3_128()
         self.size = 0
 
@@ -300,7 +301,8 @@ def _reflink(src: Path, dst: Path) -> bool:
     try:
         import fcntl
 
-        with open(src, "rb") as s, open(dst, "wb") as d:
+        fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with open(src, "rb") as s, open(fd, "wb") as d:
             fcntl.ioctl(d.fileno(), _FICLONE, s.fileno())
         return True
     except (OSError, ImportError):
@@ -328,6 +330,7 @@ def link_or_copy(src: Path, dst: Path, progress: Progress | None = None, *, hard
         try:
             # copyfile uses the kernel's copy_file_range/sendfile: no round trip through Python buffers.
             shutil.copyfile(src, dst)
+            os.chmod(dst, 0o600)
             with open(dst, "rb+") as f:
                 os.fsync(f.fileno())
         except OSError as exc:
