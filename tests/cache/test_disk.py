@@ -201,6 +201,30 @@ def test_lru_reads_are_batched_not_written(cache: DiskCache, clock: Any) -> None
         spy.close()
 
 
+def test_lru_rewrite_of_a_cold_key_is_batched_and_lands_before_eviction(tmp_path: Path, clock: Any) -> None:
+    import sqlite3
+
+    size = MIB // 10 - 4096
+    with DiskCache(tmp_path / "c", size=1, clock=clock) as c:
+        spy = sqlite3.connect(Path(c.path) / "index.sqlite3")
+        try:
+            for i in range(8):
+                c.set(f"k{i}", os.urandom(size))
+                clock.advance(1)
+            first_used = spy.execute("SELECT accessed FROM entries WHERE key = ?", (b"sk0",)).fetchone()[0]
+            c.set("k0", b"new")  # k0's last use is 8 s old: the set leaves its lru place to the batch
+            assert spy.execute("SELECT accessed FROM entries WHERE key = ?", (b"sk0",)).fetchone()[0] == first_used
+            clock.advance(1)
+            for i in range(4):  # these sets evict: the pending use of k0 is written first, so k1 goes
+                c.set(f"n{i}", os.urandom(size))
+                clock.advance(1)
+            assert c.get("k0") == b"new"
+            assert "k1" not in c and "k7" in c
+            assert c.stats.evictions >= 1 and c.stats.bytes <= c.max_bytes
+        finally:
+            spy.close()
+
+
 def test_lru_access_flushed_on_close_is_seen_by_the_next_process(tmp_path: Path, clock: Any) -> None:
     root = tmp_path / "c"
     size = MIB // 10 - 4096

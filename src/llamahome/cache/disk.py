@@ -27,9 +27,12 @@ LRU/LFU bookkeeping is batched, never a write per read: reads record access time
 transaction at most once a second, before any eviction decision, on ``cleanup()`` and on ``close()``. For lru
 uses are recorded to a resolution: an entry whose recorded use is less than a second old (or 1/64 of the
 entries' age span) keeps its place when read or rewritten, as ``relatime`` does for file access times and
-memcached for its LRU (it bumps an item at most once a minute). That saves the lru index update, a third of
-the cost of a small set. Other processes see this process's reads after its next flush; each process's own
-evictions always see them.
+memcached for its LRU (it bumps an item at most once a minute). A set that rewrites an existing entry never
+moves it in the lru/lfu index itself: when its recorded use is older than the resolution, the use joins the
+same batch as reads (a write transaction that is due anyway carries the batch along), because moving the
+index entry inside every set would cost a third of a small set. Other processes see this process's uses after
+its next flush (at most about a second); each process's own evictions always see them, since the batch is
+written in the evicting transaction before victims are chosen, and the keys being set are never victims.
 
 Several processes: every write is one ``BEGIN IMMEDIATE`` transaction; a process that finds the write lock
 taken retries after short jittered sleeps (from 50 us) for up to 60 s and only then raises StorageError, so
@@ -384,14 +387,22 @@ class DiskCache(Store):
         # lfu counts every use; lru keeps access times to a resolution (like the file system's relatime):
         # an entry whose recorded use is more recent than that is not recorded again.
         if self._track and (self._lfu or not now - accessed < self._resolution):
-            seen = self._access.get(entry_id)
-            if seen is None:
-                self._access[entry_id] = [now, 1]
-            else:
-                seen[0] = now
-                seen[1] += 1
-            if len(self._access) >= ACCESS_BUFFER_MAX or time.monotonic() - self._last_flush >= ACCESS_FLUSH_INTERVAL:
+            self._note_use(entry_id, now)
+            if self._flush_due():
                 self._flush_soon()
+
+    def _note_use(self, entry_id: int, now: float) -> None:
+        seen = self._access.get(entry_id)
+        if seen is None:
+            self._access[entry_id] = [now, 1]
+        else:
+            seen[0] = max(seen[0], now)
+            seen[1] += 1
+
+    def _flush_due(self) -> bool:
+        return bool(self._access) and (
+            len(self._access) >= ACCESS_BUFFER_MAX or time.monotonic() - self._last_flush >= ACCESS_FLUSH_INTERVAL
+        )
 
     def _decode_inline(self, kb: bytes, row: Any, mmap: bool) -> Any:
         value = row[1]
@@ -598,7 +609,12 @@ class DiskCache(Store):
     def _update(self, value: Any, name: str | None, size: int, frame_size: int, digest: int, now: float,
                 expires: float | None, entry_id: int, used: float) -> tuple[str, tuple[Any, ...]]:
         """The statement that rewrites entry ``entry_id`` (last use recorded at ``used``)."""
-        if self.policy == "lru" and now - used < self._resolution:
+        if self._track:
+            # The use goes into the access buffer (written with the next batch, and always before this
+            # process evicts) unless the recorded use is within the lru resolution: moving the entry in the
+            # lru/lfu index inside every set would cost a third of a small set.
+            if self._lfu or not now - used < self._resolution:
+                self._note_use(entry_id, now)
             return _UPDATE_IN_PLACE, (value, name, size, frame_size, digest, now, expires, entry_id)
         return _UPDATE, (value, name, size, frame_size, digest, now, expires, now, entry_id)
 
@@ -625,6 +641,8 @@ class DiskCache(Store):
                     total -= old_size
                 total += size
                 victims = self._evict(conn, now, {kb}, total) if total > self.max_bytes else ()
+                if self._flush_due():
+                    self._flush_access(conn)  # the batched uses ride along in this transaction
                 conn.execute("COMMIT")
             except sqlite3.Error:
                 with contextlib.suppress(sqlite3.Error):
@@ -690,6 +708,8 @@ class DiskCache(Store):
                     total -= old_size
                 total += p.size
             victims = self._evict(conn, now, {p.key for p in items}, total) if total > self.max_bytes else []
+            if self._flush_due():
+                self._flush_access(conn)
             return replaced, victims
 
         try:
