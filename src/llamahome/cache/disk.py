@@ -33,6 +33,9 @@ same batch as reads (a write transaction that is due anyway carries the batch al
 index entry inside every set would cost a third of a small set. Other processes see this process's uses after
 its next flush (at most about a second); each process's own evictions always see them, since the batch is
 written in the evicting transaction before victims are chosen, and the keys being set are never victims.
+An lru insert does not enter the lru index either: the row is written "unsettled" (``accessed = -1``, out of
+the partial lru index) and its use, its creation time, is written with the next batch of any process, and
+always before an eviction chooses victims (see ``disk_index.settle``); that saves a quarter of a small insert.
 
 Several processes: every write is one ``BEGIN IMMEDIATE`` transaction; a process that finds the write lock
 taken retries after short jittered sleeps (from 50 us) for up to 60 s and only then raises StorageError, so
@@ -97,12 +100,13 @@ _MB = 1024 * 1024
 _K_TREE, _K_PICKLE = 7, 8
 _SQL_CHUNK = 500
 
-_COLS = "id, value, file, checksum, expires, frame_size, accessed"
+# The last recorded use; an unsettled row's (see disk_index.settle) is its creation.
+_COLS = "id, value, file, checksum, expires, frame_size, CASE WHEN accessed < 0 THEN created ELSE accessed END"
 _GET = f"SELECT {_COLS} FROM entries WHERE key = ?"
 # Under the write lock the entry being replaced is read first (its file goes after the commit; its id lets
 # the row be updated in place, cheaper than an upsert), together with the shared total, in one step.
 _BEFORE = (
-    "SELECT m.bytes, e.id, e.file, e.size, e.accessed FROM meta AS m LEFT JOIN entries AS e ON e.key = ?"
+    "SELECT m.bytes, e.id, e.file, e.size, e.accessed, e.created FROM meta AS m LEFT JOIN entries AS e ON e.key = ?"
     " WHERE m.id = 0"
 )
 _INSERT = (
@@ -221,6 +225,9 @@ class DiskCache(Store):
         self._lfu = policy == "lfu"
         self._resolution = ACCESS_RESOLUTION
         self._access: dict[int, list[Any]] = {}
+        # lru inserts leave their use to the next flush (disk_index.settle); set when this process did so.
+        self._unsettled = False
+        self._new_used: float | None = dx.UNSETTLED if policy == "lru" else None
         self._last_flush = time.monotonic()
         self._closed = False
         self._db: sqlite3.Connection | None = None
@@ -400,7 +407,7 @@ class DiskCache(Store):
             seen[1] += 1
 
     def _flush_due(self) -> bool:
-        return bool(self._access) and (
+        return (self._unsettled or bool(self._access)) and (
             len(self._access) >= ACCESS_BUFFER_MAX or time.monotonic() - self._last_flush >= ACCESS_FLUSH_INTERVAL
         )
 
@@ -607,8 +614,12 @@ class DiskCache(Store):
         self._commit([self._pending(kb, enc, expires, now)], now)
 
     def _update(self, value: Any, name: str | None, size: int, frame_size: int, digest: int, now: float,
-                expires: float | None, entry_id: int, used: float) -> tuple[str, tuple[Any, ...]]:
-        """The statement that rewrites entry ``entry_id`` (last use recorded at ``used``)."""
+                expires: float | None, entry_id: int, used: float, created: float) -> tuple[str, tuple[Any, ...]]:
+        """The statement that rewrites entry ``entry_id`` (last use recorded at ``used``, written at ``created``)."""
+        if used < 0 and not self._lfu and now - created < self._resolution:
+            # An unsettled insert rewritten within the resolution keeps its place: its use stays its creation
+            # (the rewrite moves ``created``, so the use is settled now, rarely: within a second of the insert).
+            return _UPDATE, (value, name, size, frame_size, digest, now, expires, max(created, 0.0), entry_id)
         if self._track:
             # The use goes into the access buffer (written with the next batch, and always before this
             # process evicts) unless the recorded use is within the lru resolution: moving the entry in the
@@ -633,14 +644,20 @@ class DiskCache(Store):
             except sqlite3.Error:
                 return False
             try:
-                total, old_id, old_file, old_size, old_used = conn.execute(_BEFORE, (kb,)).fetchone()
+                total, old_id, old_file, old_size, old_used, old_created = conn.execute(_BEFORE, (kb,)).fetchone()
+                fresh = 0
                 if old_id is None:
-                    conn.execute(_INSERT, (kb, frame, None, size, enc.size, digest, now, expires, now))
+                    # A set that evicts pays for settling anyway (before victims are chosen): insert settled.
+                    used = self._new_used if total + size <= self.max_bytes else None
+                    conn.execute(_INSERT, (kb, frame, None, size, enc.size, digest, now, expires,
+                                           now if used is None else used))
+                    fresh = used is not None
                 else:
-                    conn.execute(*self._update(frame, None, size, enc.size, digest, now, expires, old_id, old_used))
+                    conn.execute(*self._update(frame, None, size, enc.size, digest, now, expires, old_id, old_used,
+                                               old_created))
                     total -= old_size
                 total += size
-                victims = self._evict(conn, now, {kb}, total) if total > self.max_bytes else ()
+                victims = self._evict(conn, now, {kb}, total, fresh) if total > self.max_bytes else ()
                 if self._flush_due():
                     self._flush_access(conn)  # the batched uses ride along in this transaction
                 conn.execute("COMMIT")
@@ -648,6 +665,8 @@ class DiskCache(Store):
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
                 return False
+            if fresh:
+                self._unsettled = True
             st = self._stats
             st.sets += 1
             st.raw_bytes += enc.raw_size
@@ -695,21 +714,26 @@ class DiskCache(Store):
                     os.rename(p.tmp, self._path(p.name or ""))
                     moved.append(p)
             replaced: list[str] = []
-            total = 0
+            total = fresh = 0
             for p in items:
-                total, old_id, old_file, old_size, old_used = conn.execute(_BEFORE, (p.key,)).fetchone()
+                total, old_id, old_file, old_size, old_used, old_created = conn.execute(_BEFORE, (p.key,)).fetchone()
                 if old_file:
                     replaced.append(old_file)
                 if old_id is None:
-                    conn.execute(_INSERT, (p.key, p.value, p.name, p.size, p.frame_size, p.digest, now, p.expires, now))
+                    used = self._new_used if total + p.size <= self.max_bytes else None
+                    conn.execute(_INSERT, (p.key, p.value, p.name, p.size, p.frame_size, p.digest, now, p.expires,
+                                           now if used is None else used))
+                    fresh += used is not None
                 else:
                     conn.execute(*self._update(p.value, p.name, p.size, p.frame_size, p.digest, now, p.expires,
-                                               old_id, old_used))
+                                               old_id, old_used, old_created))
                     total -= old_size
                 total += p.size
-            victims = self._evict(conn, now, {p.key for p in items}, total) if total > self.max_bytes else []
+            victims = self._evict(conn, now, {p.key for p in items}, total, fresh) if total > self.max_bytes else []
             if self._flush_due():
                 self._flush_access(conn)
+            if fresh:
+                self._unsettled = True  # a rollback leaves it set: the next flush then merely finds nothing to do
             return replaced, victims
 
         try:
@@ -727,28 +751,37 @@ class DiskCache(Store):
             self._stats.raw_bytes += sum(p.raw_size for p in items)
             self._stats.stored_bytes += sum(p.frame_size for p in items)
 
-    def _evict(self, conn: sqlite3.Connection, now: float, keep: builtins.set[bytes], total: int | None = None) -> list[str]:
-        """Inside a write transaction: delete entries until the shared total is within the bound."""
+    def _evict(self, conn: sqlite3.Connection, now: float, keep: builtins.set[bytes], total: int | None = None,
+               fresh: int = 0) -> list[str]:
+        """Inside a write transaction: delete entries until the shared total is within the bound (``fresh``:
+        how many unsettled rows this transaction inserted, all in ``keep``)."""
         if total is None:
             total = conn.execute("SELECT bytes FROM meta WHERE id = 0").fetchone()[0]
         if total <= self.max_bytes:
             return []
-        self._flush_access(conn)  # so this process's own reads count in the order
-        files, n_expired, n_evicted = dx.evict(conn, self.policy, total - self.max_bytes, now, keep)
+        # So this process's own uses count in the order; dx.evict settles other unsettled rows itself.
+        self._flush_access(conn, settle=False)
+        files, n_expired, n_evicted = dx.evict(conn, self.policy, total - self.max_bytes, now, keep, fresh)
         self._stats.expirations += n_expired
         self._stats.evictions += n_evicted
         return files
 
-    def _flush_access(self, conn: sqlite3.Connection) -> None:
-        """Write the buffered access times/counts (inside a write transaction)."""
-        if self._access:
+    def _flush_access(self, conn: sqlite3.Connection, settle: bool = True) -> None:
+        """Write the buffered access times/counts and settle unsettled lru inserts (inside a write transaction;
+        ``settle=False`` leaves the rows inserted since the last flush unsettled, for eviction's own use)."""
+        wrote = bool(self._access)
+        if wrote:
             conn.executemany(_FLUSH, [(t, n, i) for i, (t, n) in sorted(self._access.items())])
             self._access.clear()
-            if self.policy == "lru":
-                # Finer than 1/64 of the age span of the entries cannot change which entries go first.
-                oldest = conn.execute("SELECT min(accessed) FROM entries").fetchone()[0]
-                span = self._clock() - oldest if oldest is not None else 0.0
-                self._resolution = max(ACCESS_RESOLUTION, span / 64)
+        if settle:
+            # Any process's unsettled rows (also those of one killed before its flush), not only ours.
+            wrote = dx.settle(conn) > 0 or wrote
+            self._unsettled = False
+        if wrote and self.policy == "lru":
+            # Finer than 1/64 of the age span of the entries cannot change which entries go first.
+            oldest = conn.execute("SELECT min(accessed) FROM entries WHERE accessed >= 0").fetchone()[0]
+            span = self._clock() - oldest if oldest is not None else 0.0
+            self._resolution = max(ACCESS_RESOLUTION, span / 64)
         self._last_flush = time.monotonic()
 
     def _flush_soon(self) -> None:
@@ -821,7 +854,7 @@ class DiskCache(Store):
             if self._closed:
                 return
             if self._db is not None:
-                if self._access:
+                if self._access or self._unsettled:
                     with contextlib.suppress(Exception):
                         self._write(lambda conn: self._flush_access(conn))
                 with contextlib.suppress(sqlite3.Error):

@@ -3,6 +3,14 @@
 One row per entry. Small values live in the row (``value``); large ones in a value file (``file``). The
 ``meta`` row holds the totals of every process sharing the directory (bytes, entries);
 triggers keep it exact in the same transaction as the change, so the size bound is global, not per process.
+
+The lru index is partial (``WHERE accessed >= 0``): an lru process inserts a new row with ``accessed`` =
+:data:`UNSETTLED` (-1), so an insert does not write an lru index page (a quarter of the cost of a small
+insert). Its use is its creation time; :func:`settle` writes ``accessed = created`` for such rows in one
+batch (every flush of access times, at most about a second later, by any process) and always before an
+eviction picks victims, so the eviction order is exact. ``meta.pending`` counts the unsettled rows (kept by
+the same triggers), so settling finds them from the newest row down without a scan of the table, and rows
+left unsettled by a process killed with -9 are settled by the next flush of any process or by cleanup().
 """
 
 from __future__ import annotations
@@ -22,14 +30,35 @@ from llamahome.errors import DiskFullError, StorageError
 
 from . import disk_files as df
 
-__all__ = ["POLICY_ORDER", "evict", "open_index", "retry_busy", "is_busy", "is_damaged", "storage_error"]
+__all__ = ["POLICY_ORDER", "UNSETTLED", "evict", "settle", "open_index", "retry_busy", "is_busy", "is_damaged", "storage_error"]
 
 log = logging.getLogger("llamahome.cache.disk")
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 INDEX_NAME = "index.sqlite3"
+#: ``accessed`` of a row whose use (its creation) is not yet in the lru index; see :func:`settle`.
+UNSETTLED = -1.0
+
+# The triggers that keep meta exact (schema version 2); also installed by the migration from version 1.
+_TRIGGERS = (
+    """CREATE TRIGGER IF NOT EXISTS entries_ins AFTER INSERT ON entries BEGIN
+    UPDATE meta SET bytes = bytes + NEW.size, entries = entries + 1, pending = pending + (NEW.accessed < 0)
+    WHERE id = 0;
+END""",
+    """CREATE TRIGGER IF NOT EXISTS entries_del AFTER DELETE ON entries BEGIN
+    UPDATE meta SET bytes = bytes - OLD.size, entries = entries - 1, pending = pending - (OLD.accessed < 0)
+    WHERE id = 0;
+END""",
+    """CREATE TRIGGER IF NOT EXISTS entries_upd AFTER UPDATE OF size ON entries WHEN NEW.size != OLD.size BEGIN
+    UPDATE meta SET bytes = bytes + NEW.size - OLD.size WHERE id = 0;
+END""",
+    """CREATE TRIGGER IF NOT EXISTS entries_acc AFTER UPDATE OF accessed ON entries
+WHEN (NEW.accessed < 0) != (OLD.accessed < 0) BEGIN
+    UPDATE meta SET pending = pending + (NEW.accessed < 0) - (OLD.accessed < 0) WHERE id = 0;
+END""",
+)
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS entries (
@@ -49,19 +78,12 @@ CREATE TABLE IF NOT EXISTS meta (
     id INTEGER PRIMARY KEY CHECK (id = 0),
     bytes INTEGER NOT NULL,
     entries INTEGER NOT NULL,
-    version INTEGER NOT NULL
+    version INTEGER NOT NULL,
+    pending INTEGER NOT NULL DEFAULT 0
 );
-INSERT OR IGNORE INTO meta VALUES (0, 0, 0, {SCHEMA_VERSION});
+INSERT OR IGNORE INTO meta (id, bytes, entries, version, pending) VALUES (0, 0, 0, {SCHEMA_VERSION}, 0);
 CREATE INDEX IF NOT EXISTS entries_expires ON entries(expires) WHERE expires IS NOT NULL;
-CREATE TRIGGER IF NOT EXISTS entries_ins AFTER INSERT ON entries BEGIN
-    UPDATE meta SET bytes = bytes + NEW.size, entries = entries + 1 WHERE id = 0;
-END;
-CREATE TRIGGER IF NOT EXISTS entries_del AFTER DELETE ON entries BEGIN
-    UPDATE meta SET bytes = bytes - OLD.size, entries = entries - 1 WHERE id = 0;
-END;
-CREATE TRIGGER IF NOT EXISTS entries_upd AFTER UPDATE OF size ON entries WHEN NEW.size != OLD.size BEGIN
-    UPDATE meta SET bytes = bytes + NEW.size - OLD.size WHERE id = 0;
-END;
+{";".join(_TRIGGERS)};
 """
 
 #: Eviction order per policy (after expired entries, which always go first).
@@ -72,11 +94,20 @@ POLICY_ORDER = {
     "time": "created, id",
 }
 _POLICY_INDEX = {
-    "lru": "accessed",
-    "lfu": "hits, accessed",
+    "lru": "(accessed) WHERE accessed >= 0",  # partial: unsettled rows (see settle()) are not in it
+    "lfu": "(hits, accessed)",
     "fifo": None,  # the rowid: ids only grow, and an overwrite keeps its row (first-insertion order)
-    "time": "created",
+    "time": "(created)",
 }
+# The rows the policy's index orders (the lru index leaves unsettled rows out: settle() first).
+_POLICY_WHERE = {"lru": " WHERE accessed >= 0"}
+_PENDING = "SELECT pending FROM meta WHERE id = 0"
+# Newest rows first: unsettled rows are recent inserts, so the scan stops after the last of them.
+_SETTLE_SOME = (
+    "UPDATE entries SET accessed = max(created, 0) WHERE id IN"
+    " (SELECT id FROM entries WHERE accessed < 0 ORDER BY id DESC LIMIT ?)"
+)
+_SETTLE_ALL = "UPDATE entries SET accessed = max(created, 0) WHERE accessed < 0"
 
 WAL_CHECKPOINT_PAGES = 10_000
 PAGE_CACHE_KIB = 32 * 1024
@@ -86,10 +117,11 @@ BUSY_TIMEOUT_S = 60.0
 
 
 def evict(
-    conn: sqlite3.Connection, policy: str, excess: int, now: float, keep: set[bytes]
+    conn: sqlite3.Connection, policy: str, excess: int, now: float, keep: set[bytes], fresh: int = 0
 ) -> tuple[list[str], int, int]:
     """Inside a write transaction: delete rows worth at least ``excess`` bytes, expired ones first, then by
-    ``policy``, sparing the keys in ``keep`` unless they alone exceed the bound.
+    ``policy``, sparing the keys in ``keep`` unless they alone exceed the bound. ``fresh`` is how many
+    unsettled rows this transaction inserted (all in ``keep``): only other unsettled rows need settling first.
 
     Returns the value files to unlink after the commit, and how many entries expired and were evicted.
     """
@@ -97,13 +129,34 @@ def evict(
     expired = conn.execute("SELECT id, key, file, size FROM entries WHERE expires <= ? ORDER BY expires", (now,))
     excess, n_expired = _take(conn, expired, excess, set(), files)
     n_evicted = 0
-    for skip in (keep, set()):
+    if excess > 0 and conn.execute(_PENDING).fetchone()[0] > fresh:
+        settle(conn)  # rows of other processes (or of a killed one) whose use is not yet in the lru index
+    order = f"SELECT id, key, file, size FROM entries{_POLICY_WHERE.get(policy, '')} ORDER BY {POLICY_ORDER[policy]}"
+    for skip in (keep, set(), None):
         if excess <= 0:
             break
-        ordered = conn.execute(f"SELECT id, key, file, size FROM entries ORDER BY {POLICY_ORDER[policy]}")
-        excess, n = _take(conn, ordered, excess, skip, files)
+        if skip is None:
+            # Only the rows being written are left, and some of them are unsettled (out of the lru index).
+            if not conn.execute(_SETTLE_ALL).rowcount:
+                break
+            skip = set()
+        excess, n = _take(conn, conn.execute(order), excess, skip, files)
         n_evicted += n
     return files, n_expired, n_evicted
+
+
+def settle(conn: sqlite3.Connection, everything: bool = False) -> int:
+    """Inside a write transaction: record the use of unsettled rows (their creation) in the lru index.
+
+    ``meta.pending`` says how many there are, so the newest-first scan stops after the last of them;
+    ``everything`` scans the whole table instead (cleanup, which also repairs the count). Returns the count.
+    """
+    if everything:
+        n = conn.execute(_SETTLE_ALL).rowcount
+        conn.execute("UPDATE meta SET pending = 0 WHERE id = 0 AND pending != 0")
+        return int(n)
+    pending = conn.execute(_PENDING).fetchone()[0]
+    return int(conn.execute(_SETTLE_SOME, (pending,)).rowcount) if pending > 0 else 0
 
 
 def _take(conn: sqlite3.Connection, cursor: sqlite3.Cursor, excess: int, skip: set[bytes],
@@ -248,15 +301,43 @@ def _setup(conn: sqlite3.Connection, policy: str, check: bool) -> bool:
     if fresh:
         # executescript commits first, so create the schema in its own script (it is idempotent).
         retry_busy(lambda: conn.executescript(_SCHEMA), "index")
+    version = retry_busy(lambda: conn.execute("SELECT version FROM meta WHERE id = 0").fetchone(), "index")
+    if version is not None and version[0] == 1:
+        retry_busy(lambda: _migrate_from_1(conn), "index")
+        version = (SCHEMA_VERSION,)
+    if version is None or version[0] != SCHEMA_VERSION:
+        raise sqlite3.DatabaseError(f"unknown index version {version}")
     column = _POLICY_INDEX[policy]
     if column is not None:
         retry_busy(
-            lambda: conn.execute(f"CREATE INDEX IF NOT EXISTS entries_{policy} ON entries({column})"), "index"
+            lambda: conn.execute(f"CREATE INDEX IF NOT EXISTS entries_{policy} ON entries{column}"), "index"
         )
-    version = retry_busy(lambda: conn.execute("SELECT version FROM meta WHERE id = 0").fetchone(), "index")
-    if version is None or version[0] != SCHEMA_VERSION:
-        raise sqlite3.DatabaseError(f"unknown index version {version}")
     return fresh
+
+
+def _migrate_from_1(conn: sqlite3.Connection) -> None:
+    """Version 1 -> 2 in one transaction: meta.pending, the triggers that keep it, a partial lru index."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if conn.execute("SELECT version FROM meta WHERE id = 0").fetchone()[0] == 1:  # not done meanwhile
+            conn.execute("ALTER TABLE meta ADD COLUMN pending INTEGER NOT NULL DEFAULT 0")
+            for name in ("entries_ins", "entries_del", "entries_upd"):
+                conn.execute(f"DROP TRIGGER IF EXISTS {name}")
+            for trigger in _TRIGGERS:
+                conn.execute(trigger)
+            had_lru = conn.execute(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = 'entries_lru'"
+            ).fetchone()[0]
+            if had_lru:  # version 1's lru index covers every row; version 2's leaves unsettled rows out
+                conn.execute("DROP INDEX entries_lru")
+                conn.execute(f"CREATE INDEX entries_lru ON entries{_POLICY_INDEX['lru']}")
+            conn.execute("UPDATE meta SET version = 2 WHERE id = 0")
+        conn.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        raise
+    log.info("The disk cache index was upgraded from version 1 to %d.", SCHEMA_VERSION)
 
 
 def rebuild_from_files(conn: sqlite3.Connection, data_dir: str) -> tuple[int, int]:

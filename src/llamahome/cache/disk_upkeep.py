@@ -159,6 +159,8 @@ def _reconcile(cache: DiskCache, report: CleanupReport) -> None:
     """Make the shared totals equal the rows (they could drift only through a bug or a manual edit)."""
 
     def body(conn: sqlite3.Connection) -> tuple[Any, Any]:
+        # Every unsettled lru insert gets its use recorded and the pending count is made exact again.
+        dx.settle(conn, everything=True)
         real = conn.execute("SELECT coalesce(sum(size), 0), count(*) FROM entries").fetchone()
         kept = conn.execute("SELECT bytes, entries FROM meta WHERE id = 0").fetchone()
         if tuple(real) != tuple(kept):
