@@ -22,10 +22,12 @@ its own copy and charges the encoded size; only the safe codec types are accepte
 so they need no copy, and a frame would only add 64 bytes and an encode/decode per use.
 
 Why there is a fast path: LRU get-hits and evicting sets are the hot path of an inference cache, and here
-they must cost well under cachetools' time while taking a lock and counting stats. So with ``policy="lru"``,
-no ttl deadline held and no compression, ``get`` and ``set`` run a short path: the values live in an
-``OrderedDict`` whose order *is* the LRU order (``move_to_end`` on use, pop from the front to evict), implementing exactly :class:`~llamahome.cache.policies.LRUPolicy`'s rules
-(``tests/cache/test_memory.py`` checks the two agree on random workloads). Everything else (ttl, other
+they must cost well under cachetools' time while counting stats exactly. So with ``policy="lru"``, no ttl
+deadline held and no compression, ``get`` and ``set`` run a short path: the values live in an
+:class:`~llamahome.cache.lru_map.LRUMap` (cachebox's Rust LRU table) whose order *is* the LRU order (a hit
+promotes inside one native call, so ``get`` takes no lock of ours; evictions pop the least recently used),
+implementing exactly :class:`~llamahome.cache.policies.LRUPolicy`'s rules (``tests/cache/test_memory.py``
+checks the two agree on random workloads). Everything else (ttl, other
 policies, an ``LRUPolicy`` subclass passed in, compression) takes the general path through the policy object.
 Second trick: an entry whose charge can be recomputed exactly, a ``bytes`` value under a ``bytes`` or ASCII
 key (both immutable), is charged ``len(key) + len(value) + ENTRY_OVERHEAD`` again when it leaves instead of
@@ -39,7 +41,6 @@ import heapq
 import itertools
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any, cast
 
@@ -47,6 +48,7 @@ from llamahome.errors import CacheClosedError, ConfigError, ValueTooLargeError
 
 from . import codecs
 from .base import Key, Store, validate_key, validate_ttl
+from .lru_map import LRUMap
 from .compression import MIN_COMPRESS_BYTES
 from .policies import EvictionPolicy, LRUPolicy, TimePolicy, make_policy
 from .sizing import key_size, sizeof
@@ -55,11 +57,13 @@ from .units import size_to_bytes
 
 __all__ = ["MemoryCache", "ENTRY_OVERHEAD"]
 
-#: Bytes charged per entry on top of key and value, for CPython's bookkeeping: the table slots, the order
-#: links (OrderedDict node or policy tables) and the key and value object headers. tracemalloc measures
-#: 150-275 bytes per entry (lru lowest, time highest, varying with table fill) for short keys and bytes
+#: Bytes charged per entry on top of key and value, for the bookkeeping: the table slots, the order links
+#: (the LRUMap's native table, or the policy tables) and the key and value object headers. Measured 150-275
+#: bytes per entry (tracemalloc for Python structures, RSS for the native lru table) for short keys and bytes
 #: values; ``tests/cache/test_memory.py`` keeps this figure within that range.
 ENTRY_OVERHEAD = 256
+
+_ABSENT: Any = object()  # "no entry", distinct from a cached None
 
 # Longest str key the fast path accepts without the full check (4 UTF-8 bytes per char at most).
 _FAST_KEY_CHARS = 64 * 1024 // 4
@@ -75,8 +79,8 @@ def _parse_size(size: object) -> int:
         raise ConfigError(f"MemoryCache size: {exc}") from None
 
 
-def _keeps_no_order(key: Key) -> None:
-    """Stand-in for ``OrderedDict.move_to_end`` where the entries keep no lru order (never called)."""
+def _keeps_no_order(key: Key, default: Any = None) -> Any:
+    """Stand-in for ``LRUMap.touch_get`` where the entries keep no lru order (never called)."""
     raise TypeError("This store keeps no lru order.")
 
 
@@ -87,6 +91,7 @@ class _Closed:
         raise CacheClosedError("This MemoryCache was closed; create a new one to cache again.")
 
     __getitem__ = __setitem__ = __delitem__ = get = pop = popitem = move_to_end = _fail
+    touch_get = peek = insert = pop_lru = first = _fail
     __contains__ = __iter__ = clear = _fail
 
     def __len__(self) -> int:
@@ -135,7 +140,7 @@ class MemoryCache(Store):
         self._stats = CacheStats(name=name, max_bytes=self.max_bytes)
         # Exactly LRUPolicy (not a subclass, which may change the rules) keeps its order in self._data.
         self._lru = type(self.policy) is LRUPolicy
-        self._data: Any = OrderedDict() if self._lru else {}  # key -> value (for lru, in LRU order)
+        self._data: Any = LRUMap() if self._lru else {}  # key -> value (for lru, in LRU order)
         self._sizes: Any = {}  # key -> bytes charged, for entries whose charge cannot be recomputed
         self._expires: dict[Key, float] = {}  # deadlines on self._clock, for keys set with a ttl only
         self._heap: list[tuple[float, int, Key]] = []  # (deadline, seq, key); stale items skipped lazily
@@ -149,9 +154,7 @@ class MemoryCache(Store):
         self._lockfree_hits = itertools.count()  # hits counted by get's lock-free path
         self._count_lockfree_hit = self._lockfree_hits.__next__
         # Only the lru fast path calls it; other orders get a stand-in that is never reached.
-        self._move_to_end: Callable[[Key], None] = (
-            self._data.move_to_end if isinstance(self._data, OrderedDict) else _keeps_no_order
-        )
+        self._touch_get: Callable[[Key, Any], Any] = self._data.touch_get if self._lru else _keeps_no_order
         self._lockfree_hits_folded = 0  # how many of those are already in self._stats.hits
         self._fast = False
         self._refresh_fast()
@@ -175,20 +178,19 @@ class MemoryCache(Store):
 
     def get(self, key: Key, default: Any = None) -> Any:
         """The value under ``key``, or ``default`` on a miss; an expired entry is a miss and is dropped."""
-        # The hot path (lru, no compression, no deadline held) takes no lock. Each step is one C-level
-        # operation that the GIL makes atomic: the lookup, the order update, and the hit counter (an
-        # itertools.count, folded into stats under the lock whenever stats are read). A KeyError from the
-        # order update means a concurrent set evicted the key after the lookup: that get takes the locked
-        # path and is a miss, as if it had come just after the eviction. Keys are not validated on a hit:
-        # only validated keys ever get in; a miss validates the key on the locked path.
+        # The hot path (lru, no compression, no deadline held) takes no lock of ours: the lookup and the LRU
+        # update are one native call that holds the table's own lock (LRUMap.touch_get), and the hit counter
+        # is an itertools.count (atomic; folded into stats under our lock whenever stats are read). Keys are
+        # not validated on a hit: only validated keys ever get in; a miss validates the key on the locked
+        # path (an unhashable key raises TypeError here and lands there too).
         if self._fast:
             try:
-                value = self._data[key]
-                self._move_to_end(key)
+                value = self._touch_get(key, _ABSENT)
+            except TypeError:
+                value = _ABSENT
+            if value is not _ABSENT:
                 self._count_lockfree_hit()
                 return value
-            except (KeyError, TypeError):
-                pass
         self._lock.acquire()
         try:
             try:
@@ -309,22 +311,22 @@ class MemoryCache(Store):
             if ttl is not None or not self._fast:
                 self._set_general(key, value, need, ttl, raw, vsize, ksize)
                 return
-            # LRU fast path: LRUPolicy's rules on the OrderedDict itself (a write moves the key to the
+            # LRU fast path: LRUPolicy's rules on the LRUMap itself (a write moves the key to the
             # back; victims come off the front) and no deadline anywhere to honour first.
             data, st = self._data, self._stats
-            if key in data:
-                st.bytes -= self._uncharge(key, data[key])
-                data.move_to_end(key)
+            old = data.touch_get(key, _ABSENT)  # an overwritten key moves to the back before evicting
+            if old is not _ABSENT:
+                st.bytes -= self._uncharge(key, old)
             limit = self.max_bytes - need
             sizes = self._sizes
             while st.bytes > limit:
                 # The key being overwritten is at the back: popped only when alone, and then st.bytes is
                 # already 0 <= limit, so it is never its own victim.
-                k, v = data.popitem(last=False)
+                k, v = data.pop_lru()
                 n = sizes.pop(k, None) if sizes else None
                 st.bytes -= len(k) + len(v) + ENTRY_OVERHEAD if n is None else n
                 st.evictions += 1
-            data[key] = value
+            data.insert(key, value)
             if type(value) is not bytes or ksize != len(key):
                 sizes[key] = need
             st.bytes += need
@@ -410,7 +412,7 @@ class MemoryCache(Store):
         removed_writing = False
         while st.bytes > limit:
             # The policy only ever holds keys this cache validated and inserted.
-            k = cast(Key, next(iter(self._data)) if self._lru else self.policy.victim())
+            k = cast(Key, self._data.first() if self._lru else self.policy.victim())
             if k == writing and not removed_writing:
                 # Overwriting the next victim: its old value is already uncharged, so the old entry just
                 # leaves (not an eviction) and the new value comes in as a fresh insert.
@@ -498,7 +500,7 @@ class MemoryCache(Store):
             if isinstance(self._data, _Closed):
                 return
             self._data = self._sizes = _Closed()
-            self._move_to_end = self._data.move_to_end
+            self._touch_get = self._data.get
             self._expires, self._heap = {}, []
             self.policy.clear()
             self._stats.bytes = 0
