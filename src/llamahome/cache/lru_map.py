@@ -28,7 +28,7 @@ class LRUMap:
     __slots__ = ("_table", "touch_get", "peek", "insert", "pop_lru")
 
     def __init__(self) -> None:
-        self._table = cachebox.LRUCache(0)  # 0: no bound of its own; MemoryCache enforces the byte bound
+        self._table: cachebox.LRUCache[Hashable, Any] = cachebox.LRUCache(0)  # 0: no bound of its own; MemoryCache enforces the byte bound
         # The hot paths call these native methods directly (no Python frame in between):
         #: ``touch_get(key, default)``: the value (now most recently used) or ``default``.
         self.touch_get = self._table.get

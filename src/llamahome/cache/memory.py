@@ -154,7 +154,9 @@ class MemoryCache(Store):
         self._lockfree_hits = itertools.count()  # hits counted by get's lock-free path
         self._count_lockfree_hit = self._lockfree_hits.__next__
         # Only the lru fast path calls it; other orders get a stand-in that is never reached.
-        self._touch_get: Callable[[Key, Any], Any] = self._data.touch_get if self._lru else _keeps_no_order
+        self._touch_get: Callable[[Key, Any], Any] = (
+            self._data.touch_get if isinstance(self._data, LRUMap) else _keeps_no_order
+        )
         self._lockfree_hits_folded = 0  # how many of those are already in self._stats.hits
         self._fast = False
         self._refresh_fast()
