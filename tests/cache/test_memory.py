@@ -272,6 +272,71 @@ def _compare_fast_and_slow_lru(ops: list[tuple[str, int, int]]) -> None:
         assert fast.stats.snapshot() | {"name": ""} == slow.stats.snapshot() | {"name": ""}
 
 
+_mixed_values = st.sampled_from(["none", "bytes", "str", "list", "array"])
+
+
+def _mixed(kind: str, n: int) -> Any:
+    return {"none": None, "bytes": b"v" * n, "str": "s" * n, "list": [n] * (n // 40), "array": np.zeros(n // 8)}[kind]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    ops=st.lists(
+        st.tuples(
+            st.sampled_from(["set", "set", "get", "delete", "advance"]),
+            st.sampled_from(["k1", "k2", "k3", "k4", "k5", "k6", "ключ", b"kb", b"\xff"]),
+            _mixed_values,
+            st.integers(1, 400),
+            st.sampled_from([None, None, None, 5.0]),
+        ),
+        max_size=80,
+    ),
+    compression=st.booleans(),
+)
+def test_lru_table_agrees_with_the_policy_object_on_any_value(
+    ops: list[tuple[Any, Any, str, int, float | None]], compression: bool
+) -> None:
+    # The native table's own eviction (the fast path, and the general path while no deadline is held) and
+    # MemoryCache's (deadlines held: expired entries first) against LRUPolicy on the general path, with None
+    # values (insert's "no old value" answer is then ambiguous), values whose charge is not len(), non-ASCII
+    # or bytes keys, compression and ttl: the same order, and exactly the same counts and charges.
+    clock = FakeClock()
+    fast = MemoryCache(size=4 / 1024, policy="lru", compression=compression, clock=clock)
+    slow = MemoryCache(size=4 / 1024, policy=_SlowLRU(), compression=compression, clock=clock)
+    for op, key, kind, n, ttl in ops:
+        if op == "advance":
+            clock.advance(3.0)
+            continue
+        for cache in (fast, slow):
+            if op == "set":
+                cache.set(key, _mixed(kind, n), ttl=ttl)
+            elif op == "get":
+                cache.get(key)
+            else:
+                cache.delete(key)
+        assert fast.eviction_order() == slow.eviction_order()
+        assert fast.stats.snapshot() | {"name": ""} == slow.stats.snapshot() | {"name": ""}
+        assert 0 <= fast.stats.bytes <= fast.max_bytes
+        if not compression:
+            assert fast.stats.bytes == sum(charge(k, fast._data[k]) for k in fast.keys())
+    assert not fast._sizes  # lru keeps the charges in its native table, not in a dict
+
+
+def test_overwriting_a_cached_none_is_not_an_eviction() -> None:
+    per = charge("a", None)
+    cache = MemoryCache(size=f"{2 * per + 60}B")
+    cache.set("a", None)
+    cache.set("b", None)
+    cache.set("a", None)  # an overwrite, not a new key: nothing leaves
+    cache.set("b", b"x" * 50)
+    assert cache.stats.evictions == 0 and cache.eviction_order() == ["a", "b"]
+    cache.set("c", None)  # a new key: "a" (least recently used) goes
+    assert cache.stats.evictions == 1 and cache.eviction_order() == ["b", "c"]
+    assert cache.stats.bytes == charge("b", b"x" * 50) + per and cache.stats.sets == 5
+    cache.set("c", None, ttl=60)  # the general path (no deadline held yet): an overwrite there too
+    assert cache.stats.evictions == 1 and cache.eviction_order() == ["b", "c"] and not cache._fast
+
+
 def test_fast_path_comes_back_once_deadlines_are_gone(clock: Any) -> None:
     cache = MemoryCache(size=1, clock=clock)
     assert cache._fast

@@ -43,11 +43,12 @@ def validate_key(key: object) -> Key:
     if isinstance(key, str):
         if len(key) > MAX_KEY_BYTES // 4 and len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
             raise CacheKeyError(f"Cache keys are limited to {MAX_KEY_BYTES} bytes; hash long keys before caching.")
-        return key
+        # A subclass (an enum member, say) is stored as a plain str: its own __eq__/__hash__ never run later.
+        return key if type(key) is str else str.__str__(key)
     if isinstance(key, bytes):
         if len(key) > MAX_KEY_BYTES:
             raise CacheKeyError(f"Cache keys are limited to {MAX_KEY_BYTES} bytes; hash long keys before caching.")
-        return key
+        return key if type(key) is bytes else bytes(memoryview(key))
     raise CacheKeyError(
         f"Cache keys must be str or bytes, not {type(key).__name__}; convert the key with str() or use "
         "llamahome.cache.memoize, which builds keys from arguments."

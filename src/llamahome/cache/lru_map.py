@@ -8,11 +8,16 @@ native call, so a hit is one call and needs no lock of ours.
 Only the slice of ``OrderedDict`` that MemoryCache uses is offered, with its semantics: ``map[key]``, ``in`` and
 ``get`` never change the order (cachebox's ``peek``); ``touch_get`` reads *and* makes the key most recently used;
 ``popitem(last=False)`` removes the least recently used; iteration runs least to most recently used.
+
+The table can also enforce a byte bound itself (``LRUMap(max_bytes, getsizeof)``): every insert is charged
+``getsizeof(key, value)`` (cachebox calls it once per insert and remembers the charge per entry), the least
+recently used entries are evicted until the new one fits, and ``size()`` is the sum of the charges held.
+That lets MemoryCache's lru fast path evict inside one native call instead of a Python loop.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from typing import Any
 
 import cachebox
@@ -25,10 +30,11 @@ _ABSENT: Any = object()
 class LRUMap:
     """An LRU-ordered map: reads through ``touch_get`` promote, everything else leaves the order alone."""
 
-    __slots__ = ("_table", "touch_get", "peek", "insert", "pop_lru")
+    __slots__ = ("_table", "touch_get", "peek", "insert", "pop_lru", "size")
 
-    def __init__(self) -> None:
-        self._table: cachebox.LRUCache[Hashable, Any] = cachebox.LRUCache(0)  # 0: no bound of its own; MemoryCache enforces the byte bound
+    def __init__(self, max_bytes: int = 0, getsizeof: Callable[[Any, Any], int] | None = None) -> None:
+        # max_bytes 0: no bound; getsizeof None: every entry is charged 1.
+        self._table: cachebox.LRUCache[Hashable, Any] = cachebox.LRUCache(max_bytes, getsizeof=getsizeof)
         # The hot paths call these native methods directly (no Python frame in between):
         #: ``touch_get(key, default)``: the value (now most recently used) or ``default``.
         self.touch_get = self._table.get
@@ -38,6 +44,13 @@ class LRUMap:
         self.insert = self._table.insert
         #: ``pop_lru()``: remove and return the least recently used ``(key, value)``; KeyError when empty.
         self.pop_lru = self._table.popitem
+        #: ``size()``: the charges of the entries held, in bytes.
+        self.size = self._table.current_size
+
+    @property
+    def table(self) -> cachebox.LRUCache[Hashable, Any]:
+        """The native table, for hot paths that call ``len`` and ``insert`` on it directly."""
+        return self._table
 
     def __getitem__(self, key: Hashable) -> Any:
         value = self._table.peek(key, _ABSENT)

@@ -29,10 +29,15 @@ promotes inside one native call, so ``get`` takes no lock of ours; evictions pop
 implementing exactly :class:`~llamahome.cache.policies.LRUPolicy`'s rules (``tests/cache/test_memory.py``
 checks the two agree on random workloads). Everything else (ttl, other
 policies, an ``LRUPolicy`` subclass passed in, compression) takes the general path through the policy object.
-Second trick: an entry whose charge can be recomputed exactly, a ``bytes`` value under a ``bytes`` or ASCII
-key (both immutable), is charged ``len(key) + len(value) + ENTRY_OVERHEAD`` again when it leaves instead of
-being looked up in a size table; only other entries record their charge. That saves two table operations
-per write and one per eviction.
+Second trick: for lru the native table also keeps the byte bound. Each insert hands it the entry's charge
+(``self._charge``, set just before the insert and read by cachebox's ``getsizeof`` hook, which remembers it
+per entry), so an evicting write is one native call that drops least recently used entries until the new
+one fits; evictions are counted from the table's length before and after, and ``stats.bytes`` is the
+table's sum of charges (``LRUMap.size()``, folded in whenever ``stats`` is read), so no size records are
+kept for lru. The general path (compression, ttl) lets the table evict too while no deadline is held; with
+deadlines held it makes room itself (expired entries first, each victim's deadline with it) before it
+inserts, so then the table never evicts on its own. Other policies keep the charges in a dict, except for
+a ``bytes`` value under a ``bytes`` or ASCII key (both immutable), whose charge is recomputed when it leaves.
 """
 
 from __future__ import annotations
@@ -97,6 +102,11 @@ class _Closed:
     def __len__(self) -> int:
         return 0
 
+    def size(self) -> int:
+        return 0
+
+    current_size = size
+
     def __bool__(self) -> bool:
         return False
 
@@ -140,8 +150,14 @@ class MemoryCache(Store):
         self._stats = CacheStats(name=name, max_bytes=self.max_bytes)
         # Exactly LRUPolicy (not a subclass, which may change the rules) keeps its order in self._data.
         self._lru = type(self.policy) is LRUPolicy
-        self._data: Any = LRUMap() if self._lru else {}  # key -> value (for lru, in LRU order)
-        self._sizes: Any = {}  # key -> bytes charged, for entries whose charge cannot be recomputed
+        self._charge = 0  # lru: what the next insert is charged; set just before it, under the lock
+        # cachebox's getsizeof hook returns that charge (a closure: cheaper to call than a bound method).
+        lru_map = LRUMap(self.max_bytes, lambda key, value: self._charge) if self._lru else None
+        # key -> value; for lru in LRU order, and the native table there also holds the charges and the bound.
+        self._data: Any = lru_map if lru_map is not None else {}
+        self._table: Any = lru_map.table if lru_map is not None else None  # lru's native table (the fast path's)
+        self._none_held = False  # lru: a None value may be held (then insert's return cannot tell new keys)
+        self._sizes: Any = {}  # not lru: key -> bytes charged, for entries whose charge cannot be recomputed
         self._expires: dict[Key, float] = {}  # deadlines on self._clock, for keys set with a ttl only
         self._heap: list[tuple[float, int, Key]] = []  # (deadline, seq, key); stale items skipped lazily
         self._seq = itertools.count()
@@ -169,13 +185,15 @@ class MemoryCache(Store):
 
     @property
     def stats(self) -> CacheStats:  # type: ignore[override]
-        """Live counters and holdings (``entries`` and lock-free hits are folded in on every read)."""
+        """Live counters and holdings (``entries``, lru's ``bytes`` and lock-free hits are folded in on every read)."""
         with self._lock:
             # repr(count) is "count(N)": the only way to read an itertools.count without advancing it.
             counted = int(repr(self._lockfree_hits)[6:-1])
             self._stats.hits += counted - self._lockfree_hits_folded
             self._lockfree_hits_folded = counted
             self._stats.entries = len(self._data)
+            if self._lru:
+                self._stats.bytes = self._data.size()  # the fast path leaves the count to the table
         return self._stats
 
     def get(self, key: Key, default: Any = None) -> Any:
@@ -185,11 +203,10 @@ class MemoryCache(Store):
         # is an itertools.count (atomic; folded into stats under our lock whenever stats are read). Keys are
         # not validated on a hit: only validated keys ever get in; a miss validates the key on the locked
         # path (an unhashable key raises TypeError here and lands there too).
-        if self._fast:
-            try:
-                value = self._touch_get(key, _ABSENT)
-            except TypeError:
-                value = _ABSENT
+        # Only exact str/bytes keys take it: their hashing and comparison run no Python code while the
+        # table's lock is held (a str subclass may override __eq__; that key takes the locked path).
+        if self._fast and (type(key) is str or type(key) is bytes):
+            value = self._touch_get(key, _ABSENT)
             if value is not _ABSENT:
                 self._count_lockfree_hit()
                 return value
@@ -313,25 +330,21 @@ class MemoryCache(Store):
             if ttl is not None or not self._fast:
                 self._set_general(key, value, need, ttl, raw, vsize, ksize)
                 return
-            # LRU fast path: LRUPolicy's rules on the LRUMap itself (a write moves the key to the
-            # back; victims come off the front) and no deadline anywhere to honour first.
-            data, st = self._data, self._stats
-            old = data.touch_get(key, _ABSENT)  # an overwritten key moves to the back before evicting
-            if old is not _ABSENT:
-                st.bytes -= self._uncharge(key, old)
-            limit = self.max_bytes - need
-            sizes = self._sizes
-            while st.bytes > limit:
-                # The key being overwritten is at the back: popped only when alone, and then st.bytes is
-                # already 0 <= limit, so it is never its own victim.
-                k, v = data.pop_lru()
-                n = sizes.pop(k, None) if sizes else None
-                st.bytes -= len(k) + len(v) + ENTRY_OVERHEAD if n is None else n
-                st.evictions += 1
-            data.insert(key, value)
-            if type(value) is not bytes or ksize != len(key):
-                sizes[key] = need
-            st.bytes += need
+            # LRU fast path: LRUPolicy's rules inside one native insert (a write moves the key to the
+            # back, then victims come off the front until `need` fits; never the key itself, as need <=
+            # max_bytes) and no deadline anywhere to honour first. stats.bytes is read from the table.
+            table = self._table
+            held = len(table)
+            self._charge = need
+            if self._none_held:  # a held None makes insert's "no old value" ambiguous
+                new = table.peek(key, _ABSENT) is _ABSENT
+                table.insert(key, value)
+            else:
+                new = table.insert(key, value) is None
+            if value is None:
+                self._none_held = True
+            st = self._stats
+            st.evictions += held + new - len(table)
             st.sets += 1
         finally:
             self._lock.release()
@@ -350,8 +363,9 @@ class MemoryCache(Store):
     def _uncharge(self, key: Key, value: Any) -> int:
         """The bytes an entry was charged, forgetting its record. Under the lock.
 
-        A ``bytes`` value under a ``bytes`` or ASCII key (both immutable) was charged exactly
-        ``len(key) + len(value) + ENTRY_OVERHEAD`` and has no record; every other entry has one.
+        Policies other than lru only (lru's table keeps the charges). A ``bytes`` value under a ``bytes`` or
+        ASCII key (both immutable) was charged exactly ``len(key) + len(value) + ENTRY_OVERHEAD`` and has no
+        record; every other entry has one.
         """
         if self._sizes:
             n = self._sizes.pop(key, None)
@@ -372,29 +386,62 @@ class MemoryCache(Store):
             if key in data:
                 self._drop(key)
             return
-        existing = key in data
-        if existing:
-            st.bytes -= self._uncharge(key, data[key])
-            if self._expires:
-                self._expires.pop(key, None)
-            if self._lru:
-                data.move_to_end(key)
-            else:
-                self.policy.update(key, now)
-        if st.bytes + need > self.max_bytes and self._make_room(need, now, key if existing else None):
-            existing = False  # the entry being overwritten was the policy's victim and is gone
-        data[key] = value
-        if type(value) is not bytes or ksize != len(key):
-            self._sizes[key] = need
-        if not existing and not self._lru:
-            self.policy.insert(key, now)
-        st.bytes += need
+        if self._lru:
+            self._set_lru(key, value, need, now)
+        else:
+            self._set_policy(key, value, need, now, ksize)
         if raw:
             st.raw_bytes += raw
             st.stored_bytes += vsize
         if ttl is not None:
             self._add_deadline(key, now + ttl)
         self._refresh_fast()
+
+    def _set_lru(self, key: Key, value: Any, need: int, now: float) -> None:
+        """The general path's write for lru (compression, ttl). Under the lock."""
+        table, st = self._table, self._stats
+        if not self._expires:
+            # No deadline held, so nothing is expired: the table evicts as on the fast path.
+            held = len(table)
+            self._charge = need
+            if self._none_held:
+                new = table.peek(key, _ABSENT) is _ABSENT
+                table.insert(key, value)
+            else:
+                new = table.insert(key, value) is None
+            st.evictions += held + new - len(table)
+        else:
+            # Expired entries must leave before live ones, and a victim's deadline with it: room is made
+            # here, so the table never evicts on its own. The old value leaves first; the new one comes in
+            # as most recently used, where a write moves a key.
+            if table.pop(key, _ABSENT) is not _ABSENT:
+                self._expires.pop(key, None)
+            st.bytes = table.current_size()
+            if st.bytes + need > self.max_bytes:
+                self._make_room(need, now, None)
+            self._charge = need
+            table.insert(key, value)
+        if value is None:
+            self._none_held = True
+        st.bytes = table.current_size()
+
+    def _set_policy(self, key: Key, value: Any, need: int, now: float, ksize: int) -> None:
+        """The general path's write for the policy objects (lfu, fifo, time, ...). Under the lock."""
+        data, st = self._data, self._stats
+        existing = key in data
+        if existing:
+            st.bytes -= self._uncharge(key, data[key])
+            if self._expires:
+                self._expires.pop(key, None)
+            self.policy.update(key, now)
+        if st.bytes + need > self.max_bytes and self._make_room(need, now, key if existing else None):
+            existing = False  # the entry being overwritten was the policy's victim and is gone
+        data[key] = value
+        if type(value) is not bytes or ksize != len(key):
+            self._sizes[key] = need
+        if not existing:
+            self.policy.insert(key, now)
+        st.bytes += need
 
     def _make_room(self, need: int, now: float, writing: Key | None) -> bool:
         """Drop expired entries, then victims, until ``need`` more bytes fit. Under the lock.
@@ -411,6 +458,14 @@ class MemoryCache(Store):
             if self._expires.get(k) == deadline:
                 self._drop(k)
                 st.expirations += 1
+        if self._lru:
+            table, expires = self._table, self._expires
+            while st.bytes > limit:
+                victim = table.popitem()[0]  # the least recently used
+                st.bytes = table.current_size()
+                expires.pop(victim, None)
+                st.evictions += 1
+            return False
         removed_writing = False
         while st.bytes > limit:
             # The policy only ever holds keys this cache validated and inserted.
@@ -429,8 +484,11 @@ class MemoryCache(Store):
 
     def _drop(self, key: Key) -> None:
         """Remove ``key`` with its bytes, order and deadline. Under the lock."""
-        self._stats.bytes -= self._uncharge(key, self._data.pop(key))
-        if not self._lru:
+        if self._lru:
+            self._table.pop(key)
+            self._stats.bytes = self._table.current_size()  # the table forgets the entry's charge with it
+        else:
+            self._stats.bytes -= self._uncharge(key, self._data.pop(key))
             self.policy.remove(key)
         if self._expires:
             self._expires.pop(key, None)
@@ -468,6 +526,7 @@ class MemoryCache(Store):
         with self._lock:
             self._data.clear()
             self._sizes.clear()
+            self._none_held = False
             self._expires.clear()
             self._heap.clear()
             self.policy.clear()
@@ -481,6 +540,8 @@ class MemoryCache(Store):
             if isinstance(self._data, _Closed):
                 return report
             now = self._clock()
+            if self._lru:
+                self._stats.bytes = self._data.size()  # the fast path leaves the count to the table
             before = self._stats.bytes
             heap = self._heap
             while heap and heap[0][0] <= now:
@@ -502,13 +563,16 @@ class MemoryCache(Store):
             if isinstance(self._data, _Closed):
                 return
             self._data = self._sizes = _Closed()
+            if self._lru:
+                self._table = self._data
             self._touch_get = self._data.get
             self._expires, self._heap = {}, []
             self.policy.clear()
             self._stats.bytes = 0
 
     def __repr__(self) -> str:
+        held = self._data.size() if self._lru else self._stats.bytes
         return (
             f"<MemoryCache {self.name!r} {self.policy.name} {len(self._data)} entries, "
-            f"{self._stats.bytes:,}/{self.max_bytes:,} bytes>"
+            f"{held:,}/{self.max_bytes:,} bytes>"
         )
