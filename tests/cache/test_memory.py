@@ -610,3 +610,15 @@ def test_eight_threads_hammering_one_cache(policy: str) -> None:
     assert stats.bytes == sum(charge(k, v) for k, v in held.items()) <= stats.max_bytes
     assert stats.entries == len(held) == len(cache.eviction_order())
     assert stats.evictions > 0
+
+
+@pytest.mark.parametrize("policy", ALL_POLICIES)
+def test_a_dropped_cache_is_freed_without_waiting_for_the_garbage_collector(policy: str) -> None:
+    import weakref
+
+    cache = MemoryCache(size=1, policy=policy)
+    cache.set("k", b"v" * 1000)
+    assert cache.get("k") == b"v" * 1000
+    ref = weakref.ref(cache)
+    del cache  # no reference cycle (e.g. through the lru table's size hook) may keep it and its values alive
+    assert ref() is None

@@ -30,7 +30,7 @@ implementing exactly :class:`~llamahome.cache.policies.LRUPolicy`'s rules (``tes
 checks the two agree on random workloads). Everything else (ttl, other
 policies, an ``LRUPolicy`` subclass passed in, compression) takes the general path through the policy object.
 Second trick: for lru the native table also keeps the byte bound. Each insert hands it the entry's charge
-(``self._charge``, set just before the insert and read by cachebox's ``getsizeof`` hook, which remembers it
+(``self._charge[0]``, set just before the insert and read by cachebox's ``getsizeof`` hook, which remembers it
 per entry), so an evicting write is one native call that drops least recently used entries until the new
 one fits; evictions are counted from the table's length before and after, and ``stats.bytes`` is the
 table's sum of charges (``LRUMap.size()``, folded in whenever ``stats`` is read), so no size records are
@@ -150,9 +150,11 @@ class MemoryCache(Store):
         self._stats = CacheStats(name=name, max_bytes=self.max_bytes)
         # Exactly LRUPolicy (not a subclass, which may change the rules) keeps its order in self._data.
         self._lru = type(self.policy) is LRUPolicy
-        self._charge = 0  # lru: what the next insert is charged; set just before it, under the lock
+        # lru: what the next insert is charged, set just before it under the lock. A one-item list, not an
+        # attribute: the hook must not hold `self`, or cache and table would keep each other alive.
+        self._charge = charge = [0]
         # cachebox's getsizeof hook returns that charge (a closure: cheaper to call than a bound method).
-        lru_map = LRUMap(self.max_bytes, lambda key, value: self._charge) if self._lru else None
+        lru_map = LRUMap(self.max_bytes, lambda key, value: charge[0]) if self._lru else None
         # key -> value; for lru in LRU order, and the native table there also holds the charges and the bound.
         self._data: Any = lru_map if lru_map is not None else {}
         self._table: Any = lru_map.table if lru_map is not None else None  # lru's native table (the fast path's)
@@ -335,7 +337,7 @@ class MemoryCache(Store):
             # max_bytes) and no deadline anywhere to honour first. stats.bytes is read from the table.
             table = self._table
             held = len(table)
-            self._charge = need
+            self._charge[0] = need
             if self._none_held:  # a held None makes insert's "no old value" ambiguous
                 new = table.peek(key, _ABSENT) is _ABSENT
                 table.insert(key, value)
@@ -403,7 +405,7 @@ class MemoryCache(Store):
         if not self._expires:
             # No deadline held, so nothing is expired: the table evicts as on the fast path.
             held = len(table)
-            self._charge = need
+            self._charge[0] = need
             if self._none_held:
                 new = table.peek(key, _ABSENT) is _ABSENT
                 table.insert(key, value)
@@ -419,7 +421,7 @@ class MemoryCache(Store):
             st.bytes = table.current_size()
             if st.bytes + need > self.max_bytes:
                 self._make_room(need, now, None)
-            self._charge = need
+            self._charge[0] = need
             table.insert(key, value)
         if value is None:
             self._none_held = True
