@@ -299,3 +299,51 @@ def test_lru_records_uses_to_one_second(tmp_path: Path, clock: Any) -> None:
         c.get("b")  # 5 s after its last use: recorded, b becomes the most recent
         c.set("e", os.urandom(size))
         assert "b" in c and "c" not in c
+
+
+def _wal_frames(path: str) -> int:
+    """Frames in the WAL now (a passive checkpoint from a second connection reports them)."""
+    import sqlite3
+
+    spy = sqlite3.connect(Path(path) / "index.sqlite3")
+    try:
+        return int(spy.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1])
+    finally:
+        spy.close()
+
+
+def test_the_cache_checkpoints_itself_and_the_wal_starts_over(cache: DiskCache) -> None:
+    # SQLite's automatic checkpoint is off (with several writing processes it fsyncs on every commit).
+    assert cache._conn().execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    limit = cache._wal_limit
+    assert limit == 1000  # a 4 MB cache: SQLite's default threshold
+    for i in range(4000):  # every commit changes a page: without checkpoints the WAL would hold >= 4,000 frames
+        cache.set(f"k{i % 50}", b"%06d" % i * 16)
+    assert 0 < _wal_frames(cache.path) < limit  # restarted each time this process's estimate crossed the limit
+    assert cache._wal_frames < limit
+    wal = Path(cache.path) / "index.sqlite3-wal"
+    assert wal.stat().st_size <= limit * 4096 * 3 // 2 + 64 * 1024
+    assert cache.get("k7") == b"%06d" % 3957 * 16
+
+
+def test_a_checkpoint_kept_from_restarting_by_a_reader_is_retried(cache: DiskCache) -> None:
+    import sqlite3
+
+    cache.set("a", b"1")
+    reader = sqlite3.connect(Path(cache.path) / "index.sqlite3", isolation_level=None)
+    try:
+        reader.execute("BEGIN")
+        assert reader.execute("SELECT count(*) FROM entries").fetchone()[0] == 1  # a snapshot in the WAL
+        for i in range(400):
+            cache.set(f"k{i % 50}", b"v%05d" % i * 16)
+        assert cache._wal_frames >= cache._wal_limit * 3 // 4  # RESTART had to give up: retried later
+        assert cache.get("k3") == b"v%05d" % 353 * 16  # and nothing failed meanwhile
+        assert reader.execute("SELECT count(*) FROM entries").fetchone()[0] == 1  # the snapshot stands
+        reader.execute("COMMIT")
+        for i in range(120):
+            cache.set(f"k{i % 50}", b"w%05d" % i * 16)
+        assert cache._wal_frames < cache._wal_limit // 2  # the retry went through once the reader left
+        assert _wal_frames(cache.path) < cache._wal_limit // 2
+    finally:
+        reader.close()
+    assert cache.get("k3") == b"w%05d" % 103 * 16

@@ -3,6 +3,7 @@ a full disk and a read-only directory. Every test checks that a read gives the e
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -430,3 +431,51 @@ def test_forked_child_opens_its_own_connection(tmp_path: Path) -> None:
         assert cache.get("after") == b"a"
     finally:
         cache.close()
+
+
+SHARER = textwrap.dedent(
+    """
+    import os, sys, time
+    from llamahome.cache.disk import DiskCache
+    cache = DiskCache({path!r}, size=4, policy="lru")
+    value = os.urandom(1024)
+    deadline = time.monotonic() + {seconds}
+    i = os.getpid()
+    sets = 0
+    while time.monotonic() < deadline:
+        i += 7
+        if i % 10 == 0:
+            cache.set(f"k{{i % 2000}}", value + i.to_bytes(8, "little"))
+            sets += 1
+        else:
+            got = cache.get(f"k{{i % 2000}}")
+            assert got is None or len(got) == 1032
+    assert cache.stats.errors == 0 and cache.stats.corrupt == 0
+    print(sets, cache._wal_limit, flush=True)
+    """
+)
+
+
+@pytest.mark.slow
+def test_two_writing_processes_keep_the_wal_bounded(tmp_path: Path) -> None:
+    """With SQLite's automatic checkpoint, two writers made the WAL stay over its threshold and every commit
+    checkpoint (two fsyncs each); the cache's own checkpoints must still make the WAL start over."""
+    root = tmp_path / "c"
+    DiskCache(root, size=4).close()
+    script = SHARER.format(path=str(root), seconds=2.0)
+    procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for _ in range(2)]
+    wal = root / "index.sqlite3-wal"
+    largest = 0
+    while any(p.poll() is None for p in procs):
+        with contextlib.suppress(FileNotFoundError):
+            largest = max(largest, wal.stat().st_size)
+        time.sleep(0.01)
+    outs = [p.communicate(timeout=60) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err.decode()[-2000:]
+    sets = sum(int(out.split()[0]) for out, _ in outs)
+    limit = int(outs[0][0].split()[1])
+    assert sets * 3 > 2 * limit  # enough writing to need several checkpoints
+    # Each process checkpoints after about `limit` pages of its own: the WAL stays within a few limits.
+    assert largest <= 3 * limit * (4096 + 24), (largest, sets, limit)

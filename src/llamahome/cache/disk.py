@@ -45,7 +45,12 @@ Damage: a missing, truncated or corrupt index is found on open (``PRAGMA quick_c
 64 MiB) or by the first operation that meets it; the index is then removed with a warning in the log and
 rebuilt from the value files, whose headers carry key, times and checksum (small inline entries are lost).
 
-Space outside the bound: SQLite's pages and its WAL (up to 40 MiB between checkpoints, less for small caches).
+Checkpoints: SQLite's automatic checkpoint is off; each process copies the WAL back into the index and lets it
+start over (``RESTART``) once its own commits have written about ``wal_pages()`` pages (see
+``disk_index.checkpoint`` for why: with two writing processes the automatic one fsynced on every commit).
+
+Space outside the bound: SQLite's pages and its WAL (up to about 40 MiB per writing process between
+checkpoints, less for small caches).
 POSIX only (fcntl locks, fork handling).
 """
 
@@ -94,6 +99,8 @@ ACCESS_BUFFER_MAX = 10_000
 #: lru access times are recorded to this resolution (seconds) at least, and to 1/64 of the age span of the
 #: entries at most: reads of an entry used more recently than that cost no bookkeeping at all.
 ACCESS_RESOLUTION = 1.0
+#: How long a checkpoint waits for other processes' transactions to leave the WAL (see disk_index.checkpoint).
+CHECKPOINT_WAIT_S = 0.05
 #: Temp files older than this are removed by cleanup() even if their writer's pid looks alive.
 TMP_MAX_AGE = 3600.0
 _MB = 1024 * 1024
@@ -229,6 +236,10 @@ class DiskCache(Store):
         self._unsettled = False
         self._new_used: float | None = dx.UNSETTLED if policy == "lru" else None
         self._last_flush = time.monotonic()
+        # WAL pages this process's commits wrote since its last checkpoint (estimated: 2 + rows changed per
+        # commit); at wal_pages() it checkpoints (SQLite's automatic checkpoint is off, see disk_index).
+        self._wal_frames = 0
+        self._wal_limit = dx.wal_pages(self.max_bytes)
         self._closed = False
         self._db: sqlite3.Connection | None = None
         self._stale: list[sqlite3.Connection] = []
@@ -305,8 +316,9 @@ class DiskCache(Store):
     def _write(self, body: Callable[[sqlite3.Connection], T], on_abort: Callable[[], None] | None = None) -> T:
         """Run ``body`` in one write transaction (BEGIN IMMEDIATE ... COMMIT)."""
 
-        def attempt() -> T:
+        def attempt() -> tuple[T, int]:
             conn = self._conn()
+            changes = conn.total_changes
             conn.execute("BEGIN IMMEDIATE")
             try:
                 result = body(conn)
@@ -318,10 +330,31 @@ class DiskCache(Store):
                 if on_abort is not None:
                     on_abort()
                 raise
-            return result
+            return result, conn.total_changes - changes
 
         with self._lock:
-            return self._guard(attempt)
+            result, changes = self._guard(attempt)
+            self._wrote(changes)
+            return result
+
+    def _wrote(self, changes: int) -> None:
+        """After a commit that changed ``changes`` rows: checkpoint once this process has written enough WAL."""
+        self._wal_frames += 2 + changes
+        if self._wal_frames >= self._wal_limit:
+            self._checkpoint()
+
+    def _checkpoint(self, wait_s: float = CHECKPOINT_WAIT_S) -> None:
+        """Copy the WAL into the index and let it start over (never raises: the next operation reports damage)."""
+        conn = self._db
+        if conn is None:
+            return
+        try:
+            done = dx.checkpoint(conn, wait_s)
+        except sqlite3.Error as exc:
+            log.debug("Disk cache checkpoint of %s failed: %s", self.path, exc)
+            done = False
+        # Not done (other processes held the lock or stayed in the WAL): try again after a quarter as much.
+        self._wal_frames = 0 if done else self._wal_limit * 3 // 4
 
     def _read(self, sql: str, params: tuple[Any, ...]) -> Any:
         with self._lock:
@@ -639,6 +672,7 @@ class DiskCache(Store):
             conn = self._db
             if conn is None:
                 return False
+            changes = conn.total_changes
             try:
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error:
@@ -667,6 +701,7 @@ class DiskCache(Store):
                 return False
             if fresh:
                 self._unsettled = True
+            self._wrote(conn.total_changes - changes)
             st = self._stats
             st.sets += 1
             st.raw_bytes += enc.raw_size
@@ -788,6 +823,7 @@ class DiskCache(Store):
         """Flush from the read path without waiting: if another process holds the write lock, try later."""
         self._last_flush = time.monotonic()
         conn = self._conn()
+        changes = conn.total_changes
         try:
             conn.execute("BEGIN IMMEDIATE")  # fails at once if another process writes (no busy timeout)
         except sqlite3.Error:
@@ -797,6 +833,7 @@ class DiskCache(Store):
         try:
             self._flush_access(conn)
             conn.execute("COMMIT")
+            self._wrote(conn.total_changes - changes)
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
@@ -857,6 +894,8 @@ class DiskCache(Store):
                 if self._access or self._unsettled:
                     with contextlib.suppress(Exception):
                         self._write(lambda conn: self._flush_access(conn))
+                if self._wal_frames:
+                    self._checkpoint(wait_s=0)  # the last connection to close checkpoints anyway; others may not
                 with contextlib.suppress(sqlite3.Error):
                     self._db.close()
             self._db = None

@@ -169,8 +169,7 @@ def _reconcile(cache: DiskCache, report: CleanupReport) -> None:
 
     real, kept = cache._write(body)
     with cache._lock:
-        with contextlib.suppress(sqlite3.Error):
-            cache._conn().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        cache._checkpoint()
     cache._stats.bytes, cache._stats.entries = real
     report.details["bytes"] = real[0]
     report.details["entries"] = real[1]
