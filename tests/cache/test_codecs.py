@@ -181,3 +181,24 @@ class TestTorch:
         out = codecs.decode(codecs.encode(batch))
         assert torch.equal(out["input_ids"], batch["input_ids"])
         assert out["labels"][0].dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("value", [b"plain bytes" * 50, "text \ud800 with a lone surrogate", "", b""], ids=repr)
+@pytest.mark.parametrize("container", [bytes, bytearray, memoryview])
+def test_plain_bytes_and_text_decode_alike_from_any_buffer(value: object, container: type) -> None:
+    # bytes frames take a fast path; other buffers the general one: both give the same value and type.
+    frame = codecs.encode(value)
+    out = codecs.decode(container(frame))
+    assert out == value and type(out) is type(value)
+
+
+def test_plain_frames_with_a_wrong_length_or_bad_text_are_damaged() -> None:
+    frame = codecs.encode(b"abcdef")
+    with pytest.raises(CacheValueError):
+        codecs.decode(frame[:-1])  # payload shorter than the header says
+    with pytest.raises(CacheValueError):
+        codecs.decode(frame + b"x")
+    text = bytearray(codecs.encode("abc"))
+    text[-1] = 0xFF  # not UTF-8
+    with pytest.raises(CacheValueError):
+        codecs.decode(bytes(text))
