@@ -99,7 +99,12 @@ def small_ops(root: str, trials: int, n_keys: int) -> dict[str, float]:
     cold.close()
     dc.close()
     dc_lru.close()
-    return {k: statistics.median(v) for k, v in res.items()}
+    out = {k: statistics.median(v) for k, v in res.items()}
+    # Every other get trial carries the batched lru bookkeeping (uses are written once a second): the median
+    # shows the common read, the mean includes that bookkeeping.
+    out["get_ours_mean"] = statistics.fmean(res["get_ours"])
+    out["get_dc_mean"] = statistics.fmean(res["get_dc"])
+    return out
 
 
 def large_ops(root: str, trials: int, size: int) -> dict[str, float]:
@@ -213,7 +218,7 @@ def main() -> int:
         s = small_ops(root, trials, n_keys)
         print(f"1 KiB get-hit  ours(lru) {s['get_ours']:7.2f} us | diskcache default {s['get_dc']:7.2f} us | "
               f"diskcache lru {s['get_dc_lru']:7.2f} us | ratio ours/dc-default {s['get_ours'] / s['get_dc']:.2f} "
-              "(target <= 1.5)")
+              f"(target <= 1.5); mean {s['get_ours_mean'] / s['get_dc_mean']:.2f} with the lru bookkeeping")
         print(f"1 KiB set      ours      {s['set_ours']:7.2f} us | diskcache         {s['set_dc']:7.2f} us | "
               f"ratio {s['set_ours'] / s['set_dc']:.2f} (target <= 0.7; each key rewritten within ~1 s)")
         print(f"1 KiB set cold ours      {s['set_cold']:7.2f} us | diskcache         {s['set_dc']:7.2f} us | "

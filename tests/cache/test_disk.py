@@ -347,3 +347,13 @@ def test_a_checkpoint_kept_from_restarting_by_a_reader_is_retried(cache: DiskCac
     finally:
         reader.close()
     assert cache.get("k3") == b"w%05d" % 103 * 16
+
+
+def test_large_inline_values_count_their_overflow_pages_toward_a_checkpoint(cache: DiskCache) -> None:
+    limit = cache._wal_limit
+    for i in range(600):  # 20 KiB values stay inline (each ~6 pages of the WAL): ~3,600 pages in all
+        cache.set(f"k{i % 20}", b"%06d" % i * 3400)
+    # The WAL (its file never shrinks below what it reached) stayed within the limit plus one commit.
+    wal = Path(cache.path) / "index.sqlite3-wal"
+    assert wal.stat().st_size <= (limit + 16) * (4096 + 24) + 32
+    assert cache.get("k3") == b"%06d" % 583 * 3400

@@ -313,8 +313,10 @@ class DiskCache(Store):
                 raise dx.storage_error(exc, self.path) from exc
         raise AssertionError("unreachable")
 
-    def _write(self, body: Callable[[sqlite3.Connection], T], on_abort: Callable[[], None] | None = None) -> T:
-        """Run ``body`` in one write transaction (BEGIN IMMEDIATE ... COMMIT)."""
+    def _write(self, body: Callable[[sqlite3.Connection], T], on_abort: Callable[[], None] | None = None,
+               inline_bytes: int = 0) -> T:
+        """Run ``body`` in one write transaction (BEGIN IMMEDIATE ... COMMIT) that writes ``inline_bytes`` of
+        values into the index."""
 
         def attempt() -> tuple[T, int]:
             conn = self._conn()
@@ -334,12 +336,20 @@ class DiskCache(Store):
 
         with self._lock:
             result, changes = self._guard(attempt)
-            self._wrote(changes)
+            self._wrote(changes, inline_bytes)
             return result
 
-    def _wrote(self, changes: int) -> None:
-        """After a commit that changed ``changes`` rows: checkpoint once this process has written enough WAL."""
-        self._wal_frames += 2 + changes
+    def _wrote(self, changes: int, inline_bytes: int) -> None:
+        """After a commit that changed ``changes`` rows and wrote ``inline_bytes`` of values into the index:
+        checkpoint once this process's commits have written about ``wal_pages()`` pages to the WAL."""
+        pages = 2 + changes
+        if inline_bytes > 4096:  # values over a page take overflow pages
+            pages += (inline_bytes + 4095) // 4096
+        if changes > 256 and self._db is not None:
+            # A batch (uses, evictions, set_many) writes each page once: at most every page of the index.
+            with contextlib.suppress(sqlite3.Error):
+                pages = min(pages, 2 + self._db.execute("PRAGMA page_count").fetchone()[0])
+        self._wal_frames += pages
         if self._wal_frames >= self._wal_limit:
             self._checkpoint()
 
@@ -701,7 +711,7 @@ class DiskCache(Store):
                 return False
             if fresh:
                 self._unsettled = True
-            self._wrote(conn.total_changes - changes)
+            self._wrote(conn.total_changes - changes, size)
             st = self._stats
             st.sets += 1
             st.raw_bytes += enc.raw_size
@@ -772,7 +782,7 @@ class DiskCache(Store):
             return replaced, victims
 
         try:
-            replaced, victims = self._write(body, undo)
+            replaced, victims = self._write(body, undo, sum(p.size for p in items if p.value is not None))
         except BaseException:
             for p in items:
                 if p.tmp:
@@ -833,7 +843,7 @@ class DiskCache(Store):
         try:
             self._flush_access(conn)
             conn.execute("COMMIT")
-            self._wrote(conn.total_changes - changes)
+            self._wrote(conn.total_changes - changes, 0)
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
