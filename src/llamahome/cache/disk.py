@@ -236,8 +236,8 @@ class DiskCache(Store):
         self._unsettled = False
         self._new_used: float | None = dx.UNSETTLED if policy == "lru" else None
         self._last_flush = time.monotonic()
-        # WAL pages this process's commits wrote since its last checkpoint (estimated: 2 + rows changed per
-        # commit); at wal_pages() it checkpoints (SQLite's automatic checkpoint is off, see disk_index).
+        # WAL pages this process's commits wrote since its last checkpoint (an upper estimate, see _wrote());
+        # at wal_pages() it checkpoints (SQLite's automatic checkpoint is off, see disk_index.checkpoint).
         self._wal_frames = 0
         self._wal_limit = dx.wal_pages(self.max_bytes)
         self._closed = False

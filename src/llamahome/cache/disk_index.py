@@ -288,12 +288,11 @@ def connect(db_path: str, sync: bool, max_bytes: int = 1 << 40) -> sqlite3.Conne
         # be lost). sync=True makes every commit durable (FULL) at the cost of an fsync per write.
         retry_busy(lambda: conn.execute("PRAGMA journal_mode=WAL").fetchone(), db_path)
         conn.execute(f"PRAGMA synchronous={'FULL' if sync else 'NORMAL'}")
-        # A checkpoint costs two fsyncs; one every 10,000 pages instead of SQLite's 1,000 makes small sets
-        # about a quarter faster. The WAL file (outside the size bound) may reach 40 MiB per writing process;
-        # it is not cut back below that after a checkpoint, because shrinking and regrowing it costs another
-        # ~15% per set.
         # Checkpoints are the cache's own (see checkpoint()): SQLite's automatic one turns into two fsyncs
-        # per commit when several processes write.
+        # per commit when several processes write. A checkpoint costs two fsyncs; one every 10,000 pages
+        # instead of SQLite's 1,000 makes small sets about a quarter faster. The WAL file (outside the size
+        # bound) may reach 40 MiB per writing process; it is not cut back below that after a checkpoint,
+        # because shrinking and regrowing it costs another ~15% per set.
         conn.execute("PRAGMA wal_autocheckpoint=0")
         conn.execute(f"PRAGMA journal_size_limit={wal_pages(max_bytes) * 4096 * 3 // 2}")
         # SQLite's default page cache (2 MiB) makes a get-hit over a few thousand 1 KiB entries ~1.5x slower
