@@ -357,3 +357,15 @@ def test_large_inline_values_count_their_overflow_pages_toward_a_checkpoint(cach
     wal = Path(cache.path) / "index.sqlite3-wal"
     assert wal.stat().st_size <= (limit + 16) * (4096 + 24) + 32
     assert cache.get("k3") == b"%06d" % 583 * 3400
+
+
+def test_short_lived_writers_checkpoint_on_close(cache: DiskCache, clock: Any) -> None:
+    # `cache` stays open and idle (SQLite itself checkpoints only when the last connection closes); writers
+    # that each commit less than a checkpoint's worth still leave the WAL copied back when they close.
+    for round_ in range(10):
+        with DiskCache(cache.path, size=4, clock=clock) as writer:
+            for i in range(300):
+                writer.set(f"k{i % 50}", b"%06d" % (round_ * 1000 + i) * 16)
+            assert writer._wal_frames < writer._wal_limit  # no checkpoint of its own before close
+    assert _wal_frames(cache.path) < 1000  # one writer's pages, not ten
+    assert cache.get("k7") == b"%06d" % 9257 * 16
