@@ -274,3 +274,74 @@ def test_base_hooks_name_the_missing_method() -> None:
 
     with pytest.raises(NotImplementedError, match=r"Half\.victim"):
         Half().victim()
+
+
+# ------------------------------------------------- order keys and SQL agree with the live policies
+
+
+_histories = st.lists(st.tuples(st.sampled_from(["set", "get", "del"]), st.integers(0, 7)), max_size=60)
+
+
+def _replay(history: list[tuple[str, int]], policy_name: str) -> tuple[list[int], list[int], list[int]]:
+    """One history through a live policy, through ORDER_KEYS and through ORDER_SQL: three eviction orders."""
+    import sqlite3
+
+    from llamahome.cache.policies import ORDER_KEYS, ORDER_SQL, Usage
+
+    live = make_policy(policy_name)
+    records: dict[int, Usage] = {}
+    seq = 0
+    for tick, (op, key) in enumerate(history, start=1):
+        now = float(tick)  # every event at its own time: ties are broken by seq alone
+        if op == "set" and key not in records:
+            seq += 1
+            live.insert(key, now)
+            records[key] = Usage(seq=seq, written=now, last_used=now, uses=1)
+        elif op == "set":
+            live.update(key, now)
+            old = records[key]
+            records[key] = Usage(old.seq, written=now, last_used=now, uses=old.uses + 1)
+        elif op == "get" and key in records:
+            live.access(key, now)
+            old = records[key]
+            records[key] = Usage(old.seq, old.written, last_used=now, uses=old.uses + 1)
+        elif op == "del" and key in records:
+            live.remove(key)
+            del records[key]
+    by_keys = sorted(records, key=lambda k: ORDER_KEYS[policy_name](records[k]))
+    db = sqlite3.connect(":memory:")
+    db.execute("CREATE TABLE entries (id INTEGER PRIMARY KEY, key INTEGER, created REAL, accessed REAL, hits INTEGER)")
+    db.executemany(
+        "INSERT INTO entries VALUES (?, ?, ?, ?, ?)",
+        [(u.seq, k, u.written, u.last_used, u.uses) for k, u in records.items()],
+    )
+    by_sql = [row[0] for row in db.execute(f"SELECT key FROM entries ORDER BY {ORDER_SQL[policy_name]}")]
+    db.close()
+    return list(live), by_keys, by_sql
+
+
+@pytest.mark.parametrize("policy_name", ["lru", "lfu", "fifo", "time"])
+@settings(max_examples=150, deadline=None)
+@given(history=_histories)
+def test_order_keys_and_sql_agree_with_the_live_policy(policy_name: str, history: list[tuple[str, int]]) -> None:
+    live, by_keys, by_sql = _replay(history, policy_name)
+    assert by_keys == live
+    assert by_sql == live
+
+
+def test_order_keys_tell_policies_apart() -> None:
+    """The agreement test above can fail: the same history gives different orders under different policies."""
+    history = [("set", 1), ("set", 2), ("set", 3), ("get", 1), ("get", 1), ("set", 2)]
+    orders = {name: _replay(history, name)[0] for name in ("lru", "lfu", "fifo", "time")}
+    assert orders == {"lru": [3, 1, 2], "lfu": [3, 2, 1], "fifo": [1, 2, 3], "time": [1, 3, 2]}
+
+
+def test_eviction_order_and_policy_names() -> None:
+    from llamahome.cache.policies import Usage, check_policy_name, eviction_order
+
+    items = [("a", Usage(1, 5.0, 9.0, 1)), ("b", Usage(2, 1.0, 2.0, 3))]
+    assert [n for n, _ in eviction_order(items, "lru", lambda i: i[1])] == ["b", "a"]
+    assert [n for n, _ in eviction_order(items, "fifo", lambda i: i[1])] == ["a", "b"]
+    assert check_policy_name(" LRU ") == "lru"
+    with pytest.raises(ConfigError, match="Did you mean 'lru'"):
+        check_policy_name("lruu", "model_cache.cleanup_policy")

@@ -30,8 +30,9 @@ from __future__ import annotations
 
 import difflib
 from collections import OrderedDict
-from collections.abc import Hashable, Iterator
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import TypeVar
 
 from llamahome.errors import ConfigError
 
@@ -42,8 +43,14 @@ __all__ = [
     "FIFOPolicy",
     "TimePolicy",
     "POLICIES",
+    "POLICY_NAMES",
     "policy_names",
     "make_policy",
+    "Usage",
+    "ORDER_KEYS",
+    "ORDER_SQL",
+    "eviction_order",
+    "check_policy_name",
 ]
 
 
@@ -308,3 +315,66 @@ def make_policy(policy: str | EvictionPolicy) -> EvictionPolicy:
         f"An eviction policy must be a name ({', '.join(POLICIES)}) or an EvictionPolicy, "
         f"not {type(policy).__name__}."
     )
+
+
+# --- Order keys: the same rules for caches that keep a usage record per entry instead of a live policy ------
+#
+# The model, training, system and KV caches (and the disk tier, in SQL) do not track keys in memory: each entry
+# carries a usage record, and they sort records when they must evict. ORDER_KEYS is the one statement of that
+# order, written to agree with the live policies above; ORDER_SQL is the disk tier's translation of it, kept
+# beside it so the two cannot drift (tests/cache/test_policies.py replays one history through both).
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What a cache remembers about one entry, enough to order any policy.
+
+    ``seq`` grows with each *new* entry (an overwrite keeps it: first-insertion order); ``written`` is the time
+    of the last write; ``last_used`` of the last read or write; ``uses`` counts the write that created the
+    entry plus every read and overwrite since.
+    """
+
+    seq: int
+    written: float
+    last_used: float
+    uses: int = 1
+
+
+#: Sort key per policy: the record with the smallest key is evicted first. ``seq`` breaks every tie, so the
+#: order is total and the same on every run.
+ORDER_KEYS: dict[str, Callable[[Usage], tuple[float, ...]]] = {
+    "lru": lambda u: (u.last_used, u.seq),
+    "lfu": lambda u: (u.uses, u.last_used, u.seq),
+    "fifo": lambda u: (u.seq,),
+    "time": lambda u: (u.written, u.seq),
+}
+
+#: ORDER_KEYS as SQL ``ORDER BY`` terms over the columns ``id`` (seq), ``created`` (written), ``accessed``
+#: (last_used) and ``hits`` (uses).
+ORDER_SQL: dict[str, str] = {
+    "lru": "accessed, id",
+    "lfu": "hits, accessed, id",
+    "fifo": "id",
+    "time": "created, id",
+}
+
+#: Every policy name, in the order error messages list them.
+POLICY_NAMES: tuple[str, ...] = tuple(POLICIES)
+
+UsageT = TypeVar("UsageT")
+
+
+def eviction_order(items: Iterable[UsageT], policy: str, usage: Callable[[UsageT], Usage]) -> list[UsageT]:
+    """``items`` sorted so that the first is evicted first under ``policy`` (a name from POLICY_NAMES)."""
+    order_key = ORDER_KEYS[check_policy_name(policy)]
+    return sorted(items, key=lambda item: order_key(usage(item)))
+
+
+def check_policy_name(policy: object, setting: str = "policy") -> str:
+    """``policy`` normalised (``" LRU "`` -> ``"lru"``), or a ConfigError naming ``setting`` and the choices."""
+    name = policy.strip().lower() if isinstance(policy, str) else None
+    if name in ORDER_KEYS:
+        return name
+    close = difflib.get_close_matches(name, POLICY_NAMES, n=1) if name else []
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise ConfigError(f"{setting}: unknown policy {policy!r}; use one of {', '.join(POLICY_NAMES)}.{hint}")
