@@ -216,7 +216,7 @@ def _directory(path: str | None) -> Iterator[Path]:
         yield Path(tmp) / "disk"
 
 
-@click.command()
+@click.command(short_help="Replay an LLM-like workload on memory -> disk; show results.")
 @click.option(
     "--dir",
     "directory",
