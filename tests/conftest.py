@@ -53,7 +53,9 @@ class ScriptResult:
 
     def leftovers(self) -> list[str]:
         """What the script left in its working directory and in the temporary directory it was given."""
-        return sorted(os.listdir(self.workdir)) + [f"$TMPDIR/{name}" for name in sorted(os.listdir(self.tmpdir))]
+        # torch keeps its compiler cache in $TMPDIR/torchinductor_<user> whatever the script does: not ours.
+        temp = [name for name in sorted(os.listdir(self.tmpdir)) if not name.startswith("torchinductor_")]
+        return sorted(os.listdir(self.workdir)) + [f"$TMPDIR/{name}" for name in temp]
 
 
 def _child_env(extra: dict[str, str]) -> dict[str, str]:
