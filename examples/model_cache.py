@@ -2,8 +2,8 @@
 
     python examples/model_cache.py
 
-Builds a tiny Llama offline (transformers.LlamaConfig, seeded random weights; nothing is downloaded), caches
-its weights in a temporary directory, and shows compression, zero-copy loads, pinning and eviction.
+Makes a tiny Llama checkpoint on the spot (Llama tensor names and shapes, seeded random bf16 weights; nothing
+is downloaded), caches it in a temporary directory, and shows compression, loads, pinning and eviction.
 """
 
 from __future__ import annotations
@@ -19,18 +19,30 @@ from llamahome.cache import ModelCache
 from llamahome.errors import ModelNotFoundError
 
 
-def tiny_llama_weights() -> dict[str, torch.Tensor]:
-    """The state dict of a 2-layer Llama with random (seeded) weights, in bf16 as checkpoints usually are."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+def tiny_llama_weights(layers: int = 2, hidden: int = 64, mlp: int = 128, vocab: int = 512) -> dict[str, torch.Tensor]:
+    """A tiny Llama's weights, named and shaped as in a Hugging Face checkpoint, seeded random, in bf16."""
+    generator = torch.Generator().manual_seed(0)
+    kv = hidden // 2  # grouped-query attention: 2 key/value heads for 4 query heads
 
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-    )
-    model = LlamaForCausalLM(config).to(torch.bfloat16)
-    # Tied or shared tensors would be saved once by save_pretrained; clone so every entry owns its memory.
-    return {name: tensor.detach().clone().contiguous() for name, tensor in model.state_dict().items()}
+    def tensor(*shape: int) -> torch.Tensor:
+        return (torch.randn(*shape, generator=generator) * 0.02).to(torch.bfloat16)
+
+    weights = {"model.embed_tokens.weight": tensor(vocab, hidden), "model.norm.weight": torch.ones(hidden, dtype=torch.bfloat16)}
+    for i in range(layers):
+        prefix = f"model.layers.{i}"
+        weights |= {
+            f"{prefix}.self_attn.q_proj.weight": tensor(hidden, hidden),
+            f"{prefix}.self_attn.k_proj.weight": tensor(kv, hidden),
+            f"{prefix}.self_attn.v_proj.weight": tensor(kv, hidden),
+            f"{prefix}.self_attn.o_proj.weight": tensor(hidden, hidden),
+            f"{prefix}.mlp.gate_proj.weight": tensor(mlp, hidden),
+            f"{prefix}.mlp.up_proj.weight": tensor(mlp, hidden),
+            f"{prefix}.mlp.down_proj.weight": tensor(hidden, mlp),
+            f"{prefix}.input_layernorm.weight": torch.ones(hidden, dtype=torch.bfloat16),
+            f"{prefix}.post_attention_layernorm.weight": torch.ones(hidden, dtype=torch.bfloat16),
+        }
+    weights["lm_head.weight"] = tensor(vocab, hidden)
+    return weights
 
 
 def main(root: Path) -> None:

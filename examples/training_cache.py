@@ -2,7 +2,7 @@
 
     python examples/training_cache.py
 
-A slow "data pipeline" (a tokenizer trained on the spot, then a sleep standing in for collation) feeds three
+A slow "data pipeline" (a tokenizer built on the spot, then a sleep standing in for collation) feeds three
 epochs. The first epoch pays for the pipeline and stores each batch; the next two read them back, shuffled,
 in a background thread. Everything lives in a temporary directory.
 """
@@ -14,18 +14,20 @@ import time
 from collections.abc import Iterator
 
 import numpy as np
-from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-
 from llamahome.cache import TrainingCache
 
 TEXTS = [f"the cache keeps batch {i} of the corpus close to the model" for i in range(64)]
 
 
-def train_tokenizer() -> Tokenizer:
-    tokenizer = Tokenizer(models.WordLevel(unk_token="[UNK]"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer.train_from_iterator(TEXTS, trainers.WordLevelTrainer(special_tokens=["[UNK]", "[PAD]"]))
-    return tokenizer
+class Tokenizer:
+    """A word-level tokenizer built from the corpus on the spot (a real pipeline would load its own)."""
+
+    def __init__(self, texts: list[str]) -> None:
+        words = sorted({word for text in texts for word in text.split()})
+        self.ids = {word: i + 1 for i, word in enumerate(words)}  # 0 is padding
+
+    def encode(self, text: str) -> list[int]:
+        return [self.ids[word] for word in text.split()]
 
 
 class Pipeline:
@@ -36,16 +38,17 @@ class Pipeline:
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         for start in range(0, len(TEXTS), 8):
-            encodings = self.tokenizer.encode_batch(TEXTS[start : start + 8])
+            rows = [self.tokenizer.encode(text) for text in TEXTS[start : start + 8]]
             time.sleep(0.02)  # the expensive part of a real pipeline (augmentation, packing, ...)
-            ids = np.array([e.ids for e in encodings], dtype=np.int32)
-            yield {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+            width = max(len(row) for row in rows)
+            ids = np.array([row + [0] * (width - len(row)) for row in rows], dtype=np.int32)
+            yield {"input_ids": ids, "attention_mask": (ids != 0).astype(np.int32)}
 
 
 def main(directory: str) -> None:
     cache = TrainingCache(directory, size=64, prefetch=4, batch_buffer=32)
     # dataset_id and fingerprint name what the batches are: change either and the cache starts over.
-    batches = cache.wrap(Pipeline(train_tokenizer()), "demo/train", fingerprint={"tokenizer": "wordlevel"}, shuffle_seed=0)
+    batches = cache.wrap(Pipeline(Tokenizer(TEXTS)), "demo/train", fingerprint={"tokenizer": "words-v1"}, shuffle_seed=0)
     for epoch in range(3):
         batches.set_epoch(epoch)  # later epochs are shuffled by (shuffle_seed, epoch)
         started, tokens = time.perf_counter(), 0
