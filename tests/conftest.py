@@ -91,11 +91,11 @@ def run_script(tmp_path: Path) -> Callable[..., ScriptResult]:
 
 
 @pytest.fixture
-def redis_url(tmp_path: Path) -> Iterator[str]:
+def scratch_redis_url(tmp_path: Path) -> Iterator[str]:
     """A throwaway redis-server on a free loopback port; skipped when redis-server is not installed."""
     server = shutil.which("redis-server")
     if server is None:
-        pytest.skip("redis-server is not installed; install it (apt-get install redis-server) to run this script.")
+        pytest.skip(NO_REDIS_SERVER)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -118,3 +118,17 @@ def redis_url(tmp_path: Path) -> Iterator[str]:
     finally:
         proc.kill()
         proc.wait(timeout=10)
+
+
+# --- one skip reason, stated once, where redis-server is missing -------------------------------------------
+NO_REDIS_SERVER = "redis-server is not installed; install it (apt-get install redis-server) to run the Redis tests."
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    # Without redis-server every Redis test skips with the same reason; pytest's summary would repeat it once
+    # per test. A report without a line number is folded into one line per file: "SKIPPED [42] file: reason".
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and isinstance(report.longrepr, tuple) and "redis-server is not installed" in report.longrepr[2]:
+        report.longrepr = (report.longrepr[0], None, report.longrepr[2])

@@ -31,9 +31,9 @@ def test_every_component_has_an_example_with_a_docstring_that_says_how_to_run_it
         assert doc and f"python examples/{name}" in doc, f"{name}: the docstring should say how to run it"
 
 
-@pytest.mark.parametrize("name", SCRIPTS)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.redis) if n in NEEDS_REDIS else n for n in SCRIPTS])
 def test_example_runs_and_leaves_nothing_behind(name: str, run_script, request: pytest.FixtureRequest) -> None:
-    env = {"REDIS_URL": request.getfixturevalue("redis_url")} if name in NEEDS_REDIS else {}
+    env = {"REDIS_URL": request.getfixturevalue("scratch_redis_url")} if name in NEEDS_REDIS else {}
     result = run_script(EXAMPLES / name, env=env)
     assert result.returncode == 0, f"examples/{name} failed:\n{result.stdout}\n{result.stderr}"
     assert result.stdout.strip(), f"examples/{name} printed nothing"

@@ -75,14 +75,16 @@ def test_a_block_in_a_fence_with_a_mark_is_found() -> None:
     ]
 
 
-@pytest.mark.parametrize("block", BLOCKS, ids=str)
+@pytest.mark.parametrize(
+    "block", [pytest.param(b, marks=pytest.mark.redis) if b.mark == "needs: redis-server" else b for b in BLOCKS], ids=str
+)
 def test_readme_block_runs_as_written(block: Block, tmp_path: Path, run_script, request: pytest.FixtureRequest) -> None:
     if block.mark == "partial":
         compile(block.code, str(block), "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
         return
     env = {}
     if block.mark == "needs: redis-server":
-        env["REDIS_URL"] = request.getfixturevalue("redis_url")
+        env["REDIS_URL"] = request.getfixturevalue("scratch_redis_url")
     script = tmp_path / "readme_block.py"
     script.write_text(block.code, encoding="utf-8")
     result = run_script(script, env=env)
