@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -36,3 +43,92 @@ def real_weights_path() -> Path:
     if not path.exists():
         pytest.skip(f"{path} is missing")
     return path
+
+
+# --- running documentation as scripts (tests/test_readme.py, tests/test_examples.py) ------------------------
+class ScriptResult:
+    def __init__(self, proc: subprocess.CompletedProcess[str], workdir: Path, tmpdir: Path) -> None:
+        self.returncode, self.stdout, self.stderr = proc.returncode, proc.stdout, proc.stderr
+        self.workdir, self.tmpdir = workdir, tmpdir
+
+    def leftovers(self) -> list[str]:
+        """What the script left in its working directory and in the temporary directory it was given."""
+        # torch keeps its compiler cache in $TMPDIR/torchinductor_<user> whatever the script does: not ours.
+        temp = [name for name in sorted(os.listdir(self.tmpdir)) if not name.startswith("torchinductor_")]
+        return sorted(os.listdir(self.workdir)) + [f"$TMPDIR/{name}" for name in temp]
+
+
+def _child_env(extra: dict[str, str]) -> dict[str, str]:
+    env = dict(os.environ)
+    # PYTHONPATH=src (a worktree run) must keep working from the script's own working directory.
+    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if paths:
+        env["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p) for p in paths)
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def run_script(tmp_path: Path) -> Callable[..., ScriptResult]:
+    """Run a Python file as a user would (``python FILE``) in an empty working directory, with its own
+    TMPDIR, under a time limit; return what it printed and let the test see what it left behind."""
+
+    def run(script: Path, *, timeout: float = 180, env: dict[str, str] | None = None) -> ScriptResult:
+        workdir, tmpdir = tmp_path / "work", tmp_path / "tmp"
+        workdir.mkdir()
+        tmpdir.mkdir()
+        proc = subprocess.run(
+            [sys.executable, str(script)],
+            cwd=workdir,
+            env=_child_env({"TMPDIR": str(tmpdir), **(env or {})}),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        return ScriptResult(proc, workdir, tmpdir)
+
+    return run
+
+
+@pytest.fixture
+def scratch_redis_url(tmp_path: Path) -> Iterator[str]:
+    """A throwaway redis-server on a free loopback port; skipped when redis-server is not installed."""
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.skip(NO_REDIS_SERVER)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    args = [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    proc = subprocess.Popen([*args, "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5) as conn:
+                    conn.sendall(b"PING\r\n")
+                    if conn.recv(64).startswith(b"+PONG"):
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not start on port {port}.")
+            time.sleep(0.02)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+# --- one skip reason, stated once, where redis-server is missing -------------------------------------------
+NO_REDIS_SERVER = "redis-server is not installed; install it (apt-get install redis-server) to run the Redis tests."
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    # Without redis-server every Redis test skips with the same reason; pytest's summary would repeat it once
+    # per test. A report without a line number is folded into one line per file: "SKIPPED [42] file: reason".
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and isinstance(report.longrepr, tuple) and "redis-server is not installed" in report.longrepr[2]:
+        report.longrepr = (report.longrepr[0], None, report.longrepr[2])

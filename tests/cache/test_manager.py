@@ -73,6 +73,8 @@ def test_builds_every_cache_from_the_config(cfg: CacheConfig, tmp_path: Path) ->
         ]
         assert (tmp_path / "cache" / "models").is_dir()
         assert (tmp_path / "cache" / "training").is_dir()
+        assert not (tmp_path / "temp").exists()  # the system cache makes temp_dir on first use
+        cache.system_cache.new_temp_file()
         assert (tmp_path / "temp").is_dir()
         assert isinstance(cache.monitor, CacheMonitor) and cache.monitor.manager is cache
     assert cache.closed
@@ -83,7 +85,8 @@ def test_default_config_is_the_seeds(tmp_path: Path, monkeypatch: pytest.MonkeyP
     with CacheManager() as cache:
         assert cache.config == CacheConfig()
         assert cache.memory.stats.max_bytes == 1000 * 1024 * 1024
-    assert (tmp_path / "cache").is_dir() and (tmp_path / ".cache" / "temp").is_dir()
+    # Only the disk tier's directory: `.cache/temp` appears when scratch space is first used (issue 17).
+    assert sorted(os.listdir(tmp_path)) == ["cache"]
 
 
 def test_get_set_delete_round_trip(cfg: CacheConfig) -> None:

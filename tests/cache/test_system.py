@@ -163,6 +163,7 @@ def test_a_symlink_pointing_outside_temp_dir_never_costs_its_target(cache: Syste
 
 
 def test_files_the_cache_did_not_create_are_never_removed(cache: SystemCache, clock: Any) -> None:
+    cache.root.mkdir()  # the user's own files were there first
     foreign = cache.root / "lh-0123456789abcdef.bin"  # even one that looks like ours
     foreign.write_bytes(b"user data")
     (cache.root / "notes").mkdir()

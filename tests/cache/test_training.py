@@ -554,7 +554,7 @@ def test_wraps_a_torch_dataloader_and_moves_batches_to_the_device(cache: Trainin
             cache.wrap(loader, "tensors", device="cuda")
 
 
-@pytest.mark.skipif("not __import__('torch').cuda.is_available()")
+@pytest.mark.skipif("not __import__('torch').cuda.is_available()", reason="needs a CUDA GPU")
 def test_batches_reach_cuda_from_pinned_memory(cache: TrainingCache) -> None:  # pragma: no cover - needs a GPU
     import torch
 

@@ -21,11 +21,14 @@ Safety rules, each with a reason:
 - An item in use is never removed: :meth:`in_use` (and the context managers) hold an ``flock`` on the item's
   lock file, which cleanup in any process on the machine respects.
 - Everything is private to the user: directories 0700, files 0600.
+- ``temp_dir`` is created by the first scratch item or value, not by the constructor, so a CacheManager that
+  never uses scratch space leaves no ``.cache/temp`` behind.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -207,14 +210,40 @@ class SystemCache(Store):
         self._closed = False
         self._in_use: Counter[str] = Counter()
         self._seq = 0
-        created_root = not Path(temp_dir).exists()
+        # Resolved once: a temp_dir that is itself a link is the user's choice; nothing below is followed.
+        self.root = Path(temp_dir).resolve()
+        self._meta = self.root / _META
+        self._ready = False  # temp_dir and its private subdirectories exist (made on first write)
+        self._kv: dict[str, _KvEntry] = {}
+        self._item_bytes = 0  # scratch items' size at the last scan
+        self._item_count = 0
+        # A temp_dir that does not exist yet is created by the first scratch item or value, not here: a
+        # CacheManager that never uses scratch space leaves no `.cache/temp` behind.
+        if self._attach(create=False):
+            self._scan_kv()
+            self._refresh_items()
+        else:
+            self._check_creatable()
+
+    def _attach(self, create: bool) -> bool:
+        """True once ``temp_dir`` and its private subdirectories exist; creates them if ``create`` (or if
+        ``temp_dir`` exists already, e.g. made by another process); False if there is nothing yet."""
+        if self._ready:
+            return True
+        if not create and not os.path.lexists(self.root):
+            return False
+        with self._lock:
+            if not self._ready:
+                self._make_dirs()
+                self._ready = True
+        return True
+
+    def _make_dirs(self) -> None:
+        created_root = not self.root.exists()
         try:
-            # Resolved once: a temp_dir that is itself a link is the user's choice; nothing below is followed.
-            self.root = Path(temp_dir).resolve()
             self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
             if created_root:
                 os.chmod(self.root, 0o700)
-            self._meta = self.root / _META
             for sub in (self._meta, self._meta / _REGISTRY, self._meta / _LOCKS, self._meta / _KV):
                 sub.mkdir(exist_ok=True, mode=0o700)
                 if sub.is_symlink() or not sub.is_dir():
@@ -223,13 +252,20 @@ class SystemCache(Store):
             if isinstance(exc, StorageError):
                 raise
             raise StorageError(
-                exc.errno, f"Cannot create the system cache directory {temp_dir} ({exc.strerror}); pick a writable temp_dir."
+                exc.errno, f"Cannot create the system cache directory {self.root} ({exc.strerror}); pick a writable temp_dir."
             ) from exc
-        self._kv: dict[str, _KvEntry] = {}
-        self._item_bytes = 0  # scratch items' size at the last scan
-        self._item_count = 0
-        self._scan_kv()
-        self._refresh_items()
+
+    def _check_creatable(self) -> None:
+        """Fail at construction, not at the first write, when ``temp_dir`` could never be created."""
+        ancestor = self.root.parent
+        while not os.path.lexists(ancestor) and ancestor != ancestor.parent:
+            ancestor = ancestor.parent
+        if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+            raise StorageError(
+                errno.EACCES,
+                f"Cannot create the system cache directory {self.root}: {ancestor} is not a writable directory; "
+                "pick a writable temp_dir.",
+            )
 
     # ------------------------------------------------------------------------------------ helpers
     def _check_open(self) -> None:
@@ -295,6 +331,7 @@ class SystemCache(Store):
         _check_part(prefix, "prefix")
         if ttl is not None and ttl <= 0:
             raise CacheError(f"ttl must be a positive number of seconds, not {ttl!r}.")
+        self._attach(create=True)
         for _ in range(100):
             name = f"{prefix}{secrets.token_hex(8)}{suffix}"
             if not _NAME_RE.match(name) or name.startswith(_META):
@@ -441,7 +478,9 @@ class SystemCache(Store):
     def items(self) -> list[dict[str, Any]]:
         """Every scratch item, oldest first: name, path, kind, age (s), bytes, and whether it is in use."""
         now = self.clock()
-        out = []
+        out: list[dict[str, Any]] = []
+        if not self._attach(create=False):
+            return out
         root_fd = self._open_dir(self.root)
         try:
             for record in sorted(self._records(), key=lambda r: r.created):
@@ -470,6 +509,8 @@ class SystemCache(Store):
     def _refresh_items(self) -> list[tuple[_Record, int | None]]:
         """Each record with its item's size now (None: the item is missing); updates stats."""
         result: list[tuple[_Record, int | None]] = []
+        if not self._attach(create=False):
+            return result
         root_fd = self._open_dir(self.root)
         try:
             for record in self._records():
@@ -492,6 +533,8 @@ class SystemCache(Store):
 
     def _scan_kv(self) -> None:
         kv: dict[str, _KvEntry] = {}
+        if not self._attach(create=False):
+            return
         with os.scandir(self._meta / _KV) as entries:
             for entry in entries:
                 if _KV_RE.match(entry.name) and entry.is_file(follow_symlinks=False):
@@ -517,6 +560,7 @@ class SystemCache(Store):
         if ttl is not None and ttl <= 0:
             raise CacheError(f"ttl must be a positive number of seconds, not {ttl!r}.")
         name = self._kv_name(key)
+        self._attach(create=True)
         with self._lock:
             self._seq += 1
             now = self.clock()
@@ -596,6 +640,8 @@ class SystemCache(Store):
         """
         self._check_open()
         report = CleanupReport(cache=self.name)
+        if not self._attach(create=False):
+            return report  # nothing was ever created here
         with self._cleanup_lock(), self._lock:
             now = self.clock()
             self._scan_kv()
@@ -667,6 +713,8 @@ class SystemCache(Store):
     def clear(self) -> None:
         """Remove every scratch item not in use and every keyed value."""
         self._check_open()
+        if not self._attach(create=False):
+            return
         with self._cleanup_lock(), self._lock:
             for record in self._records():
                 self._remove_item(record)

@@ -20,7 +20,7 @@ def effective_config(cfg: CacheConfig) -> dict[str, object]:
     return data
 
 
-@click.command()
+@click.command(short_help="Validate a YAML file; print the effective configuration.")
 @click.argument("file", required=False, type=click.Path(dir_okay=True, path_type=str))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of YAML.")
 def config(file: str | None, as_json: bool) -> None:

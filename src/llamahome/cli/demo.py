@@ -78,14 +78,18 @@ def open_tiers(cfg: CacheConfig, directory: Path, memory_mb: float, disk_mb: flo
 
 def run_workload(tiers: Tiers, workload: Workload) -> dict[str, Any]:
     """Replay ``workload`` through ``tiers.front`` (get; on a miss compute and set); return the figures."""
-    memory_stats = tiers.memory.stats
+    # Items already on disk (a kept --dir from an earlier run) can hit on their first request: the ceiling
+    # on the hit rate counts only the items the cache starts without.
+    absent = sum(1 for request in workload.first_requests() if request.key not in tiers.disk)
+    memory = tiers.memory
     latencies: dict[str, list[int]] = {"memory_hit": [], "disk_hit": [], "miss": [], "set": []}
     hits = misses = mismatches = verified = 0
     cache_ns = 0
     clock = time.perf_counter_ns
     started = clock()
     for request in workload:
-        memory_hits = memory_stats.hits
+        # Read stats afresh each time: a MemoryCache folds its lock-free hits into stats only when read.
+        memory_hits = memory.stats.hits
         t0 = clock()
         value = tiers.front.get(request.key, MISSING)
         elapsed = clock() - t0
@@ -101,7 +105,7 @@ def run_workload(tiers: Tiers, workload: Workload) -> dict[str, Any]:
             latencies["set"].append(elapsed)
             continue
         hits += 1
-        latencies["memory_hit" if memory_stats.hits > memory_hits else "disk_hit"].append(elapsed)
+        latencies["memory_hit" if memory.stats.hits > memory_hits else "disk_hit"].append(elapsed)
         verified += 1
         if not values_equal(value, workload.compute(request)):
             mismatches += 1
@@ -132,7 +136,8 @@ def run_workload(tiers: Tiers, workload: Workload) -> dict[str, Any]:
         "hits": hits,
         "misses": misses,
         "hit_rate": hits / requests if requests else 0.0,
-        "best_hit_rate": 1 - workload.distinct() / requests if requests else 0.0,
+        "warm_items": workload.distinct() - absent,
+        "best_hit_rate": 1 - absent / requests if requests else 0.0,
         "memory_hit_rate": memory_served / requests if requests else 0.0,
         "disk_hit_rate": len(latencies["disk_hit"]) / requests if requests else 0.0,
         "verified": verified,
@@ -174,8 +179,12 @@ def render(report: dict[str, Any]) -> str:
         f"{report['items']:,} items (Zipf s={report['skew']:g}: responses, embeddings, tokenizations)",
         f"  tiers      {report['setup']}",
         f"  hit rate   {pct(report['hit_rate'])} (memory {pct(report['memory_hit_rate'])}, disk "
-        f"{pct(report['disk_hit_rate'])}); best possible {pct(report['best_hit_rate'])}, since each item's "
-        "first request must miss",
+        f"{pct(report['disk_hit_rate'])}) of a possible {pct(report['best_hit_rate'])}: "
+        + (
+            f"{report['warm_items']:,} of the {report['distinct_items']:,} items were on disk from an earlier run"
+            if report.get("warm_items")
+            else "an empty cache misses each item's first request"
+        ),
     ]
     for tier in report["tiers"]:
         lines.append(
@@ -186,7 +195,9 @@ def render(report: dict[str, Any]) -> str:
     for label, key in (("memory hit", "memory_hit"), ("disk hit", "disk_hit"), ("miss", "miss"), ("set", "set")):
         if med.get(key) is not None:
             timing.append(f"{label} {_us(med[key])}")
-    lines.append("  timings    " + " · ".join(timing) + " (medians)")
+    # The README's sub-microsecond memory hit is measured with compression off; say where the time goes.
+    note = "; compression on: each memory hit decodes a stored copy" if "compressed" in report["setup"] else ""
+    lines.append("  timings    " + " · ".join(timing) + f" (medians{note})")
     verdict = "all matched" if not report["mismatches"] else f"{report['mismatches']:,} DIFFERED"
     lines.append(f"  checked    {report['verified']:,} hits against a fresh computation: {verdict}")
     restart = report.get("after_restart")
@@ -216,7 +227,7 @@ def _directory(path: str | None) -> Iterator[Path]:
         yield Path(tmp) / "disk"
 
 
-@click.command()
+@click.command(short_help="Replay an LLM-like workload on memory -> disk; show results.")
 @click.option(
     "--dir",
     "directory",

@@ -81,7 +81,7 @@ _config_option = click.option(
 )
 
 
-@click.command()
+@click.command(short_help="Show what a disk cache directory holds.")
 @_dir_option
 @_size_option
 @_config_option
@@ -112,7 +112,7 @@ def stats(directory: str, size: float | None, config_file: str | None, as_json: 
     click.echo(f"  on disk    {format_bytes(on_disk)} in {files:,} files (index and logs included)")
 
 
-@click.command()
+@click.command(short_help="Remove every entry from a disk cache directory.")
 @_dir_option
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def clear(directory: str, yes: bool) -> None:
@@ -128,7 +128,7 @@ def clear(directory: str, yes: bool) -> None:
     click.echo(f"Removed {entries:,} entries ({format_bytes(held)}) from {directory}.")
 
 
-@click.command()
+@click.command(short_help="Expire, repair and shrink a disk cache to its bound.")
 @_dir_option
 @_size_option
 @_config_option
