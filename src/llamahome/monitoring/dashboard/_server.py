@@ -206,12 +206,26 @@ class _Handler(BaseHTTPRequestHandler):
         raw = self.rfile
         self.rfile = _BoundedReader(raw, MAX_HEADER_BYTES)  # type: ignore[assignment]
         try:
-            return bool(super().parse_request())
+            if not super().parse_request():
+                return False
         finally:
             self.rfile = raw
+        if len(self.requestline.split()) < 3:  # "GET /": HTTP/0.9, which has no headers (so no Host, no token)
+            self.send_error(HTTPStatus.BAD_REQUEST, "HTTP/0.9 requests are not supported; send HTTP/1.1.")
+            return False
+        return True
+
+    def send_response_only(self, code: int, message: str | None = None) -> None:
+        # The standard server answers HTTP/0.9 (and unparsable request lines) with a bare body; always send a
+        # status line and headers so every client can read the error.
+        if self.request_version == "HTTP/0.9":
+            self.request_version = "HTTP/1.0"
+        super().send_response_only(code, message)
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        """Every error, ours or the standard parser's, as a small JSON body."""
+        """The standard parser's errors (and ours without a route) as a small JSON body; the connection
+        closes, since the rest of a malformed request may still be in the stream."""
+        self.close_connection = True
         self._send_json(int(code), {"error": message or HTTPStatus(code).phrase, "status": int(code)})
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's signature

@@ -300,7 +300,7 @@
     }));
     var fixed = spec.unit === "%";
     var opts = {
-      width: Math.max(240, target.clientWidth), height: 200, series: series, legend: { live: true },
+      width: Math.max(240, target.clientWidth), height: 200, series: series, legend: { live: false },
       cursor: { points: { size: 6 } },
       scales: { x: { time: true }, y: fixed ? { range: [0, 100] } : { range: function (u, lo, hi) { return [0, Math.max(1, hi * 1.15)]; } } },
       axes: [
