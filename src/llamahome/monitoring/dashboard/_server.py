@@ -141,6 +141,7 @@ class _Server(ThreadingHTTPServer):
 
     daemon_threads = True
     block_on_close = False
+    request_queue_size = 128  # the default backlog of 5 drops bursts of connections (clients retry after 1 s, 3 s)
     dashboard: _Dashboard
 
     def __init__(self, address: tuple[str, int], family: socket.AddressFamily) -> None:
