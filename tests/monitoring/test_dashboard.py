@@ -330,6 +330,7 @@ def test_cli_serve_refuses_an_open_host_without_token(tmp_path: Path) -> None:
 
     from llamahome.cli.main import cli
 
+    assert "  serve " in CliRunner().invoke(cli, ["cache", "--help"]).output
     result = CliRunner().invoke(cli, ["cache", "serve", "--dir", str(tmp_path), "--host", "0.0.0.0", "--port", "0"],
                                 env={_server.TOKEN_ENV: ""})  # fmt: skip
     assert result.exit_code == 1
