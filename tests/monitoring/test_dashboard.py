@@ -71,6 +71,9 @@ def test_history_samples_the_counters(manager: CacheManager, dashboard: Dashboar
     first = request(dashboard.base_url + "/api/history").json()
     assert first["source"] == "recent" and first["fields"][:2] == ["hits", "misses"]
     assert len(first["time"]) >= 1
+    last = first["time"][-1]
+    again = request(f"{dashboard.base_url}/api/history?since={last}").json()
+    assert last not in again["time"]  # the last point a poller has never comes back twice
     manager.set_sync("a", b"x")
     for _ in range(7):
         manager.get_sync("a")

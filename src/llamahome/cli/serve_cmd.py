@@ -80,9 +80,7 @@ def demo_load(manager: Any, stop: threading.Event, rate: float = 400.0) -> None:
                 manager.set_sync(request.key, workload.compute(request))
             if pause:
                 time.sleep(pause)
-        if seed % 4 == 3:
-            with manager.model_cache.pin("tiny-llama-2l"):
-                manager.model_cache.load("tiny-llama-2l")
+        manager.model_cache.load(("tiny-llama-2l", "tiny-llama-4l")[seed % 2])  # a model load now and then
         seed += 1
 
 

@@ -62,7 +62,8 @@ def history_payload(points: Iterable[Snapshot], interval: float | None, source: 
         "source": source,
         "interval": interval,
         "fields": list(FIELDS),
-        "time": [round(point.time, 3) for point in items],
+        # Full precision: a poller passes the last time back as ?since=, which must match it exactly.
+        "time": [point.time for point in items],
         "series": series,
     }
 

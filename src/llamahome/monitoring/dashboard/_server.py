@@ -24,6 +24,7 @@ import math
 import os
 import re
 import socket
+import socketserver
 import threading
 import time
 from dataclasses import dataclass, field
@@ -75,7 +76,10 @@ _PAGE_CSP = (
 
 
 def _static(name: str) -> bytes:
-    return resources.files(__package__).joinpath("static", name).read_bytes()
+    node = resources.files(__package__ or __name__.rpartition(".")[0]).joinpath("static")
+    for part in name.split("/"):
+        node = node.joinpath(part)
+    return node.read_bytes()
 
 
 def is_loopback(host: str) -> bool:
@@ -149,6 +153,12 @@ class _Server(ThreadingHTTPServer):
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         super().__init__(address, _Handler)
 
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind looks up the host's fully qualified name, a DNS query that can hang for
+        # seconds on a machine without a network; the name is only used in CGI environments.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = str(self.server_address[0]), int(self.server_address[1])
+
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self._slots.acquire(blocking=False):
             try:
@@ -196,6 +206,7 @@ class _Handler(BaseHTTPRequestHandler):
     sys_version = ""
     timeout = IDLE_TIMEOUT_S  # an idle keep-alive or a slow client frees its thread after this long
     server: _Server
+    raw_requestline: bytes
 
     # --- parsing and errors ----------------------------------------------------------------------------
     def parse_request(self) -> bool:

@@ -13,6 +13,12 @@
 
   // --- formatting -------------------------------------------------------------------------------------
   function pct(x) { return (x * 100).toFixed(1) + "%"; }
+  function compact(v) {
+    var a = Math.abs(v);
+    if (a >= 1e6) return (v / 1e6).toFixed(a >= 1e7 ? 0 : 1) + "M";
+    if (a >= 1e3) return (v / 1e3).toFixed(a >= 1e4 ? 0 : 1) + "k";
+    return a >= 10 || v === 0 ? v.toFixed(0) : v.toFixed(1);
+  }
   function num(n) { return (n || 0).toLocaleString("en-US"); }
   function bytes(n) {
     n = Number(n) || 0;
@@ -148,7 +154,7 @@
     if (disk) { $("disk-used").textContent = bytes(disk.bytes); $("disk-note").textContent = "of " + bytes(disk.max_bytes); setBar("disk-bar", disk.bytes, disk.max_bytes); }
     $("evictions").textContent = num(s.eviction_count);
     var perMin = latestEvictionsPerMinute();
-    $("evictions-note").textContent = perMin == null ? "all caches" : perMin.toFixed(1) + " / min now";
+    $("evictions-note").textContent = perMin == null ? "all caches" : compact(perMin) + " / min now";
 
     fillTable("caches", Object.keys(caches).map(function (label) {
       var c = caches[label], tr = el("tr"), g = c.hits + c.misses;
@@ -264,16 +270,19 @@
       return s && s.max_bytes[i] ? 100 * s.bytes[i] / s.max_bytes[i] : null;
     });
   }
+  // Evictions per minute over the last ~10 s of samples, summed over every store.
   function latestEvictionsPerMinute() {
     var h = state.history;
     if (!h || h.time.length < 2) return null;
-    var total = 0;
+    var n = h.time.length, j = Math.max(0, n - 1 - Math.max(1, Math.round(10 / (h.interval || 2))));
+    var dt = h.time[n - 1] - h.time[j], total = 0;
+    if (dt <= 0) return null;
     Object.keys(h.series).forEach(function (label) {
-      if (label === "manager/all") return;
-      var v = perMinute(h, label, "evictions");
-      total += v[v.length - 1] || 0;
+      var e = h.series[label].evictions;
+      if (label === "manager/all" || e[n - 1] == null || e[j] == null) return;
+      total += Math.max(0, e[n - 1] - e[j]);
     });
-    return total;
+    return 60 * total / dt;
   }
 
   function chartData() {
@@ -305,8 +314,8 @@
       scales: { x: { time: true }, y: fixed ? { range: [0, 100] } : { range: function (u, lo, hi) { return [0, Math.max(1, hi * 1.15)]; } } },
       axes: [
         { stroke: axisColor, grid: { stroke: grid, width: 1 }, ticks: { stroke: grid } },
-        { stroke: axisColor, grid: { stroke: grid, width: 1 }, ticks: { stroke: grid }, size: 48,
-          values: function (u, vals) { return vals.map(function (v) { return v + (fixed ? "%" : ""); }); } }
+        { stroke: axisColor, grid: { stroke: grid, width: 1 }, ticks: { stroke: grid }, size: 52,
+          values: function (u, vals) { return vals.map(function (v) { return fixed ? v + "%" : compact(v); }); } }
       ]
     };
     target.replaceChildren();
