@@ -340,3 +340,13 @@ def test_cli_serve_refuses_an_open_host_without_token(tmp_path: Path) -> None:
     assert "needs a token" in result.output and "Traceback" not in result.output
     missing = CliRunner().invoke(cli, ["cache", "serve", "--dir", str(tmp_path / "nope")])
     assert missing.exit_code == 1 and "no such cache directory" in missing.output
+
+
+def test_history_times_round_trip_through_since() -> None:
+    from llamahome.monitoring import SnapshotRing
+    from llamahome.monitoring.dashboard._api import after, history_payload
+
+    ring = SnapshotRing(10)
+    ring.append({"manager/all": (1, 0, 0, 0, 0, 0, 0)}, at=100.0004)  # a time that rounding would move down
+    last = json.loads(json.dumps(history_payload(after(ring, None), 2.0, "recent")))["time"][-1]
+    assert after(ring, last) == []  # the poller's next ?since= returns nothing it already has
