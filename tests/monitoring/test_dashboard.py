@@ -292,9 +292,9 @@ def test_close_stops_threads_and_frees_the_port(manager: CacheManager) -> None:
     server.close()
     server.close()  # idempotent
     assert threading.active_count() == before
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", port))  # free again
     assert "closed" in repr(server)
+    with serve_dashboard(manager, port=port) as again:  # the port is free for a restarted dashboard
+        assert request(again.base_url + "/healthz").status == 200
 
 
 def test_port_in_use_is_a_clear_error(manager: CacheManager, dashboard: DashboardServer) -> None:
@@ -328,6 +328,35 @@ def test_cli_serve_runs_until_sigterm(tmp_path: Path) -> None:
     assert not (tmp_path / ".cache").exists()  # --dir keeps scratch files under the cache directory
 
 
+def test_cli_serve_demo_fills_every_panel(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "TMPDIR": str(tmp_path)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llamahome", "cache", "serve", "--demo", "--port", "0", "--refresh", "0.2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().split(" at ", 1)[1].strip()
+        deadline = time.monotonic() + 60
+        while True:
+            stats = request(url + "api/stats").json()
+            if stats["manager"]["hits"] > 0 and stats["caches"]["cache/memory"]["evictions"] > 0:
+                break
+            assert time.monotonic() < deadline, stats["manager"]
+            time.sleep(0.2)
+        assert sorted(m["name"] for m in stats["models"]) == ["tiny-llama-2l", "tiny-llama-4l"]
+        assert stats["datasets"][0]["dataset_id"] == "demo-corpus/train" and stats["datasets"][0]["complete"]
+        assert stats["scratch"]["items"] == 1
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert list(tmp_path.iterdir()) == []  # the demo's temporary directory is gone, nothing left in cwd
+
+
 def test_cli_serve_refuses_an_open_host_without_token(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
@@ -340,6 +369,8 @@ def test_cli_serve_refuses_an_open_host_without_token(tmp_path: Path) -> None:
     assert "needs a token" in result.output and "Traceback" not in result.output
     missing = CliRunner().invoke(cli, ["cache", "serve", "--dir", str(tmp_path / "nope")])
     assert missing.exit_code == 1 and "no such cache directory" in missing.output
+    both = CliRunner().invoke(cli, ["cache", "serve", "--demo", "--dir", str(tmp_path)])
+    assert both.exit_code == 2 and "temporary directory" in both.output
 
 
 def test_history_times_round_trip_through_since() -> None:

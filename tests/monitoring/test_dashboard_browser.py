@@ -46,7 +46,10 @@ def _run_chromium(binary: str, profile: Path, *args: str) -> subprocess.Complete
         f"--user-data-dir={profile}",
         *args,
     ]
-    return subprocess.run(command, capture_output=True, text=True, timeout=180, check=False)
+    # Chromium's crash reporter and caches write under $HOME; keep them in the test's directory too.
+    home = profile.parent / "home"
+    env = {**os.environ, "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"), "XDG_CACHE_HOME": str(home / ".cache")}
+    return subprocess.run(command, capture_output=True, text=True, timeout=180, check=False, env=env)
 
 
 def _put_model(manager: CacheManager, name: str, rows: int) -> None:

@@ -104,7 +104,10 @@ async def _serve(cfg: CacheConfig, options: dict[str, Any], demo: bool) -> None:
             done = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, done.set)
+                try:
+                    loop.add_signal_handler(sig, done.set)
+                except (NotImplementedError, RuntimeError):  # Windows, or not the main thread: Ctrl-C still ends it
+                    pass
             waiters = [asyncio.ensure_future(done.wait())] + ([worker] if worker is not None else [])
             finished, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
             if worker is not None and worker in finished:
@@ -134,12 +137,15 @@ async def _serve(cfg: CacheConfig, options: dict[str, Any], demo: bool) -> None:
 @click.option("--refresh", default=2.0, show_default=True, type=click.FloatRange(0.1, 3600),
               help="Seconds between the page's updates and history samples.")
 @click.option("--demo", is_flag=True,
-              help="Drive a demo workload (in a temporary directory unless --dir/--config) to watch it.")
+              help="Drive a demo workload in a temporary directory and watch it (not with --config/--dir).")
 def serve(config_file: str | None, directory: str | None, host: str, port: int, token: str | None,
           allow_actions: bool, refresh: float, demo: bool) -> None:  # fmt: skip
     """Serve a live dashboard of the caches (page, JSON API, Prometheus metrics) on one port."""
     options = {"host": host, "port": port, "token": token or None, "allow_actions": allow_actions, "refresh": refresh}
-    if demo and not (config_file or directory):
+    if demo and (config_file or directory):
+        raise click.UsageError("--demo writes demo models and data, so it runs in a temporary directory of its own; "
+                               "drop --config/--dir, or drop --demo to serve your caches.")  # fmt: skip
+    if demo:
         with tempfile.TemporaryDirectory(prefix="llamahome-serve-demo-") as tmp:
             asyncio.run(_serve(_config(None, None, tmp), options, demo))
         return

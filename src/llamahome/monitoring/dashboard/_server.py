@@ -52,6 +52,7 @@ TOKEN_ENV = "LLAMAHOME_DASHBOARD_TOKEN"
 #: A token must be at least this long and use URL-safe characters (it travels in headers and query strings).
 MIN_TOKEN_LENGTH = 16
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9._~+/=-]+$")
+_TOKEN_IN_URL = re.compile(r"([?&])token=[^&\s\"]*")  # redacted from request logs
 #: Bounds on what a client may send; beyond them it gets 414/431/413, never a stuck or huge thread.
 MAX_REQUEST_LINE = 8192
 MAX_HEADER_BYTES = 16384
@@ -241,7 +242,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_json(int(code), {"error": message or HTTPStatus(code).phrase, "status": int(code)})
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's signature
-        logger.debug("%s %s", self.address_string(), format % args)
+        logger.debug("%s %s", self.address_string(), _TOKEN_IN_URL.sub(r"\1token=***", format % args))
 
     # --- responses -------------------------------------------------------------------------------------
     def _send(self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
