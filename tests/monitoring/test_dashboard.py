@@ -381,3 +381,12 @@ def test_history_times_round_trip_through_since() -> None:
     ring.append({"manager/all": (1, 0, 0, 0, 0, 0, 0)}, at=100.0004)  # a time that rounding would move down
     last = json.loads(json.dumps(history_payload(after(ring, None), 2.0, "recent")))["time"][-1]
     assert after(ring, last) == []  # the poller's next ?since= returns nothing it already has
+
+
+def test_request_logs_never_show_the_token(manager: CacheManager, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("DEBUG", logger="llamahome.monitoring.dashboard._server"):
+        with serve_dashboard(manager, port=0, token=TOKEN) as server:
+            assert request(f"{server.base_url}/healthz?x=1&token={TOKEN}").status == 200
+            assert request(f"{server.base_url}/healthz?token=wrong-guess-0123456789").status == 401
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "/healthz?x=1&token=***" in logged and TOKEN not in logged and "wrong-guess" not in logged
