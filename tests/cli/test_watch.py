@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from llamahome.cache.disk import DiskCache
 from llamahome.cli.main import cli
 from llamahome.cli.watch import render_frame, watch_disk_cache
+from llamahome.errors import CacheClosedError
 
 
 def _make_cache(path: Path, entries: int) -> None:
@@ -30,7 +31,10 @@ def test_watch_follows_another_writer(tmp_path: Path, capsys: pytest.CaptureFixt
             writer.set(f"k{next(written)}", b"y" * 2000)
 
     try:
-        watch_disk_cache(str(tmp_path / "c"), 10, interval=0.5, count=3, as_json=True, sleep=sleep_while_writing)
+        watched = DiskCache(tmp_path / "c", size=10)
+        watch_disk_cache(watched, str(tmp_path / "c"), interval=0.5, count=3, as_json=True, sleep=sleep_while_writing)
+        with pytest.raises(CacheClosedError):  # the watch closed it
+            watched.get("k0")
     finally:
         writer.close()
     frames = [json.loads(line) for line in capsys.readouterr().out.splitlines()]

@@ -202,6 +202,10 @@ def test_token_rules(manager: CacheManager, monkeypatch: pytest.MonkeyPatch) -> 
         serve_dashboard(manager, port=0, token="short")
     with pytest.raises(ConfigError, match="at least 16"):
         serve_dashboard(manager, port=0, token="has spaces and <html> in it")
+    with pytest.raises(ConfigError, match="between 0.1 and 3600"):
+        serve_dashboard(manager, port=0, refresh=0)
+    with pytest.raises(ConfigError, match="takes a CacheManager"):
+        serve_dashboard(manager.memory, port=0)  # type: ignore[arg-type]
     assert _server.check_token(None, "::1") is None and _server.check_token(None, "localhost") is None
     assert _server.check_token(TOKEN, "192.168.1.7") == TOKEN
 

@@ -92,11 +92,11 @@ _config_option = click.option(
 def stats(directory: str, size: float | None, config_file: str | None, as_json: bool, watch: bool = False,
           interval: float = 2.0, count: int | None = None) -> None:  # fmt: skip
     """Show what a disk cache directory holds (--watch: a live view, e.g. over SSH)."""
+    cache = open_disk_cache(directory, _size_mb(size, config_file))
     if watch:
         from .watch import watch_disk_cache
 
-        return watch_disk_cache(directory, _size_mb(size, config_file), interval=interval, count=count, as_json=as_json)
-    cache = open_disk_cache(directory, _size_mb(size, config_file))
+        return watch_disk_cache(cache, directory, interval=interval, count=count, as_json=as_json)
     try:
         figures = cache.stats.snapshot()
     finally:

@@ -23,7 +23,7 @@ from typing import Any
 
 import click
 
-from llamahome.cache.config import CacheConfig
+from llamahome.cache import CacheConfig
 from llamahome.errors import CacheError
 
 __all__ = ["demo_load", "serve"]
@@ -85,7 +85,7 @@ def demo_load(manager: Any, stop: threading.Event, rate: float = 400.0) -> None:
 
 
 async def _serve(cfg: CacheConfig, options: dict[str, Any], demo: bool) -> None:
-    from llamahome.cache.manager import CacheManager
+    from llamahome.cache import CacheManager
     from llamahome.monitoring import serve_dashboard
 
     async with CacheManager(cfg) as manager:

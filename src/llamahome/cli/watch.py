@@ -54,18 +54,16 @@ def render_frame(directory: str, now: dict[str, Any], before: dict[str, Any] | N
 
 
 def watch_disk_cache(
+    cache: Any,
     directory: str,
-    size_mb: float,
     *,
     interval: float = 2.0,
     count: int | None = None,
     as_json: bool = False,
     sleep: Callable[[float], None] = time.sleep,
 ) -> None:
-    """Print a frame every ``interval`` seconds (``count`` frames, or until Ctrl-C); ``sleep`` is for tests."""
-    from .disk_cmds import open_disk_cache
-
-    cache = open_disk_cache(directory, size_mb)
+    """Print a frame of ``cache`` (an open DiskCache on ``directory``, closed here) every ``interval`` seconds,
+    ``count`` frames or until Ctrl-C; ``sleep`` is for tests."""
     tty = sys.stdout.isatty() and not as_json
     before: dict[str, Any] | None = None
     shown = 0

@@ -41,7 +41,7 @@ from ._api import HistorySampler, after, history_payload, monitor_history, stats
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
-    from llamahome.cache.manager import CacheManager
+    from llamahome.cache import CacheManager
 
 __all__ = ["DashboardServer", "TOKEN_ENV", "serve_dashboard"]
 
@@ -557,6 +557,13 @@ def serve_dashboard(
     picks a free port. ``refresh`` is how often (seconds) the page polls and history is sampled; the last
     ``history_size`` samples are kept (30 minutes at the defaults).
     """
+    from llamahome.cache import CacheManager
+
+    if not isinstance(manager, CacheManager):
+        raise ConfigError(
+            f"serve_dashboard takes a CacheManager, not {type(manager).__name__}; for a single store, "
+            "serve_metrics(...) or its .stats are the way to watch it."
+        )
     if token is None:
         token = os.environ.get(TOKEN_ENV) or None
     token = check_token(token, host)
