@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -168,8 +169,37 @@ def test_bad_requests_get_clean_errors(dashboard: DashboardServer) -> None:
     assert garbage.status == 400 and json.loads(garbage.body)["status"] == 400
     assert raw(port, b"GET / HTTP/9.9\r\n\r\n").status in (400, 505)
     assert raw(port, b"GET /healthz\r\n\r\n").status == 400  # HTTP/0.9: no headers, so no Host and no token
+    for length in (b"abc", b"-5", b"1e3"):
+        bad = raw(port, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: " + length + b"\r\n\r\n")
+        assert bad.status == 400 and "Content-Length" in json.loads(bad.body)["error"]
     # After all that the server still answers.
     assert request(base + "/healthz").status == 200
+
+
+def test_random_requests_never_crash_the_server(dashboard: DashboardServer) -> None:
+    rng = random.Random(16)
+    alphabet = b"GETPOST /?&=%:;,\"'<>\\\x00\x7f\xff[]HTTP/1.1abcXYZ0123456789\t "
+
+    def junk(n: int) -> bytes:
+        return bytes(rng.choice(alphabet) for _ in range(n))
+
+    statuses = set()
+    for i in range(120):
+        if i % 2:  # anything at all
+            data = junk(rng.randint(1, 400)) + b"\r\n\r\n"
+        else:  # a well-formed request line and Host, then random paths, queries and header lines
+            path = rng.choice([b"/", b"/api/stats", b"/api/history", b"/static/", b"/metrics"]) + junk(rng.randint(0, 60))
+            headers = b"".join(junk(rng.randint(0, 80)).replace(b"\r", b"").replace(b"\n", b"") + b"\r\n"
+                               for _ in range(rng.randint(0, 6)))  # fmt: skip
+            data = b"GET " + path.replace(b" ", b"%20") + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n" + headers + b"\r\n"
+        try:
+            reply = raw(dashboard.port, data)
+        except (ValueError, IndexError, ConnectionError):
+            continue  # the server closed without a reply (e.g. an empty request line): acceptable
+        assert reply.status < 500, (data, reply)
+        statuses.add(reply.status)
+    assert {400, 404} <= statuses
+    assert request(dashboard.base_url + "/healthz").status == 200
 
 
 def test_too_many_connections_get_503(dashboard: DashboardServer) -> None:

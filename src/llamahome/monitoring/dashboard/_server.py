@@ -298,8 +298,8 @@ class _Handler(BaseHTTPRequestHandler):
             if method != allowed:
                 self.close_connection = True
                 raise _HTTPError(HTTPStatus.METHOD_NOT_ALLOWED, f"Use {allowed} for {url.path}.", {"Allow": allowed})
-            if method == "GET" and int(self.headers.get("Content-Length") or 0) > 0:
-                self.close_connection = True  # do not read it; the next request would start inside it
+            if method == "GET" and (self._content_length() or self.headers.get("Transfer-Encoding")):
+                self.close_connection = True  # do not read a body; the next request would start inside it
             handler(self, dash, query)
         except _HTTPError as exc:
             self._send_json(exc.status, {"error": exc.message, "status": int(exc.status)}, exc.headers)
@@ -338,6 +338,13 @@ class _Handler(BaseHTTPRequestHandler):
                 {"WWW-Authenticate": 'Bearer realm="llamahome"'},
             )
 
+    def _content_length(self) -> int:
+        value = (self.headers.get("Content-Length") or "0").strip()
+        if not value.isdigit() or len(value) > 12:
+            self.close_connection = True
+            raise _HTTPError(HTTPStatus.BAD_REQUEST, "Content-Length must be a whole number of bytes.")
+        return int(value)
+
     def _read_json_body(self) -> dict[str, Any]:
         """The body of an action: JSON (which a cross-site form cannot send), small, on the same origin."""
         self.close_connection = True  # one action per connection keeps body handling simple
@@ -348,11 +355,8 @@ class _Handler(BaseHTTPRequestHandler):
             raise _HTTPError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "Send actions as Content-Type: application/json.")
         if self.headers.get("Transfer-Encoding"):
             raise _HTTPError(HTTPStatus.LENGTH_REQUIRED, "Send actions with a Content-Length, not chunked.")
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError as exc:
-            raise _HTTPError(HTTPStatus.BAD_REQUEST, "Content-Length is not a number.") from exc
-        if length < 0 or length > MAX_BODY_BYTES:
+        length = self._content_length()
+        if length > MAX_BODY_BYTES:
             raise _HTTPError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"Action bodies are at most {MAX_BODY_BYTES} bytes.")
         raw = self.rfile.read(length) if length else b"{}"
         try:
