@@ -169,6 +169,9 @@ def test_bad_requests_get_clean_errors(dashboard: DashboardServer) -> None:
     assert garbage.status == 400 and json.loads(garbage.body)["status"] == 400
     assert raw(port, b"GET / HTTP/9.9\r\n\r\n").status in (400, 505)
     assert raw(port, b"GET /healthz\r\n\r\n").status == 400  # HTTP/0.9: no headers, so no Host and no token
+    smuggled = raw(port, b"POST /nope HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 40\r\n\r\n"
+                         b"GET /api/stats HTTP/1.1\r\nHost: x\r\n\r\n")  # fmt: skip
+    assert smuggled.status == 404 and smuggled.headers["Connection"] == "close"  # the body is never parsed
     for length in (b"abc", b"-5", b"1e3"):
         bad = raw(port, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: " + length + b"\r\n\r\n")
         assert bad.status == 400 and "Content-Length" in json.loads(bad.body)["error"]

@@ -283,6 +283,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self, method: str) -> None:
         dash = self.server.dashboard
+        if method == "POST":
+            # One POST per connection: an error answered before its body is read cannot leave that body in the
+            # stream to be parsed as the next request.
+            self.close_connection = True
         try:
             url = urlsplit(self.path)
             try:
@@ -347,7 +351,6 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _read_json_body(self) -> dict[str, Any]:
         """The body of an action: JSON (which a cross-site form cannot send), small, on the same origin."""
-        self.close_connection = True  # one action per connection keeps body handling simple
         origin = self.headers.get("Origin")
         if origin is not None and urlsplit(origin).netloc != self.headers.get("Host", ""):
             raise _HTTPError(HTTPStatus.FORBIDDEN, "Cross-origin requests cannot run actions.")
