@@ -172,7 +172,7 @@ def test_bad_requests_get_clean_errors(dashboard: DashboardServer) -> None:
     smuggled = raw(port, b"POST /nope HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 40\r\n\r\n"
                          b"GET /api/stats HTTP/1.1\r\nHost: x\r\n\r\n")  # fmt: skip
     assert smuggled.status == 404 and smuggled.headers["Connection"] == "close"  # the body is never parsed
-    for length in (b"abc", b"-5", b"1e3"):
+    for length in (b"abc", b"-5", b"1e3", b"\xb2"):  # \xb2 is "²" in latin-1, a digit to str.isdigit
         bad = raw(port, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: " + length + b"\r\n\r\n")
         assert bad.status == 400 and "Content-Length" in json.loads(bad.body)["error"]
     # After all that the server still answers.

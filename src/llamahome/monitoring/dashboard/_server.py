@@ -344,7 +344,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _content_length(self) -> int:
         value = (self.headers.get("Content-Length") or "0").strip()
-        if not value.isdigit() or len(value) > 12:
+        if not (value.isascii() and value.isdigit()) or len(value) > 12:
             self.close_connection = True
             raise _HTTPError(HTTPStatus.BAD_REQUEST, "Content-Length must be a whole number of bytes.")
         return int(value)
