@@ -120,7 +120,7 @@ async def _serve(cfg: CacheConfig, options: dict[str, Any], demo: bool) -> None:
     click.echo("Stopped.")
 
 
-@click.command()
+@click.command(short_help="Serve a live dashboard of the caches on one port.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=str),
               help="The YAML configuration of the caches to serve.")
 @click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=str),
