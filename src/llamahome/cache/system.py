@@ -41,10 +41,10 @@ from typing import Any
 
 import xxhash
 
-from llamahome.errors import CacheClosedError, CacheError, ConfigError, StorageError, ValueTooLargeError
+from llamahome.errors import CacheClosedError, CacheError, CacheValueError, ConfigError, StorageError, ValueTooLargeError
 
 from ._procs import pid_alive
-from .base import Key, Store, key_to_bytes, validate_key
+from .base import Key, Store, key_to_bytes, validate_key, validate_ttl
 from .blobfile import HEADER_SIZE, TMP_SUFFIX, read_header, read_value, write_blob
 from .codecs import encode_parts
 from .stats import CacheStats, CleanupReport
@@ -293,8 +293,10 @@ class SystemCache(Store):
         self._check_open()
         _check_part(suffix, "suffix")
         _check_part(prefix, "prefix")
-        if ttl is not None and ttl <= 0:
-            raise CacheError(f"ttl must be a positive number of seconds, not {ttl!r}.")
+        ttl = validate_ttl(ttl)
+        if ttl is not None and not ttl > 0:
+            # A key-value set with ttl <= 0 deletes; a scratch item that expires at once would be useless.
+            raise CacheValueError(f"A scratch item's ttl must be a positive number of seconds, not {ttl!r}.")
         for _ in range(100):
             name = f"{prefix}{secrets.token_hex(8)}{suffix}"
             if not _NAME_RE.match(name) or name.startswith(_META):
@@ -506,6 +508,13 @@ class SystemCache(Store):
         """Store ``value`` (bytes, or anything the codecs take) under ``key``; ``ttl`` overrides ``max_age``."""
         self._check_open()
         key = validate_key(key)
+        ttl = validate_ttl(ttl)  # the rule every store follows (base.validate_ttl)
+        if ttl is not None and not ttl > 0:
+            # Already expired: nothing is stored and the old value is gone, as in every other store.
+            with self._lock:
+                self.stats.sets += 1
+                self._drop_kv(self._kv_name(key))
+            return
         encoded = encode_parts(value, compress=False)
         key_bytes = key_to_bytes(key)
         nbytes = HEADER_SIZE + len(key_bytes) + (-len(key_bytes) % 64) + encoded.size
@@ -514,8 +523,6 @@ class SystemCache(Store):
                 f"A value of {nbytes:,} bytes does not fit in the system cache's size of {self.max_bytes:,} bytes; "
                 "raise system_cache.size or store it as a scratch file."
             )
-        if ttl is not None and ttl <= 0:
-            raise CacheError(f"ttl must be a positive number of seconds, not {ttl!r}.")
         name = self._kv_name(key)
         with self._lock:
             self._seq += 1
