@@ -606,3 +606,43 @@ def test_namespace_ids_are_stable_text(tmp_path: Path) -> None:
     assert namespace_id("ds", {"a": 1, "b": 2}) == namespace_id("ds", {"b": 2, "a": 1})
     assert namespace_id("ds", None) != namespace_id("ds", 0)
     assert os.sep not in namespace_id("a/b", "c/d")
+
+
+class _PerProcessRepr:
+    """An object whose only text form is its default repr, which names its address: different every run."""
+
+
+@pytest.mark.parametrize(
+    "fingerprint",
+    [_PerProcessRepr(), {"tokenizer": object()}, [1, {"deep": {1, 2}}], {1: "int key"}, lambda: 0],
+    ids=["object", "nested-object", "set", "int-key", "function"],
+)
+def test_fingerprints_without_a_stable_text_are_refused(cache: TrainingCache, fingerprint: object) -> None:
+    with pytest.raises(TrainingCacheError, match="fingerprint"):
+        cache.wrap([[1]], "ds", fingerprint=fingerprint)
+    with pytest.raises(TrainingCacheError, match="fingerprint"):
+        namespace_id("ds", fingerprint)
+    assert cache.namespaces() == []
+
+
+def test_a_self_containing_fingerprint_is_refused() -> None:
+    loop: list = []
+    loop.append(loop)
+    with pytest.raises(TrainingCacheError, match="contains itself"):
+        namespace_id("ds", loop)
+
+
+def test_fingerprints_hit_across_processes(tmp_path: Path) -> None:
+    """The same fingerprint names the same namespace in a fresh interpreter (paths and numpy scalars too)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np, pathlib, sys; from llamahome.cache.training import namespace_id; "
+        "print(namespace_id('ds', {'tok': pathlib.Path('/m/tok'), 'seq': np.int64(2048), 'v': (1, 2.5, None)}))"
+    )
+    env = dict(os.environ, PYTHONHASHSEED="random")
+    here = namespace_id("ds", {"v": [1, 2.5, None], "seq": 2048, "tok": "/m/tok"})
+    for _ in range(2):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+        assert out.stdout.strip() == here

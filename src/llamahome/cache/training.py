@@ -53,7 +53,7 @@ try:  # cross-process "this namespace is being read or written" marks; absent on
 except ImportError:  # pragma: no cover - non-POSIX
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["TrainingCache", "CachedBatches", "POLICIES"]
+__all__ = ["TrainingCache", "CachedBatches", "POLICIES", "namespace_id", "stable_fingerprint"]
 
 log = logging.getLogger(__name__)
 
@@ -75,15 +75,56 @@ def _batch_name(index: int) -> str:
 
 
 def namespace_id(dataset_id: str, fingerprint: Any = None) -> str:
-    """The directory name of a dataset's namespace: changes whenever ``dataset_id`` or ``fingerprint`` does."""
-    try:
-        text = json.dumps([dataset_id, fingerprint], sort_keys=True, separators=(",", ":"), default=str)
-    except ValueError as exc:  # circular structures
-        raise TrainingCacheError(
-            f"The fingerprint for dataset {dataset_id!r} cannot be turned into text ({exc}); pass a string, "
-            "number or JSON-like dict describing the data and its preprocessing."
-        ) from exc
+    """The directory name of a dataset's namespace: changes whenever ``dataset_id`` or ``fingerprint`` does.
+
+    The same dataset and fingerprint give the same name in every process and every run; a fingerprint that
+    cannot promise that is refused (see :func:`stable_fingerprint`).
+    """
+    text = json.dumps([dataset_id, stable_fingerprint(fingerprint)], sort_keys=True, separators=(",", ":"))
     return _NS_PREFIX + xxhash.xxh3_128_hexdigest(text.encode("utf-8", "surrogatepass"))
+
+
+#: Deepest fingerprint accepted (also what keeps a self-containing list from recursing forever).
+_FINGERPRINT_DEPTH = 32
+
+
+def stable_fingerprint(value: Any, _where: str = "fingerprint", _depth: int = 0) -> Any:
+    """``value`` as plain JSON data that reads the same in every process, or :class:`TrainingCacheError`.
+
+    Accepted: None, bool, int, float, str, paths (as their text), numpy scalars, and lists, tuples and dicts
+    with string keys of these. Anything else is refused, because the only text it has is a ``repr`` that may
+    differ per process (``<object at 0x7f...>``): such a fingerprint would never hit and would open a new
+    namespace every run.
+    """
+    if _depth > _FINGERPRINT_DEPTH:
+        raise TrainingCacheError(
+            f"The {_where} is nested more than {_FINGERPRINT_DEPTH} levels deep (or contains itself); "
+            "describe the data with a flat dict of strings and numbers."
+        )
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, np.generic) and isinstance(value, (np.bool_, np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, os.PathLike):
+        path = os.fspath(value)
+        return path if isinstance(path, str) else os.fsdecode(path)
+    if isinstance(value, (list, tuple)):
+        return [stable_fingerprint(v, f"{_where}[{i}]", _depth + 1) for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TrainingCacheError(
+                    f"The {_where} has a key of type {type(key).__name__}; fingerprint dicts need string keys "
+                    "(write it as str(key))."
+                )
+            out[key] = stable_fingerprint(item, f"{_where}[{key!r}]", _depth + 1)
+        return out
+    raise TrainingCacheError(
+        f"The {_where} is a {type(value).__name__}, whose only text form may differ from one process to the next, "
+        "so the cache would never find it again. Use a string, number, or list/dict of those describing the data "
+        "and its preprocessing (e.g. {'tokenizer': name, 'seq_len': 2048, 'version': 3})."
+    )
 
 
 @dataclass
@@ -346,10 +387,7 @@ class TrainingCache(Store):
             if ns is not None and ns.dir.is_dir():
                 return ns
             now = self.clock()
-            try:
-                fp = json.loads(json.dumps(fingerprint, default=str))
-            except ValueError:
-                fp = str(fingerprint)
+            fp = stable_fingerprint(fingerprint)
             ns = _Namespace(ns_id, self.path / ns_id, dataset_id, fp, self._next_seq(), now, now)
             ns.dir.mkdir(exist_ok=True, mode=0o700)
             self._write_manifest(ns)
@@ -548,7 +586,8 @@ class TrainingCache(Store):
 
         The first pass yields from ``iterable`` while storing each batch; later passes yield from the cache,
         in the same order, or shuffled by ``shuffle_seed`` (see :class:`CachedBatches`). ``fingerprint``
-        (any JSON-like value: tokenizer, sequence length, preprocessing version) is part of the namespace, so
+        (JSON-like: strings, numbers, paths, lists and string-keyed dicts of them, describing the tokenizer,
+        sequence length, preprocessing version; anything else is refused) is part of the namespace, so
         changing it starts over. ``start`` resumes the first pass at that batch index. ``device`` moves torch
         tensors there with non-blocking copies from ``pin_memory`` pinned buffers (both need torch; pinning
         is skipped where CUDA is absent). ``iterable`` must be re-iterable (a list, a ``DataLoader``) for
@@ -567,6 +606,7 @@ class TrainingCache(Store):
                 )
         if shuffle_seed is not None and not isinstance(shuffle_seed, (int, np.integer)):
             raise TrainingCacheError(f"shuffle_seed must be an int or None, not {type(shuffle_seed).__name__}.")
+        fingerprint = stable_fingerprint(fingerprint)  # refused here, before anything runs, if unstable
         namespace = namespace_id(dataset_id, fingerprint)
         return CachedBatches(
             self, iterable, dataset_id, fingerprint, namespace, shuffle_seed, int(start), device, pin_memory
