@@ -24,6 +24,7 @@ import asyncio
 import inspect
 import logging
 import math
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -43,6 +44,13 @@ def _is_async_callable(fn: object) -> bool:
         return True
     call = getattr(fn, "__call__", None)  # noqa: B004 - objects with an async __call__
     return call is not None and inspect.iscoroutinefunction(call)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 class ScheduledJob:
@@ -81,18 +89,44 @@ class ScheduledJob:
         return self._task is not None and self._task.done()
 
     def cancel(self) -> None:
-        """Stop the job: no new run starts; a run in progress finishes. ``await job.wait()`` to join it."""
+        """Stop the job: no new run starts; a run in progress finishes. ``await job.wait()`` to join it.
+
+        Works from any thread and any loop: the job's own loop is asked to cancel it, and a job whose loop
+        has closed is already over.
+        """
         self._cancel_requested = True
-        if self._task is not None and not self._running:
-            self._task.cancel()
+        task = self._task
+        if task is None or self._running or task.done():
+            return
+        loop = task.get_loop()
+        if loop.is_closed():
+            return  # the loop is gone, and the task with it: nothing will ever run it again
+        if _running_loop() is loop:
+            task.cancel()
+        else:
+            loop.call_soon_threadsafe(task.cancel)
 
     async def wait(self) -> None:
-        """Return when the job's task has ended (after ``cancel()``, or after the scheduler stopped)."""
-        if self._task is None:
+        """Return when the job's task has ended (after ``cancel()``, or after the scheduler stopped).
+
+        The task may live on another loop (``start()`` in one ``asyncio.run``, ``stop()`` in the next):
+        a closed loop's task is over; a loop still running in another thread is waited on from here.
+        """
+        task = self._task
+        if task is None or task.done():
             return
-        # gather(return_exceptions=True) absorbs the CancelledError of a cancelled task without
-        # swallowing a cancellation aimed at the caller.
-        await asyncio.gather(self._task, return_exceptions=True)
+        loop = task.get_loop()
+        if loop.is_closed():
+            return
+        if asyncio.get_running_loop() is loop:
+            # gather(return_exceptions=True) absorbs the CancelledError of a cancelled task without
+            # swallowing a cancellation aimed at the caller.
+            await asyncio.gather(task, return_exceptions=True)
+            return
+        done = threading.Event()
+        loop.call_soon_threadsafe(lambda: task.add_done_callback(lambda _: done.set()))
+        while not done.is_set() and not loop.is_closed():
+            await asyncio.to_thread(done.wait, 0.1)
 
     async def _run_once(self) -> None:
         if self._is_async:
@@ -210,7 +244,12 @@ class AsyncScheduler:
         jobs, self._jobs = self._jobs, []
         for job in jobs:
             job.cancel()
-        tasks = [job._task for job in jobs if job._task is not None]
+        here = asyncio.get_running_loop()
+        # Jobs scheduled on another loop are joined through ScheduledJob.wait (a closed loop's are over).
+        elsewhere = [job for job in jobs if job._task is not None and job._task.get_loop() is not here]
+        if elsewhere:
+            await asyncio.gather(*(job.wait() for job in elsewhere))
+        tasks = [job._task for job in jobs if job._task is not None and job._task.get_loop() is here]
         if not tasks:
             return
         if timeout is None:
