@@ -646,3 +646,28 @@ def test_fingerprints_hit_across_processes(tmp_path: Path) -> None:
     for _ in range(2):
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
         assert out.stdout.strip() == here
+
+
+def test_the_training_modules_meet_at_public_names_only() -> None:
+    """``_pass`` never imports ``_cache``; ``_cache`` imports only public names of ``_pass`` (issue 12, item 2)."""
+    import ast
+
+    import llamahome.cache.training as package
+
+    root = Path(package.__file__).parent
+
+    def imports(module: str) -> dict[str, list[str]]:
+        tree = ast.parse((root / f"{module}.py").read_text(encoding="utf-8"))
+        found: dict[str, list[str]] = {}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                found.setdefault(node.module or "", []).extend(alias.name for alias in node.names)
+        return found
+
+    assert "_cache" not in imports("_pass")
+    assert not [name for name in imports("_cache").get("_pass", []) if name.startswith("_")]
+    assert not [name for name in imports("_cache").get("_prefetch", []) if name.startswith("_")]
+    from llamahome.cache import TrainingCache as Public
+    from llamahome.cache.prefetch import read_ahead as old_path
+
+    assert Public is TrainingCache and old_path is read_ahead

@@ -39,14 +39,14 @@ import xxhash
 
 from llamahome.errors import CacheClosedError, CacheValueError, ConfigError, StorageError, TrainingCacheError
 
-from ._procs import pid_alive
-from .base import Key, Store, key_to_bytes, validate_key
-from .blobfile import HEADER_SIZE, TMP_SUFFIX, read_blob, read_header, read_value, write_blob
-from .codecs import decode, encode_parts
-from .prefetch import ReadAhead
-from .stats import CacheStats, CleanupReport
-from .training_pass import CachedBatches, _count_from, _Cursor, _map_tensors, _SourceEnd, _SyncPass, _torch, _Writer
-from .units import MIB, parse_size
+from .._procs import pid_alive
+from ..base import Key, Store, key_to_bytes, validate_key
+from ..blobfile import HEADER_SIZE, TMP_SUFFIX, read_blob, read_header, read_value, write_blob
+from ..codecs import decode, encode_parts
+from ..stats import CacheStats, CleanupReport
+from ..units import MIB, parse_size
+from ._pass import Cursor, SourceEnd, SyncPass, Writer, count_from, map_tensors, torch_module
+from ._prefetch import ReadAhead
 
 try:  # cross-process "this namespace is being read or written" marks; absent on Windows
     import fcntl
@@ -598,7 +598,7 @@ class TrainingCache(Store):
         if not isinstance(dataset_id, str) or not dataset_id:
             raise TrainingCacheError("dataset_id must be a non-empty string naming the dataset and its split.")
         if device is not None:
-            torch = _torch()
+            torch = torch_module()
             device = torch.device(device)
             if device.type == "cuda" and not torch.cuda.is_available():
                 raise TrainingCacheError(
@@ -640,9 +640,9 @@ class TrainingCache(Store):
         self._check_open()
         ns = self._namespace(wrapped.dataset_id, wrapped.fingerprint)
         transform = self._transform(wrapped._device)
-        pin = wrapped._pin and _torch().cuda.is_available()
+        pin = wrapped._pin and torch_module().cuda.is_available()
         if self.prefetch == 0:
-            return _SyncPass(self._pass_items(wrapped, ns, start, epoch, None, pin, None), transform)
+            return SyncPass(self._pass_items(wrapped, ns, start, epoch, None, pin, None), transform)
 
         def make_items(stop: Any) -> Iterator[Any]:
             # stop is the pipeline: helper threads join its list so that stopping the pass waits for them too
@@ -656,12 +656,12 @@ class TrainingCache(Store):
     def _transform(self, device: Any) -> Callable[[Any], Any] | None:
         if device is None:
             return None
-        torch = _torch()
+        torch = torch_module()
 
         def move(batch: Any) -> Any:
             # Issued from the consumer's thread on its current stream, so later kernels are ordered after
             # the copy; non_blocking lets the copy overlap with the host returning to the training loop.
-            return _map_tensors(batch, lambda t: t.to(device, non_blocking=True), torch)
+            return map_tensors(batch, lambda t: t.to(device, non_blocking=True), torch)
 
         return move
 
@@ -677,9 +677,9 @@ class TrainingCache(Store):
     ) -> Iterator[Any]:
         """The batches of one pass, in order; runs in the producer thread (or inline without read-ahead)."""
         lock_fd = self._pin(ns)
-        writer: _Writer | None = None
-        cursor: _Cursor | None = None
-        torch = _torch() if pin else None
+        writer: Writer | None = None
+        cursor: Cursor | None = None
+        torch = torch_module() if pin else None
         try:
             with self._lock:
                 if ns.oversize is not None and ns.oversize < self.max_bytes:
@@ -689,8 +689,8 @@ class TrainingCache(Store):
                 prefix_end = ns.contiguous(start)
             if not oversize:
                 capacity = max(1, self.batch_buffer - self.prefetch)
-                writer = _Writer(self, ns, capacity, threaded=stop is not None)
-            cursor = _Cursor(wrapped.source, writer, stop, wrapped._claim_source)
+                writer = Writer(_Shelf(self, ns), capacity, threaded=stop is not None)
+            cursor = Cursor(wrapped.source, writer, stop, wrapped._claim_source)
             if not (complete and total is not None):
                 wrapped._claim_source(check_only=True)  # fail before serving anything, not halfway through
             if complete and total is not None:
@@ -702,7 +702,7 @@ class TrainingCache(Store):
             else:
                 # Source order; the stored prefix is read from disk while a helper thread skips the source
                 # past it, so a resumed pass does not wait for the source to replay what is already cached.
-                order = _count_from(start, total)
+                order = count_from(start, total)
                 if not oversize and prefix_end > start:
                     cursor.prepare(prefix_end, register)
             for index in order:
@@ -714,11 +714,11 @@ class TrainingCache(Store):
                 if batch is None:
                     try:
                         batch = cursor.fetch(index)
-                    except _SourceEnd:
+                    except SourceEnd:
                         break
                     self._count("misses")
                 if torch is not None:
-                    batch = _map_tensors(batch, lambda t: t.pin_memory(), torch)
+                    batch = map_tensors(batch, lambda t: t.pin_memory(), torch)
                 yield batch
             if writer is not None:
                 writer.close()
@@ -733,7 +733,7 @@ class TrainingCache(Store):
                 writer.close()
             self._unpin(ns, lock_fd)
 
-    def _finish_pass(self, ns: _Namespace, end: int | None, writer: _Writer) -> None:
+    def _finish_pass(self, ns: _Namespace, end: int | None, writer: Writer) -> None:
         with self._lock:
             if end is not None:
                 ns.total = end
@@ -879,6 +879,130 @@ class TrainingCache(Store):
 
     def __repr__(self) -> str:
         return f"TrainingCache({str(self.path)!r}, size={self.size:g}, prefetch={self.prefetch})"
+
+
+class CachedBatches(Iterable[Any]):
+    """The iterable :meth:`TrainingCache.wrap` returns: each ``iter()`` is one pass (an epoch).
+
+    The first pass starts at ``start`` (resume), later ones at 0. Cached passes are shuffled when a
+    ``shuffle_seed`` was given: the order is a permutation drawn from ``(shuffle_seed, epoch)``, where the
+    epoch counts passes (or is set with :meth:`set_epoch`), so a resumed run reproduces the same order.
+    """
+
+    def __init__(
+        self,
+        cache: TrainingCache,
+        source: Iterable[Any],
+        dataset_id: str,
+        fingerprint: Any,
+        namespace: str,
+        shuffle_seed: int | None,
+        start: int,
+        device: Any,
+        pin_memory: bool,
+    ) -> None:
+        self.cache = cache
+        self.source = source
+        self.dataset_id = dataset_id
+        self.fingerprint = fingerprint
+        self.shuffle_seed = shuffle_seed
+        self.namespace = namespace
+        self.epoch = 0
+        self._start = start
+        self._device = device
+        self._pin = pin_memory
+        # Weak: a pass whose iterator the consumer dropped must be collectable, which is what stops it.
+        self._live: weakref.WeakSet[ReadAhead[Any]] = weakref.WeakSet()
+        self._one_shot = iter(source) is source  # a generator or iterator: it can be read only once
+        self._source_started = False
+
+    def _claim_source(self, *, check_only: bool = False) -> None:
+        """Called before each read of the source from its start; refuses to re-read a one-shot iterator."""
+        if self._one_shot and self._source_started:
+            raise TrainingCacheError(
+                f"Dataset {self.dataset_id!r} needs its source again (the cache is not complete: an earlier pass "
+                "was interrupted, or the data is larger than the cache), but the source is an iterator that was "
+                "already read. Pass a re-iterable source (a list, a DataLoader, an object with __iter__)."
+            )
+        if not check_only:
+            self._source_started = True
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set the epoch number of the next pass (it picks the shuffle order)."""
+        self.epoch = int(epoch)
+
+    @property
+    def complete(self) -> bool:
+        """True once every batch is stored and the source's end was seen."""
+        return self.cache._namespace_state(self.namespace)[0]
+
+    @property
+    def num_batches(self) -> int | None:
+        """The number of batches per pass, once a pass has seen the source end (else None)."""
+        return self.cache._namespace_state(self.namespace)[1]
+
+    def __len__(self) -> int:
+        total = self.num_batches
+        if total is None:
+            try:
+                return len(self.source)  # type: ignore[arg-type]
+            except TypeError:
+                raise TypeError(
+                    "The number of batches is known after the first complete pass (or if the source has a len())."
+                ) from None
+        return total
+
+    def iter(self, start: int | None = None, epoch: int | None = None) -> Iterator[Any]:
+        """One pass from batch ``start`` (default: the resume index for the first pass, else 0)."""
+        if start is None:
+            start, self._start = self._start, 0
+        if start < 0:
+            raise TrainingCacheError(f"A pass cannot start at batch {start}; give a batch index of 0 or more.")
+        if epoch is not None:
+            self.epoch = int(epoch)
+        epoch_now = self.epoch
+        self.epoch += 1
+        iterator = self.cache._open_pass(self, start, epoch_now)
+        if isinstance(iterator, ReadAhead):
+            self._live.add(iterator)
+        return iterator
+
+    def __iter__(self) -> Iterator[Any]:
+        return self.iter()
+
+    def close(self) -> None:
+        """Stop every pass of this iterable that is still reading ahead."""
+        for iterator in list(self._live):
+            iterator.close()
+        self._live.clear()
+
+    def __repr__(self) -> str:
+        return f"CachedBatches(dataset_id={self.dataset_id!r}, namespace={self.namespace!r})"
+
+
+class _Shelf:
+    """One namespace of a cache as a pass's :class:`~._pass.Writer` sees it (the boundary between the modules)."""
+
+    def __init__(self, cache: TrainingCache, ns: _Namespace) -> None:
+        self._cache = cache
+        self._ns = ns
+
+    @property
+    def label(self) -> str:
+        return self._ns.dataset_id
+
+    @property
+    def compression(self) -> bool:
+        return self._cache.compression
+
+    def has(self, index: int) -> bool:
+        return self._cache._has_batch(self._ns, index)
+
+    def store(self, index: int, parts: list[Any], raw: int) -> bool:
+        return self._cache._store_batch(self._ns, index, parts, raw)
+
+    def count(self, counter: str, amount: int = 1) -> None:
+        self._cache._count(counter, amount)
 
 
 def _remove_stale_temp_files(directory: Path) -> int:
