@@ -19,7 +19,9 @@ import pytest
 
 from llamahome.cache.prefetch import THREAD_PREFIX, live_pipelines, read_ahead
 from llamahome.cache.training import TrainingCache, namespace_id
-from llamahome.errors import CacheClosedError, ConfigError, TrainingCacheError
+from llamahome.errors import CacheClosedError, ConfigError, TrainingCacheError, ValueTooLargeError
+
+from .store_contract import StoreContract
 
 N = 12
 
@@ -671,3 +673,38 @@ def test_the_training_modules_meet_at_public_names_only() -> None:
     from llamahome.cache.prefetch import read_ahead as old_path
 
     assert Public is TrainingCache and old_path is read_ahead
+
+
+# ------------------------------------------------------------------------------------------ store contract
+
+
+class TestTrainingCacheContract(StoreContract):
+    """put/get/set/delete of single batches keep the store contract: they are the disk tier inside ``path``.
+
+    No opt-outs: ttl, eviction order, the bound and the counters are those of every store.
+    """
+
+    def make_store(self, tmp_path: Path, clock: Any, size_mb: float = 1.0, policy: str = "lru") -> TrainingCache:
+        return TrainingCache(tmp_path, size=size_mb, cleanup_policy=policy, clock=clock)
+
+
+def test_put_shares_the_budget_with_the_namespaces(tmp_path: Path) -> None:
+    c = TrainingCache(tmp_path, size=1, compression=False, prefetch=0)
+    list(c.wrap([np.full(30_000, i, dtype=np.int64) for i in range(3)], "ds"))  # ~720 KB in one namespace
+    assert c.namespaces()[0]["batches"] == 3
+    c.put("one", np.zeros(50_000, dtype=np.int64))  # 400 KB more: over the bound, so the namespace goes
+    assert c.namespaces() == [] and c.stats.bytes <= c.max_bytes
+    assert c.get("one") is not None
+    with pytest.raises(TrainingCacheError, match="raise training_cache.size") as info:
+        c.put("huge", np.zeros(200_000, dtype=np.int64))
+    assert isinstance(info.value, ValueTooLargeError)
+    c.close()
+
+
+def test_values_of_the_old_layout_are_removed_by_cleanup(tmp_path: Path) -> None:
+    old = tmp_path / "kv"
+    old.mkdir()
+    (old / ("ab" * 16 + ".lhb")).write_bytes(b"LHB1 old value")
+    c = TrainingCache(tmp_path, size=1)
+    assert c.cleanup().orphans == 1 and not old.exists()
+    c.close()

@@ -15,12 +15,13 @@ Inside, one job per module:
 - ``_prefetch``: read-ahead of any iterator in a background thread (:func:`read_ahead`), also usable alone.
 """
 
-from ._cache import POLICIES, CachedBatches, TrainingCache, namespace_id, stable_fingerprint
+from ._cache import POLICIES, BatchTooLargeError, CachedBatches, TrainingCache, namespace_id, stable_fingerprint
 from ._prefetch import THREAD_PREFIX, ReadAhead, Stopped, live_pipelines, read_ahead, stop_all
 
 __all__ = [
     "POLICIES",
     "THREAD_PREFIX",
+    "BatchTooLargeError",
     "CachedBatches",
     "ReadAhead",
     "Stopped",

@@ -17,6 +17,9 @@ only once a pass has stored every batch and seen the source end; an interrupted 
 ``break``, a crash) leaves it incomplete, and the next pass serves the stored prefix from the cache and
 completes the rest from the source. Namespaces are evicted whole, oldest first (``cleanup_policy="fifo"``),
 to stay within ``size``.
+
+Single batches stored with ``put``/``set`` are a plain key-value store, the disk tier (``path/values``): the
+training cache is a :class:`~llamahome.cache.base.Store` through it and keeps the store contract.
 """
 
 from __future__ import annotations
@@ -37,14 +40,22 @@ from typing import Any
 import numpy as np
 import xxhash
 
-from llamahome.errors import CacheClosedError, CacheValueError, ConfigError, StorageError, TrainingCacheError
+from llamahome.errors import (
+    CacheClosedError,
+    CacheValueError,
+    ConfigError,
+    StorageError,
+    TrainingCacheError,
+    ValueTooLargeError,
+)
 
 from .._procs import pid_alive
-from ..base import Key, Store, key_to_bytes, validate_key
-from ..blobfile import HEADER_SIZE, TMP_SUFFIX, read_blob, read_header, read_value, write_blob
-from ..codecs import decode, encode_parts
+from ..base import Key, Store
+from ..blobfile import HEADER_SIZE, TMP_SUFFIX, read_blob, write_blob
+from ..codecs import decode
+from ..disk import DiskCache
 from ..stats import CacheStats, CleanupReport
-from ..units import MIB, parse_size
+from ..units import MIB, parse_size, shown
 from ._pass import Cursor, SourceEnd, SyncPass, Writer, count_from, map_tensors, torch_module
 from ._prefetch import ReadAhead
 
@@ -53,7 +64,7 @@ try:  # cross-process "this namespace is being read or written" marks; absent on
 except ImportError:  # pragma: no cover - non-POSIX
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["TrainingCache", "CachedBatches", "POLICIES", "namespace_id", "stable_fingerprint"]
+__all__ = ["TrainingCache", "CachedBatches", "BatchTooLargeError", "POLICIES", "namespace_id", "stable_fingerprint"]
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +75,17 @@ _NS_PREFIX = "ns-"
 _MANIFEST = "manifest.json"
 _LOCK = ".lock"
 _BATCH_RE = re.compile(r"^b(\d{9})\.lhb$")
-_KV_RE = re.compile(r"^[0-9a-f]{32}\.lhb$")
-_KV_DIR = "kv"
+#: Where single batches stored with put() live: a DiskCache of their own (the one key-value store).
+_VALUES_DIR = "values"
+#: The key-value files of versions before the values store; cleanup() removes them (only these names).
+_OLD_KV_RE = re.compile(r"^[0-9a-f]{32}\.lhb$")
+_OLD_KV_DIR = "kv"
 #: A namespace directory without a manifest this old (seconds) is a crash leftover, not a write in progress.
 _ORPHAN_GRACE = 60.0
+
+
+class BatchTooLargeError(TrainingCacheError, ValueTooLargeError):
+    """A batch larger than the training cache's whole ``size``: raise ``training_cache.size``."""
 
 
 def _batch_name(index: int) -> str:
@@ -168,15 +186,6 @@ class _Namespace:
         return index
 
 
-@dataclass
-class _KvEntry:
-    seq: int
-    created: float
-    used: float
-    size: int
-    uses: int = 0
-
-
 def _policy_key(policy: str, seq: int, created: float, used: float, uses: int) -> tuple[float, ...]:
     if policy == "lru":
         return (used, seq)
@@ -242,23 +251,31 @@ class TrainingCache(Store):
         self.compression = bool(compression)
         self.clock = clock
         self.name = name
-        self.stats = CacheStats(name=name, max_bytes=self.max_bytes)
+        # Counters of the namespaces (passes); the values store keeps its own, and `stats` adds them up.
+        self._own = CacheStats(name=name, max_bytes=self.max_bytes)
         self._lock = threading.RLock()
         self._closed = False
         self._namespaces: dict[str, _Namespace] = {}
-        self._kv: dict[str, _KvEntry] = {}
         self._seq = 0
-        self._bytes = 0
+        self._bytes = 0  # the namespaces' bytes
         self._orphans: list[Path] = []
         self._passes: weakref.WeakSet[ReadAhead[Any]] = weakref.WeakSet()
         try:
             self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
-            (self.path / _KV_DIR).mkdir(exist_ok=True, mode=0o700)
         except OSError as exc:
             raise StorageError(
                 exc.errno, f"Cannot create the training cache directory {self.path} ({exc.strerror}); pick a writable path."
             ) from exc
-        self._scan()
+        # Single batches (put/get/set/delete) are a plain key-value store: the disk tier, which keeps the
+        # store contract (ttl, eviction order, crash safety), rather than a second index written here.
+        self._values = DiskCache(
+            self.path / _VALUES_DIR, size=size_mb, policy=policy, compression=self.compression, clock=clock, name=name
+        )
+        try:
+            self._scan()
+        except BaseException:
+            self._values.close()
+            raise
 
     # ------------------------------------------------------------------------------------ pickling
     def __reduce__(self) -> tuple[Any, ...]:
@@ -287,7 +304,6 @@ class TrainingCache(Store):
         """
         with self._lock:
             found: dict[str, _Namespace] = {}
-            kv: dict[str, _KvEntry] = {}
             orphans: list[Path] = []
             max_seq = 0
             with os.scandir(self.path) as entries:
@@ -300,16 +316,6 @@ class TrainingCache(Store):
                         continue
                     found[ns.id] = ns
                     max_seq = max(max_seq, ns.seq)
-            with os.scandir(self.path / _KV_DIR) as entries:
-                for entry in entries:
-                    if not _KV_RE.match(entry.name) or not entry.is_file(follow_symlinks=False):
-                        continue
-                    header = read_header(Path(entry.path))
-                    if header is None:
-                        orphans.append(Path(entry.path))
-                        continue
-                    kv[entry.name] = _KvEntry(header.seq, header.created, header.created, header.file_size)
-                    max_seq = max(max_seq, header.seq)
             namespaces: dict[str, _Namespace] = {}
             for ns_id, ns in found.items():
                 known = self._namespaces.get(ns_id)
@@ -324,15 +330,25 @@ class TrainingCache(Store):
                     known.batches, known.bytes, known.complete = {}, 0, False
                     namespaces[ns_id] = known
             self._namespaces = namespaces
-            self._kv = kv
             self._orphans = orphans
             self._seq = max(self._seq, max_seq)
             self._recount()
 
     def _recount(self) -> None:
-        self._bytes = sum(ns.bytes for ns in self._namespaces.values()) + sum(e.size for e in self._kv.values())
-        self.stats.bytes = self._bytes
-        self.stats.entries = sum(len(ns.batches) for ns in self._namespaces.values()) + len(self._kv)
+        self._bytes = sum(ns.bytes for ns in self._namespaces.values())
+        self._own.bytes = self._bytes
+        self._own.entries = sum(len(ns.batches) for ns in self._namespaces.values())
+
+    @property
+    def stats(self) -> CacheStats:  # type: ignore[override]
+        """The namespaces' counters and holdings plus those of the single batches stored with put()."""
+        total = CacheStats.combine(self.name, [self._own, self._values.stats])
+        total.max_bytes = self.max_bytes
+        return total
+
+    def _total_bytes(self) -> int:
+        """Bytes held now: the namespaces' batches and the put() values (read from the values store)."""
+        return self._bytes + self._values.stats.bytes
 
     def _load_namespace(self, directory: Path) -> _Namespace | None:
         try:
@@ -405,7 +421,7 @@ class TrainingCache(Store):
 
     def _count(self, counter: str, amount: int = 1) -> None:
         with self._lock:
-            setattr(self.stats, counter, getattr(self.stats, counter) + amount)
+            setattr(self._own, counter, getattr(self._own, counter) + amount)
 
     # ------------------------------------------------------------------------------------ budget
     def _busy(self, ns: _Namespace) -> bool:
@@ -431,31 +447,32 @@ class TrainingCache(Store):
         for ns in self._namespaces.values():
             if ns is not protect and ns.bytes:
                 units.append((_policy_key(self.cleanup_policy, ns.seq, ns.created, ns.used, ns.uses), "ns", ns.id))
-        for name, entry in self._kv.items():
-            units.append((_policy_key(self.cleanup_policy, entry.seq, entry.created, entry.used, entry.uses), "kv", name))
         units.sort()
         return units
 
     def _make_room(self, nbytes: int, protect: _Namespace | None, report: CleanupReport | None = None) -> bool:
-        """Evict whole namespaces (and single put() entries) in policy order until ``nbytes`` more fit."""
-        if self._bytes + nbytes <= self.max_bytes:
+        """Evict whole namespaces in policy order until ``nbytes`` more fit beside everything held.
+
+        Single batches stored with put() are evicted by their own store, among themselves, in the same
+        policy order; a pass makes room by evicting older namespaces only.
+        """
+        total = self._total_bytes()
+        if total + nbytes <= self.max_bytes:
             return True
-        for _, kind, unit in self._victims(protect):
-            if kind == "ns":
-                ns = self._namespaces[unit]
-                if self._busy(ns):
-                    continue
-                removed, freed = self._drop_namespace(ns, keep_manifest=False)
-            else:
-                removed, freed = self._drop_kv(unit)
-            self.stats.evictions += removed
+        for _, _kind, unit in self._victims(protect):
+            ns = self._namespaces[unit]
+            if self._busy(ns):
+                continue
+            removed, freed = self._drop_namespace(ns, keep_manifest=False)
+            total -= freed
+            self._own.evictions += removed
             if report is not None:
                 report.evicted += removed
                 report.bytes_freed += freed
                 report.details.setdefault("evicted", []).append(unit)
-            if self._bytes + nbytes <= self.max_bytes:
+            if total + nbytes <= self.max_bytes:
                 return True
-        return self._bytes + nbytes <= self.max_bytes
+        return total + nbytes <= self.max_bytes
 
     def _drop_namespace(self, ns: _Namespace, keep_manifest: bool) -> tuple[int, int]:
         removed, freed = len(ns.batches), ns.bytes
@@ -486,18 +503,9 @@ class TrainingCache(Store):
             with contextlib.suppress(OSError):
                 os.rmdir(directory)
 
-    def _drop_kv(self, name: str) -> tuple[int, int]:
-        entry = self._kv.pop(name, None)
-        if entry is None:
-            return 0, 0
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path / _KV_DIR / name)
-        self._recount()
-        return 1, entry.size
-
     def _too_large(self, nbytes: int, what: str) -> TrainingCacheError:
         need = nbytes / MIB
-        return TrainingCacheError(
+        return BatchTooLargeError(
             f"{what} takes {nbytes:,} bytes on disk, more than the training cache's whole size of "
             f"{self.max_bytes:,} bytes ({self.size:g} MB); raise training_cache.size to at least {need:.2f} MB "
             "or make batches smaller."
@@ -524,18 +532,18 @@ class TrainingCache(Store):
             ns.batches[index] = size
             ns.bytes += size
             self._bytes += size
-            self.stats.bytes = self._bytes
-            self.stats.entries += 1
-            self.stats.sets += 1
-            self.stats.raw_bytes += raw
-            self.stats.stored_bytes += size - HEADER_SIZE
+            self._own.bytes = self._bytes
+            self._own.entries += 1
+            self._own.sets += 1
+            self._own.raw_bytes += raw
+            self._own.stored_bytes += size - HEADER_SIZE
             return True
 
     def _overflow(self, ns: _Namespace) -> None:
         stored = ns.bytes
         self._drop_namespace(ns, keep_manifest=False)
         ns.oversize = self.max_bytes
-        self.stats.errors += 1
+        self._own.errors += 1
         with contextlib.suppress(OSError):
             ns.dir.mkdir(exist_ok=True, mode=0o700)
             self._write_manifest(ns)
@@ -561,7 +569,7 @@ class TrainingCache(Store):
             with self._lock:
                 size = ns.batches.pop(index, None)
                 if size is not None:
-                    self.stats.corrupt += 1
+                    self._own.corrupt += 1
                     ns.bytes -= size
                     ns.complete = False
                     self._recount()
@@ -751,72 +759,39 @@ class TrainingCache(Store):
         if self._closed:
             raise CacheClosedError(f"The training cache {self.name!r} was closed; create a new TrainingCache to use it again.")
 
-    def _kv_name(self, key: Key) -> str:
-        return xxhash.xxh3_128_hexdigest(key_to_bytes(key)) + ".lhb"
+    def put(self, key: Key, batch: Any, ttl: float | None = None) -> None:
+        """Store one batch under ``key`` (``ttl`` seconds; None: until evicted).
 
-    def put(self, key: Key, batch: Any) -> None:
-        """Store one batch under ``key`` (evicting the oldest namespaces/entries if needed)."""
+        Single batches live in their own key-value store (the disk tier) inside ``path``, within the same
+        ``size`` as the namespaces: older namespaces not in use are evicted when the total goes over.
+        """
         self._check_open()
-        key = validate_key(key)
-        encoded = encode_parts(batch, compress=self.compression)
-        key_bytes = key_to_bytes(key)
-        nbytes = HEADER_SIZE + len(key_bytes) + (-len(key_bytes) % 64) + encoded.size
-        if nbytes > self.max_bytes:
-            raise self._too_large(nbytes, f"The batch for key {key!r}")
-        name = self._kv_name(key)
+        try:
+            self._values.set(key, batch, ttl=ttl)
+        except ValueTooLargeError as exc:
+            raise BatchTooLargeError(
+                f"The batch for key {shown(key)} does not fit in the training cache's whole size of "
+                f"{self.max_bytes:,} bytes ({self.size:g} MB); raise training_cache.size or make batches smaller."
+            ) from exc
         with self._lock:
-            self._drop_kv(name)
-            if not self._make_room(nbytes, None):
-                raise self._too_large(nbytes, f"The batch for key {key!r}")  # pragma: no cover - room always made
-            seq, now = self._next_seq(), self.clock()
-            size = write_blob(self.path / _KV_DIR / name, encoded.parts, created=now, seq=seq, key=key_bytes)
-            self._kv[name] = _KvEntry(seq, now, now, size)
-            self.stats.sets += 1
-            self.stats.raw_bytes += encoded.raw_size
-            self.stats.stored_bytes += encoded.size
-            self._recount()
+            self._make_room(0, None)
 
     def set(self, key: Key, value: Any, ttl: float | None = None) -> None:
-        """Store interface spelling of :meth:`put`; batches do not expire, so ``ttl`` must be None."""
-        if ttl is not None:
-            raise TrainingCacheError("The training cache does not expire batches; call set() without ttl.")
-        self.put(key, value)
+        """The store interface's spelling of :meth:`put`."""
+        self.put(key, value, ttl=ttl)
 
     def get(self, key: Key, default: Any = None) -> Any:
-        """The batch stored under ``key`` by :meth:`put`, or ``default``."""
+        """The batch stored under ``key`` by :meth:`put`, or ``default`` (missing, expired or damaged)."""
         self._check_open()
-        key = validate_key(key)
-        name = self._kv_name(key)
-        with self._lock:
-            entry = self._kv.get(name)
-        if entry is None:
-            self._count("misses")
-            return default
-        ok, value = read_value(self.path / _KV_DIR / name, key_to_bytes(key))
-        with self._lock:
-            if not ok:
-                self.stats.corrupt += 1
-                self.stats.misses += 1
-                self._drop_kv(name)
-                return default
-            entry.used = self.clock()
-            entry.uses += 1
-            self.stats.hits += 1
-        return value
+        return self._values.get(key, default)
 
     def delete(self, key: Key) -> bool:
+        """Remove the batch stored under ``key`` by :meth:`put`; True if it was there."""
         self._check_open()
-        with self._lock:
-            removed, _ = self._drop_kv(self._kv_name(validate_key(key)))
-            if removed:
-                self.stats.deletes += 1
-            return bool(removed)
+        return self._values.delete(key)
 
     def __contains__(self, key: object) -> bool:
-        if not isinstance(key, (str, bytes)):
-            return False
-        with self._lock:
-            return self._kv_name(key) in self._kv
+        return not self._closed and key in self._values
 
     def invalidate(self, dataset_id: str) -> int:
         """Drop every namespace of ``dataset_id`` (all fingerprints) not in use; return batches removed."""
@@ -835,8 +810,7 @@ class TrainingCache(Store):
             for ns in list(self._namespaces.values()):
                 if not self._busy(ns):
                     self._drop_namespace(ns, keep_manifest=False)
-            for name in list(self._kv):
-                self._drop_kv(name)
+            self._values.clear()
 
     def namespaces(self) -> list[dict[str, Any]]:
         """A description of each namespace, oldest first: dataset, fingerprint, batches, bytes, completion."""
@@ -861,8 +835,13 @@ class TrainingCache(Store):
                 else:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(orphan)
-            for directory in [self.path / _KV_DIR, *(ns.dir for ns in self._namespaces.values())]:
+            for directory in [self.path / _OLD_KV_DIR, *(ns.dir for ns in self._namespaces.values())]:
                 report.orphans += _remove_stale_temp_files(directory)
+            report.orphans += _remove_old_values(self.path / _OLD_KV_DIR)
+        values = self._values.cleanup()
+        for counter in ("expired", "evicted", "orphans", "missing", "corrupt", "bytes_freed"):
+            setattr(report, counter, getattr(report, counter) + getattr(values, counter))
+        with self._lock:
             self._make_room(0, None, report)
         return report
 
@@ -876,6 +855,7 @@ class TrainingCache(Store):
             self._passes.clear()
         for iterator in passes:
             iterator.close()
+        self._values.close()
 
     def __repr__(self) -> str:
         return f"TrainingCache({str(self.path)!r}, size={self.size:g}, prefetch={self.prefetch})"
@@ -1023,6 +1003,21 @@ def _remove_stale_temp_files(directory: Path) -> int:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(entry.path)
                     removed += 1
+    return removed
+
+
+def _remove_old_values(directory: Path) -> int:
+    """Remove the key-value files an older version kept in ``kv/`` (only its own names), then the directory."""
+    removed = 0
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                if _OLD_KV_RE.match(entry.name) and entry.is_file(follow_symlinks=False):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.path)
+                        removed += 1
+        with contextlib.suppress(OSError):
+            os.rmdir(directory)  # only if empty: anything else in it is not ours
     return removed
 
 
