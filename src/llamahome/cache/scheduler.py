@@ -16,6 +16,10 @@ Rules every job follows:
 - A job that raises is logged (logger ``llamahome.cache.scheduler``), counted, and runs again next interval.
 - ``stop()`` lets a run in progress finish (a thread cannot be interrupted, and half a cleanup helps nobody),
   cancels the sleeping jobs, and waits for all of them: once it returns, no job runs and no task is pending.
+
+Time is injectable, as in the stores: ``AsyncScheduler(clock=..., sleep=...)`` takes a clock (seconds) and an
+async sleep; the defaults are the running loop's ``time()`` and ``asyncio.sleep``. Tests drive jobs with a
+virtual clock whose ``sleep`` returns when the test advances it, so no test waits for an interval.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ __all__ = ["AsyncScheduler", "ScheduledJob"]
 logger = logging.getLogger(__name__)
 
 Job = Callable[[], Any]
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[Any]]
 
 
 def _is_async_callable(fn: object) -> bool:
@@ -60,14 +66,16 @@ class ScheduledJob:
     ``last_error`` keeps the latest exception for inspection.
     """
 
-    def __init__(self, fn: Job, interval: float, name: str) -> None:
+    def __init__(self, fn: Job, interval: float, name: str, clock: Clock | None = None, sleep: Sleep | None = None) -> None:
         self.fn = fn
         self.interval = interval
         self.name = name
         self.runs = 0
         self.failures = 0
         self.last_error: BaseException | None = None
-        self.last_started: float | None = None  # loop time
+        self.last_started: float | None = None  # the scheduler's clock (the loop's time by default)
+        self._clock = clock
+        self._sleep: Sleep = sleep if sleep is not None else asyncio.sleep
         self.last_duration: float | None = None
         self._is_async = _is_async_callable(fn)
         self._task: asyncio.Task[None] | None = None
@@ -137,15 +145,15 @@ class ScheduledJob:
             await result
 
     async def _loop(self, delay: float) -> None:
-        loop = asyncio.get_running_loop()
-        next_start = loop.time() + delay
+        now = self._clock if self._clock is not None else asyncio.get_running_loop().time
+        next_start = now() + delay
         while not self._cancel_requested:
             # Cancellation only ever lands here, in the sleep: cancel() never cancels a running job.
-            await asyncio.sleep(max(0.0, next_start - loop.time()))
+            await self._sleep(max(0.0, next_start - now()))
             if self._cancel_requested:
                 break
             self._running = True
-            started = loop.time()
+            started = now()
             self.last_started = started
             error: BaseException | None = None
             try:
@@ -158,12 +166,12 @@ class ScheduledJob:
                 error = exc
             finally:
                 self._running = False
-                self._record(error, started, loop.time())
+                self._record(error, started, now())
             # Fixed rate from the previous start; skip ticks a slow run missed so runs never bunch up.
-            now = loop.time()
+            ended = now()
             next_start = started + self.interval
-            if next_start < now:
-                missed = math.ceil((now - next_start) / self.interval)
+            if next_start < ended:
+                missed = math.ceil((ended - next_start) / self.interval)
                 next_start += missed * self.interval
 
     def _record(self, error: BaseException | None, started: float, ended: float) -> None:
@@ -188,9 +196,19 @@ class ScheduledJob:
 
 
 class AsyncScheduler:
-    """Runs jobs periodically on the running event loop; see the module docstring for the rules."""
+    """Runs jobs periodically on the running event loop; see the module docstring for the rules.
 
-    def __init__(self) -> None:
+    ``clock`` (seconds, monotonic) and ``sleep`` (an async function taking seconds) default to the running
+    loop's ``time()`` and ``asyncio.sleep``; inject both to run jobs on virtual time.
+    """
+
+    def __init__(self, *, clock: Clock | None = None, sleep: Sleep | None = None) -> None:
+        if clock is not None and not callable(clock):
+            raise ConfigError(f"AsyncScheduler clock must be a callable returning seconds, not {type(clock).__name__}.")
+        if sleep is not None and not callable(sleep):
+            raise ConfigError(f"AsyncScheduler sleep must be an async function of seconds, not {type(sleep).__name__}.")
+        self.clock = clock
+        self.sleep = sleep
         self._jobs: list[ScheduledJob] = []
 
     @property
@@ -229,7 +247,9 @@ class AsyncScheduler:
             first = math.nan
         if not math.isfinite(first) or first < 0:
             raise ConfigError(f"A scheduling delay must be zero or more seconds, not {delay!r}.")
-        job = ScheduledJob(fn, interval, name or getattr(fn, "__qualname__", None) or repr(fn))
+        job = ScheduledJob(
+            fn, interval, name or getattr(fn, "__qualname__", None) or repr(fn), clock=self.clock, sleep=self.sleep
+        )
         job._task = asyncio.get_running_loop().create_task(job._loop(first), name=f"llamahome-job-{job.name}")
         self._jobs = [j for j in self._jobs if not j.done]
         self._jobs.append(job)
