@@ -46,7 +46,7 @@ from llamahome.monitoring.monitor import CacheMonitor
 
 from .base import MISSING, Key, MaintainedCache, Store, validate_key
 from .config import CacheConfig
-from .scheduler import AsyncScheduler, ScheduledJob, _is_async_callable
+from .scheduler import AsyncScheduler, ScheduledJob, is_async_callable
 from .stats import CacheStats, CleanupReport
 
 if TYPE_CHECKING:
@@ -511,7 +511,7 @@ class CacheManager:
 
 
 async def _call_factory(factory: Factory) -> Any:
-    if _is_async_callable(factory):
+    if is_async_callable(factory):
         result = factory()
     else:
         result = await asyncio.to_thread(factory)

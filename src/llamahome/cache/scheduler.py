@@ -34,7 +34,7 @@ from typing import Any
 
 from llamahome.errors import CacheError, ConfigError
 
-__all__ = ["AsyncScheduler", "ScheduledJob"]
+__all__ = ["AsyncScheduler", "ScheduledJob", "is_async_callable"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,8 @@ Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[Any]]
 
 
-def _is_async_callable(fn: object) -> bool:
+def is_async_callable(fn: object) -> bool:
+    """True if calling ``fn`` gives a coroutine: a coroutine function, a partial of one, or an async ``__call__``."""
     while hasattr(fn, "func") and not inspect.isfunction(fn):  # functools.partial, possibly nested
         fn = fn.func
     if inspect.iscoroutinefunction(fn):
@@ -77,7 +78,7 @@ class ScheduledJob:
         self._clock = clock
         self._sleep: Sleep = sleep if sleep is not None else asyncio.sleep
         self.last_duration: float | None = None
-        self._is_async = _is_async_callable(fn)
+        self._is_async = is_async_callable(fn)
         self._task: asyncio.Task[None] | None = None
         self._running = False
         self._cancel_requested = False

@@ -48,6 +48,7 @@ from llamahome.errors import CacheClosedError, CacheError, CacheValueError, Conf
 
 from ._procs import pid_alive
 from .base import Key, Store, validate_ttl
+from ._legacy import remove_old_kv_files
 from .blobfile import TMP_SUFFIX
 from .disk import DiskCache
 from .stats import CacheStats, CleanupReport
@@ -70,7 +71,6 @@ _LOCKS = "locks"
 _VALUES = "values"
 #: The key-value files of versions before the values store; cleanup() removes them (only these names).
 _OLD_KV = "kv"
-_OLD_KV_RE = re.compile(r"^[0-9a-f]{32}\.lhb$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9._+=@,-]{1,200}$")
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -547,7 +547,7 @@ class SystemCache(Store):
                     report.expired += 1
                     report.bytes_freed += freed
                     self._items.expirations += 1
-            report.orphans += _remove_dead_temp_files(self._meta / _REGISTRY) + _remove_old_values(self._meta / _OLD_KV)
+            report.orphans += _remove_dead_temp_files(self._meta / _REGISTRY) + remove_old_kv_files(self._meta / _OLD_KV)
             values = self._values.cleanup()
             for counter in ("expired", "evicted", "orphans", "missing", "corrupt", "bytes_freed"):
                 setattr(report, counter, getattr(report, counter) + getattr(values, counter))
@@ -664,21 +664,6 @@ def _remove_at(parent_fd: int, name: str) -> int:
     with contextlib.suppress(FileNotFoundError):
         os.rmdir(name, dir_fd=parent_fd)
     return freed
-
-
-def _remove_old_values(directory: Path) -> int:
-    """Remove the key-value files an older version kept in ``kv/`` (only its own names), then the directory."""
-    removed = 0
-    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-        with os.scandir(directory) as entries:
-            for entry in entries:
-                if _OLD_KV_RE.match(entry.name) and entry.is_file(follow_symlinks=False):
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(entry.path)
-                        removed += 1
-        with contextlib.suppress(OSError):
-            os.rmdir(directory)  # only if empty: anything else in it is not ours
-    return removed
 
 
 def _remove_dead_temp_files(directory: Path) -> int:

@@ -49,6 +49,7 @@ from llamahome.errors import (
     ValueTooLargeError,
 )
 
+from .._legacy import remove_old_kv_files
 from .._procs import pid_alive
 from ..base import Key, Store
 from ..blobfile import HEADER_SIZE, TMP_SUFFIX, read_blob, write_blob
@@ -78,7 +79,6 @@ _BATCH_RE = re.compile(r"^b(\d{9})\.lhb$")
 #: Where single batches stored with put() live: a DiskCache of their own (the one key-value store).
 _VALUES_DIR = "values"
 #: The key-value files of versions before the values store; cleanup() removes them (only these names).
-_OLD_KV_RE = re.compile(r"^[0-9a-f]{32}\.lhb$")
 _OLD_KV_DIR = "kv"
 #: A namespace directory without a manifest this old (seconds) is a crash leftover, not a write in progress.
 _ORPHAN_GRACE = 60.0
@@ -837,7 +837,7 @@ class TrainingCache(Store):
                         os.unlink(orphan)
             for directory in [self.path / _OLD_KV_DIR, *(ns.dir for ns in self._namespaces.values())]:
                 report.orphans += _remove_stale_temp_files(directory)
-            report.orphans += _remove_old_values(self.path / _OLD_KV_DIR)
+            report.orphans += remove_old_kv_files(self.path / _OLD_KV_DIR)
         values = self._values.cleanup()
         for counter in ("expired", "evicted", "orphans", "missing", "corrupt", "bytes_freed"):
             setattr(report, counter, getattr(report, counter) + getattr(values, counter))
@@ -1003,21 +1003,6 @@ def _remove_stale_temp_files(directory: Path) -> int:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(entry.path)
                     removed += 1
-    return removed
-
-
-def _remove_old_values(directory: Path) -> int:
-    """Remove the key-value files an older version kept in ``kv/`` (only its own names), then the directory."""
-    removed = 0
-    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-        with os.scandir(directory) as entries:
-            for entry in entries:
-                if _OLD_KV_RE.match(entry.name) and entry.is_file(follow_symlinks=False):
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(entry.path)
-                        removed += 1
-        with contextlib.suppress(OSError):
-            os.rmdir(directory)  # only if empty: anything else in it is not ours
     return removed
 
 
