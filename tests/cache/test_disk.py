@@ -282,23 +282,29 @@ def test_sync_mode_and_size_strings(tmp_path: Path, clock: Any) -> None:
         assert c.get("big") == b"x" * 100_000 and c.get("small") == b"y"
 
 
-def test_lru_records_uses_to_one_second(tmp_path: Path, clock: Any) -> None:
+def test_lru_records_uses_to_a_64th_of_the_entries_age_span(tmp_path: Path, clock: Any) -> None:
     size = MIB // 3 - 4096  # three entries fit
     with DiskCache(tmp_path / "c", size=1, clock=clock) as c:
         c.set("a", os.urandom(size))
         clock.advance(0.5)
         c.set("b", os.urandom(size))
         clock.advance(0.2)
-        c.set("a", os.urandom(size))  # 0.7 s after its last use: keeps its place (older than b)
+        c.set("a", os.urandom(size))  # a rewrite is a use, however soon (no absolute floor)
         c.get("a")
         clock.advance(5)
         c.set("c", os.urandom(size))
         c.set("d", os.urandom(size))
-        assert "a" not in c and "b" in c
-        clock.advance(5)
-        c.get("b")  # 5 s after its last use: recorded, b becomes the most recent
+        assert "a" in c and "b" not in c
+        # The entries' uses now span 5 s: a read within 5/64 s of the last recorded use is not recorded.
+        c.get("c")
+        clock.advance(0.05)
+        c.get("c")  # within the resolution: keeps its place
+        clock.advance(0.05)
+        c.get("d")  # not recorded either (same use time as c's, so c and d keep their order)
+        clock.advance(2)
+        c.get("a")  # 2 s after: recorded, a becomes the most recent
         c.set("e", os.urandom(size))
-        assert "b" in c and "c" not in c
+        assert "a" in c and "c" not in c and "d" in c
 
 
 def _wal_frames(path: str) -> int:
@@ -316,13 +322,13 @@ def test_the_cache_checkpoints_itself_and_the_wal_starts_over(cache: DiskCache) 
     # SQLite's automatic checkpoint is off (with several writing processes it fsyncs on every commit).
     assert cache._conn().execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
     limit = cache._wal_limit
-    assert limit == 1000  # a 4 MB cache: SQLite's default threshold
+    assert limit == 64  # a 4 MB cache: 1/16 of the bound (256 KiB of WAL)
     for i in range(4000):  # every commit changes a page: without checkpoints the WAL would hold >= 4,000 frames
         cache.set(f"k{i % 50}", b"%06d" % i * 16)
     assert 0 < _wal_frames(cache.path) < limit  # restarted each time this process's estimate crossed the limit
     assert cache._wal_frames < limit
     wal = Path(cache.path) / "index.sqlite3-wal"
-    assert wal.stat().st_size <= limit * 4096 * 3 // 2 + 64 * 1024
+    assert wal.stat().st_size <= limit * 4120 + 64 * 1024
     assert cache.get("k7") == b"%06d" % 3957 * 16
 
 

@@ -242,9 +242,9 @@ def test_missing_value_file(tmp_path: Path, caplog: pytest.LogCaptureFixture) ->
         _only_file(tmp_path / "c").unlink()
         orphan = tmp_path / "c" / "data" / "ab" / ("ab" + "0" * 30)
         orphan.parent.mkdir(exist_ok=True)
-        orphan.write_bytes(b"left behind")
-        stray_tmp = tmp_path / "c" / "tmp" / "999999999-dead.tmp"  # a writer that no longer exists
-        stray_tmp.write_bytes(b"partial")
+        orphan.write_bytes(b"LHDV\x01left behind")  # a value file's header: one of ours
+        stray_tmp = tmp_path / "c" / "tmp" / f"999999999-{'cd' * 16}.tmp"  # a writer that no longer exists
+        stray_tmp.write_bytes(b"LHDV\x01partial")
         report = cache.cleanup()
         assert (report.missing, report.orphans) == (1, 2)
         assert not orphan.exists() and not stray_tmp.exists()

@@ -73,6 +73,7 @@ from llamahome.errors import (
     CacheError,
     CacheValueError,
     ConfigError,
+    DiskFullError,
     StorageError,
     ValueTooLargeError,
 )
@@ -80,6 +81,7 @@ from llamahome.errors import (
 from . import codecs
 from . import disk_files as df
 from . import disk_index as dx
+from . import disk_marker as dm
 from .base import MISSING, Key, Store, key_to_bytes, validate_key, validate_ttl
 from .stats import CacheStats, CleanupReport
 from .units import size_to_bytes
@@ -90,15 +92,19 @@ log = logging.getLogger("llamahome.cache.disk")
 T = TypeVar("T")
 
 POLICIES = tuple(dx.POLICY_ORDER)
+#: The bound and policy of a new cache opened without them (an existing one keeps its stored ones).
+DEFAULT_BYTES = 10000 * 1024 * 1024
+DEFAULT_POLICY = "lru"
 #: Frames smaller than this live inline in the index row; larger ones get a value file.
 INLINE_MAX = 32 * 1024
 #: Access bookkeeping is written at most this often (seconds) ...
 ACCESS_FLUSH_INTERVAL = 1.0
 #: ... or when this many distinct entries were read since the last write.
 ACCESS_BUFFER_MAX = 10_000
-#: lru access times are recorded to this resolution (seconds) at least, and to 1/64 of the age span of the
-#: entries at most: reads of an entry used more recently than that cost no bookkeeping at all.
-ACCESS_RESOLUTION = 1.0
+#: lru access times are recorded to 1/64 of the age span of the entries (no absolute floor, so a cache that
+#: turns over many times a second still orders its evictions by use): reads of an entry used more recently
+#: than that cost no bookkeeping at all, and cannot change which entries go first by more than 1/64 of it.
+ACCESS_RESOLUTION_SPLIT = 64
 #: How long a checkpoint waits for other processes' transactions to leave the WAL (see disk_index.checkpoint).
 CHECKPOINT_WAIT_S = 0.05
 #: Temp files older than this are removed by cleanup() even if their writer's pid looks alive.
@@ -106,6 +112,8 @@ TMP_MAX_AGE = 3600.0
 _MB = 1024 * 1024
 _K_TREE, _K_PICKLE = 7, 8
 _SQL_CHUNK = 500
+#: Rows deleted per transaction when the disk is full (each writes a few pages to the WAL).
+_FULL_DISK_STEP = 4
 
 # The last recorded use; an unsettled row's (see disk_index.settle) is its creation.
 _COLS = "id, value, file, checksum, expires, frame_size, CASE WHEN accessed < 0 THEN created ELSE accessed END"
@@ -196,8 +204,8 @@ class DiskCache(Store):
     def __init__(
         self,
         path: str | os.PathLike[str],
-        size: float | str = 10000,
-        policy: str = "lru",
+        size: float | str | None = None,
+        policy: str | None = None,
         compression: bool = False,
         *,
         clock: Callable[[], float] = time.time,
@@ -207,30 +215,43 @@ class DiskCache(Store):
         inline_max: int = INLINE_MAX,
         check_on_open: bool | None = None,
     ) -> None:
-        if policy not in POLICIES:
+        if policy is not None and policy not in POLICIES:
             raise ConfigError(f"DiskCache policy must be one of {', '.join(POLICIES)}, not {policy!r}.")
-        if isinstance(size, bool) or not isinstance(size, (int, float, str)):
-            raise ConfigError(f"DiskCache size must be a number of MB or a string such as '4GB', not {size!r}.")
-        try:
-            self.max_bytes = size_to_bytes(size)
-        except ValueError as exc:
-            raise ConfigError(f"DiskCache size: {exc}") from None
+        max_bytes: int | None = None
+        if size is not None:
+            if isinstance(size, bool) or not isinstance(size, (int, float, str)):
+                raise ConfigError(f"DiskCache size must be a number of MB or a string such as '4GB', not {size!r}.")
+            try:
+                max_bytes = size_to_bytes(size)
+            except ValueError as exc:
+                raise ConfigError(f"DiskCache size: {exc}") from None
         self.name = name
         self.path = os.path.abspath(os.fspath(path))
-        self.policy = policy
+        self._data = os.path.join(self.path, "data")
+        self._tmp = os.path.join(self.path, "tmp")
+        try:
+            # Refuses a directory that is not a disk cache before anything is written into it.
+            self.max_bytes, policy = dm.claim(self.path, max_bytes, policy, DEFAULT_BYTES, DEFAULT_POLICY)
+            for folder in (self._data, self._tmp):
+                df.ensure_real_dir(folder)
+        except CacheError:
+            raise
+        except OSError as exc:
+            raise dx.storage_error(exc, self.path) from exc
+        self._reserve = dm.reserve_bytes(self.max_bytes)
+        self.policy = policy if policy in POLICIES else DEFAULT_POLICY  # a hand-edited marker
         self.compression = bool(compression)
         self._clock = clock
         self._allow_pickle = allow_pickle
         self._sync = sync
         self._inline_max = inline_max
         self._check_on_open = check_on_open
-        self._data = os.path.join(self.path, "data")
-        self._tmp = os.path.join(self.path, "tmp")
         self._stats = CacheStats(name=name, max_bytes=self.max_bytes)
         self._lock = threading.RLock()
         self._track = policy in ("lru", "lfu")
         self._lfu = policy == "lfu"
-        self._resolution = ACCESS_RESOLUTION
+        # No floor: until the first flush measures the entries' age span, every use is recorded.
+        self._resolution = 0.0
         self._access: dict[int, list[Any]] = {}
         # lru inserts leave their use to the next flush (disk_index.settle); set when this process did so.
         self._unsettled = False
@@ -244,21 +265,26 @@ class DiskCache(Store):
         self._db: sqlite3.Connection | None = None
         self._stale: list[sqlite3.Connection] = []
         self._index_ino: int | None = None
-        try:
-            created = not os.path.isdir(self.path)
-            os.makedirs(self.path, mode=0o700, exist_ok=True)
-            if created:
-                os.chmod(self.path, 0o700)
-            for folder in (self._data, self._tmp):
-                os.makedirs(folder, mode=0o700, exist_ok=True)
-        except OSError as exc:
-            raise dx.storage_error(exc, self.path) from exc
+        self._reserve_used = False
         self._db = self._open()
+        if not self._reserve_used:  # a reserve just given up to open stays free for what comes next
+            dm.ensure_reserve(self.path, self._reserve)
         _live.add(self)
 
     # ------------------------------------------------------------------------------------------ plumbing
 
     def _open(self, check: bool | None = None) -> sqlite3.Connection:
+        try:
+            return self._open_once(check)
+        except DiskFullError:
+            # Opening may need room for the WAL and its shared-memory file: a full disk gets the reserve.
+            if not dm.release_reserve(self.path):
+                raise
+            log.warning("The disk holding the cache at %s is full; the cache gave up its reserve to open.", self.path)
+            self._reserve_used = True
+            return self._open_once(check)
+
+    def _open_once(self, check: bool | None) -> sqlite3.Connection:
         try:
             conn = dx.open_index(self.path, self._data, self.policy, self._sync,
                                  self._check_on_open if check is None else check, self.max_bytes)
@@ -375,7 +401,8 @@ class DiskCache(Store):
 
     def _unlink(self, names: Iterable[str | None]) -> None:
         for name in names:
-            if name and df.is_valid_name(name):
+            # Only names the cache makes, in real directories of its own (never through a link).
+            if name and df.is_valid_name(name) and df.inside(self._data, name):
                 with contextlib.suppress(OSError):
                     os.unlink(self._path(name))
 
@@ -456,7 +483,8 @@ class DiskCache(Store):
 
     def _decode_inline(self, kb: bytes, row: Any, mmap: bool) -> Any:
         value = row[1]
-        if type(value) is not bytes or df.checksum(value) != row[3]:  # a hand-edited row may hold text
+        # A hand-edited row may hold text; the checksum is bound to the key (a changed or swapped key fails it).
+        if type(value) is not bytes or df.key_checksum(value, kb) != row[3]:
             self._damaged(kb, row, "checksum mismatch")
             return MISSING
         # Arrays decode as views of the buffer: give them a writable one unless read-only views were asked.
@@ -478,7 +506,9 @@ class DiskCache(Store):
             self._damaged(kb, row, "invalid file name in the index")
             return MISSING
         try:
-            buf, is_payload = df.read_frame(self._path(name), df.frame_offset(len(kb)), frame_size, digest, mmap)
+            if not df.inside(self._data, name):
+                raise df.DamagedFile("path outside the cache")
+            buf, is_payload = df.read_frame(self._path(name), kb, frame_size, digest, mmap)
         except FileNotFoundError:
             # Either the file was lost, or another process replaced the entry between our two steps.
             current = self._read("SELECT id, file FROM entries WHERE key = ?", (kb,))
@@ -487,7 +517,7 @@ class DiskCache(Store):
                 return MISSING
             return _RETRY
         except df.DamagedFile as exc:
-            self._damaged(kb, row, f"value file {exc} mismatch")
+            self._damaged(kb, row, f"value file: {exc}")
             return MISSING
         except (TypeError, ValueError, OverflowError) as exc:  # a row with fields of the wrong type
             self._damaged(kb, row, f"bad index row ({exc})")
@@ -614,14 +644,17 @@ class DiskCache(Store):
             frame = enc.parts[0] if len(enc.parts) == 1 else b"".join(enc.parts)
             size = len(kb) + enc.size
             self._check_fits(size)
-            return _Pending(kb, bytes(frame), None, None, size, enc.size, df.checksum(frame), expires, enc.raw_size)
+            return _Pending(kb, bytes(frame), None, None, size, enc.size, df.key_checksum(frame, kb), expires,
+                            enc.raw_size)
         size = len(kb) + df.frame_offset(len(kb)) + enc.size
         self._check_fits(size)
         digest = df.checksum_parts(enc.parts)
         name = df.new_name()
         try:
-            os.makedirs(os.path.dirname(self._path(name)), mode=0o700, exist_ok=True)
+            df.ensure_real_dir(os.path.dirname(self._path(name)))  # never a link out of the cache
             tmp = df.write_value_file(self._tmp, kb, enc.parts, enc.size, digest, now, expires, self._sync)
+        except StorageError:
+            raise
         except OSError as exc:
             with self._lock:
                 self._stats.errors += 1
@@ -677,7 +710,7 @@ class DiskCache(Store):
         frame = enc.parts[0] if len(enc.parts) == 1 else b"".join(enc.parts)
         size = len(kb) + enc.size
         self._check_fits(size)
-        digest = df.checksum(frame)
+        digest = df.key_checksum(frame, kb)
         with self._lock:
             conn = self._db
             if conn is None:
@@ -797,7 +830,7 @@ class DiskCache(Store):
             self._stats.stored_bytes += sum(p.frame_size for p in items)
 
     def _evict(self, conn: sqlite3.Connection, now: float, keep: builtins.set[bytes], total: int | None = None,
-               fresh: int = 0) -> list[str]:
+               fresh: int = 0, limit: int | None = None) -> list[str]:
         """Inside a write transaction: delete entries until the shared total is within the bound (``fresh``:
         how many unsettled rows this transaction inserted, all in ``keep``)."""
         if total is None:
@@ -806,7 +839,7 @@ class DiskCache(Store):
             return []
         # So this process's own uses count in the order; dx.evict settles other unsettled rows itself.
         self._flush_access(conn, settle=False)
-        files, n_expired, n_evicted = dx.evict(conn, self.policy, total - self.max_bytes, now, keep, fresh)
+        files, n_expired, n_evicted = dx.evict(conn, self.policy, total - self.max_bytes, now, keep, fresh, limit)
         self._stats.expirations += n_expired
         self._stats.evictions += n_evicted
         return files
@@ -826,7 +859,7 @@ class DiskCache(Store):
             # Finer than 1/64 of the age span of the entries cannot change which entries go first.
             oldest = conn.execute("SELECT min(accessed) FROM entries WHERE accessed >= 0").fetchone()[0]
             span = self._clock() - oldest if oldest is not None else 0.0
-            self._resolution = max(ACCESS_RESOLUTION, span / 64)
+            self._resolution = max(0.0, span / ACCESS_RESOLUTION_SPLIT)
         self._last_flush = time.monotonic()
 
     def _flush_soon(self) -> None:
@@ -852,8 +885,14 @@ class DiskCache(Store):
     def delete(self, key: Key) -> bool:
         kb = key_to_bytes(validate_key(key))
         now = self._clock()
-        rows = self._write(lambda conn: conn.execute(
-            "DELETE FROM entries WHERE key = ? RETURNING file, expires", (kb,)).fetchall())
+
+        def body(conn: sqlite3.Connection) -> list[Any]:
+            return conn.execute("DELETE FROM entries WHERE key = ? RETURNING file, expires", (kb,)).fetchall()
+
+        try:
+            rows = self._write(body)
+        except DiskFullError:
+            rows = self._delete_on_full_disk(kb, body)
         if not rows:
             return False
         self._unlink([rows[0][0]])
@@ -866,6 +905,8 @@ class DiskCache(Store):
         return live
 
     def clear(self) -> None:
+        """Remove every entry. On a full disk it still works: value files go first, then the rows in small
+        transactions (so another process's concurrent sets may survive it then)."""
         def body(conn: sqlite3.Connection) -> list[str]:
             names = [r[0] for r in conn.execute("SELECT file FROM entries WHERE file IS NOT NULL")]
             conn.execute("DELETE FROM entries")
@@ -873,7 +914,67 @@ class DiskCache(Store):
 
         with self._lock:
             self._access.clear()
-        self._unlink(self._write(body))
+        try:
+            names = self._write(body)
+        except DiskFullError:
+            self._clear_on_full_disk()
+            return
+        self._unlink(names)
+
+    # ------------------------------------------------------------------------------------------ a full disk
+    # Deleting entries writes to the index (its WAL), which needs room. On a full disk the cache removes value
+    # files first (they hold the space), gives up its reserve file (see disk_marker) and deletes rows in small
+    # transactions with a checkpoint after each, so the WAL is reused instead of grown.
+
+    def _release_reserve(self) -> None:
+        if dm.release_reserve(self.path):
+            log.warning("The disk holding the cache at %s is full; the cache gave up its %d-byte reserve to free "
+                        "space.", self.path, self._reserve)
+
+    def _restore_reserve(self) -> None:
+        dm.ensure_reserve(self.path, self._reserve)
+
+    def _delete_on_full_disk(self, kb: bytes, body: Callable[[sqlite3.Connection], list[Any]]) -> list[Any]:
+        row = self._read("SELECT file, expires FROM entries WHERE key = ?", (kb,))
+        if row is None:
+            return []
+        self._unlink([row[0]])  # the value file first: that frees its space whatever the index can do
+        self._release_reserve()
+        try:
+            rows = self._write(body)
+        except DiskFullError:
+            if not row[0]:
+                raise
+            # The value is gone with its file: the row reads as a miss and the next cleanup() drops it.
+            log.warning("The disk holding %s is full: removed the value file of %s, its row stays until cleanup().",
+                        self.path, _key_repr(kb))
+            rows = [tuple(row)]
+        self._restore_reserve()
+        return rows
+
+    def _in_small_steps(self, step: Callable[[sqlite3.Connection], list[Any]]) -> None:
+        """Run ``step`` (which deletes a few rows and returns them) until it deletes nothing, checkpointing
+        after each transaction so the WAL starts over instead of growing."""
+        while True:
+            rows = self._write(step)
+            with self._lock:
+                self._checkpoint(wait_s=0)
+            if not rows:
+                return
+            self._unlink(r[0] for r in rows)
+
+    def _clear_on_full_disk(self) -> None:
+        names = self._read_all("SELECT file FROM entries WHERE file IS NOT NULL")
+        self._unlink(r[0] for r in names)
+        self._release_reserve()
+        self._in_small_steps(lambda conn: conn.execute(
+            f"DELETE FROM entries WHERE id IN (SELECT id FROM entries LIMIT {_FULL_DISK_STEP}) RETURNING file"
+        ).fetchall())
+        self._restore_reserve()
+
+    def _read_all(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        with self._lock:
+            return self._guard(lambda: self._conn().execute(sql, params).fetchall())
 
     # ------------------------------------------------------------------------------------------ upkeep
 
@@ -908,6 +1009,8 @@ class DiskCache(Store):
                     self._checkpoint(wait_s=0)  # the last connection to close checkpoints anyway; others may not
                 with contextlib.suppress(sqlite3.Error):
                     self._db.close()
+                # Put back a reserve given up on a full disk, now that the WAL may have gone with the connection.
+                self._restore_reserve()
             self._db = None
             self._closed = True
             _live.discard(self)

@@ -24,18 +24,22 @@ import mmap as _mmap
 import os
 import re
 import secrets
+import stat
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import xxhash
+
+from llamahome.errors import StorageError
 
 __all__ = [
     "FILE_HEADER_SIZE",
     "FileHeader",
     "checksum",
     "checksum_parts",
+    "key_checksum",
     "frame_offset",
     "new_name",
     "is_valid_name",
@@ -45,11 +49,16 @@ __all__ = [
     "read_frame",
     "DamagedFile",
     "is_no_space",
+    "ensure_real_dir",
+    "inside",
+    "own_file",
+    "value_files",
 ]
 
 FILE_MAGIC = b"LHDV"
 FILE_VERSION = 1
 _HEAD = struct.Struct("<4sB3xI4xddQQ")
+_KEY_LEN = struct.Struct("<I")
 FILE_HEADER_SIZE = 64
 _NAME_RE = re.compile(r"\A[0-9a-f]{32}\Z")
 # Linux moves at most about 2 GiB per read/write call, and writev takes at most IOV_MAX buffers.
@@ -66,6 +75,12 @@ def _signed(value: int) -> int:
 def checksum(data: Any) -> int:
     """xxh3_64 of one buffer, as a signed 64-bit int (the form kept in the index)."""
     return _signed(xxhash.xxh3_64_intdigest(data))
+
+
+def key_checksum(data: Any, key: bytes) -> int:
+    """The checksum of an inline value bound to its key: xxh3_64 of ``data`` seeded with the key's xxh3_64, so
+    a row whose key was changed or swapped fails it (a miss, never another key's value)."""
+    return _signed(xxhash.xxh3_64_intdigest(data, xxhash.xxh3_64_intdigest(key)))
 
 
 def checksum_parts(parts: Sequence[Any]) -> int:
@@ -97,6 +112,76 @@ def is_valid_name(name: object) -> bool:
 def file_path(data_dir: str, name: str) -> str:
     """data/ab/abcdef... : 256 fan-out folders keep directories small."""
     return os.path.join(data_dir, name[:2], name)
+
+
+def ensure_real_dir(path: str) -> None:
+    """Make ``path`` a private directory if it is missing; refuse a symlink or anything but a directory, so the
+    cache never writes, reads or deletes through a link out of its directory."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            pass
+        st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        what = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "not a directory"
+        raise StorageError(
+            f"{path} is {what}; the disk cache never follows links out of its directory. Remove it (the cache "
+            "makes a new one) or point the cache at another directory."
+        )
+
+
+def inside(data_dir: str, name: str) -> bool:
+    """True if ``data/<name[:2]>`` are real directories (no symlink on the way), so the value file path of
+    ``name`` (a valid name: no separators) resolves inside the cache. The file itself is opened O_NOFOLLOW."""
+    try:
+        return stat.S_ISDIR(os.lstat(data_dir).st_mode) and stat.S_ISDIR(
+            os.lstat(os.path.join(data_dir, name[:2])).st_mode)
+    except OSError:
+        return False
+
+
+def value_files(data_dir: str) -> Iterator[tuple[str, str]]:
+    """``(path, name)`` of every file under ``data/`` whose name the cache makes, in the fan-out folder its
+    name picks; links (to folders or files) and foreign names are skipped, never followed."""
+    for sub in _scandir(data_dir):
+        if not sub.is_dir(follow_symlinks=False) or len(sub.name) != 2:
+            continue
+        for entry in _scandir(sub.path):
+            if is_valid_name(entry.name) and entry.name[:2] == sub.name and entry.is_file(follow_symlinks=False):
+                yield entry.path, entry.name
+
+
+def _scandir(path: str) -> list[os.DirEntry[str]]:
+    try:
+        st = os.lstat(path)
+        if not stat.S_ISDIR(st.st_mode):
+            return []
+        with os.scandir(path) as it:
+            return sorted(it, key=lambda e: e.name)
+    except OSError:
+        return []
+
+
+def own_file(path: str) -> bool:
+    """True if ``path`` is a regular file (not a link) that starts with a value file's header, or an empty
+    regular file (a write killed before its first byte): the only files cleanup may delete."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return False
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return False
+        head = os.pread(fd, 5, 0)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return head == FILE_MAGIC + bytes([FILE_VERSION]) or (st.st_size == 0 and head == b"")
 
 
 @dataclass
@@ -180,7 +265,7 @@ def write_value_file(
 def read_header(path: str) -> FileHeader | None:
     """The header of a value file, or None if it is not a complete value file (used to rebuild the index)."""
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError:
         return None
     try:
@@ -191,7 +276,10 @@ def read_header(path: str) -> FileHeader | None:
         if magic != FILE_MAGIC or version != FILE_VERSION or key_len > 1 << 20:
             return None
         key = os.pread(fd, key_len, FILE_HEADER_SIZE)
-        size = os.fstat(fd).st_size
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        size = st.st_size
     finally:
         os.close(fd)
     header = FileHeader(key, None if math.isnan(exp) else exp, created, _signed(digest), frame_len)
@@ -204,27 +292,37 @@ class DamagedFile(Exception):
     """The value file does not match its index row (size or checksum)."""
 
 
-def read_frame(path: str, offset: int, frame_len: int, digest: int, use_mmap: bool) -> tuple[Any, bool]:
-    """Read and verify a frame; return ``(buffer, is_bytes_payload)``.
+def read_frame(path: str, key: bytes, frame_len: int, digest: int, use_mmap: bool) -> tuple[Any, bool]:
+    """Read and verify the frame of ``key``; return ``(buffer, is_bytes_payload)``.
 
-    The buffer is a writable bytearray view, or a read-only mmap view with ``use_mmap``. An uncompressed
-    ``bytes`` value is read straight into the final ``bytes`` object (``is_bytes_payload`` True), saving the
-    copy that decoding would make. Raises FileNotFoundError if the file is gone and DamagedFile if its size
-    or checksum is wrong.
+    The file's header must name ``key`` (so a damaged or swapped key in the index reads as damage, never as
+    another key's value) and the frame must match ``digest``. The buffer is a writable bytearray view, or a
+    read-only mmap view with ``use_mmap``. An uncompressed ``bytes`` value is read straight into the final
+    ``bytes`` object (``is_bytes_payload`` True), saving the copy that decoding would make. Raises
+    FileNotFoundError if the file is gone and DamagedFile if its header, size or checksum is wrong.
     """
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    offset = frame_offset(len(key))
+    # O_NOFOLLOW: never read through a link; O_NONBLOCK: a FIFO put in data/ cannot hang the read.
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     try:
         if os.fstat(fd).st_size != offset + frame_len:
             raise DamagedFile("size")
         if use_mmap and frame_len:
             mm = _mmap.mmap(fd, 0, access=_mmap.ACCESS_READ)
+            if not _names(mm, key):
+                mm.close()
+                raise DamagedFile("key")
             view = memoryview(mm)[offset:]
             if checksum(view) != digest:
                 view.release()
                 mm.close()
                 raise DamagedFile("checksum")
             return view, False
-        head = os.pread(fd, 64, offset)
+        # The header (magic, key) and the frame's own 64-byte header in one read.
+        head = os.pread(fd, offset + 64, 0)
+        if not _names(head, key):
+            raise DamagedFile("key")
+        head = head[offset:]
         # A plain uncompressed bytes frame: 64-byte header (kind 0, flags 0, no metadata), then the payload.
         if len(head) == 64 and head[:6] == b"LHC1\0\0" and frame_len - 64 <= _MAX_IO:
             payload = os.pread(fd, frame_len - 64, offset + 64)
@@ -246,6 +344,13 @@ def read_frame(path: str, offset: int, frame_len: int, digest: int, use_mmap: bo
         return view, False
     finally:
         os.close(fd)
+
+
+def _names(head: Any, key: bytes) -> bool:
+    """True if the file header at the start of ``head`` is a value file's and names ``key``."""
+    return (head[:5] == FILE_MAGIC + bytes([FILE_VERSION])
+            and _KEY_LEN.unpack_from(head, 8)[0] == len(key)
+            and head[FILE_HEADER_SIZE : FILE_HEADER_SIZE + len(key)] == key)
 
 
 def is_no_space(exc: BaseException) -> bool:

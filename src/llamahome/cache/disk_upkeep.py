@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sqlite3
 import time
 from typing import TYPE_CHECKING, Any
 
 from . import disk_files as df
 from . import disk_index as dx
+from llamahome.errors import DiskFullError
+
 from ._procs import pid_alive
 from .stats import CleanupReport
 
@@ -17,6 +20,11 @@ if TYPE_CHECKING:
     from .disk import DiskCache
 
 __all__ = ["run_cleanup"]
+
+_FULL_DISK_STEP = 4
+
+# What df.write_value_file names its temp files: <pid>-<32 hex>.tmp
+_TMP_NAME = re.compile(r"\A([0-9]{1,10})-[0-9a-f]{32}\.tmp\Z")
 
 
 def run_cleanup(cache: DiskCache) -> CleanupReport:
@@ -26,6 +34,7 @@ def run_cleanup(cache: DiskCache) -> CleanupReport:
     _check_files(cache, report)
     _remove_orphans(cache, report)
     _reconcile(cache, report)
+    cache._restore_reserve()
     return report
 
 
@@ -42,25 +51,37 @@ def _check_identity(cache: DiskCache) -> None:
 
 def _expire_and_bound(cache: DiskCache, report: CleanupReport) -> None:
     now = cache._clock()
-
-    def body(conn: sqlite3.Connection) -> list[str]:
-        cache._flush_access(conn)
-        rows = conn.execute("SELECT id, file, size FROM entries WHERE expires <= ?", (now,)).fetchall()
-        conn.executemany("DELETE FROM entries WHERE id = ?", [(r[0],) for r in rows])
-        report.expired = len(rows)
-        report.bytes_freed += sum(r[2] for r in rows)
-        files = [r[1] for r in rows if r[1]]
-        before = conn.execute("SELECT bytes, entries FROM meta WHERE id = 0").fetchone()
-        files += cache._evict(conn, now, set())
-        after = conn.execute("SELECT bytes, entries FROM meta WHERE id = 0").fetchone()
-        report.evicted = before[1] - after[1]
-        report.bytes_freed += before[0] - after[0]
-        return files
-
     report.expired = report.evicted = 0
-    files = cache._write(body)
+
+    def body(conn: sqlite3.Connection, limit: int | None = None) -> list[tuple[str | None]]:
+        """Expired rows, then rows over the bound (at most ``limit`` rows); returns ``(file,)`` per row."""
+        cache._flush_access(conn)
+        sql = "SELECT id, file, size FROM entries WHERE expires <= ?"
+        rows = conn.execute(sql + ("" if limit is None else f" LIMIT {int(limit)}"), (now,)).fetchall()
+        conn.executemany("DELETE FROM entries WHERE id = ?", [(r[0],) for r in rows])
+        report.expired += len(rows)
+        report.bytes_freed += sum(r[2] for r in rows)
+        deleted: list[tuple[str | None]] = [(r[1],) for r in rows]
+        if limit is not None and rows:
+            return deleted
+        before = conn.execute("SELECT bytes, entries FROM meta WHERE id = 0").fetchone()
+        files = cache._evict(conn, now, set(), limit=limit)
+        after = conn.execute("SELECT bytes, entries FROM meta WHERE id = 0").fetchone()
+        report.evicted += before[1] - after[1]
+        report.bytes_freed += before[0] - after[0]
+        return deleted + [(f,) for f in files] + [(None,)] * (before[1] - after[1] - len(files))
+
+    try:
+        deleted = cache._write(body)
+    except DiskFullError:
+        # A full disk: a few rows per transaction, each followed by a checkpoint (see DiskCache._in_small_steps).
+        report.expired = report.evicted = report.bytes_freed = 0
+        cache._release_reserve()
+        cache._in_small_steps(lambda conn: body(conn, _FULL_DISK_STEP))
+        cache._restore_reserve()
+        deleted = []
     cache._stats.expirations += report.expired
-    cache._unlink(files)
+    cache._unlink(r[0] for r in deleted)
 
 
 def _check_files(cache: DiskCache, report: CleanupReport) -> None:
@@ -77,8 +98,11 @@ def _check_files(cache: DiskCache, report: CleanupReport) -> None:
         if not df.is_valid_name(name):
             bad.append((entry_id, name, size))
             continue
+        if not df.inside(cache._data, name):
+            bad.append((entry_id, name, size))
+            continue
         try:
-            st = os.stat(cache._path(name))
+            st = os.lstat(cache._path(name))
         except FileNotFoundError:
             gone.append((entry_id, name, size))
             continue
@@ -105,20 +129,15 @@ def _check_files(cache: DiskCache, report: CleanupReport) -> None:
 
 
 def _remove_orphans(cache: DiskCache, report: CleanupReport) -> None:
-    """Value files no row points to (a kill between commit and unlink), and dead writers' temp files."""
-    listed: dict[str, str] = {}
-    strays: list[str] = []
-    for sub in _listdir(cache._data):
-        folder = os.path.join(cache._data, sub)
-        if not os.path.isdir(folder):
-            strays.append(folder)
-            continue
-        for name in _listdir(folder):
-            path = os.path.join(folder, name)
-            if df.is_valid_name(name) and name[:2] == sub:
-                listed[name] = path
-            else:
-                strays.append(path)
+    """Value files no row points to (a kill between commit and unlink), and dead writers' temp files.
+
+    Only files the cache recognises as its own are removed: a value file's name in its fan-out folder and a
+    value file's header (or empty), a temp file's name and header; links are never followed. Anything else
+    is left alone and counted in ``details["foreign"]``.
+    """
+    df.ensure_real_dir(cache._data)  # raises if data/ or tmp/ was replaced by a link
+    df.ensure_real_dir(cache._tmp)
+    listed = {name: path for path, name in df.value_files(cache._data)}
     orphans: list[str] = []
     if listed:
         # Under the write lock: a writer renames its file into data/ inside its transaction, so every file
@@ -129,11 +148,13 @@ def _remove_orphans(cache: DiskCache, report: CleanupReport) -> None:
         referenced = cache._write(body)
         orphans = [path for name, path in listed.items() if name not in referenced]
     freed = 0
-    for path in orphans + strays:
+    foreign = 0
+    for path in orphans:
+        if not df.own_file(path):
+            foreign += 1
+            continue
         with contextlib.suppress(OSError):
             size = os.lstat(path).st_size
-            if os.path.isdir(path) and not os.path.islink(path):
-                continue
             os.unlink(path)
             freed += size
             report.orphans += 1
@@ -141,10 +162,14 @@ def _remove_orphans(cache: DiskCache, report: CleanupReport) -> None:
     now = time.time()
     for name in _listdir(cache._tmp):
         path = os.path.join(cache._tmp, name)
-        pid_text = name.split("-", 1)[0]
+        match = _TMP_NAME.match(name)
+        if match is None or not df.own_file(path):
+            foreign += 1
+            continue
+        pid = int(match.group(1))
         with contextlib.suppress(OSError):
             st = os.lstat(path)
-            dead = not pid_text.isdigit() or (int(pid_text) != os.getpid() and not pid_alive(int(pid_text)))
+            dead = pid != os.getpid() and not pid_alive(pid)
             if dead or now - st.st_mtime > _tmp_max_age():
                 os.unlink(path)
                 temps += 1
@@ -153,6 +178,8 @@ def _remove_orphans(cache: DiskCache, report: CleanupReport) -> None:
     report.bytes_freed += freed
     if temps:
         report.details["temp_files"] = temps
+    if foreign:
+        report.details["foreign"] = foreign
 
 
 def _reconcile(cache: DiskCache, report: CleanupReport) -> None:
@@ -167,7 +194,12 @@ def _reconcile(cache: DiskCache, report: CleanupReport) -> None:
             conn.execute("UPDATE meta SET bytes = ?, entries = ? WHERE id = 0", tuple(real))
         return real, kept
 
-    real, kept = cache._write(body)
+    try:
+        real, kept = cache._write(body)
+    except DiskFullError:
+        # Only bookkeeping is left undone; the next cleanup on a disk with room does it.
+        real = kept = cache._read_all("SELECT bytes, entries FROM meta WHERE id = 0")[0]
+        report.details["disk_full"] = True
     with cache._lock:
         cache._checkpoint()
     cache._stats.bytes, cache._stats.entries = real
