@@ -2,10 +2,16 @@
 
 Layout of the cache directory (0700; files 0600)::
 
+    .llamahome-cache               the marker: kind, format, bound and policy (see disk_marker)
     index.sqlite3 (+ -wal, -shm)   SQLite in WAL mode: one row per entry, small values inline
     data/ab/<32 hex>               one file per large value (random names: never derived from the key)
     tmp/<pid>-<32 hex>.tmp         values being written
     lock                           held only while opening (one process repairs at a time)
+    reserve                        space given up to free entries on a full disk (see disk_marker)
+
+The cache acts only on files it recognises as its own (name and header), never through a symlink; every
+entry is bound to its key (an inline value's checksum is seeded with the key's hash, a value file's header
+holds the key), so a damaged or swapped key in the index reads as a miss, never as another key's value.
 
 How a write stays atomic (kill -9 at any instant leaves the old value, the new value or a miss):
 
@@ -25,9 +31,10 @@ Every read verifies the checksum, so a damaged entry is never returned: it is re
 
 LRU/LFU bookkeeping is batched, never a write per read: reads record access times in memory, written in one
 transaction at most once a second, before any eviction decision, on ``cleanup()`` and on ``close()``. For lru
-uses are recorded to a resolution: an entry whose recorded use is less than a second old (or 1/64 of the
-entries' age span) keeps its place when read or rewritten, as ``relatime`` does for file access times and
-memcached for its LRU (it bumps an item at most once a minute). A set that rewrites an existing entry never
+uses are recorded to a resolution: an entry whose recorded use is less than 1/64 of the entries' age span old
+keeps its place when read or rewritten, as ``relatime`` does for file access times and memcached for its LRU
+(it bumps an item at most once a minute). There is no absolute floor: a cache that turns over many times a
+second still evicts by use. A set that rewrites an existing entry never
 moves it in the lru/lfu index itself: when its recorded use is older than the resolution, the use joins the
 same batch as reads (a write transaction that is due anyway carries the batch along), because moving the
 index entry inside every set would cost a third of a small set. Other processes see this process's uses after
@@ -49,8 +56,8 @@ Checkpoints: SQLite's automatic checkpoint is off; each process copies the WAL b
 start over (``RESTART``) once its own commits have written about ``wal_pages()`` pages (see
 ``disk_index.checkpoint`` for why: with two writing processes the automatic one fsynced on every commit).
 
-Space outside the bound: SQLite's pages and its WAL (up to about 40 MiB per writing process between
-checkpoints, less for small caches).
+Space outside the bound: SQLite's page overhead and its WAL (1/16 of the bound between checkpoints, at most
+about 40 MiB per writing process), the reserve and the marker.
 POSIX only (fcntl locks, fork handling).
 """
 
@@ -186,10 +193,12 @@ def _key_repr(key: bytes) -> str:
 class DiskCache(Store):
     """A size-bounded, persistent, multi-process key-value store in a directory.
 
-    ``size`` is the bound in MB (1 MB = 1 MiB; strings such as ``"4GB"`` work too) over what the entries
+    ``size`` is the bound in MB (1 MB = 1 MiB; strings such as ``"4GB"`` work too; None: the bound stored in
+    the directory's marker, else 10000) over what the entries
     occupy: key bytes, inline values and value files (SQLite's page overhead and its WAL are not counted). It
     holds across every process sharing ``path`` (each enforces its own ``size`` when it writes: open the
-    directory with the same size everywhere). ``policy`` picks what to evict: ``lru``, ``lfu`` (reads are
+    directory with the same size everywhere; the last one given is stored). ``policy`` (None: the stored one,
+    else ``lru``) picks what to evict: ``lru``, ``lfu`` (reads are
     recorded in memory and written in batches), ``fifo`` (first insertion) or ``time`` (oldest write);
     expired entries always go first. ``compression`` tries zstd where it pays; ``allow_pickle`` lets values
     the safe codecs cannot express be pickled (only for caches every writer of which you trust); ``clock``
