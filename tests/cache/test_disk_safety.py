@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from llamahome.cache import disk_files
+from llamahome.cache.disk import _files as disk_files
 from llamahome.cache.config import CacheConfig
 from llamahome.cache.disk import DiskCache
-from llamahome.cache.disk_marker import MARKER_NAME, write_marker
+from llamahome.cache.disk._marker import MARKER_NAME, write_marker
 from llamahome.cache.manager import CacheManager
 from llamahome.cli.main import cli
 from llamahome.errors import NotACacheError, StorageError

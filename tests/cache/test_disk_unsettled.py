@@ -8,7 +8,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from llamahome.cache import disk_files
+from llamahome.cache.disk import _files as disk_files
 from llamahome.cache.disk import DiskCache
 
 MIB = 1024 * 1024

@@ -28,7 +28,7 @@ from typing import TypeVar
 
 from llamahome.errors import DiskFullError, NotACacheError, StorageError
 
-from . import disk_files as df
+from . import _files as df
 
 __all__ = [
     "POLICY_ORDER", "UNSETTLED", "checkpoint", "evict", "settle", "open_index", "retry_busy", "is_busy", "is_damaged",

@@ -18,6 +18,7 @@ File names are random hex and never derive from the key, so no key can name a pa
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import math
 import mmap as _mmap
@@ -26,7 +27,7 @@ import re
 import secrets
 import stat
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,7 @@ import xxhash
 from llamahome.errors import StorageError
 
 __all__ = [
+    "ValueFiles",
     "FILE_HEADER_SIZE",
     "FileHeader",
     "checksum",
@@ -355,3 +357,52 @@ def _names(head: Any, key: bytes) -> bool:
 
 def is_no_space(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+class ValueFiles:
+    """The value files of one cache directory: ``data/ab/<name>`` and the temp files under ``tmp/``.
+
+    Every path it acts on is built from a valid name and checked to resolve inside the cache (no link on the
+    way); files are opened O_NOFOLLOW and only files with the cache's own names and headers are removed.
+    """
+
+    def __init__(self, root: str) -> None:
+        self.data_dir = os.path.join(root, "data")
+        self.tmp_dir = os.path.join(root, "tmp")
+
+    def ensure_dirs(self) -> None:
+        """Create ``data/`` and ``tmp/``; refuse either if it is a link (StorageError)."""
+        ensure_real_dir(self.data_dir)
+        ensure_real_dir(self.tmp_dir)
+
+    def path(self, name: str) -> str:
+        return file_path(self.data_dir, name)
+
+    def inside(self, name: str) -> bool:
+        """True if ``name``'s folder is a real directory of the cache (see :func:`inside`)."""
+        return inside(self.data_dir, name)
+
+    def write(self, key: bytes, parts: Sequence[Any], frame_len: int, digest: int, created: float,
+              expires: float | None, sync: bool) -> tuple[str, str]:
+        """Write a value file to ``tmp/``; return ``(name, temp path)``. The caller renames it into
+        :meth:`path` inside its transaction. Raises StorageError for a linked folder, OSError otherwise."""
+        name = new_name()
+        ensure_real_dir(os.path.dirname(self.path(name)))  # never a link out of the cache
+        return name, write_value_file(self.tmp_dir, key, parts, frame_len, digest, created, expires, sync)
+
+    def read(self, name: str, key: bytes, frame_len: int, digest: int, use_mmap: bool) -> tuple[Any, bool]:
+        """:func:`read_frame` of the file ``name``; DamagedFile if its path would leave the cache."""
+        if not self.inside(name):
+            raise DamagedFile("path outside the cache")
+        return read_frame(self.path(name), key, frame_len, digest, use_mmap)
+
+    def unlink(self, names: Iterable[str | None]) -> None:
+        """Remove value files by name (from the index): only valid names, in real folders of the cache."""
+        for name in names:
+            if name and is_valid_name(name) and self.inside(name):
+                with contextlib.suppress(OSError):
+                    os.unlink(self.path(name))
+
+    def listed(self) -> Iterator[tuple[str, str]]:
+        """``(path, name)`` of the value files present (see :func:`value_files`)."""
+        return value_files(self.data_dir)
