@@ -109,8 +109,8 @@ def test_kill_9_at_random_instants(tmp_path: Path, caplog: pytest.LogCaptureFixt
     # Leftovers of the kills (temp files of dead writers, files unlinked too late) go at cleanup; afterwards
     # the directory holds exactly what the index says.
     with DiskCache(root, size=1) as cache:
-        cache.cleanup()
-        report = cache.cleanup()
+        cache.cleanup(full=True)
+        report = cache.cleanup(full=True)
         assert report.removed == 0 and "reconciled" not in report.details
         rows = {r[0] for r in cache._index.conn().execute("SELECT file FROM entries WHERE file IS NOT NULL")}
         on_disk = {p.name for p in (root / "data").rglob("*") if p.is_file()}
@@ -245,7 +245,7 @@ def test_missing_value_file(tmp_path: Path, caplog: pytest.LogCaptureFixture) ->
         orphan.write_bytes(b"LHDV\x01left behind")  # a value file's header: one of ours
         stray_tmp = tmp_path / "c" / "tmp" / f"999999999-{'cd' * 16}.tmp"  # a writer that no longer exists
         stray_tmp.write_bytes(b"LHDV\x01partial")
-        report = cache.cleanup()
+        report = cache.cleanup(full=True)
         assert (report.missing, report.orphans) == (1, 2)
         assert not orphan.exists() and not stray_tmp.exists()
         assert cache.stats.entries == 0 and cache.stats.bytes == 0

@@ -122,7 +122,7 @@ def test_recovery_and_cleanup_remove_only_the_cache_s_own_files(tmp_path: Path) 
     orphan.parent.mkdir(exist_ok=True)
     orphan.write_bytes(b"")
     with DiskCache(root, size=4) as c:
-        report = c.cleanup()
+        report = c.cleanup(full=True)
         assert report.details["foreign"] == 3
         assert not orphan.exists()
         assert c.get("big") == b"b" * BIG
@@ -130,7 +130,7 @@ def test_recovery_and_cleanup_remove_only_the_cache_s_own_files(tmp_path: Path) 
     (root / "index.sqlite3").unlink()
     with DiskCache(root, size=4) as c:
         assert c.get("big") == b"b" * BIG
-        c.cleanup()
+        c.cleanup(full=True)
     for path, body in user_files.items():
         assert path.read_bytes() == body, path
 

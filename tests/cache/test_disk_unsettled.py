@@ -107,7 +107,7 @@ def test_pending_count_is_repaired_by_cleanup(tmp_path: Path, clock: Any) -> Non
         try:
             spy.execute("UPDATE meta SET pending = 7")  # drifted (a bug or a hand edit)
             spy.commit()
-            c.cleanup()
+            c.cleanup(full=True)
             assert _pending(spy) == 0
             assert spy.execute("SELECT accessed FROM entries").fetchone()[0] == clock()
         finally:

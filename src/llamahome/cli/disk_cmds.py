@@ -137,11 +137,13 @@ def clear(directory: str, yes: bool) -> None:
 @_size_option
 @_config_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def cleanup(directory: str, size: float | None, config_file: str | None, as_json: bool) -> None:
+@click.option("--full", is_flag=True,
+              help="Check every value file and reconcile the totals (a plain pass checks 1/16 of the files).")
+def cleanup(directory: str, size: float | None, config_file: str | None, as_json: bool, full: bool) -> None:
     """One cleanup pass: drop expired and damaged entries and orphan files, and enforce the size bound."""
     cache = open_disk_cache(directory, _size_mb(size, config_file))
     try:
-        report = cache.cleanup()
+        report = cache.cleanup(full=full)
     finally:
         cache.close()
     if as_json:

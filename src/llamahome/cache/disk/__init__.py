@@ -47,9 +47,10 @@ Several processes: every write is one ``BEGIN IMMEDIATE`` transaction; a process
 taken retries after short jittered sleeps (from 50 us) for up to 60 s and only then raises StorageError, so
 "database is locked" never reaches the caller. Readers never wait (WAL).
 
-Damage: a missing, truncated or corrupt index is found on open (``PRAGMA quick_check`` for indexes up to
-64 MiB) or by the first operation that meets it; the index is then removed with a warning in the log and
-rebuilt from the value files, whose headers carry key, times and checksum (small inline entries are lost).
+Damage: a missing, truncated or corrupt index is found on open (an O(1) look at the file's header: a full
+``PRAGMA quick_check`` runs only when it looks wrong, or with ``check_on_open=True``) or by the first
+operation that meets it; the index is then removed with a warning in the log and rebuilt from the value
+files, whose headers carry key, times and checksum (small inline entries are lost).
 
 Checkpoints: SQLite's automatic checkpoint is off; each process copies the WAL back into the index and lets it
 start over (``RESTART``) once its own commits have written about ``wal_pages()`` pages (see

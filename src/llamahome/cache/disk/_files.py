@@ -145,11 +145,12 @@ def inside(data_dir: str, name: str) -> bool:
         return False
 
 
-def value_files(data_dir: str) -> Iterator[tuple[str, str]]:
+def value_files(data_dir: str, lo: str = "", hi: str = "g") -> Iterator[tuple[str, str]]:
     """``(path, name)`` of every file under ``data/`` whose name the cache makes, in the fan-out folder its
-    name picks; links (to folders or files) and foreign names are skipped, never followed."""
+    name picks (only folders ``lo <= name < hi``); links (to folders or files) and foreign names are skipped,
+    never followed."""
     for sub in _scandir(data_dir):
-        if not sub.is_dir(follow_symlinks=False) or len(sub.name) != 2:
+        if not sub.is_dir(follow_symlinks=False) or len(sub.name) != 2 or not lo <= sub.name < hi:
             continue
         for entry in _scandir(sub.path):
             if is_valid_name(entry.name) and entry.name[:2] == sub.name and entry.is_file(follow_symlinks=False):
@@ -403,6 +404,6 @@ class ValueFiles:
                 with contextlib.suppress(OSError):
                     os.unlink(self.path(name))
 
-    def listed(self) -> Iterator[tuple[str, str]]:
-        """``(path, name)`` of the value files present (see :func:`value_files`)."""
-        return value_files(self.data_dir)
+    def listed(self, lo: str = "", hi: str = "g") -> Iterator[tuple[str, str]]:
+        """``(path, name)`` of the value files present in folders ``lo <= name < hi`` (see :func:`value_files`)."""
+        return value_files(self.data_dir, lo, hi)

@@ -13,6 +13,7 @@ import builtins
 import contextlib
 import logging
 import os
+import random
 import sqlite3
 import threading
 import time
@@ -82,6 +83,9 @@ class Index:
         self.wal_limit = dx.wal_pages(max_bytes)
         self.reserve = dm.reserve_bytes(max_bytes)
         self.closed = False
+        # The first of the data/ fan-out folders the next cleanup checks (a slice at a time, see _upkeep);
+        # a random start so that processes sharing the directory check different slices.
+        self.upkeep_cursor = random.randrange(16) * 16
         self._db: sqlite3.Connection | None = None
         self._stale: list[sqlite3.Connection] = []
         self._ino: int | None = None
@@ -224,10 +228,10 @@ class Index:
         with self.lock:
             return self.guard(lambda: self.conn().execute(sql, params).fetchall())
 
-    def totals(self) -> tuple[int, int] | None:
-        """``(bytes, entries)`` of every process, from the shared meta row."""
+    def totals(self) -> tuple[int, int]:
+        """``(bytes, entries)`` of every process, from the shared meta row (kept exact by triggers)."""
         row = self.read("SELECT bytes, entries FROM meta WHERE id = 0")
-        return None if row is None else (row[0], row[1])
+        return (0, 0) if row is None else (int(row[0]), int(row[1]))
 
     def wrote(self, changes: int, inline_bytes: int) -> None:
         """After a commit that changed ``changes`` rows and wrote ``inline_bytes`` of values into the index:

@@ -105,6 +105,7 @@ _POLICY_INDEX = {
 # The rows the policy's index orders (the lru index leaves unsettled rows out: settle() first).
 _POLICY_WHERE = {"lru": " WHERE accessed >= 0"}
 _PENDING = "SELECT pending FROM meta WHERE id = 0"
+_FILE_INDEX = "CREATE INDEX IF NOT EXISTS entries_file ON entries(file) WHERE file IS NOT NULL"
 # Newest rows first: unsettled rows are recent inserts, so the scan stops after the last of them.
 _SETTLE_SOME = (
     "UPDATE entries SET accessed = max(created, 0) WHERE id IN"
@@ -373,6 +374,8 @@ def _setup(conn: sqlite3.Connection, policy: str, check: bool) -> bool:
         retry_busy(
             lambda: conn.execute(f"CREATE INDEX IF NOT EXISTS entries_{policy} ON entries{column}"), "index"
         )
+    # Value files by name (only rows that have one): cleanup checks a slice of data/ at a time against it.
+    retry_busy(lambda: conn.execute(_FILE_INDEX), "index")
     return fresh
 
 
@@ -470,9 +473,26 @@ def _listdir(path: str) -> list[str]:
         return []
 
 
-#: Indexes up to this size get a full ``PRAGMA quick_check`` on open (milliseconds); larger ones are checked
-#: when an operation first reports damage, so opening a big cache stays fast.
-QUICK_CHECK_MAX_BYTES = 64 * 1024 * 1024
+def header_looks_damaged(db_path: str) -> bool:
+    """An O(1) look at the index file's 100-byte header: True if it is not SQLite's, or if the file is shorter
+    than the page count the header records (a truncated file). Opening runs quick_check only then."""
+    try:
+        with open(db_path, "rb") as f:
+            head = f.read(100)
+            size = os.fstat(f.fileno()).st_size
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    if not head:
+        return False  # a new (or emptied) file: nothing to check, the schema is created
+    if len(head) < 100 or head[:16] != b"SQLite format 3\0":
+        return True
+    page_size = int.from_bytes(head[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    change, pages, valid_for = (int.from_bytes(head[i : i + 4], "big") for i in (24, 28, 92))
+    # The page count is trusted only when the header says it is current (SQLite's own rule).
+    return page_size < 512 or (change == valid_for and size < pages * page_size)
 
 
 def open_index(
@@ -480,17 +500,18 @@ def open_index(
 ) -> sqlite3.Connection:
     """Open (creating, checking and if need be repairing) the index of the cache directory ``root``.
 
+    ``check``: run ``PRAGMA quick_check`` (None: only if :func:`header_looks_damaged`).
     A damaged index (not a database, malformed pages, failed quick_check) is removed with a warning in the
     log and rebuilt from the value files; entries kept inline in the lost index are gone (a cache may
     forget). An empty index next to existing value files (the index file was deleted) is rebuilt likewise.
     """
     db_path = os.path.join(root, INDEX_NAME)
-    if check is None:
-        try:
-            check = os.stat(db_path).st_size <= QUICK_CHECK_MAX_BYTES
-        except OSError:
-            check = True
     with dir_lock(root):
+        if check is None:
+            # Open in O(1): no scan of the whole index. Damage the header shows (truncation, foreign bytes) is
+            # checked now; any other damage is found by the first operation that meets it (and repaired then),
+            # and every read checks its own entry.
+            check = header_looks_damaged(db_path)
         conn: sqlite3.Connection | None = None
         try:
             conn = connect(db_path, sync, max_bytes)

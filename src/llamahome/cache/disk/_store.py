@@ -125,8 +125,9 @@ class DiskCache(Store):
     or ``time`` (oldest write); expired entries always go first. ``compression`` tries zstd where it pays;
     ``allow_pickle`` lets values the safe codecs cannot express be pickled (only for caches every writer of
     which you trust); ``clock`` is the time source for ttl and the policies; ``sync=True`` fsyncs every write
-    (survives power loss, much slower); ``check_on_open`` runs SQLite's quick_check on open (default: when
-    the index is under 64 MiB).
+    (survives power loss, much slower); ``check_on_open=True`` runs SQLite's quick_check on open (default: only
+    when the index file's header looks damaged, so opening stays O(1); other damage is found and repaired by
+    the first operation that meets it).
 
     A directory that is not empty and holds no disk cache marker is refused with NotACacheError.
 
@@ -656,12 +657,16 @@ class DiskCache(Store):
 
     # ------------------------------------------------------------------------------------------ upkeep
 
-    def cleanup(self) -> CleanupReport:
+    def cleanup(self, *, full: bool = False) -> CleanupReport:
         """Remove expired entries, enforce the bound, drop rows whose file is gone or damaged, remove orphan
-        and abandoned temp files, and reconcile the shared totals with the rows. Returns what it did."""
+        and abandoned temp files. Returns what it did.
+
+        A pass costs what changed, not the cache's size: files are checked 1/16 of ``data/`` at a time (each
+        pass the next slice). ``full=True`` checks every file and reconciles the shared totals with the rows.
+        """
         from ._upkeep import Upkeep
 
-        return Upkeep(self.name, self._index, self._files, self._stats).run()
+        return Upkeep(self.name, self._index, self._files, self._stats).run(full)
 
     @property
     def stats(self) -> CacheStats:  # type: ignore[override]
@@ -669,9 +674,7 @@ class DiskCache(Store):
         with self._index.lock:
             if not self._index.closed:
                 with contextlib.suppress(CacheError, sqlite3.Error):
-                    totals = self._index.totals()
-                    if totals is not None:
-                        self._stats.bytes, self._stats.entries = totals
+                    self._stats.bytes, self._stats.entries = self._index.totals()
             return self._stats
 
     def close(self) -> None:

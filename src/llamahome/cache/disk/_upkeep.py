@@ -1,5 +1,10 @@
 """DiskCache.cleanup(): expiry, the bound, repairs and reconciliation, kept apart from the hot paths.
 
+A pass costs what changed, not the cache's size: expired rows come from the expiry index, uses to settle from
+the pending count, victims from the policy's index; value files are checked (rows against files, files
+against rows) one slice of the 256 ``data/`` folders per pass (1/16), walking round; the totals are trusted
+(triggers keep them). ``full=True`` checks every file and reconciles the totals with the rows.
+
 :class:`Upkeep` works through the cache's :class:`~._index.Index` and :class:`~._files.ValueFiles` objects
 only (their own methods), never through DiskCache's internals.
 """
@@ -23,6 +28,8 @@ from ._index import FULL_DISK_STEP, Index
 
 __all__ = ["Upkeep", "TMP_MAX_AGE"]
 
+#: data/ folders checked per cleanup pass (of 256): a pass checks 1/16 of the value files.
+SLICE = 16
 #: Temp files older than this are removed by cleanup() even if their writer's pid looks alive.
 TMP_MAX_AGE = 3600.0
 
@@ -39,12 +46,19 @@ class Upkeep:
         self.stats = stats
         self.report = CleanupReport(cache=name)
 
-    def run(self) -> CleanupReport:
+    def run(self, full: bool = False) -> CleanupReport:
         self.index.check_identity()
         self._expire_and_bound()
-        self._check_files()
-        self._remove_orphans()
-        self._reconcile()
+        if full:
+            lo, hi = "", "g"
+        else:
+            first = self.index.upkeep_cursor // SLICE * SLICE  # slices never wrap past ff
+            self.index.upkeep_cursor = (first + SLICE) % 256
+            lo, hi = f"{first:02x}", f"{first + SLICE:02x}" if first + SLICE < 256 else "g"
+        self.report.details["checked_folders"] = [lo, hi]
+        self._check_files(lo, hi)
+        self._remove_orphans(lo, hi)
+        self._reconcile(full)
         self.index.restore_reserve()
         return self.report
 
@@ -84,10 +98,12 @@ class Upkeep:
         self.stats.expirations += report.expired
         self.files.unlink(r[0] for r in deleted)
 
-    def _check_files(self) -> None:
-        """Rows whose value file is gone (``missing``) or has the wrong size (``corrupt``)."""
+    def _check_files(self, lo: str, hi: str) -> None:
+        """Rows (with files in folders ``lo`` to ``hi``) whose value file is gone (``missing``) or has the wrong
+        size (``corrupt``)."""
         files, report = self.files, self.report
-        rows = self.index.read_all("SELECT id, length(key), file, frame_size, size FROM entries WHERE file IS NOT NULL")
+        rows = self.index.read_all(
+            "SELECT id, length(key), file, frame_size, size FROM entries WHERE file >= ? AND file < ?", (lo, hi))
         gone: list[tuple[int, str, int]] = []
         bad: list[tuple[int, str, int]] = []
         for entry_id, key_len, name, frame_size, size in rows:
@@ -120,7 +136,7 @@ class Upkeep:
         self.stats.corrupt += report.missing + report.corrupt
         files.unlink(e[1] for e in bad if e in removed)
 
-    def _remove_orphans(self) -> None:
+    def _remove_orphans(self, lo: str, hi: str) -> None:
         """Value files no row points to (a kill between commit and unlink), and dead writers' temp files.
 
         Only files the cache recognises as its own are removed: a value file's name in its fan-out folder and
@@ -129,13 +145,14 @@ class Upkeep:
         """
         files, report = self.files, self.report
         files.ensure_dirs()  # raises if data/ or tmp/ was replaced by a link
-        listed = {name: path for path, name in files.listed()}
+        listed = {name: path for path, name in files.listed(lo, hi)}
         orphans: list[str] = []
         if listed:
             # Under the write lock: a writer renames its file into data/ inside its transaction, so every file
             # listed above either has a committed row by now or never will.
             def body(conn: sqlite3.Connection) -> set[str]:
-                return {r[0] for r in conn.execute("SELECT file FROM entries WHERE file IS NOT NULL")}
+                return {r[0] for r in conn.execute("SELECT file FROM entries WHERE file >= ? AND file < ?",
+                                                   (lo, hi))}
 
             referenced = self.index.write(body)
             orphans = [path for name, path in listed.items() if name not in referenced]
@@ -172,8 +189,9 @@ class Upkeep:
         if foreign:
             report.details["foreign"] = foreign
 
-    def _reconcile(self) -> None:
-        """Make the shared totals equal the rows (they could drift only through a bug or a manual edit)."""
+    def _reconcile(self, full: bool) -> None:
+        """Make the shared totals equal the rows (they could drift only through a bug or a manual edit): only
+        with ``full``; otherwise report the totals the triggers keep."""
         index, report = self.index, self.report
 
         def body(conn: sqlite3.Connection) -> tuple[Any, Any]:
@@ -186,7 +204,7 @@ class Upkeep:
             return real, kept
 
         try:
-            real, kept = index.write(body)
+            real, kept = index.write(body) if full else (index.totals(),) * 2
         except DiskFullError:
             # Only bookkeeping is left undone; the next cleanup on a disk with room does it.
             real = kept = index.totals()
