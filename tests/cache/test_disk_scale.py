@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -102,3 +104,18 @@ def test_cleanup_full_checks_everything_at_once(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["cache", "cleanup", "--dir", str(root), "--full", "--json"],
                                 catch_exceptions=False)
     assert json.loads(result.output)["orphans"] == 1 and not orphan.exists()
+
+
+def test_importing_the_disk_cache_loads_no_heavy_module() -> None:
+    """`from llamahome.cache import DiskCache` stays fast (measured with `python -X importtime`): numpy,
+    zstandard, torch and logging load on first use."""
+    code = (
+        "import sys\n"
+        "from llamahome.cache import DiskCache\n"
+        "print(sorted(m for m in ('numpy', 'zstandard', 'torch', 'logging', 'secrets', 'pydantic', 'yaml')"
+        " if m in sys.modules))\n"
+    )
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    env = dict(os.environ, PYTHONPATH=src + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

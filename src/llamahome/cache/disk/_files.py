@@ -24,7 +24,6 @@ import math
 import mmap as _mmap
 import os
 import re
-import secrets
 import stat
 import struct
 from collections.abc import Iterable, Iterator, Sequence
@@ -103,7 +102,7 @@ def frame_offset(key_len: int) -> int:
 
 def new_name() -> str:
     """A fresh random file name (128 bits: unique across processes without coordination)."""
-    return secrets.token_hex(16)
+    return os.urandom(16).hex()  # what secrets.token_hex does, without importing secrets (hmac, OpenSSL)
 
 
 def is_valid_name(name: object) -> bool:

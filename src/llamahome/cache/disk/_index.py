@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import logging
 import os
 import random
 import sqlite3
@@ -25,10 +24,10 @@ from llamahome.errors import CacheClosedError, DiskFullError, StorageError
 from ..stats import CacheStats
 from . import _marker as dm
 from . import _sqlite as dx
+from ._log import log
 
 __all__ = ["Index", "FULL_DISK_STEP", "ACCESS_FLUSH_INTERVAL", "ACCESS_BUFFER_MAX", "ACCESS_RESOLUTION_SPLIT"]
 
-log = logging.getLogger("llamahome.cache.disk")
 T = TypeVar("T")
 
 #: Access bookkeeping is written at most this often (seconds) ...

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import sqlite3
 from dataclasses import dataclass
@@ -29,12 +28,12 @@ from typing import Any
 
 from llamahome.errors import NotACacheError
 
+from ._log import log
+
 __all__ = [
     "MARKER_NAME", "FORMAT", "NotACacheError", "Marker", "claim", "read_marker", "write_marker",
     "RESERVE_NAME", "reserve_bytes", "ensure_reserve", "release_reserve",
 ]
-
-log = logging.getLogger("llamahome.cache.disk")
 
 MARKER_NAME = ".llamahome-cache"
 KIND = "disk"

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import logging
 import os
 import random
 import sqlite3
@@ -29,13 +28,12 @@ from typing import TypeVar
 from llamahome.errors import DiskFullError, NotACacheError, StorageError
 
 from . import _files as df
+from ._log import log
 
 __all__ = [
     "POLICY_ORDER", "UNSETTLED", "checkpoint", "evict", "settle", "open_index", "retry_busy", "is_busy", "is_damaged",
     "storage_error",
 ]
-
-log = logging.getLogger("llamahome.cache.disk")
 
 T = TypeVar("T")
 

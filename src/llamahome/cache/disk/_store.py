@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import logging
 import os
 import sqlite3
 import time
@@ -31,10 +30,9 @@ from . import _files as df
 from . import _marker as dm
 from . import _sqlite as dx
 from ._index import FULL_DISK_STEP, Index
+from ._log import log
 
 __all__ = ["DiskCache", "POLICIES", "INLINE_MAX"]
-
-log = logging.getLogger("llamahome.cache.disk")
 
 POLICIES = tuple(dx.POLICY_ORDER)
 #: The bound and policy of a new cache opened without them (an existing one keeps its stored ones).
