@@ -119,3 +119,28 @@ def test_importing_the_disk_cache_loads_no_heavy_module() -> None:
     env = dict(os.environ, PYTHONPATH=src + os.pathsep + os.environ.get("PYTHONPATH", ""))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_a_set_that_must_evict_evicts_a_batch_down_to_the_low_water_mark(tmp_path: Path) -> None:
+    with DiskCache(tmp_path / "c", size=1, policy="lru") as c:
+        i = 0
+        while c.stats.evictions == 0:
+            c.set(f"k{i}", os.urandom(KIB))
+            i += 1
+        batch = c.stats.evictions
+        assert batch >= 10  # 1/64 of the bound (16 KiB) of 1 KiB entries at once, not one victim per set
+        assert c.stats.bytes <= c.max_bytes - c.max_bytes // 64 + KIB + 64
+        for j in range(batch - 2):  # the room the batch made takes the next sets without evicting
+            c.set(f"more{j}", os.urandom(KIB))
+        assert c.stats.evictions == batch
+        assert f"k{i - 1}" in c and "k0" not in c  # still in lru order
+
+
+def test_the_batch_never_evicts_a_large_entry_only_for_its_slack(tmp_path: Path) -> None:
+    size = 1024 * KIB // 3 - 4096  # three entries fit, with less room to spare than the slack
+    with DiskCache(tmp_path / "c", size=1, policy="lru") as c:
+        for key in "abc":
+            c.set(key, os.urandom(size))
+        c.set("d", os.urandom(size))
+        assert ["a" in c, "b" in c, "c" in c, "d" in c] == [False, True, True, True]
+        assert c.stats.evictions == 1

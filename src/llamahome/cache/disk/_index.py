@@ -81,6 +81,9 @@ class Index:
         self.wal_frames = 0
         self.wal_limit = dx.wal_pages(max_bytes)
         self.reserve = dm.reserve_bytes(max_bytes)
+        #: A set that has to evict evicts this much more (1/64 of the bound, at most 1 MiB): one evicting
+        #: transaction then serves many sets, instead of every set at the bound deleting one victim.
+        self.slack = min(max_bytes // 64, 1024 * 1024)
         self.closed = False
         # The first of the data/ fan-out folders the next cleanup checks (a slice at a time, see _upkeep);
         # a random start so that processes sharing the directory check different slices.
@@ -331,17 +334,19 @@ class Index:
     # ------------------------------------------------------------------------------------------ eviction
 
     def evict(self, conn: sqlite3.Connection, now: float, keep: builtins.set[bytes], total: int | None = None,
-              fresh: int = 0, limit: int | None = None) -> list[str]:
+              fresh: int = 0, limit: int | None = None, batch: bool = False) -> list[str]:
         """Inside a write transaction: delete entries until the shared total is within the bound (``fresh``:
-        how many unsettled rows this transaction inserted, all in ``keep``; ``limit``: at most that many rows).
-        Returns the value files to unlink after the commit."""
+        how many unsettled rows this transaction inserted, all in ``keep``; ``limit``: at most that many rows;
+        ``batch``: down to the low-water mark, :attr:`slack` under the bound, so that the next sets need not
+        evict). Returns the value files to unlink after the commit."""
         if total is None:
             total = conn.execute("SELECT bytes FROM meta WHERE id = 0").fetchone()[0]
         if total <= self.max_bytes:
             return []
         # So this process's own uses count in the order; _sqlite.evict settles other unsettled rows itself.
         self.flush_access(conn, settle=False)
-        files, n_expired, n_evicted = dx.evict(conn, self.policy, total - self.max_bytes, now, keep, fresh, limit)
+        files, n_expired, n_evicted = dx.evict(conn, self.policy, total - self.max_bytes, now, keep, fresh, limit,
+                                               self.slack if batch else 0)
         self._stats.expirations += n_expired
         self._stats.evictions += n_evicted
         return files

@@ -120,19 +120,20 @@ BUSY_TIMEOUT_S = 60.0
 
 def evict(
     conn: sqlite3.Connection, policy: str, excess: int, now: float, keep: set[bytes], fresh: int = 0,
-    limit: int | None = None,
+    limit: int | None = None, slack: int = 0,
 ) -> tuple[list[str], int, int]:
     """Inside a write transaction: delete rows worth at least ``excess`` bytes, expired ones first, then by
     ``policy``, sparing the keys in ``keep`` unless they alone exceed the bound. ``fresh`` is how many
     unsettled rows this transaction inserted (all in ``keep``): only other unsettled rows need settling first.
 
-    ``limit``: delete at most that many rows (small transactions, for a full disk).
+    ``limit``: delete at most that many rows (small transactions, for a full disk). ``slack``: then go on
+    down to that many bytes under the bound, with victims that fit in it (see :func:`_take`).
 
     Returns the value files to unlink after the commit, and how many entries expired and were evicted.
     """
     files: list[str] = []
     expired = conn.execute("SELECT id, key, file, size FROM entries WHERE expires <= ? ORDER BY expires", (now,))
-    excess, n_expired = _take(conn, expired, excess, set(), files, limit)
+    excess, n_expired = _take(conn, expired, excess, set(), files, limit, slack)
     if limit is not None:
         limit -= n_expired
     n_evicted = 0
@@ -147,7 +148,7 @@ def evict(
             if not conn.execute(_SETTLE_ALL).rowcount:
                 break
             skip = set()
-        excess, n = _take(conn, conn.execute(order), excess, skip, files, limit)
+        excess, n = _take(conn, conn.execute(order), excess, skip, files, limit, slack)
         n_evicted += n
         if limit is not None:
             limit -= n
@@ -169,19 +170,22 @@ def settle(conn: sqlite3.Connection, everything: bool = False) -> int:
 
 
 def _take(conn: sqlite3.Connection, cursor: sqlite3.Cursor, excess: int, skip: set[bytes],
-          files: list[str], limit: int | None = None) -> tuple[int, int]:
+          files: list[str], limit: int | None = None, slack: int = 0) -> tuple[int, int]:
+    """Delete rows from ``cursor`` (in eviction order) until ``excess`` bytes are freed, then, while the next
+    victim fits in what is left of ``slack``, some more (a batch that spares the next sets an eviction;
+    never a large entry just for the slack). Returns the excess left (negative: freed beyond it)."""
     # Collect first, delete after: SQLite leaves changing a table under a running SELECT undefined.
     victims: list[tuple[int]] = []
     for entry_id, key, name, size in cursor:
         if key in skip:
             continue
-        if limit is not None and len(victims) >= limit:
+        if (limit is not None and len(victims) >= limit) or (excess <= 0 and size > slack + excess):
             break
         victims.append((entry_id,))
         if name:
             files.append(name)
         excess -= size
-        if excess <= 0:
+        if excess <= 0 and slack + excess <= 0:
             break
     cursor.close()
     conn.executemany("DELETE FROM entries WHERE id = ?", victims)
@@ -276,10 +280,11 @@ def dir_lock(path: str) -> Iterator[None]:
 
 
 def wal_pages(max_bytes: int) -> int:
-    """Pages between checkpoints: 10,000 (40 MiB of WAL) for caches of 640 MiB and more, fewer for smaller
-    caches so the WAL stays within 1/16 of the bound (never under 16 pages), which keeps a small cache's
-    directory within ``max(1.5 x size, size + 1 MiB)``."""
-    return max(16, min(WAL_CHECKPOINT_PAGES, max_bytes // (16 * 4096)))
+    """Pages between checkpoints: 10,000 (40 MiB of WAL) for caches of 320 MiB and more, fewer for smaller
+    caches so the WAL stays within 1/8 of the bound (never under 16 pages), which keeps a small cache's
+    directory within ``max(1.5 x size, size + 1 MiB)``. The price: a small cache checkpoints (two fsyncs)
+    more often than a large one."""
+    return max(16, min(WAL_CHECKPOINT_PAGES, max_bytes // (8 * 4096)))
 
 
 def checkpoint(conn: sqlite3.Connection, wait_s: float) -> bool:

@@ -478,7 +478,7 @@ class DiskCache(Store):
         """Inside the same transaction, after :meth:`_put_row` for ``keys``: evict to the bound (never those
         keys), let a due batch of uses ride along, and note unsettled inserts. Returns the victims' files."""
         index = self._index
-        victims = index.evict(conn, now, keys, total, fresh) if total > self.max_bytes else []
+        victims = index.evict(conn, now, keys, total, fresh, batch=True) if total > self.max_bytes else []
         if index.flush_due():
             index.flush_access(conn)  # the batched uses ride along in this transaction
         if fresh:
