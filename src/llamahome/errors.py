@@ -11,6 +11,7 @@ all. Messages are whole sentences that say what went wrong and what to do about 
     ├── CacheClosedError          the store was used after ``close()``
     ├── StorageError              the disk refused a write (full, read-only, permissions)
     │   └── DiskFullError         ENOSPC: no space left on the device
+    ├── NotACacheError            a directory that holds something other than a cache of that kind
     ├── CorruptEntryError         an entry failed its checksum (normally reported as a miss)
     ├── NetworkError              the network tier (Redis) failed or timed out
     ├── ModelCacheError           a model file or name the model cache cannot accept
@@ -29,6 +30,7 @@ __all__ = [
     "CacheClosedError",
     "StorageError",
     "DiskFullError",
+    "NotACacheError",
     "CorruptEntryError",
     "NetworkError",
     "ModelCacheError",
@@ -67,6 +69,10 @@ class StorageError(CacheError, OSError):
 
 class DiskFullError(StorageError):
     """No space left on the device (ENOSPC); free disk space or lower the cache's ``size``."""
+
+
+class NotACacheError(CacheError):
+    """The directory holds something other than a LlamaHome cache of that kind; the cache refuses to touch it."""
 
 
 class CorruptEntryError(CacheError):

@@ -282,23 +282,29 @@ def test_sync_mode_and_size_strings(tmp_path: Path, clock: Any) -> None:
         assert c.get("big") == b"x" * 100_000 and c.get("small") == b"y"
 
 
-def test_lru_records_uses_to_one_second(tmp_path: Path, clock: Any) -> None:
+def test_lru_records_uses_to_a_64th_of_the_entries_age_span(tmp_path: Path, clock: Any) -> None:
     size = MIB // 3 - 4096  # three entries fit
     with DiskCache(tmp_path / "c", size=1, clock=clock) as c:
         c.set("a", os.urandom(size))
         clock.advance(0.5)
         c.set("b", os.urandom(size))
         clock.advance(0.2)
-        c.set("a", os.urandom(size))  # 0.7 s after its last use: keeps its place (older than b)
+        c.set("a", os.urandom(size))  # a rewrite is a use, however soon (no absolute floor)
         c.get("a")
         clock.advance(5)
         c.set("c", os.urandom(size))
         c.set("d", os.urandom(size))
-        assert "a" not in c and "b" in c
-        clock.advance(5)
-        c.get("b")  # 5 s after its last use: recorded, b becomes the most recent
+        assert "a" in c and "b" not in c
+        # The entries' uses now span 5 s: a read within 5/64 s of the last recorded use is not recorded.
+        c.get("c")
+        clock.advance(0.05)
+        c.get("c")  # within the resolution: keeps its place
+        clock.advance(0.05)
+        c.get("d")  # not recorded either (same use time as c's, so c and d keep their order)
+        clock.advance(2)
+        c.get("a")  # 2 s after: recorded, a becomes the most recent
         c.set("e", os.urandom(size))
-        assert "b" in c and "c" not in c
+        assert "a" in c and "c" not in c and "d" in c
 
 
 def _wal_frames(path: str) -> int:
@@ -314,15 +320,15 @@ def _wal_frames(path: str) -> int:
 
 def test_the_cache_checkpoints_itself_and_the_wal_starts_over(cache: DiskCache) -> None:
     # SQLite's automatic checkpoint is off (with several writing processes it fsyncs on every commit).
-    assert cache._conn().execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
-    limit = cache._wal_limit
-    assert limit == 1000  # a 4 MB cache: SQLite's default threshold
+    assert cache._index.conn().execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    limit = cache._index.wal_limit
+    assert limit == 128  # a 4 MB cache: 1/8 of the bound (512 KiB of WAL)
     for i in range(4000):  # every commit changes a page: without checkpoints the WAL would hold >= 4,000 frames
         cache.set(f"k{i % 50}", b"%06d" % i * 16)
     assert 0 < _wal_frames(cache.path) < limit  # restarted each time this process's estimate crossed the limit
-    assert cache._wal_frames < limit
+    assert cache._index.wal_frames < limit
     wal = Path(cache.path) / "index.sqlite3-wal"
-    assert wal.stat().st_size <= limit * 4096 * 3 // 2 + 64 * 1024
+    assert wal.stat().st_size <= limit * 4120 + 64 * 1024
     assert cache.get("k7") == b"%06d" % 3957 * 16
 
 
@@ -336,21 +342,21 @@ def test_a_checkpoint_kept_from_restarting_by_a_reader_is_retried(cache: DiskCac
         assert reader.execute("SELECT count(*) FROM entries").fetchone()[0] == 1  # a snapshot in the WAL
         for i in range(400):
             cache.set(f"k{i % 50}", b"v%05d" % i * 16)
-        assert cache._wal_frames >= cache._wal_limit * 3 // 4  # RESTART had to give up: retried later
+        assert cache._index.wal_frames >= cache._index.wal_limit * 3 // 4  # RESTART had to give up: retried later
         assert cache.get("k3") == b"v%05d" % 353 * 16  # and nothing failed meanwhile
         assert reader.execute("SELECT count(*) FROM entries").fetchone()[0] == 1  # the snapshot stands
         reader.execute("COMMIT")
-        for i in range(120):
+        for i in range(cache._index.wal_limit // 8):  # a quarter of the limit (~4 pages a set), then as much again
             cache.set(f"k{i % 50}", b"w%05d" % i * 16)
-        assert cache._wal_frames < cache._wal_limit // 2  # the retry went through once the reader left
-        assert _wal_frames(cache.path) < cache._wal_limit // 2
+        assert cache._index.wal_frames < cache._index.wal_limit // 2  # the retry went through once the reader left
+        assert _wal_frames(cache.path) < cache._index.wal_limit // 2
     finally:
         reader.close()
-    assert cache.get("k3") == b"w%05d" % 103 * 16
+    assert cache.get("k3") == b"w%05d" % 3 * 16
 
 
 def test_large_inline_values_count_their_overflow_pages_toward_a_checkpoint(cache: DiskCache) -> None:
-    limit = cache._wal_limit
+    limit = cache._index.wal_limit
     for i in range(600):  # 20 KiB values stay inline (each ~6 pages of the WAL): ~3,600 pages in all
         cache.set(f"k{i % 20}", b"%06d" % i * 3400)
     # The WAL (its file never shrinks below what it reached) stayed within the limit plus one commit.
@@ -366,6 +372,6 @@ def test_short_lived_writers_checkpoint_on_close(cache: DiskCache, clock: Any) -
         with DiskCache(cache.path, size=4, clock=clock) as writer:
             for i in range(300):
                 writer.set(f"k{i % 50}", b"%06d" % (round_ * 1000 + i) * 16)
-            assert writer._wal_frames < writer._wal_limit  # no checkpoint of its own before close
+            assert writer._index.wal_frames < writer._index.wal_limit  # no checkpoint of its own before close
     assert _wal_frames(cache.path) < 1000  # one writer's pages, not ten
     assert cache.get("k7") == b"%06d" % 9257 * 16

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from llamahome.cache import disk_files
+from llamahome.cache.disk import _files as disk_files
 from llamahome.cache.disk import DiskCache
 from llamahome.errors import DiskFullError, StorageError
 
@@ -109,15 +109,15 @@ def test_kill_9_at_random_instants(tmp_path: Path, caplog: pytest.LogCaptureFixt
     # Leftovers of the kills (temp files of dead writers, files unlinked too late) go at cleanup; afterwards
     # the directory holds exactly what the index says.
     with DiskCache(root, size=1) as cache:
-        cache.cleanup()
-        report = cache.cleanup()
+        cache.cleanup(full=True)
+        report = cache.cleanup(full=True)
         assert report.removed == 0 and "reconciled" not in report.details
-        rows = {r[0] for r in cache._db.execute("SELECT file FROM entries WHERE file IS NOT NULL")}
+        rows = {r[0] for r in cache._index.conn().execute("SELECT file FROM entries WHERE file IS NOT NULL")}
         on_disk = {p.name for p in (root / "data").rglob("*") if p.is_file()}
         assert rows == on_disk
         assert list((root / "tmp").iterdir()) == []
         real = sum((root / "data" / n[:2] / n).stat().st_size for n in rows)
-        inline = cache._db.execute("SELECT coalesce(sum(length(value)), 0) + sum(length(key)) FROM entries").fetchone()[0]
+        inline = cache._index.conn().execute("SELECT coalesce(sum(length(value)), 0) + sum(length(key)) FROM entries").fetchone()[0]
         assert cache.stats.bytes == real + (inline or 0)
 
 
@@ -242,10 +242,10 @@ def test_missing_value_file(tmp_path: Path, caplog: pytest.LogCaptureFixture) ->
         _only_file(tmp_path / "c").unlink()
         orphan = tmp_path / "c" / "data" / "ab" / ("ab" + "0" * 30)
         orphan.parent.mkdir(exist_ok=True)
-        orphan.write_bytes(b"left behind")
-        stray_tmp = tmp_path / "c" / "tmp" / "999999999-dead.tmp"  # a writer that no longer exists
-        stray_tmp.write_bytes(b"partial")
-        report = cache.cleanup()
+        orphan.write_bytes(b"LHDV\x01left behind")  # a value file's header: one of ours
+        stray_tmp = tmp_path / "c" / "tmp" / f"999999999-{'cd' * 16}.tmp"  # a writer that no longer exists
+        stray_tmp.write_bytes(b"LHDV\x01partial")
+        report = cache.cleanup(full=True)
         assert (report.missing, report.orphans) == (1, 2)
         assert not orphan.exists() and not stray_tmp.exists()
         assert cache.stats.entries == 0 and cache.stats.bytes == 0
@@ -353,8 +353,8 @@ def test_disk_full_on_value_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 def test_disk_full_in_the_index(tmp_path: Path) -> None:
     with DiskCache(tmp_path / "c", size=16) as cache:
         cache.set("keep", b"k")
-        pages = cache._db.execute("PRAGMA page_count").fetchone()[0]
-        cache._db.execute(f"PRAGMA max_page_count = {pages}")  # SQLite now reports SQLITE_FULL on growth
+        pages = cache._index.conn().execute("PRAGMA page_count").fetchone()[0]
+        cache._index.conn().execute(f"PRAGMA max_page_count = {pages}")  # SQLite now reports SQLITE_FULL on growth
         with pytest.raises(DiskFullError):
             for i in range(200):
                 cache.set(f"k{i}", os.urandom(20_000))
@@ -379,7 +379,7 @@ def test_read_only_directory_simulated(tmp_path: Path, monkeypatch: pytest.Monke
             return real_open(path, flags, *args, **kwargs)
 
         monkeypatch.setattr(disk_files.os, "open", read_only)
-        cache._db.execute("PRAGMA query_only = ON")  # SQLite's view of a read-only database
+        cache._index.conn().execute("PRAGMA query_only = ON")  # SQLite's view of a read-only database
         with pytest.raises(StorageError, match="not writable"):
             cache.set("big2", b"x" * 100_000)
         with pytest.raises(StorageError, match="not writable"):
@@ -388,7 +388,7 @@ def test_read_only_directory_simulated(tmp_path: Path, monkeypatch: pytest.Monke
             cache.delete("small")
         assert cache.get("small") == b"s" and cache.get("big") == b"b" * 100_000  # reads keep working
         monkeypatch.undo()
-        cache._db.execute("PRAGMA query_only = OFF")
+        cache._index.conn().execute("PRAGMA query_only = OFF")
         cache.set("small2", b"x")
         assert cache.get("small2") == b"x"
 
@@ -451,7 +451,7 @@ SHARER = textwrap.dedent(
             got = cache.get(f"k{{i % 2000}}")
             assert got is None or len(got) == 1032
     assert cache.stats.errors == 0 and cache.stats.corrupt == 0
-    print(sets, cache._wal_limit, flush=True)
+    print(sets, cache._index.wal_limit, flush=True)
     """
 )
 

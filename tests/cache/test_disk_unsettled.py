@@ -8,6 +8,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+from llamahome.cache.disk import _files as disk_files
 from llamahome.cache.disk import DiskCache
 
 MIB = 1024 * 1024
@@ -106,11 +107,17 @@ def test_pending_count_is_repaired_by_cleanup(tmp_path: Path, clock: Any) -> Non
         try:
             spy.execute("UPDATE meta SET pending = 7")  # drifted (a bug or a hand edit)
             spy.commit()
-            c.cleanup()
+            c.cleanup(full=True)
             assert _pending(spy) == 0
             assert spy.execute("SELECT accessed FROM entries").fetchone()[0] == clock()
         finally:
             spy.close()
+
+
+def _unbind_checksums(db: sqlite3.Connection) -> None:
+    """Inline checksums as versions 1 and 2 wrote them: of the value alone, not bound to the key."""
+    rows = db.execute("SELECT id, value FROM entries WHERE value IS NOT NULL").fetchall()
+    db.executemany("UPDATE entries SET checksum = ? WHERE id = ?", [(disk_files.checksum(v), i) for i, v in rows])
 
 
 def _downgrade_to_version_1(path: Path) -> None:
@@ -118,6 +125,7 @@ def _downgrade_to_version_1(path: Path) -> None:
     db = sqlite3.connect(path / "index.sqlite3", isolation_level=None)
     try:
         db.execute("BEGIN")
+        _unbind_checksums(db)
         db.execute("UPDATE entries SET accessed = created WHERE accessed < 0")
         for name in ("entries_ins", "entries_del", "entries_upd", "entries_acc"):
             db.execute(f"DROP TRIGGER {name}")
@@ -148,7 +156,7 @@ def test_version_1_index_is_upgraded_in_place(tmp_path: Path, clock: Any) -> Non
     with DiskCache(root, size=1, clock=clock) as c:
         spy = _spy(c)
         try:
-            assert spy.execute("SELECT version, pending FROM meta").fetchone() == (2, 0)
+            assert spy.execute("SELECT version, pending FROM meta").fetchone() == (3, 0)
             sql = spy.execute("SELECT sql FROM sqlite_master WHERE name = 'entries_lru'").fetchone()[0]
             assert "WHERE accessed >= 0" in sql
             assert c.stats.bytes == bytes_before and c.stats.entries == 7

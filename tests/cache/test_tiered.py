@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from llamahome.cache import disk_files
+from llamahome.cache.disk import _files as disk_files
 from llamahome.cache.base import Key, Store
 from llamahome.cache.disk import DiskCache
 from llamahome.cache.memory import MemoryCache

@@ -23,11 +23,13 @@ import json
 import math
 import pickle
 import struct
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:  # numpy loads on first use (an array to encode or decode): importing the cache stays fast
+    import numpy as np
 
 from llamahome.errors import CacheValueError
 
@@ -72,9 +74,12 @@ class EncodedValue:
 
 
 def _torch() -> Any:
-    import sys
-
     return sys.modules.get("torch")
+
+
+def _numpy() -> Any:
+    """numpy if it is imported (a value cannot be a numpy array or scalar otherwise), else None."""
+    return sys.modules.get("numpy")
 
 
 def _is_tensor(value: Any) -> bool:
@@ -96,6 +101,8 @@ def _is_json_like(value: Any, depth: int = 0) -> bool:
 
 def _array_leaf(value: Any) -> tuple[np.ndarray, dict[str, Any]]:
     """A C-contiguous numpy array for an array or tensor leaf, and its metadata."""
+    import numpy as np
+
     if isinstance(value, np.ndarray):
         if value.dtype.hasobject or value.dtype.fields is not None:
             raise CacheValueError(
@@ -128,12 +135,13 @@ class _TreeBuilder:
     def node(self, value: Any, depth: int = 0) -> Any:
         if depth > 200:
             raise CacheValueError("Values nested deeper than 200 levels cannot be cached.")
-        if isinstance(value, np.ndarray) or _is_tensor(value):
+        np = _numpy()
+        if (np is not None and isinstance(value, np.ndarray)) or _is_tensor(value):
             arr, meta = _array_leaf(value)
             self.arrays.append(arr)
             self.leaves.append(meta)
             return ["a", len(self.arrays) - 1]
-        if isinstance(value, np.generic):
+        if np is not None and isinstance(value, np.generic):
             # A numpy scalar (np.float32(1.5)) comes back as the same scalar type, not a 0-d array, so a value
             # reads the same from the memory tier (kept as is) and from disk.
             arr, meta = _array_leaf(np.asarray(value))
@@ -189,7 +197,10 @@ def _maybe_compress(
 
 def encode_parts(value: Any, *, compress: bool = False, allow_pickle: bool = False, level: int = 3) -> EncodedValue:
     """Encode ``value`` as a frame (a list of buffers). See :func:`encode`."""
-    if isinstance(value, np.generic):  # before the float/int checks: np.float64 stays np.float64
+    if type(value) is bytes:  # the common case first (exact type: numpy's bytes_ scalar is a subclass)
+        return _maybe_compress(K_BYTES, None, [value], len(value), compress, level)
+    np = _numpy()
+    if np is not None and isinstance(value, np.generic):  # before the float/int checks: np.float64 stays
         return _encode_tree(value, compress, level)
     if isinstance(value, (bytes, bytearray, memoryview)):
         raw = memoryview(value).cast("B") if not isinstance(value, bytes) else value
@@ -219,10 +230,14 @@ def encode_parts(value: Any, *, compress: bool = False, allow_pickle: bool = Fal
 
 
 def _encode_tree(value: Any, compress: bool, level: int) -> EncodedValue:
-    if not isinstance(value, (dict, list, tuple, np.ndarray, np.generic)) and not _is_tensor(value):
+    np = _numpy()
+    if not isinstance(value, (dict, list, tuple)) and not (
+        np is not None and isinstance(value, (np.ndarray, np.generic))
+    ) and not _is_tensor(value):
         raise _unsupported(value)
     builder = _TreeBuilder()
     root = builder.node(value)
+    np = _numpy()  # imported by now if the value held arrays
     parts: list[Any] = []
     offset = 0
     for arr, leaf in zip(builder.arrays, builder.leaves):
@@ -350,6 +365,8 @@ def _decode_payload(kind: int, meta: Any, payload: memoryview | bytes, allow_pic
 
 
 def _decode_tree(meta: dict[str, Any], payload: memoryview | bytes) -> Any:
+    import numpy as np
+
     grouped = bool(meta.get("grouped"))
     leaves = meta["leaves"]
     arrays: list[Any] = []

@@ -8,9 +8,11 @@ zstd finds them very compressible.
 from __future__ import annotations
 
 import threading
+from typing import TYPE_CHECKING
 
-import numpy as np
-import zstandard
+if TYPE_CHECKING:  # numpy and zstandard load on first use: importing the cache stays fast
+    import numpy as np
+    import zstandard
 
 __all__ = [
     "MIN_COMPRESS_BYTES",
@@ -35,6 +37,8 @@ _local = threading.local()
 
 def _compressor(level: int, threaded: bool) -> zstandard.ZstdCompressor:
     # zstandard's (de)compressor objects must not be shared between threads; keep one per thread.
+    import zstandard
+
     cache: dict[tuple[int, bool], zstandard.ZstdCompressor] | None = getattr(_local, "compressors", None)
     if cache is None:
         cache = _local.compressors = {}
@@ -47,6 +51,8 @@ def _compressor(level: int, threaded: bool) -> zstandard.ZstdCompressor:
 
 
 def _decompressor() -> zstandard.ZstdDecompressor:
+    import zstandard
+
     dec: zstandard.ZstdDecompressor | None = getattr(_local, "decompressor", None)
     if dec is None:
         dec = _local.decompressor = zstandard.ZstdDecompressor()
@@ -76,6 +82,8 @@ def should_group(dtype: np.dtype) -> bool:
 
 def group_bytes(buffer: memoryview | bytes | np.ndarray, itemsize: int) -> np.ndarray:
     """Return the bytes of ``buffer`` regrouped: byte 0 of every item, then byte 1, ... (a new uint8 array)."""
+    import numpy as np
+
     raw = np.frombuffer(buffer, dtype=np.uint8) if not isinstance(buffer, np.ndarray) else buffer.view(np.uint8)
     raw = raw.reshape(-1)
     if itemsize <= 1 or raw.size % itemsize:
@@ -88,6 +96,8 @@ def group_bytes(buffer: memoryview | bytes | np.ndarray, itemsize: int) -> np.nd
 
 def ungroup_bytes(grouped: memoryview | bytes | np.ndarray, itemsize: int) -> np.ndarray:
     """Inverse of :func:`group_bytes` (a new, writable uint8 array)."""
+    import numpy as np
+
     raw = np.frombuffer(grouped, dtype=np.uint8) if not isinstance(grouped, np.ndarray) else grouped.view(np.uint8)
     raw = raw.reshape(-1)
     if itemsize <= 1 or raw.size % itemsize:

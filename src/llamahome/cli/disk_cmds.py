@@ -21,11 +21,12 @@ from .params import SIZE
 
 __all__ = ["COMMANDS", "INDEX_FILE", "cleanup", "clear", "open_disk_cache", "stats"]
 
-#: The file that marks a directory as a disk cache.
+#: The file that marks a directory as a disk cache (caches of earlier versions: only their index).
+MARKER_FILE = ".llamahome-cache"
 INDEX_FILE = "index.sqlite3"
 
 
-def open_disk_cache(directory: str, size: float) -> Any:
+def open_disk_cache(directory: str, size: float | None = None) -> Any:
     """Open an existing disk cache directory, or raise CacheError saying what is wrong."""
     from llamahome.cache.disk import DiskCache
 
@@ -34,11 +35,12 @@ def open_disk_cache(directory: str, size: float) -> Any:
         raise CacheError(
             f"{directory}: no such cache directory; pass the directory given to DiskCache or cache.disk.path."
         )
-    if not (path / INDEX_FILE).is_file():
+    if not (path / MARKER_FILE).is_file() and not (path / INDEX_FILE).is_file():
         raise CacheError(
-            f"{directory}: not a LlamaHome disk cache (no {INDEX_FILE} inside); pass the directory given to "
+            f"{directory}: not a LlamaHome disk cache (no {MARKER_FILE} inside); pass the directory given to "
             "DiskCache or cache.disk.path."
         )
+    # size None: the bound stored in the cache itself (the one it was created or last opened with).
     return DiskCache(path, size=size)
 
 
@@ -55,10 +57,11 @@ def _disk_usage(directory: str) -> tuple[int, int]:
     return total, files
 
 
-def _size_mb(size: float | None, config_file: str | None) -> float:
+def _size_mb(size: float | None, config_file: str | None) -> float | None:
+    """The bound to open with: ``--size``, else ``--config``'s, else None (the cache's own stored bound)."""
     if size is not None:
         return size
-    return (CacheConfig.from_yaml(config_file) if config_file else CacheConfig()).cache.disk.size
+    return CacheConfig.from_yaml(config_file).cache.disk.size if config_file else None
 
 
 _dir_option = click.option(
@@ -71,7 +74,8 @@ _dir_option = click.option(
 _size_option = click.option(
     "--size",
     type=SIZE,
-    help='The cache\'s size bound, e.g. "10GB" (default: cache.disk.size from --config, else 10000 MB).',
+    help='The cache\'s size bound, e.g. "10GB" (default: cache.disk.size from --config, else the bound the cache '
+    "stores: the one it was created or last opened with).",
 )
 _config_option = click.option(
     "--config",
@@ -125,7 +129,7 @@ def stats(directory: str, size: float | None, config_file: str | None, as_json: 
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def clear(directory: str, yes: bool) -> None:
     """Remove every entry from a disk cache directory."""
-    cache = open_disk_cache(directory, CacheConfig().cache.disk.size)
+    cache = open_disk_cache(directory)
     try:
         entries, held = cache.stats.entries, cache.stats.bytes
         if not yes:
@@ -141,11 +145,13 @@ def clear(directory: str, yes: bool) -> None:
 @_size_option
 @_config_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def cleanup(directory: str, size: float | None, config_file: str | None, as_json: bool) -> None:
+@click.option("--full", is_flag=True,
+              help="Check every value file and reconcile the totals (a plain pass checks 1/16 of the files).")
+def cleanup(directory: str, size: float | None, config_file: str | None, as_json: bool, full: bool) -> None:
     """One cleanup pass: drop expired and damaged entries and orphan files, and enforce the size bound."""
     cache = open_disk_cache(directory, _size_mb(size, config_file))
     try:
-        report = cache.cleanup()
+        report = cache.cleanup(full=full)
     finally:
         cache.close()
     if as_json:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import logging
 import os
 import random
 import sqlite3
@@ -26,20 +25,19 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
-from llamahome.errors import DiskFullError, StorageError
+from llamahome.errors import DiskFullError, NotACacheError, StorageError
 
-from . import disk_files as df
+from . import _files as df
+from ._log import log
 
 __all__ = [
     "POLICY_ORDER", "UNSETTLED", "checkpoint", "evict", "settle", "open_index", "retry_busy", "is_busy", "is_damaged",
     "storage_error",
 ]
 
-log = logging.getLogger("llamahome.cache.disk")
-
 T = TypeVar("T")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 INDEX_NAME = "index.sqlite3"
 #: ``accessed`` of a row whose use (its creation) is not yet in the lru index; see :func:`settle`.
 UNSETTLED = -1.0
@@ -105,6 +103,7 @@ _POLICY_INDEX = {
 # The rows the policy's index orders (the lru index leaves unsettled rows out: settle() first).
 _POLICY_WHERE = {"lru": " WHERE accessed >= 0"}
 _PENDING = "SELECT pending FROM meta WHERE id = 0"
+_FILE_INDEX = "CREATE INDEX IF NOT EXISTS entries_file ON entries(file) WHERE file IS NOT NULL"
 # Newest rows first: unsettled rows are recent inserts, so the scan stops after the last of them.
 _SETTLE_SOME = (
     "UPDATE entries SET accessed = max(created, 0) WHERE id IN"
@@ -120,31 +119,39 @@ BUSY_TIMEOUT_S = 60.0
 
 
 def evict(
-    conn: sqlite3.Connection, policy: str, excess: int, now: float, keep: set[bytes], fresh: int = 0
+    conn: sqlite3.Connection, policy: str, excess: int, now: float, keep: set[bytes], fresh: int = 0,
+    limit: int | None = None, slack: int = 0,
 ) -> tuple[list[str], int, int]:
     """Inside a write transaction: delete rows worth at least ``excess`` bytes, expired ones first, then by
     ``policy``, sparing the keys in ``keep`` unless they alone exceed the bound. ``fresh`` is how many
     unsettled rows this transaction inserted (all in ``keep``): only other unsettled rows need settling first.
 
+    ``limit``: delete at most that many rows (small transactions, for a full disk). ``slack``: then go on
+    down to that many bytes under the bound, with victims that fit in it (see :func:`_take`).
+
     Returns the value files to unlink after the commit, and how many entries expired and were evicted.
     """
     files: list[str] = []
     expired = conn.execute("SELECT id, key, file, size FROM entries WHERE expires <= ? ORDER BY expires", (now,))
-    excess, n_expired = _take(conn, expired, excess, set(), files)
+    excess, n_expired = _take(conn, expired, excess, set(), files, limit, slack)
+    if limit is not None:
+        limit -= n_expired
     n_evicted = 0
     if excess > 0 and conn.execute(_PENDING).fetchone()[0] > fresh:
         settle(conn)  # rows of other processes (or of a killed one) whose use is not yet in the lru index
     order = f"SELECT id, key, file, size FROM entries{_POLICY_WHERE.get(policy, '')} ORDER BY {POLICY_ORDER[policy]}"
     for skip in (keep, set(), None):
-        if excess <= 0:
+        if excess <= 0 or (limit is not None and limit <= 0):
             break
         if skip is None:
             # Only the rows being written are left, and some of them are unsettled (out of the lru index).
             if not conn.execute(_SETTLE_ALL).rowcount:
                 break
             skip = set()
-        excess, n = _take(conn, conn.execute(order), excess, skip, files)
+        excess, n = _take(conn, conn.execute(order), excess, skip, files, limit, slack)
         n_evicted += n
+        if limit is not None:
+            limit -= n
     return files, n_expired, n_evicted
 
 
@@ -163,17 +170,22 @@ def settle(conn: sqlite3.Connection, everything: bool = False) -> int:
 
 
 def _take(conn: sqlite3.Connection, cursor: sqlite3.Cursor, excess: int, skip: set[bytes],
-          files: list[str]) -> tuple[int, int]:
+          files: list[str], limit: int | None = None, slack: int = 0) -> tuple[int, int]:
+    """Delete rows from ``cursor`` (in eviction order) until ``excess`` bytes are freed, then, while the next
+    victim fits in what is left of ``slack``, some more (a batch that spares the next sets an eviction;
+    never a large entry just for the slack). Returns the excess left (negative: freed beyond it)."""
     # Collect first, delete after: SQLite leaves changing a table under a running SELECT undefined.
-    victims = []
+    victims: list[tuple[int]] = []
     for entry_id, key, name, size in cursor:
         if key in skip:
             continue
+        if (limit is not None and len(victims) >= limit) or (excess <= 0 and size > slack + excess):
+            break
         victims.append((entry_id,))
         if name:
             files.append(name)
         excess -= size
-        if excess <= 0:
+        if excess <= 0 and slack + excess <= 0:
             break
     cursor.close()
     conn.executemany("DELETE FROM entries WHERE id = ?", victims)
@@ -187,11 +199,19 @@ def is_busy(exc: BaseException) -> bool:
     return "locked" in msg or "busy" in msg
 
 
+_DAMAGE_IOERRS = frozenset({"SQLITE_IOERR", "SQLITE_IOERR_READ", "SQLITE_IOERR_SHORT_READ"})
+
+
 def is_damaged(exc: BaseException) -> bool:
     """An error that means the index file itself is damaged (not a lock, full disk or permission problem)."""
     if isinstance(exc, sqlite3.OperationalError):
         msg = str(exc).lower()
-        return "malformed" in msg or "disk i/o error" in msg
+        if "disk i/o error" in msg:
+            # Only a failed read means a damaged file; a failed write, fsync or shared-memory resize means a
+            # full (or failing) disk, and "repairing" the index then would throw entries away.
+            name = getattr(exc, "sqlite_errorname", "SQLITE_IOERR_READ")
+            return name in _DAMAGE_IOERRS
+        return "malformed" in msg
     return isinstance(exc, sqlite3.DatabaseError) and not isinstance(
         exc, (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError)
     )
@@ -200,7 +220,9 @@ def is_damaged(exc: BaseException) -> bool:
 def storage_error(exc: BaseException, where: str) -> StorageError:
     """Translate an OSError or SQLite error into the library's StorageError / DiskFullError."""
     msg = str(exc).lower()
-    if df.is_no_space(exc) or "database or disk is full" in msg:
+    if df.is_no_space(exc) or "database or disk is full" in msg or (
+        "disk i/o error" in msg and _no_space_left(where)
+    ):
         return DiskFullError(
             f"The disk holding the cache at {where} is full; free disk space or lower the cache's size. "
             "The cache is unchanged."
@@ -213,6 +235,14 @@ def storage_error(exc: BaseException, where: str) -> StorageError:
             "at a writable directory. The cache is unchanged."
         )
     return StorageError(f"The cache at {where} could not complete a disk operation ({exc}). The cache is unchanged.")
+
+
+def _no_space_left(where: str) -> bool:
+    try:
+        st = os.statvfs(where if os.path.isdir(where) else os.path.dirname(where))
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 64 * 1024
 
 
 def retry_busy(fn: Callable[[], T], where: str, timeout: float = BUSY_TIMEOUT_S) -> T:
@@ -250,9 +280,11 @@ def dir_lock(path: str) -> Iterator[None]:
 
 
 def wal_pages(max_bytes: int) -> int:
-    """Pages between automatic checkpoints: 10,000 (40 MiB of WAL) for caches of 160 MiB and more, fewer for
-    small caches so the WAL stays within a quarter of the bound (never under SQLite's default of 1,000)."""
-    return max(1000, min(WAL_CHECKPOINT_PAGES, max_bytes // (4 * 4096)))
+    """Pages between checkpoints: 10,000 (40 MiB of WAL) for caches of 320 MiB and more, fewer for smaller
+    caches so the WAL stays within 1/8 of the bound (never under 16 pages), which keeps a small cache's
+    directory within ``max(1.5 x size, size + 1 MiB)``. The price: a small cache checkpoints (two fsyncs)
+    more often than a large one."""
+    return max(16, min(WAL_CHECKPOINT_PAGES, max_bytes // (8 * 4096)))
 
 
 def checkpoint(conn: sqlite3.Connection, wait_s: float) -> bool:
@@ -294,7 +326,8 @@ def connect(db_path: str, sync: bool, max_bytes: int = 1 << 40) -> sqlite3.Conne
         # bound) may reach 40 MiB per writing process; it is not cut back below that after a checkpoint,
         # because shrinking and regrowing it costs another ~15% per set.
         conn.execute("PRAGMA wal_autocheckpoint=0")
-        conn.execute(f"PRAGMA journal_size_limit={wal_pages(max_bytes) * 4096 * 3 // 2}")
+        # After a checkpoint the WAL file is cut back to about its checkpoint threshold (a small cache's bound).
+        conn.execute(f"PRAGMA journal_size_limit={wal_pages(max_bytes) * 4120 + 32}")
         # SQLite's default page cache (2 MiB) makes a get-hit over a few thousand 1 KiB entries ~1.5x slower
         # once writes are mixed in; 32 MiB (diskcache's figure too) is used only as the index grows.
         conn.execute(f"PRAGMA cache_size=-{PAGE_CACHE_KIB}")
@@ -327,7 +360,16 @@ def _setup(conn: sqlite3.Connection, policy: str, check: bool) -> bool:
     version = retry_busy(lambda: conn.execute("SELECT version FROM meta WHERE id = 0").fetchone(), "index")
     if version is not None and version[0] == 1:
         retry_busy(lambda: _migrate_from_1(conn), "index")
+        version = (2,)
+    if version is not None and version[0] == 2:
+        retry_busy(lambda: _migrate_from_2(conn), "index")
         version = (SCHEMA_VERSION,)
+    if version is not None and type(version[0]) is int and version[0] > SCHEMA_VERSION:
+        # Never "repair" an index a newer version wrote: that would throw its entries away.
+        raise NotACacheError(
+            f"The disk cache index {INDEX_NAME} has version {version[0]}, written by a newer LlamaHome Cache "
+            f"(this version reads {SCHEMA_VERSION}); upgrade llamahome-cache or use another directory."
+        )
     if version is None or version[0] != SCHEMA_VERSION:
         raise sqlite3.DatabaseError(f"unknown index version {version}")
     column = _POLICY_INDEX[policy]
@@ -335,6 +377,8 @@ def _setup(conn: sqlite3.Connection, policy: str, check: bool) -> bool:
         retry_busy(
             lambda: conn.execute(f"CREATE INDEX IF NOT EXISTS entries_{policy} ON entries{column}"), "index"
         )
+    # Value files by name (only rows that have one): cleanup checks a slice of data/ at a time against it.
+    retry_busy(lambda: conn.execute(_FILE_INDEX), "index")
     return fresh
 
 
@@ -360,24 +404,48 @@ def _migrate_from_1(conn: sqlite3.Connection) -> None:
         with contextlib.suppress(sqlite3.Error):
             conn.execute("ROLLBACK")
         raise
-    log.info("The disk cache index was upgraded from version 1 to %d.", SCHEMA_VERSION)
+    log.info("The disk cache index was upgraded from version 1 to 2.")
+
+
+def _migrate_from_2(conn: sqlite3.Connection) -> None:
+    """Version 2 -> 3 in one transaction: inline values' checksums are bound to their keys (xxh3 seeded with
+    the key's hash); rows whose value fails its old checksum are dropped (they would read as misses)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if conn.execute("SELECT version FROM meta WHERE id = 0").fetchone()[0] == 2:  # not done meanwhile
+            updates, damaged = [], []
+            for entry_id, key, value, digest in conn.execute(
+                "SELECT id, key, value, checksum FROM entries WHERE value IS NOT NULL"
+            ):
+                if isinstance(value, bytes) and isinstance(key, bytes) and df.checksum(value) == digest:
+                    updates.append((df.key_checksum(value, key), entry_id))
+                else:
+                    damaged.append((entry_id,))
+            conn.executemany("UPDATE entries SET checksum = ? WHERE id = ?", updates)
+            conn.executemany("DELETE FROM entries WHERE id = ?", damaged)
+            conn.execute(f"UPDATE meta SET version = {SCHEMA_VERSION} WHERE id = 0")
+        conn.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        raise
+    log.info("The disk cache index was upgraded from version 2 to %d.", SCHEMA_VERSION)
 
 
 def rebuild_from_files(conn: sqlite3.Connection, data_dir: str) -> tuple[int, int]:
     """Re-create rows for the value files whose header is intact; return (rebuilt, removed)."""
     rebuilt = removed = 0
     rows = []
-    for sub in _listdir(data_dir):
-        folder = os.path.join(data_dir, sub)
-        for name in _listdir(folder):
-            path = os.path.join(folder, name)
-            header = df.read_header(path) if df.is_valid_name(name) and name[:2] == sub else None
-            if header is None:
+    for path, name in df.value_files(data_dir):
+        header = df.read_header(path)
+        if header is None:
+            # Only a file that is recognisably one of ours (a value file's magic, or empty) is removed.
+            if df.own_file(path):
                 with contextlib.suppress(OSError):
                     os.unlink(path)
                 removed += 1
-                continue
-            rows.append((header, name))
+            continue
+        rows.append((header, name))
     retry_busy(lambda: conn.execute("BEGIN IMMEDIATE"), "index")
     try:
         # Newest first, so where two files hold the same key the newer one wins.
@@ -408,9 +476,26 @@ def _listdir(path: str) -> list[str]:
         return []
 
 
-#: Indexes up to this size get a full ``PRAGMA quick_check`` on open (milliseconds); larger ones are checked
-#: when an operation first reports damage, so opening a big cache stays fast.
-QUICK_CHECK_MAX_BYTES = 64 * 1024 * 1024
+def header_looks_damaged(db_path: str) -> bool:
+    """An O(1) look at the index file's 100-byte header: True if it is not SQLite's, or if the file is shorter
+    than the page count the header records (a truncated file). Opening runs quick_check only then."""
+    try:
+        with open(db_path, "rb") as f:
+            head = f.read(100)
+            size = os.fstat(f.fileno()).st_size
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    if not head:
+        return False  # a new (or emptied) file: nothing to check, the schema is created
+    if len(head) < 100 or head[:16] != b"SQLite format 3\0":
+        return True
+    page_size = int.from_bytes(head[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    change, pages, valid_for = (int.from_bytes(head[i : i + 4], "big") for i in (24, 28, 92))
+    # The page count is trusted only when the header says it is current (SQLite's own rule).
+    return page_size < 512 or (change == valid_for and size < pages * page_size)
 
 
 def open_index(
@@ -418,21 +503,26 @@ def open_index(
 ) -> sqlite3.Connection:
     """Open (creating, checking and if need be repairing) the index of the cache directory ``root``.
 
+    ``check``: run ``PRAGMA quick_check`` (None: only if :func:`header_looks_damaged`).
     A damaged index (not a database, malformed pages, failed quick_check) is removed with a warning in the
     log and rebuilt from the value files; entries kept inline in the lost index are gone (a cache may
     forget). An empty index next to existing value files (the index file was deleted) is rebuilt likewise.
     """
     db_path = os.path.join(root, INDEX_NAME)
-    if check is None:
-        try:
-            check = os.stat(db_path).st_size <= QUICK_CHECK_MAX_BYTES
-        except OSError:
-            check = True
     with dir_lock(root):
+        if check is None:
+            # Open in O(1): no scan of the whole index. Damage the header shows (truncation, foreign bytes) is
+            # checked now; any other damage is found by the first operation that meets it (and repaired then),
+            # and every read checks its own entry.
+            check = header_looks_damaged(db_path)
         conn: sqlite3.Connection | None = None
         try:
             conn = connect(db_path, sync, max_bytes)
             fresh = _setup(conn, policy, check)
+        except NotACacheError:
+            if conn is not None:
+                conn.close()
+            raise
         except sqlite3.DatabaseError as exc:
             if conn is not None:
                 conn.close()
@@ -446,7 +536,7 @@ def open_index(
             _remove_index(db_path)
             conn = connect(db_path, sync, max_bytes)
             fresh = _setup(conn, policy, check=False)
-        if fresh and any(_listdir(os.path.join(data_dir, sub)) for sub in _listdir(data_dir)):
+        if fresh and any(True for _ in df.value_files(data_dir)):
             rebuilt, removed = rebuild_from_files(conn, data_dir)
             log.warning(
                 "The disk cache at %s had no index but %d value files; rebuilt %d entries from them and "

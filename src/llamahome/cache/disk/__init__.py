@@ -1,0 +1,77 @@
+"""DiskCache: a persistent store on a local directory, shared safely by several processes.
+
+Layout of the cache directory (0700; files 0600)::
+
+    .llamahome-cache               the marker: kind, format, bound and policy (see _marker)
+    index.sqlite3 (+ -wal, -shm)   SQLite in WAL mode: one row per entry, small values inline
+    data/ab/<32 hex>               one file per large value (random names: never derived from the key)
+    tmp/<pid>-<32 hex>.tmp         values being written
+    lock                           held only while opening (one process repairs at a time)
+    reserve                        space given up to free entries on a full disk (see _marker)
+
+The cache acts only on files it recognises as its own (name and header), never through a symlink; every
+entry is bound to its key (an inline value's checksum is seeded with the key's hash, a value file's header
+holds the key), so a damaged or swapped key in the index reads as a miss, never as another key's value.
+
+How a write stays atomic (kill -9 at any instant leaves the old value, the new value or a miss):
+
+1. The value is encoded and written to ``tmp/`` outside any lock, in large ``writev`` calls (no joining copy).
+2. ``BEGIN IMMEDIATE`` takes the index's write lock; the temp file is renamed into ``data/`` *inside* the
+   transaction, so cleanup (which lists ``data/`` and then checks the index under the same lock) can never
+   mistake a file about to be committed for an orphan.
+3. One transaction replaces the row, evicts to the bound (the totals live in the index, kept by triggers, so
+   the bound holds across every process), and commits. Files of replaced or evicted entries are unlinked
+   after the commit; a kill in between leaves orphan files that ``cleanup()`` removes.
+
+Durability: WAL with ``synchronous=NORMAL`` keeps the index consistent after kill -9 or a crash; the last
+commits before a power loss may be lost. Value files are not fsynced (``sync=True`` fsyncs them and commits
+with ``synchronous=FULL``); a value file damaged by a power loss fails its xxh3 checksum and reads as a miss.
+Every read verifies the checksum, so a damaged entry is never returned: it is removed, logged and counted in
+``stats.corrupt``.
+
+LRU/LFU bookkeeping is batched, never a write per read: reads record access times in memory, written in one
+transaction at most once a second, before any eviction decision, on ``cleanup()`` and on ``close()``. For lru
+uses are recorded to a resolution: an entry whose recorded use is less than 1/64 of the entries' age span old
+keeps its place when read or rewritten, as ``relatime`` does for file access times and memcached for its LRU
+(it bumps an item at most once a minute). There is no absolute floor: a cache that turns over many times a
+second still evicts by use. A set that rewrites an existing entry never moves it in the lru/lfu index itself: when its recorded use is older than the resolution, the use joins the
+same batch as reads (a write transaction that is due anyway carries the batch along), because moving the
+index entry inside every set would cost a third of a small set. Other processes see this process's uses after
+its next flush (at most about a second); each process's own evictions always see them, since the batch is
+written in the evicting transaction before victims are chosen, and the keys being set are never victims.
+An lru insert does not enter the lru index either: the row is written "unsettled" (``accessed = -1``, out of
+the partial lru index) and its use, its creation time, is written with the next batch of any process, and
+always before an eviction chooses victims (see ``_sqlite.settle``); that saves a quarter of a small insert.
+
+Several processes: every write is one ``BEGIN IMMEDIATE`` transaction; a process that finds the write lock
+taken retries after short jittered sleeps (from 50 us) for up to 60 s and only then raises StorageError, so
+"database is locked" never reaches the caller. Readers never wait (WAL).
+
+Damage: a missing, truncated or corrupt index is found on open (an O(1) look at the file's header: a full
+``PRAGMA quick_check`` runs only when it looks wrong, or with ``check_on_open=True``) or by the first
+operation that meets it; the index is then removed with a warning in the log and rebuilt from the value
+files, whose headers carry key, times and checksum (small inline entries are lost).
+
+Checkpoints: SQLite's automatic checkpoint is off; each process copies the WAL back into the index and lets it
+start over (``RESTART``) once its own commits have written about ``wal_pages()`` pages (see
+``_sqlite.checkpoint`` for why: with two writing processes the automatic one fsynced on every commit).
+
+Space outside the bound: SQLite's page overhead and its WAL (1/16 of the bound between checkpoints, at most
+about 40 MiB per writing process), the reserve and the marker.
+POSIX only (fcntl locks, fork handling).
+
+Where things are::
+
+    _store.py    DiskCache: get/set/delete/clear, encoding, the write path (atomic rename + one transaction)
+    _index.py    Index: the SQLite connection, write transactions, checkpoints, batched uses, eviction
+    _sqlite.py   the index's schema, migrations, open/repair/rebuild, the eviction SQL, lock retries, errors
+    _files.py    value files: header format, atomic writes, checked reads, links refused
+    _marker.py   the marker (kind, format, bound, policy) and the full-disk reserve
+    _upkeep.py   cleanup(): expiry, the bound, damaged rows, orphan and temp files, reconciliation
+"""
+
+from __future__ import annotations
+
+from ._store import INLINE_MAX, POLICIES, DiskCache
+
+__all__ = ["DiskCache", "POLICIES", "INLINE_MAX"]

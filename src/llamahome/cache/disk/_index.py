@@ -1,0 +1,377 @@
+"""The index object a DiskCache owns: its SQLite connection, write transactions, checkpoints and the batched
+use bookkeeping that orders evictions.
+
+``Index`` is the one place that holds the connection and the lock around it. DiskCache's hot paths use
+:meth:`Index.conn` under :attr:`Index.lock` directly (a read is one statement); everything else goes through
+:meth:`Index.write` / :meth:`Index.read`, which retry lock waits, repair a damaged index once and translate
+errors. Upkeep (cleanup) calls the same methods; it never touches the connection's state itself.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import os
+import random
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from llamahome.errors import CacheClosedError, DiskFullError, StorageError
+
+from ..stats import CacheStats
+from . import _marker as dm
+from . import _sqlite as dx
+from ._log import log
+
+__all__ = ["Index", "FULL_DISK_STEP", "ACCESS_FLUSH_INTERVAL", "ACCESS_BUFFER_MAX", "ACCESS_RESOLUTION_SPLIT"]
+
+T = TypeVar("T")
+
+#: Access bookkeeping is written at most this often (seconds) ...
+ACCESS_FLUSH_INTERVAL = 1.0
+#: ... or when this many distinct entries were read since the last write.
+ACCESS_BUFFER_MAX = 10_000
+#: lru access times are recorded to 1/64 of the age span of the entries (no absolute floor, so a cache that
+#: turns over many times a second still orders its evictions by use): reads of an entry used more recently
+#: than that cost no bookkeeping at all, and cannot change which entries go first by more than 1/64 of it.
+ACCESS_RESOLUTION_SPLIT = 64
+#: How long a checkpoint waits for other processes' transactions to leave the WAL (see _sqlite.checkpoint).
+CHECKPOINT_WAIT_S = 0.05
+
+#: Rows deleted per transaction when the disk is full (each writes a few pages to the WAL).
+FULL_DISK_STEP = 4
+
+_FLUSH = "UPDATE entries SET accessed = max(accessed, ?), hits = hits + ? WHERE id = ?"
+
+
+class Index:
+    """The SQLite index of one cache directory, as one process sees it.
+
+    Holds the connection (reopened after fork or damage), the write-transaction wrapper, this process's WAL
+    accounting and checkpoints, the buffered uses (lru/lfu) and the reserve file used on a full disk.
+    """
+
+    def __init__(self, root: str, data_dir: str, policy: str, max_bytes: int, *, sync: bool,
+                 check_on_open: bool | None, clock: Callable[[], float], stats: CacheStats) -> None:
+        self.root = root
+        self.data_dir = data_dir
+        self.policy = policy
+        self.max_bytes = max_bytes
+        self.clock = clock
+        self.lock = threading.RLock()
+        self._stats = stats
+        self._sync = sync
+        self._check_on_open = check_on_open
+        self.track = policy in ("lru", "lfu")
+        self.lfu = policy == "lfu"
+        #: lru uses more recent than this (seconds) are not recorded again; 0 until the first flush measures
+        #: the entries' age span, so every use is recorded until then.
+        self.resolution = 0.0
+        self._access: dict[int, list[Any]] = {}
+        # lru inserts leave their use to the next flush (_sqlite.settle); set when this process did so.
+        self._unsettled = False
+        #: ``accessed`` of a new row: unsettled for lru (see _sqlite.settle), else None (its creation time).
+        self.new_used: float | None = dx.UNSETTLED if policy == "lru" else None
+        self._last_flush = time.monotonic()
+        # WAL pages this process's commits wrote since its last checkpoint (an upper estimate, see wrote());
+        # at wal_pages() it checkpoints (SQLite's automatic checkpoint is off, see _sqlite.checkpoint).
+        self.wal_frames = 0
+        self.wal_limit = dx.wal_pages(max_bytes)
+        self.reserve = dm.reserve_bytes(max_bytes)
+        #: A set that has to evict evicts this much more (1/64 of the bound, at most 1 MiB): one evicting
+        #: transaction then serves many sets, instead of every set at the bound deleting one victim.
+        self.slack = min(max_bytes // 64, 1024 * 1024)
+        self.closed = False
+        # The first of the data/ fan-out folders the next cleanup checks (a slice at a time, see _upkeep);
+        # a random start so that processes sharing the directory check different slices.
+        self.upkeep_cursor = random.randrange(16) * 16
+        self._db: sqlite3.Connection | None = None
+        self._stale: list[sqlite3.Connection] = []
+        self._ino: int | None = None
+        reserve_used = False
+        try:
+            self._db = self._open_once(None)
+        except DiskFullError:
+            # Opening may need room for the WAL and its shared-memory file: a full disk gets the reserve.
+            if not dm.release_reserve(root):
+                raise
+            log.warning("The disk holding the cache at %s is full; the cache gave up its reserve to open.", root)
+            reserve_used = True
+            self._db = self._open_once(None)
+        if not reserve_used:  # a reserve just given up to open stays free for what comes next
+            dm.ensure_reserve(root, self.reserve)
+
+    # ------------------------------------------------------------------------------------------ connection
+
+    def _open_once(self, check: bool | None) -> sqlite3.Connection:
+        try:
+            conn = dx.open_index(self.root, self.data_dir, self.policy, self._sync,
+                                 self._check_on_open if check is None else check, self.max_bytes)
+            self._ino = os.stat(os.path.join(self.root, dx.INDEX_NAME)).st_ino
+            return conn
+        except StorageError:
+            raise
+        except (OSError, sqlite3.Error) as exc:
+            raise dx.storage_error(exc, self.root) from exc
+
+    def reopen(self, check: bool | None = None) -> None:
+        """Close and open the connection again (``check``: run quick_check first)."""
+        if self._db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
+        self._db = None
+        self._access.clear()
+        self._db = self._open_once(check)
+
+    def conn(self) -> sqlite3.Connection:
+        """The connection (opened on first use after a fork); raises CacheClosedError after close()."""
+        if self.closed:
+            raise CacheClosedError(f"The disk cache at {self.root} was used after close(); open a new DiskCache.")
+        if self._db is None:
+            self._db = self._open_once(None)
+        return self._db
+
+    @property
+    def connected(self) -> sqlite3.Connection | None:
+        """The open connection, or None (closed, or not yet reopened after a fork)."""
+        return self._db
+
+    def forget_after_fork(self) -> None:
+        if self._db is not None:
+            self._stale.append(self._db)  # never close it in the child: that would disturb the parent
+        self._db = None
+        self.lock = threading.RLock()
+        self._access = {}
+
+    def check_identity(self) -> None:
+        """Reopen if another process replaced a damaged index file under us (ours would be a ghost)."""
+        try:
+            on_disk: int | None = os.stat(os.path.join(self.root, dx.INDEX_NAME)).st_ino
+        except OSError:
+            on_disk = None
+        if on_disk != self._ino:
+            with self.lock:
+                self.reopen()
+
+    def close(self) -> None:
+        """Write pending bookkeeping, checkpoint this process's commits and close. Idempotent."""
+        with self.lock:
+            if self.closed:
+                return
+            if self._db is not None:
+                if self._access or self._unsettled:
+                    with contextlib.suppress(Exception):
+                        self.write(lambda conn: self.flush_access(conn))
+                if self.wal_frames:
+                    self.checkpoint(wait_s=0)  # the last connection to close checkpoints anyway; others may not
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.close()
+                # Put back a reserve given up on a full disk, now that the WAL may have gone with the connection.
+                self.restore_reserve()
+            self._db = None
+            self.closed = True
+
+    # ------------------------------------------------------------------------------------------ transactions
+
+    def guard(self, fn: Callable[[], T]) -> T:
+        """Run an index operation: retry lock waits, repair a damaged index once, translate errors."""
+        for attempt in (0, 1):
+            try:
+                return dx.retry_busy(fn, self.root)
+            except (StorageError, CacheClosedError):
+                raise
+            except sqlite3.Error as exc:
+                if attempt == 0 and dx.is_damaged(exc):
+                    log.warning("The disk cache index at %s failed (%s); reopening it with a check.", self.root, exc)
+                    self.reopen(check=True)
+                    continue
+                self._stats.errors += 1
+                raise dx.storage_error(exc, self.root) from exc
+            except OSError as exc:
+                self._stats.errors += 1
+                raise dx.storage_error(exc, self.root) from exc
+        raise AssertionError("unreachable")
+
+    def write(self, body: Callable[[sqlite3.Connection], T], on_abort: Callable[[], None] | None = None,
+              inline_bytes: int = 0) -> T:
+        """Run ``body`` in one write transaction (BEGIN IMMEDIATE ... COMMIT) that writes ``inline_bytes`` of
+        values into the index."""
+
+        def attempt() -> tuple[T, int]:
+            conn = self.conn()
+            changes = conn.total_changes
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = body(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                if on_abort is not None:
+                    on_abort()
+                raise
+            return result, conn.total_changes - changes
+
+        with self.lock:
+            result, changes = self.guard(attempt)
+            self.wrote(changes, inline_bytes)
+            return result
+
+    def read(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
+        """One row (or None)."""
+        with self.lock:
+            return self.guard(lambda: self.conn().execute(sql, params).fetchone())
+
+    def read_all(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        with self.lock:
+            return self.guard(lambda: self.conn().execute(sql, params).fetchall())
+
+    def totals(self) -> tuple[int, int]:
+        """``(bytes, entries)`` of every process, from the shared meta row (kept exact by triggers)."""
+        row = self.read("SELECT bytes, entries FROM meta WHERE id = 0")
+        return (0, 0) if row is None else (int(row[0]), int(row[1]))
+
+    def wrote(self, changes: int, inline_bytes: int) -> None:
+        """After a commit that changed ``changes`` rows and wrote ``inline_bytes`` of values into the index:
+        checkpoint once this process's commits have written about ``wal_pages()`` pages to the WAL."""
+        pages = 2 + changes
+        if inline_bytes > 4096:  # values over a page take overflow pages
+            pages += (inline_bytes + 4095) // 4096
+        if changes > 256 and self._db is not None:
+            # A batch (uses, evictions, set_many) writes each page once: at most every page of the index.
+            with contextlib.suppress(sqlite3.Error):
+                pages = min(pages, 2 + self._db.execute("PRAGMA page_count").fetchone()[0])
+        self.wal_frames += pages
+        if self.wal_frames >= self.wal_limit:
+            self.checkpoint()
+
+    def checkpoint(self, wait_s: float = CHECKPOINT_WAIT_S) -> None:
+        """Copy the WAL into the index and let it start over (never raises: the next operation reports damage)."""
+        conn = self._db
+        if conn is None:
+            return
+        try:
+            done = dx.checkpoint(conn, wait_s)
+        except sqlite3.Error as exc:
+            log.debug("Disk cache checkpoint of %s failed: %s", self.root, exc)
+            done = False
+        # Not done (other processes held the lock or stayed in the WAL): try again after a quarter as much.
+        self.wal_frames = 0 if done else self.wal_limit * 3 // 4
+
+    # ------------------------------------------------------------------------------------------ uses
+
+    def note_use(self, entry_id: int, now: float) -> None:
+        """Buffer a use of ``entry_id`` (written by the next flush)."""
+        seen = self._access.get(entry_id)
+        if seen is None:
+            self._access[entry_id] = [now, 1]
+        else:
+            seen[0] = max(seen[0], now)
+            seen[1] += 1
+
+    def hit(self, entry_id: int, now: float, accessed: float) -> None:
+        """A read of ``entry_id`` (last use recorded at ``accessed``): lfu counts every use; lru keeps access
+        times to a resolution (like the file system's relatime)."""
+        if self.track and (self.lfu or not now - accessed < self.resolution):
+            self.note_use(entry_id, now)
+            if self.flush_due():
+                self._flush_soon()
+
+    def flush_due(self) -> bool:
+        return (self._unsettled or bool(self._access)) and (
+            len(self._access) >= ACCESS_BUFFER_MAX or time.monotonic() - self._last_flush >= ACCESS_FLUSH_INTERVAL
+        )
+
+    def inserted_unsettled(self) -> None:
+        """This process committed (or tried to) rows whose use is not yet in the lru index."""
+        self._unsettled = True
+
+    def forget_uses(self) -> None:
+        self._access.clear()
+
+    def flush_access(self, conn: sqlite3.Connection, settle: bool = True) -> None:
+        """Write the buffered access times/counts and settle unsettled lru inserts (inside a write transaction;
+        ``settle=False`` leaves the rows inserted since the last flush unsettled, for eviction's own use)."""
+        wrote = bool(self._access)
+        if wrote:
+            conn.executemany(_FLUSH, [(t, n, i) for i, (t, n) in sorted(self._access.items())])
+            self._access.clear()
+        if settle:
+            # Any process's unsettled rows (also those of one killed before its flush), not only ours.
+            wrote = dx.settle(conn) > 0 or wrote
+            self._unsettled = False
+        if wrote and self.policy == "lru":
+            # Finer than 1/64 of the age span of the entries cannot change which entries go first.
+            oldest = conn.execute("SELECT min(accessed) FROM entries WHERE accessed >= 0").fetchone()[0]
+            span = self.clock() - oldest if oldest is not None else 0.0
+            self.resolution = max(0.0, span / ACCESS_RESOLUTION_SPLIT)
+        self._last_flush = time.monotonic()
+
+    def _flush_soon(self) -> None:
+        """Flush from the read path without waiting: if another process holds the write lock, try later."""
+        self._last_flush = time.monotonic()
+        conn = self.conn()
+        changes = conn.total_changes
+        try:
+            conn.execute("BEGIN IMMEDIATE")  # fails at once if another process writes (no busy timeout)
+        except sqlite3.Error:
+            if len(self._access) > 4 * ACCESS_BUFFER_MAX:
+                self._access.clear()  # bookkeeping is advisory; never let it grow without bound
+            return
+        try:
+            self.flush_access(conn)
+            conn.execute("COMMIT")
+            self.wrote(conn.total_changes - changes, 0)
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            log.debug("Could not write disk cache access times: %s", exc)
+
+    # ------------------------------------------------------------------------------------------ eviction
+
+    def evict(self, conn: sqlite3.Connection, now: float, keep: builtins.set[bytes], total: int | None = None,
+              fresh: int = 0, limit: int | None = None, batch: bool = False) -> list[str]:
+        """Inside a write transaction: delete entries until the shared total is within the bound (``fresh``:
+        how many unsettled rows this transaction inserted, all in ``keep``; ``limit``: at most that many rows;
+        ``batch``: down to the low-water mark, :attr:`slack` under the bound, so that the next sets need not
+        evict). Returns the value files to unlink after the commit."""
+        if total is None:
+            total = conn.execute("SELECT bytes FROM meta WHERE id = 0").fetchone()[0]
+        if total <= self.max_bytes:
+            return []
+        # So this process's own uses count in the order; _sqlite.evict settles other unsettled rows itself.
+        self.flush_access(conn, settle=False)
+        files, n_expired, n_evicted = dx.evict(conn, self.policy, total - self.max_bytes, now, keep, fresh, limit,
+                                               self.slack if batch else 0)
+        self._stats.expirations += n_expired
+        self._stats.evictions += n_evicted
+        return files
+
+    # ------------------------------------------------------------------------------------------ a full disk
+    # Deleting entries writes to the index (its WAL), which needs room. On a full disk the cache removes value
+    # files first (they hold the space), gives up its reserve file (see _marker) and deletes rows in small
+    # transactions with a checkpoint after each, so the WAL is reused instead of grown.
+
+    def release_reserve(self) -> None:
+        if dm.release_reserve(self.root):
+            log.warning("The disk holding the cache at %s is full; the cache gave up its %d-byte reserve to free "
+                        "space.", self.root, self.reserve)
+
+    def restore_reserve(self) -> None:
+        dm.ensure_reserve(self.root, self.reserve)
+
+    def in_small_steps(self, step: Callable[[sqlite3.Connection], list[Any]],
+                       deleted: Callable[[list[Any]], None]) -> None:
+        """Run ``step`` (which deletes a few rows and returns them) until it deletes nothing, checkpointing
+        after each transaction so the WAL starts over instead of growing; ``deleted`` gets each step's rows."""
+        while True:
+            rows = self.write(step)
+            with self.lock:
+                self.checkpoint(wait_s=0)
+            if not rows:
+                return
+            deleted(rows)
