@@ -312,16 +312,18 @@ def test_cleanup_evicts_down_to_a_smaller_budget(tmp_path: Path, clock) -> None:
 def test_cleanup_removes_orphans_and_damaged_entries(tmp_path: Path) -> None:
     cache = ModelCache(tmp_path, size=4)
     cache.put("ok", _blob(1, kib=4))
-    (tmp_path / ".tmp" / "999999999-deadbeef").mkdir()  # a writer that died
-    (tmp_path / ".tmp" / "999999999-deadbeef" / "model.safetensors").write_bytes(b"x" * 100)
+    dead = tmp_path / ".tmp" / f"999999999-{'d' * 32}"  # a writer that died (names as the cache makes them)
+    dead.mkdir()
+    (dead / "model.safetensors").write_bytes(b"x" * 100)
     live = cache._new_tmp()  # a writer still running (this process) is left alone
-    (tmp_path / ".trash" / "old").mkdir()
-    (tmp_path / "broken").mkdir()  # a model directory without its manifest
+    (tmp_path / ".trash" / ("0" * 32)).mkdir()
+    (tmp_path / "broken").mkdir()  # a model directory whose manifest is damaged
+    (tmp_path / "broken" / "manifest.json").write_text("{not json")
     (tmp_path / "broken" / "model.safetensors").write_bytes(b"y" * 50)
-    (tmp_path / "ok" / ".decoding-999999999-cafe").write_bytes(b"z" * 10)  # a get_path() that died
+    (tmp_path / "ok" / f".decoding-999999999-{'c' * 32}").write_bytes(b"z" * 10)  # a get_path() that died
     report = cache.cleanup()
     assert (report.orphans, report.corrupt, report.bytes_freed) == (3, 1, 50)
-    assert sorted(os.listdir(tmp_path / "ok")) == [".access", "manifest.json", "model.safetensors"]
+    assert sorted(os.listdir(tmp_path / "ok")) == [".access", ".verified", "manifest.json", "model.safetensors"]
     assert cache.list() == ["ok"] and live.exists()
     assert sorted(os.listdir(tmp_path / ".tmp")) == [live.name]
 
