@@ -354,7 +354,7 @@ def test_clear_removes_every_model_but_pinned_ones(tmp_path: Path) -> None:
 def test_import_progress_moves_by_bytes_and_leaves_a_summary(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from llamahome.cache import model_io
+    from llamahome.cache.model import _io as model_io
 
     big = {"w": (np.random.default_rng(0).standard_normal(5 * 1024 * 1024) * 0.02).astype(np.float32)}  # 20 MiB
     steps: list[int] = []

@@ -1,37 +1,25 @@
-"""ModelCache: model weights as safetensors on disk, least recently used model evicted first.
+"""ModelCache: publishing, reading, eviction and cleanup of whole models, safe across threads and processes.
 
-    from llamahome.cache import ModelCache
+Layout under ``path``: ``.llamahome-cache.json`` (the marker, see ``_layout``), one directory per model
+(``manifest.json``, its data files, ``.access``, ``.verified``) plus ``.lock`` (the index lock), ``.locks/``
+(per-model locks), ``.tmp/`` (models being written) and ``.trash/`` (models being removed).
 
-    models = ModelCache("~/.cache/llamahome/models", size=4096)         # MB (1 MB = 1 MiB)
-    models.add_file("minilm", "all-MiniLM-L6-v2/model.safetensors")    # validated, linked or compressed
-    weights = models.load("minilm", framework="torch")                  # zero-copy when stored raw
-    with models.pin("minilm"):                                          # never evicted while pinned
-        path = models.get_path("minilm")                                # a real .safetensors for other tools
-
-Layout under ``path``: ``.llamahome-cache.json`` (the marker: kind and format version), one directory per
-model (``manifest.json``, its data files, ``.access``, ``.verified``) plus ``.lock`` (the index lock),
-``.locks/`` (per-model locks), ``.tmp/`` (models being written) and ``.trash/`` (models being removed). The
-cache opens only a new or empty directory, one with its marker, or one written before the marker existed, and
-removes only entries it made (see ``cleanup``); paths from a manifest are plain names checked before use. A model is written completely in ``.tmp/`` and published by one ``rename``, so
-readers see a whole model or none. Readers hold a shared ``flock`` on the model's use lock while loading
-(and for the whole of a ``pin``); eviction and ``delete`` need it exclusively, so a model is never removed
-from under a reader. A process that mapped a model keeps a valid mapping even after it is evicted: the files
-are unlinked, never truncated or rewritten in place.
-
-Missing models raise :class:`ModelNotFoundError` (a ``ModelCacheError`` and a ``KeyError``).
+A model is written completely in ``.tmp/`` and published by one ``rename``, so readers see a whole model or
+none. Readers hold a shared ``flock`` on the model's use lock while loading (and for the whole of a ``pin``);
+eviction and ``delete`` need it exclusively, so a model is never removed from under a reader. A process that
+mapped a model keeps a valid mapping even after it is evicted: the files are unlinked, never truncated or
+rewritten in place. Missing models raise :class:`ModelNotFoundError` (a ``ModelCacheError`` and a
+``KeyError``); damaged ones are a counted miss.
 """
 
 from __future__ import annotations
 
 import builtins
 import json
-import math
 import os
-import re
 import shutil
 import stat
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -40,7 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from llamahome.errors import (
     CacheClosedError,
@@ -48,21 +35,37 @@ from llamahome.errors import (
     CorruptEntryError,
     ModelCacheError,
     ModelNotFoundError,
-    StorageError,
 )
 
-from . import model_io
-from ._procs import pid_alive
-from .model_format import (
-    build_safetensors_header,
-    dtype_code_of_numpy,
-    read_safetensors_header,
-    write_order,
+from ..stats import CacheStats, CleanupReport
+from ..units import MIB, size_to_bytes
+from . import _io as model_io
+from ._format import build_safetensors_header, read_safetensors_header, write_order
+from ._io import PartResult
+from ._layout import (
+    ACCESS,
+    DECODING_NAME,
+    MANIFEST,
+    NAME_MAX,
+    TMP_NAME,
+    TRASH_NAME,
+    VERIFIED,
+    VERIFIED_TMP,
+    dir_bytes,
+    entry_is_ours,
+    fsync_dir,
+    open_root,
+    owner_alive,
+    purge,
+    real_dir,
+    regular,
+    valid_name,
+    write_json,
 )
-from .model_io import PartResult, TensorItem
-from .model_locks import FileLock
-from .stats import CacheStats, CleanupReport
-from .units import MIB, size_to_bytes
+from ._locks import FileLock
+from ._manifest import check_manifest, file_identity, manifest_bytes, read_index, read_verified, same_content
+from ._progress import PROGRESS_MIN_BYTES, Progress
+from ._tensors import check_metadata, tensor_items
 
 __all__ = ["ModelCache", "ModelInfo", "ModelNotFoundError", "POLICIES"]
 
@@ -73,23 +76,6 @@ POLICIES: dict[str, Callable[[ModelInfo], tuple[float, ...]]] = {
     "fifo": lambda m: (m.created, m.last_used),
     "time": lambda m: (m.created, m.last_used),
 }
-
-_MANIFEST = "manifest.json"
-_ACCESS = ".access"
-_VERIFIED = ".verified"
-#: The marker that makes a directory a model cache: {"kind": "llamahome-model-cache", "format": 1}.
-MARKER = ".llamahome-cache.json"
-_KIND = "llamahome-model-cache"
-_FORMAT = 1
-_SUBDIRS = (".locks", ".tmp", ".trash")
-_TMP_NAME = re.compile(r"[0-9]+-[0-9a-f]{32}")
-_TRASH_NAME = re.compile(r"[0-9a-f]{32}")
-_DECODING_NAME = re.compile(r"\.decoding-[0-9]+-[0-9a-f]{32}")
-_VERIFIED_TMP = re.compile(r"\.verified\.[0-9]+-[0-9a-f]{32}")
-_NAME_MAX = 200
-_BAD_NAME = re.compile(r"[/\\\x00-\x1f\x7f]")
-#: Imports at least this large show a progress bar (when stderr is a terminal).
-PROGRESS_MIN_BYTES = 256 * MIB
 
 
 class _Replaced(ModelNotFoundError):
@@ -173,7 +159,7 @@ class ModelCache:
         self._clock = clock
         self._closed = False
         self._stats = CacheStats(name=name, max_bytes=self.max_bytes)
-        _open_root(self.root)
+        open_root(self.root)
 
     @classmethod
     def from_config(cls, block: Any, path: str | os.PathLike[str], **kwargs: Any) -> ModelCache:
@@ -198,8 +184,8 @@ class ModelCache:
         """
         self._check_open()
         self._check_name(name)
-        meta = _check_metadata(metadata)
-        items = _tensor_items(tensors)
+        meta = check_metadata(metadata)
+        items = tensor_items(tensors)
         order = write_order((it.name, it.dtype) for it in items)
         by_name = {it.name: it for it in items}
         prefix, ranges = build_safetensors_header(
@@ -219,7 +205,7 @@ class ModelCache:
                 )
                 manifest = self._manifest(name, [("model.safetensors", part)], meta, source="put")
                 info = self._commit(name, tmp, manifest)
-                bar.summary(info)
+                bar.summary(info.raw_size, info.stored_size)
             return info
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -270,7 +256,7 @@ class ModelCache:
             return self._import(name, [(files[0].name, files[0], read_safetensors_header(files[0]))], None,
                                 compress, "dir", link)  # fmt: skip
         index_path = indexes[0]
-        shards = _read_index(index_path)
+        shards = read_index(index_path)
         parts = []
         for shard in shards:
             shard_path = root / shard
@@ -314,7 +300,7 @@ class ModelCache:
                 metadata = parts[0][2].metadata if len(parts) == 1 else {}
                 manifest = self._manifest(name, written, metadata, source=source, index=index_name)
                 info = self._commit(name, tmp, manifest, identities)
-                bar.summary(info)
+                bar.summary(info.raw_size, info.stored_size)
             return info
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -346,9 +332,9 @@ class ModelCache:
         how = model_io.link_or_copy(src, dst, progress=bar, hard_link=link)
         # The identity before the hash: a change while hashing (a shared hard link written by its owner) then
         # shows as a different identity below, and is refused instead of being recorded as checked.
-        before = _identity(dst)
+        before = file_identity(dst)
         digest = model_io.hash_file(dst, None if how == "copy" else bar, follow=False)
-        if _identity(dst) != before or before[2] != header.file_size:
+        if file_identity(dst) != before or before[2] != header.file_size:
             raise ModelCacheError(f"{src} changed while it was being added; try again.")
         identities[file_name] = before
         size = before[2]
@@ -371,9 +357,17 @@ class ModelCache:
             "metadata": dict(metadata),
             "index": index,
             "parts": [
-                {"file": file_name, "stored": p.stored, "compressed": p.compressed, "raw_size": p.raw_size,
-                 "stored_size": p.stored_size, "checksum": p.checksum, "raw_checksum": p.raw_checksum,
-                 "tensors": p.tensors, "compressed_tensors": p.compressed_tensors}  # fmt: skip
+                {
+                    "file": file_name,
+                    "stored": p.stored,
+                    "compressed": p.compressed,
+                    "raw_size": p.raw_size,
+                    "stored_size": p.stored_size,
+                    "checksum": p.checksum,
+                    "raw_checksum": p.raw_checksum,
+                    "tensors": p.tensors,
+                    "compressed_tensors": p.compressed_tensors,
+                }  # fmt: skip
                 for file_name, p in parts
             ],
         }
@@ -390,19 +384,19 @@ class ModelCache:
         if manifest["index"]:
             index = manifest["index"]
             manifest["index_checksum"] = model_io.hash_file(tmp / index)
-        stored = _manifest_bytes(manifest, tmp)
+        stored = manifest_bytes(manifest, tmp)
         if stored > self.max_bytes:
             raise ModelCacheError(
                 f"Model {name!r} needs {stored:,} bytes but the whole model cache holds {self.max_bytes:,}; "
                 f"raise model_cache.size."
             )
-        _write_json(tmp / _MANIFEST, manifest)
+        write_json(tmp / MANIFEST, manifest)
         identities = identities or {}
-        stamps = {p["stored"]: [*identities.get(p["stored"], _identity(tmp / p["stored"])), p["checksum"]]
+        stamps = {p["stored"]: [*identities.get(p["stored"], file_identity(tmp / p["stored"])), p["checksum"]]
                   for p in manifest["parts"] if not p["compressed"]}  # fmt: skip
         if stamps:
-            _write_json(tmp / _VERIFIED, stamps)  # the files are as hashed now: the first mapped load need not hash
-        access = tmp / _ACCESS
+            write_json(tmp / VERIFIED, stamps)  # the files are as hashed now: the first mapped load need not hash
+        access = tmp / ACCESS
         access.touch(mode=0o600)
         now = manifest["created"]
         os.utime(access, (now, now))
@@ -413,7 +407,7 @@ class ModelCache:
         try:
             with FileLock(self._index_lock_path()):
                 existing = self._read_manifest(name)
-                if existing is not None and _same_content(existing, manifest):
+                if existing is not None and same_content(existing, manifest):
                     self._stats.add("sets")
                     return self._info_from(name, existing)
                 _, room = self._make_room(stored, exclude=name, trash=trash)
@@ -423,7 +417,7 @@ class ModelCache:
                         f"can be freed: the other models are pinned or being loaded. Unpin them or raise "
                         f"model_cache.size."
                     )
-                if existing is None and os.path.lexists(target) and not _entry_is_ours(target):
+                if existing is None and os.path.lexists(target) and not entry_is_ours(target):
                     raise ModelCacheError(
                         f"{target} exists and was not made by the model cache; it is left alone. Choose another "
                         f"model name or move it out of {self.root}."
@@ -433,7 +427,7 @@ class ModelCache:
                     os.rename(target, dest)
                     trash.append(dest)
                 os.rename(tmp, target)
-                _fsync_dir(self.root)
+                fsync_dir(self.root)
             self._stats.add("sets")
             self._stats.add("raw_bytes", sum(p["raw_size"] for p in manifest["parts"]))
             self._stats.add("stored_bytes", sum(p["stored_size"] for p in manifest["parts"]))
@@ -441,7 +435,7 @@ class ModelCache:
         finally:
             write_lock.release()
             for path in trash:
-                _purge(path)
+                purge(path)
 
     # --- reading ---------------------------------------------------------------------------------------------
 
@@ -541,7 +535,7 @@ class ModelCache:
                         continue
                     rp = self._readable_part(directory, part)
                     if self._needs_check(directory, rp, True, verify):
-                        identity = _identity(rp.path)
+                        identity = file_identity(rp.path)
                         if model_io.hash_file(rp.path, follow=False) != rp.checksum:
                             raise _Damaged(f"{rp.path} does not match the checksum taken when it was stored")
                         self._record_verified(directory, [rp], identity)
@@ -556,7 +550,7 @@ class ModelCache:
         """Decode a compressed part into its plain file beside it (checked against the raw checksum)."""
         tmp = directory / f".decoding-{os.getpid()}-{uuid.uuid4().hex}"
         source = directory / part["stored"]
-        if not _regular(source):
+        if not regular(source):
             raise _Damaged(f"{source} is missing or not a regular file")
         try:
             with self._progress_bar(int(part["raw_size"]), f"decoding {name}") as bar:
@@ -566,7 +560,7 @@ class ModelCache:
                     raise _Damaged(str(exc)) from None
             if digest != part["raw_checksum"]:
                 raise _Damaged(f"{source} decoded to different bytes than were stored")
-            identity = _identity(tmp)
+            identity = file_identity(tmp)
             os.rename(tmp, directory / part["file"])
             rp = _ReadablePart(directory / part["file"], False, part["raw_checksum"], int(part["raw_size"]))
             self._record_verified(directory, [rp], identity)
@@ -589,13 +583,13 @@ class ModelCache:
             return False
         try:
             with FileLock(self._index_lock_path()):
-                if not _entry_is_ours(self._dir(name)):
+                if not entry_is_ours(self._dir(name)):
                     return False
                 return self._remove(name, trash, write_lock=write_lock) is not None
         finally:
             write_lock.release(unlink=not os.path.lexists(self._dir(name)))
             for path in trash:
-                _purge(path)
+                purge(path)
 
     def _needs_check(self, directory: Path, rp: _ReadablePart, mapped: bool, verify: bool | None) -> bool:
         """Whether this read must hash the file: always for copies and decodes, once per identity for maps."""
@@ -603,8 +597,8 @@ class ModelCache:
             return verify
         if not mapped or rp.compressed:
             return True
-        stamp = _read_verified(directory).get(rp.path.name)
-        return stamp is None or stamp != [*_identity(rp.path), rp.checksum]
+        stamp = read_verified(directory).get(rp.path.name)
+        return stamp is None or stamp != [*file_identity(rp.path), rp.checksum]
 
     def _record_verified(
         self, directory: Path, parts: builtins.list[_ReadablePart], identity: tuple[int, ...] | None = None
@@ -614,11 +608,11 @@ class ModelCache:
         ``identity`` is the one taken before the hash, when given: a change during the hash then leaves a
         stale stamp, which only costs a re-hash next time.
         """
-        stamps = _read_verified(directory)
+        stamps = read_verified(directory)
         changed = False
         for rp in parts:
             try:
-                ident = identity if identity is not None else _identity(rp.path)
+                ident = identity if identity is not None else file_identity(rp.path)
             except OSError:
                 continue
             stamp = [*ident, rp.checksum]
@@ -626,12 +620,12 @@ class ModelCache:
             stamps[rp.path.name] = stamp
         if not changed:
             return  # already recorded: a copy load that checked the file writes nothing
-        tmp = directory / f"{_VERIFIED}.{os.getpid()}-{uuid.uuid4().hex}"
+        tmp = directory / f"{VERIFIED}.{os.getpid()}-{uuid.uuid4().hex}"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
             with open(fd, "w", encoding="utf-8") as f:
                 json.dump(stamps, f)
-            os.replace(tmp, directory / _VERIFIED)
+            os.replace(tmp, directory / VERIFIED)
         except OSError:
             tmp.unlink(missing_ok=True)  # a stamp is an optimisation: without it the next map hashes again
 
@@ -685,7 +679,7 @@ class ModelCache:
         if part["compressed"]:
             decoded = directory / part["file"]
             if os.path.lexists(decoded):
-                if not _regular(decoded):
+                if not regular(decoded):
                     raise _Damaged(f"{decoded} is not a regular file the cache wrote")
                 return _ReadablePart(decoded, False, part["raw_checksum"], int(part["raw_size"]))
             rp = _ReadablePart(directory / part["stored"], True, part["checksum"], int(part["raw_size"]))
@@ -693,14 +687,14 @@ class ModelCache:
             rp = _ReadablePart(directory / part["stored"], False, part["checksum"], int(part["raw_size"]))
         if not os.path.lexists(rp.path):
             raise FileNotFoundError(rp.path)  # replaced under us (or deleted): the caller retries
-        if not _regular(rp.path):
+        if not regular(rp.path):
             raise _Damaged(f"{rp.path} is not a regular file the cache wrote")
         return rp
 
     # --- inspection ------------------------------------------------------------------------------------------
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and _valid_name(name) and (self._dir(name) / _MANIFEST).is_file()
+        return isinstance(name, str) and valid_name(name) and (self._dir(name) / MANIFEST).is_file()
 
     def __len__(self) -> int:
         return len(self.list())
@@ -713,7 +707,7 @@ class ModelCache:
             for entry in os.scandir(self.root)
             if not entry.name.startswith(".")
             and entry.is_dir(follow_symlinks=False)
-            and _regular(Path(entry.path) / _MANIFEST)
+            and regular(Path(entry.path) / MANIFEST)
         )
 
     def list_info(self) -> builtins.list[ModelInfo]:
@@ -760,21 +754,21 @@ class ModelCache:
                 for part in manifest["parts"]:
                     stored = _ReadablePart(directory / part["stored"], part["compressed"], part["checksum"],
                                            int(part["raw_size"]))  # fmt: skip
-                    identity = _identity(stored.path) if _regular(stored.path) else None
+                    identity = file_identity(stored.path) if regular(stored.path) else None
                     if identity is None or model_io.hash_file(stored.path, follow=False) != part["checksum"]:
                         ok = False
                     elif not part["compressed"]:
                         good.append(stored)
                     decoded = directory / part["file"]
                     if part["compressed"] and os.path.lexists(decoded):
-                        if not _regular(decoded):
+                        if not regular(decoded):
                             ok = False  # not ours to remove: report it
                         elif model_io.hash_file(decoded, follow=False) != part["raw_checksum"]:
                             decoded.unlink(missing_ok=True)
                             ok = False
                 if manifest.get("index"):
                     index = directory / manifest["index"]
-                    if not _regular(index) or model_io.hash_file(index, follow=False) != manifest.get("index_checksum"):
+                    if not regular(index) or model_io.hash_file(index, follow=False) != manifest.get("index_checksum"):
                         ok = False
             except (FileNotFoundError, ModelCacheError):
                 ok = False
@@ -809,7 +803,7 @@ class ModelCache:
             with FileLock(self._index_lock_path()):
                 if not os.path.lexists(self._dir(name)):
                     return False
-                if not _entry_is_ours(self._dir(name)):
+                if not entry_is_ours(self._dir(name)):
                     raise ModelCacheError(
                         f"{self._dir(name)} was not made by the model cache; it is left alone. Move it out of "
                         f"{self.root} yourself if it is yours."
@@ -824,7 +818,7 @@ class ModelCache:
         finally:
             write_lock.release(unlink=not os.path.lexists(self._dir(name)))
             for path in trash:
-                _purge(path)
+                purge(path)
 
     def clear(self) -> None:
         """Remove every model that is not pinned or being loaded (those stay), and crashed writers' leftovers."""
@@ -832,11 +826,11 @@ class ModelCache:
         trash: list[Path] = []
         with FileLock(self._index_lock_path()):
             for model in self.list():
-                if _entry_is_ours(self._dir(model)) and self._remove(model, trash) is not None:
+                if entry_is_ours(self._dir(model)) and self._remove(model, trash) is not None:
                     self._stats.add("deletes")
             self._sweep(CleanupReport(cache=self.name), trash)
         for path in trash:
-            _purge(path)
+            purge(path)
 
     def cleanup(self) -> CleanupReport:
         """Remove leftovers of crashed writers and damaged entries, then evict models until under ``size``.
@@ -855,23 +849,23 @@ class ModelCache:
             for entry in os.scandir(self.root):
                 if entry.name.startswith("."):
                     continue
-                if not _valid_name(entry.name) or not entry.is_dir(follow_symlinks=False):
+                if not valid_name(entry.name) or not entry.is_dir(follow_symlinks=False):
                     foreign.append(entry.name)
                     continue
                 for leftover in os.scandir(entry.path):  # a get_path() that died mid-decode
                     if (
-                        _DECODING_NAME.fullmatch(leftover.name) or _VERIFIED_TMP.fullmatch(leftover.name)
+                        DECODING_NAME.fullmatch(leftover.name) or VERIFIED_TMP.fullmatch(leftover.name)
                     ) and leftover.is_file(follow_symlinks=False):
-                        if not _owner_alive(leftover.name.split(".")[-1].removeprefix("decoding-")):
+                        if not owner_alive(leftover.name.split(".")[-1].removeprefix("decoding-")):
                             os.unlink(leftover.path)
                             report.orphans += 1
                 manifest, damaged = self._manifest_state(entry.name)
                 if manifest is not None:
                     continue
-                if not damaged or not _entry_is_ours(Path(entry.path)):
+                if not damaged or not entry_is_ours(Path(entry.path)):
                     foreign.append(entry.name)  # no manifest, or files the cache never writes: not ours
                     continue
-                size = _dir_bytes(Path(entry.path))
+                size = dir_bytes(Path(entry.path))
                 if self._remove(entry.name, trash) is not None:
                     report.corrupt += 1
                     report.bytes_freed += size
@@ -884,7 +878,7 @@ class ModelCache:
             report.bytes_freed += before - self._usage(None)
             report.details["evicted"] = evicted
         for path in trash:
-            _purge(path)
+            purge(path)
         return report
 
     def _sweep(self, report: CleanupReport, trash: builtins.list[Path]) -> None:
@@ -892,14 +886,14 @@ class ModelCache:
 
         Only entries named as the cache names them; ``.tmp`` and ``.trash`` are checked to be real
         directories first (a symlink put in their place is never scanned)."""
-        for sub, pattern, check_owner in ((".tmp", _TMP_NAME, True), (".trash", _TRASH_NAME, False)):
+        for sub, pattern, check_owner in ((".tmp", TMP_NAME, True), (".trash", TRASH_NAME, False)):
             directory = self.root / sub
-            if not _real_dir(directory):
+            if not real_dir(directory):
                 continue
             for entry in os.scandir(directory):
                 if not pattern.fullmatch(entry.name):
                     continue
-                if check_owner and _owner_alive(entry.name):
+                if check_owner and owner_alive(entry.name):
                     continue
                 trash.append(Path(entry.path))
                 report.orphans += 1
@@ -909,7 +903,7 @@ class ModelCache:
         with FileLock(self._index_lock_path()):
             evicted, _ = self._make_room(0, exclude=None, keep=keep, trash=trash)
         for path in trash:
-            _purge(path)
+            purge(path)
         return evicted
 
     def _make_room(
@@ -949,7 +943,7 @@ class ModelCache:
             return None
         try:
             directory = self._dir(name)
-            size = _dir_bytes(directory)
+            size = dir_bytes(directory)
             dest = self.root / ".trash" / uuid.uuid4().hex
             os.rename(directory, dest)
             trash.append(dest)
@@ -983,9 +977,9 @@ class ModelCache:
             raise CacheClosedError(f"The model cache at {self.root} was closed; create a new ModelCache.")
 
     def _check_name(self, name: object) -> None:
-        if not isinstance(name, str) or not _valid_name(name):
+        if not isinstance(name, str) or not valid_name(name):
             raise ModelCacheError(
-                f"Model name {name!r} is not allowed: use 1-{_NAME_MAX} characters without '/', '\\', control "
+                f"Model name {name!r} is not allowed: use 1-{NAME_MAX} characters without '/', '\\', control "
                 f"characters or a leading '.' (for example 'all-MiniLM-L6-v2' or 'llama-3-8b@q4')."
             )
 
@@ -1018,10 +1012,10 @@ class ModelCache:
         """(manifest, damaged): (doc, False) for a good one, (None, False) if there is none, (None, True) if
         the entry is a real directory with a manifest file that does not parse or has the wrong shape."""
         directory = self._dir(name)
-        if not _real_dir(directory):
+        if not real_dir(directory):
             return None, False  # missing, or a symlink / file the cache did not make: not a model
         try:
-            fd = os.open(directory / _MANIFEST, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+            fd = os.open(directory / MANIFEST, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
         except FileNotFoundError:
             return None, False
         except OSError:
@@ -1033,7 +1027,7 @@ class ModelCache:
                 doc = json.loads(f.read())
         except (OSError, ValueError, RecursionError):
             return None, True
-        checked = _check_manifest(doc)
+        checked = check_manifest(doc)
         return checked, checked is None
 
     def _usage(self, exclude: str | None) -> int:
@@ -1042,7 +1036,7 @@ class ModelCache:
     def _touch(self, name: str) -> None:
         # One appended byte per use: O_APPEND writes need no lock across processes, the size counts the hits
         # and the mtime (set from our clock) is the last use.
-        path = self._dir(name) / _ACCESS
+        path = self._dir(name) / ACCESS
         try:
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except FileNotFoundError:
@@ -1057,7 +1051,7 @@ class ModelCache:
     def _info_from(self, name: str, manifest: dict[str, Any], pinned: bool | None = None) -> ModelInfo:
         directory = self._dir(name)
         try:
-            st = os.stat(directory / _ACCESS)
+            st = os.stat(directory / ACCESS)
             last_used, hits = st.st_mtime, st.st_size
         except FileNotFoundError:
             last_used, hits = float(manifest["created"]), 0
@@ -1070,7 +1064,7 @@ class ModelCache:
             probe.release()
         return ModelInfo(
             name=name,
-            size=_dir_bytes(directory),
+            size=dir_bytes(directory),
             raw_size=raw,
             stored_size=stored,
             ratio=stored / raw if raw else 1.0,
@@ -1087,382 +1081,13 @@ class ModelCache:
 
     def _progress_bar(self, total: int, desc: str) -> Any:
         show = self.progress if self.progress is not None else (total >= PROGRESS_MIN_BYTES and sys.stderr.isatty())
-        return _Progress(total, desc, enabled=bool(show))
-
-
-class _Progress:
-    """A tqdm bar over bytes, or a no-op; callable with a byte count. Thread-safe (decoders report from a pool).
-
-    The bar itself vanishes when done (``leave=False``); ``summary`` leaves one line in its place.
-    """
-
-    def __init__(self, total: int, desc: str, enabled: bool) -> None:
-        self._bar: Any = None
-        self._desc = desc
-        self._start = time.perf_counter()
-        self._lock = threading.Lock()
-        if enabled:
-            from tqdm import tqdm
-
-            self._bar = tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, leave=False)
-
-    def __call__(self, n: int) -> None:
-        self.update(n)
-
-    def update(self, n: int) -> None:
-        if self._bar is not None:
-            with self._lock:
-                self._bar.update(n)
-
-    def summary(self, info: ModelInfo) -> None:
-        """Print ``cached NAME: 87.3 MiB -> 71.6 MiB (0.82x) in 1.2 s`` where the bar was (if it was shown)."""
-        if self._bar is None:
-            return
-        self._bar.close()
-        elapsed = time.perf_counter() - self._start
-        sys.stderr.write(
-            f"{self._desc}: {_mib(info.raw_size)} -> {_mib(info.stored_size)} ({info.ratio:.2f}x) in {elapsed:.1f} s\n"
-        )
-        sys.stderr.flush()
-        self._bar = None
-
-    def __enter__(self) -> _Progress:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            self._bar.close()
-
-
-def _mib(n: int) -> str:
-    return f"{n / MIB:,.1f} MiB"
-
-
-def _valid_name(name: str) -> bool:
-    return 0 < len(name) <= _NAME_MAX and not name.startswith(".") and not _BAD_NAME.search(name)
-
-
-def _check_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
-    if metadata is None:
-        return {}
-    if not isinstance(metadata, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
-    ):
-        raise ModelCacheError(
-            "metadata must map strings to strings (safetensors' __metadata__); convert values with str()."
-        )
-    return dict(metadata)
-
-
-def _tensor_items(tensors: Mapping[str, Any]) -> list[TensorItem]:
-    if not isinstance(tensors, Mapping) or not tensors:
-        raise ModelCacheError("put() needs a non-empty mapping of tensor names to numpy arrays or torch tensors.")
-    items = []
-    for key, value in tensors.items():
-        if not isinstance(key, str) or not key or key == "__metadata__":
-            raise ModelCacheError(f"Tensor names must be non-empty strings other than '__metadata__', not {key!r}.")
-        items.append(_tensor_item(key, value))
-    return items
-
-
-def _tensor_item(name: str, value: Any) -> TensorItem:
-    code: str | None
-    if isinstance(value, (np.ndarray, np.generic)):
-        value = np.asarray(value)
-        code = dtype_code_of_numpy(value.dtype, name)
-        flat = np.ascontiguousarray(value).reshape(-1).view(np.uint8)
-        return TensorItem(name, code, tuple(int(d) for d in value.shape), 0, flat)
-    if type(value).__module__.startswith("torch") and hasattr(value, "detach"):
-        code = model_io.torch_code(value.dtype)
-        if code is None:
-            raise ModelCacheError(f"Tensor {name!r} has dtype {value.dtype}, which safetensors cannot store.")
-        t = value.detach()
-        if t.device.type != "cpu":
-            t = t.cpu()
-        t = t.contiguous().reshape(-1)
-        flat = t.view(model_io.torch_dtype("U8")).numpy() if t.numel() else np.empty(0, dtype=np.uint8)
-        return TensorItem(name, code, tuple(int(d) for d in value.shape), 0, flat)
-    raise ModelCacheError(
-        f"Tensor {name!r} is a {type(value).__name__}; put() takes numpy arrays or torch tensors."
-    )
-
-
-def _read_index(index_path: Path) -> list[str]:
-    try:
-        doc = json.loads(index_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelCacheError(f"{index_path} is not valid JSON ({exc}); re-export the model.") from None
-    weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
-    if not isinstance(weight_map, dict) or not weight_map:
-        raise ModelCacheError(f"{index_path} has no weight_map; it is not a safetensors index file.")
-    shards = sorted({v for v in weight_map.values() if isinstance(v, str)})
-    if len(shards) != len(set(weight_map.values())):
-        raise ModelCacheError(f"{index_path} maps tensors to non-string file names; re-export the model.")
-    for shard in shards:
-        if not _valid_name(shard) or not shard.endswith(".safetensors"):
-            raise ModelCacheError(
-                f"{index_path} names shard {shard!r}; shards must be .safetensors files in the same directory."
-            )
-    return shards
-
-
-def _same_content(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    def key(m: dict[str, Any]) -> Any:
-        return (
-            [(p["file"], p["raw_checksum"]) for p in m["parts"]],
-            m.get("index_checksum"),
-            m.get("metadata"),
-        )
-
-    return bool(key(a) == key(b))
-
-
-def _manifest_bytes(manifest: dict[str, Any], directory: Path) -> int:
-    total = sum(int(p["stored_size"]) for p in manifest["parts"])
-    if manifest.get("index"):
-        total += (directory / manifest["index"]).stat().st_size
-    return total
-
-
-def _dir_bytes(directory: Path) -> int:
-    """Bytes of a model's data files (bookkeeping files excluded)."""
-    total = 0
-    try:
-        for entry in os.scandir(directory):
-            if entry.name in (_MANIFEST, _ACCESS, _VERIFIED) or entry.name.startswith((".decoding-", ".verified.")):
-                continue
-            if entry.is_file(follow_symlinks=False):
-                total += entry.stat(follow_symlinks=False).st_size
-    except (FileNotFoundError, NotADirectoryError):
-        return 0
-    return total
-
-
-def _write_json(path: Path, doc: dict[str, Any]) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    with open(fd, "w", encoding="utf-8") as f:
-        json.dump(doc, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _owner_alive(tmp_name: str) -> bool:
-    """Is the process that created ``.tmp/<pid>-<id>`` still running?"""
-    pid_text = tmp_name.split("-", 1)[0]
-    return pid_text.isdigit() and pid_alive(int(pid_text))
+        return Progress(total, desc, enabled=bool(show))
 
 
 # --- the cache directory: recognised by its marker ---------------------------------------------------------
 
 
-def _open_root(root: Path) -> None:
-    """Create or recognise a model cache directory; refuse a non-empty directory that is not one.
-
-    A model cache is a directory holding :data:`MARKER`. A new or empty directory becomes one; a directory
-    written by llamahome before the marker existed (it has the cache's own ``.locks``, ``.tmp`` and ``.trash``
-    directories) is adopted; any other non-empty directory is refused rather than used, because the cache
-    removes entries it does not recognise as models in ``cleanup``: pointing it at ``~/models`` must not put
-    the user's files at risk. We refuse rather than silently using a subdirectory, so that the path the user
-    gave is the path the models live at (``get_path`` results, ``du``, the CLI's ``--dir``).
-    """
-    try:
-        root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        marker = _read_marker(root)
-        if marker is None:
-            with os.scandir(root) as it:
-                names = {entry.name for entry in it}
-            legacy = all(name in names and _real_dir(root / name) for name in _SUBDIRS)
-            # Another process creating the same cache right now leaves only these behind for a moment.
-            starting = {n for n in names if n in _SUBDIRS or n.startswith(MARKER + ".")}
-            if names - starting and not legacy and _read_marker(root) is None:
-                raise ModelCacheError(
-                    f"{root} is not empty and is not a LlamaHome model cache (it has no {MARKER}); the cache "
-                    f"will not share a directory with other files. Give ModelCache an empty or new directory, "
-                    f"for example {root / 'llamahome-models'}."
-                )
-            _write_marker(root)
-        for sub in ("", *_SUBDIRS):
-            path = root / sub
-            path.mkdir(mode=0o700, exist_ok=True)
-            if not _real_dir(path):
-                raise ModelCacheError(
-                    f"{path} is not a directory the model cache made (a symlink or a file); remove it and retry."
-                )
-            os.chmod(path, 0o700)  # private to the user
-    except OSError as exc:
-        raise StorageError(
-            f"Cannot create the model cache directory {root} ({exc.strerror}); choose a writable path."
-        ) from exc
-
-
-def _read_marker(root: Path) -> dict[str, Any] | None:
-    """The marker's content; None if there is none. A foreign or newer marker is a ModelCacheError."""
-    try:
-        fd = os.open(root / MARKER, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except FileNotFoundError:
-        return None
-    except OSError:
-        doc: Any = None
-    else:
-        try:
-            with open(fd, "rb") as f:
-                doc = json.loads(f.read(4096))
-        except (OSError, ValueError):
-            doc = None
-    if not isinstance(doc, dict) or doc.get("kind") != _KIND:
-        kind = doc.get("kind") if isinstance(doc, dict) else None
-        what = f"a {kind!r} cache" if isinstance(kind, str) else "something else"
-        raise ModelCacheError(
-            f"{root} is marked as {what}, not a LlamaHome model cache ({root / MARKER}); give ModelCache its own "
-            f"directory."
-        )
-    fmt = doc.get("format")
-    if not isinstance(fmt, int) or isinstance(fmt, bool) or fmt > _FORMAT:
-        raise ModelCacheError(
-            f"The model cache at {root} was written in format {fmt!r} by a newer LlamaHome (this one reads "
-            f"format {_FORMAT}); upgrade llamahome or use another directory."
-        )
-    return doc
-
-
-def _write_marker(root: Path) -> None:
-    tmp = root / f"{MARKER}.{os.getpid()}-{uuid.uuid4().hex}"
-    _write_json(tmp, {"kind": _KIND, "format": _FORMAT})
-    os.replace(tmp, root / MARKER)
-
-
-def _real_dir(path: Path) -> bool:
-    """A directory, not a symlink to one."""
-    try:
-        return stat.S_ISDIR(os.lstat(path).st_mode)
-    except OSError:
-        return False
-
-
-def _purge(path: Path) -> None:
-    """Remove a trashed model directory; a symlink is unlinked, never followed."""
-    try:
-        if os.path.islink(path) or not _real_dir(path):
-            os.unlink(path)
-        else:
-            shutil.rmtree(path, ignore_errors=True)  # rmtree never follows symlinks inside
-    except OSError:
-        pass
-
-
 # --- manifests: validated before any field is used -----------------------------------------------------------
 
 
-def _plain_name(value: object, *suffixes: str) -> bool:
-    """A file name inside the model directory: no separators, no leading dot, one of ``suffixes``."""
-    return isinstance(value, str) and _valid_name(value) and value not in (_MANIFEST, _ACCESS) and value.endswith(
-        suffixes
-    )
-
-
-def _count(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def _check_manifest(doc: object) -> dict[str, Any] | None:
-    """The manifest if every field has the shape this module writes, else None (a damaged entry).
-
-    Every path in it is a plain file name (``_plain_name``), so ``directory / name`` stays inside the model's
-    directory whatever the file says.
-    """
-    if not isinstance(doc, dict) or doc.get("version") != 1:
-        return None
-    created = doc.get("created")
-    if not isinstance(created, (int, float)) or isinstance(created, bool) or not math.isfinite(created):
-        return None
-    metadata = doc.get("metadata", {})
-    if metadata is not None and not (
-        isinstance(metadata, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())
-    ):
-        return None
-    index = doc.get("index")
-    if index is not None and not (_plain_name(index, ".json") and isinstance(doc.get("index_checksum"), str)):
-        return None
-    parts = doc.get("parts")
-    if not isinstance(parts, list) or not parts:
-        return None
-    files = set()
-    for part in parts:
-        if not isinstance(part, dict):
-            return None
-        file, stored, compressed = part.get("file"), part.get("stored"), part.get("compressed")
-        if not _plain_name(file, ".safetensors") or not isinstance(compressed, bool):
-            return None
-        if stored != (f"{file}.lhz" if compressed else file):
-            return None
-        if not all(_count(part.get(k)) for k in ("raw_size", "stored_size", "tensors", "compressed_tensors")):
-            return None
-        if not all(isinstance(part.get(k), str) for k in ("checksum", "raw_checksum")):
-            return None
-        if file in files:
-            return None
-        files.add(file)
-    return doc
-
-
-#: Names of the files a model directory may hold; an entry holding anything else was not made by the cache.
-def _ours(name: str) -> bool:
-    return (
-        name in (_MANIFEST, _ACCESS, _VERIFIED)
-        or name.endswith((".safetensors", ".safetensors.lhz", ".json"))
-        and _valid_name(name)
-        or bool(_DECODING_NAME.fullmatch(name) or _VERIFIED_TMP.fullmatch(name))
-    )
-
-
-def _entry_is_ours(directory: Path) -> bool:
-    """Does this directory look like a model entry the cache wrote: a real directory with a manifest file and
-    nothing but regular files of names the cache writes? Only such entries are removed when damaged."""
-    if not _real_dir(directory):
-        return False
-    try:
-        with os.scandir(directory) as it:
-            entries = list(it)
-    except OSError:
-        return False
-    if not any(e.name == _MANIFEST for e in entries):
-        return False
-    return all(e.is_file(follow_symlinks=False) and _ours(e.name) for e in entries)
-
-
 # --- verification stamps -------------------------------------------------------------------------------------
-
-
-def _identity(path: Path) -> tuple[int, ...]:
-    """What changes whenever a file is changed through the file system (ctime cannot be set back by utime)."""
-    st = os.lstat(path)
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
-def _read_verified(directory: Path) -> dict[str, Any]:
-    try:
-        fd = os.open(directory / _VERIFIED, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return {}
-    try:
-        with open(fd, "rb") as f:
-            doc = json.loads(f.read(1 << 20))
-    except (OSError, ValueError):
-        return {}
-    return doc if isinstance(doc, dict) else {}
-
-
-def _regular(path: Path) -> bool:
-    """A regular file, not a symlink to one."""
-    try:
-        return stat.S_ISREG(os.lstat(path).st_mode)
-    except OSError:
-        return False

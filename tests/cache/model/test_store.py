@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from llamahome.cache import model_io
+from llamahome.cache.model import _io as model_io
 from llamahome.cache.model import ModelCache, ModelNotFoundError
-from llamahome.cache.model_codec import decode_chunk, encode_chunk, word_of
+from llamahome.cache.model._codec import decode_chunk, encode_chunk, word_of
 from llamahome.errors import CacheError, CacheClosedError, ConfigError, ModelCacheError
 
 torch = pytest.importorskip("torch")
@@ -459,8 +459,10 @@ def _with_header(header: dict[str, object], data: bytes = bytes(16)) -> bytes:
         (_with_header({"w": {"dtype": "Q99", "shape": [4], "data_offsets": [0, 16]}}), "unknown dtype"),
         (_with_header({"w": {"dtype": "F32", "shape": [2], "data_offsets": [8, 16]}}), "hole"),
         (_with_header({"w": {"dtype": "F32", "shape": [-4], "data_offsets": [0, 16]}}), "invalid shape"),
-        (_with_header({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}, "__metadata__": {"a": 1}}),
-         "__metadata__"),
+        (
+            _with_header({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}, "__metadata__": {"a": 1}}),
+            "__metadata__",
+        ),
     ],
 )
 def test_bad_files_are_refused(tmp_path: Path, content: bytes, message: str) -> None:

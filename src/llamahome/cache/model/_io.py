@@ -1,6 +1,6 @@
 """Reading and writing the model cache's files: plain safetensors, compressed containers, device loads.
 
-Every function here works on one file ("part") of a model; ``model.ModelCache`` decides which files a model
+Every function here works on one file ("part") of a model; ``_store.ModelCache`` decides which files a model
 has, where they live and who may touch them. Writers stream tensors to disk (never one joined buffer) and
 hash what they write, so a put costs one pass over the data.
 """
@@ -25,9 +25,9 @@ import zstandard
 
 from llamahome.errors import CorruptEntryError, DiskFullError, ModelCacheError, StorageError
 
-from . import model_codec as codec
-from .compression import MIN_COMPRESS_BYTES
-from .model_format import (
+from . import _codec as codec
+from ..compression import MIN_COMPRESS_BYTES
+from ._format import (
     ALIGN,
     CONTAINER_MAGIC,
     DTYPE_SIZES,
