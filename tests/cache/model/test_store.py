@@ -201,8 +201,10 @@ def test_sharded_import(tmp_path: Path, compression: bool) -> None:
     out = cache.load("sharded")
     assert set(out) == set(tensors) and all(np.array_equal(out[k], v) for k, v in tensors.items())
 
-    index = cache.get_path("sharded")
-    assert index.name == "model.safetensors.index.json"
+    directory = cache.get_path("sharded")  # a whole model directory (issue 15): what from_pretrained() takes
+    assert directory.is_dir() and (directory / "config.json").read_text() == "{}"
+    assert info.extra_files == ("config.json",)
+    index = directory / "model.safetensors.index.json"
     weight_map = json.loads(index.read_text())["weight_map"]
     for key, file in weight_map.items():
         assert np.array_equal(load_file(index.parent / file)[key], tensors[key])
@@ -540,7 +542,12 @@ def test_two_processes_adding_the_same_model_leave_one_copy(tmp_path: Path) -> N
     out = cache.load("shared")
     assert all(np.array_equal(out[k], v) for k, v in weights.items())
     assert os.listdir(tmp_path / "cache" / ".tmp") == [] and os.listdir(tmp_path / "cache" / ".trash") == []
-    assert sorted(os.listdir(tmp_path / "cache" / "shared")) == [".access", "manifest.json", "model.safetensors.lhz"]
+    assert sorted(os.listdir(tmp_path / "cache" / "shared")) == [
+        ".access",
+        ".verified",
+        "manifest.json",
+        "model.safetensors.lhz",
+    ]
 
 
 _PINNER = textwrap.dedent(

@@ -334,17 +334,8 @@ def link_or_copy(src: Path, dst: Path, progress: Progress | None = None, *, hard
         how = "copy"
         if _reflink(source.fileno(), dst):
             how = "reflink"
-        elif hard_link:
-            try:
-                # Link what we opened and checked (via /proc/self/fd), not whatever the name means now.
-                os.link(f"/proc/self/fd/{source.fileno()}", dst, follow_symlinks=True)
-                how = "link"
-            except OSError:
-                try:
-                    os.link(src, dst)
-                    how = "link"
-                except OSError:
-                    pass
+        elif hard_link and _link_same(source.fileno(), src, dst):
+            how = "link"
         if how == "copy":
             try:
                 _copy_fd(source, dst, progress)
@@ -352,6 +343,25 @@ def link_or_copy(src: Path, dst: Path, progress: Progress | None = None, *, hard
                 dst.unlink(missing_ok=True)
                 raise _os_error(exc, f"copying {src}") from exc
     return how
+
+
+def _link_same(fd: int, src: Path, dst: Path) -> bool:
+    """Hard-link the file ``fd`` has open (named ``src``, perhaps through symlinks, as in a hub snapshot) at
+    ``dst``; False (and nothing at ``dst``) if the file systems differ or ``src`` now names another file.
+
+    ``os.link`` does not follow a symlink (it would link the symlink itself), so the name is resolved first,
+    and the result is checked to be the very inode that was opened and validated.
+    """
+    try:
+        os.link(os.path.realpath(src), dst)
+    except OSError:
+        return False
+    opened = os.fstat(fd)
+    st = os.lstat(dst)
+    if (st.st_dev, st.st_ino) != (opened.st_dev, opened.st_ino):
+        dst.unlink(missing_ok=True)
+        return False
+    return True
 
 
 def _copy_fd(source: Any, dst: Path, progress: Progress | None) -> None:

@@ -23,8 +23,8 @@ from .._procs import pid_alive
 
 __all__ = [
     "MANIFEST", "ACCESS", "VERIFIED", "MARKER", "SUBDIRS", "TMP_NAME", "TRASH_NAME", "DECODING_NAME",
-    "VERIFIED_TMP", "NAME_MAX", "valid_name", "open_root", "real_dir", "regular", "purge", "entry_is_ours",
-    "is_cache_file_name", "dir_bytes", "write_json", "fsync_dir", "owner_alive",
+    "VERIFIED_TMP", "NAME_MAX", "SUPPORT_SUFFIXES", "PICKLE_SUFFIXES", "valid_name", "open_root", "real_dir", "regular", "purge", "entry_is_ours",
+    "is_cache_file_name", "dir_bytes", "data_inodes", "write_json", "fsync_dir", "owner_alive",
 ]  # fmt: skip
 
 MANIFEST = "manifest.json"
@@ -56,22 +56,37 @@ BAD_NAME = re.compile(r"[/\\\x00-\x1f\x7f]")
 #: Imports at least this large show a progress bar (when stderr is a terminal).
 
 
+#: Support files a directory model keeps beside its weights (by suffix): config, tokenizer, chat template.
+SUPPORT_SUFFIXES = (".json", ".txt", ".model", ".tiktoken", ".jinja")
+#: Weights in pickle-based formats (loading them can execute code): kept only when the caller opts in.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
 def valid_name(name: str) -> bool:
     return 0 < len(name) <= NAME_MAX and not name.startswith(".") and not BAD_NAME.search(name)
 
 
-def dir_bytes(directory: Path) -> int:
-    """Bytes of a model's data files (bookkeeping files excluded)."""
-    total = 0
+def data_inodes(directory: Path) -> dict[tuple[int, int], int]:
+    """The data files of a model directory as ``{(device, inode): size}`` (bookkeeping files excluded).
+
+    Models that share content hold hard links to one inode: counting inodes, not names, counts it once.
+    """
+    found: dict[tuple[int, int], int] = {}
     try:
         for entry in os.scandir(directory):
             if entry.name in (MANIFEST, ACCESS, VERIFIED) or entry.name.startswith((".decoding-", ".verified.")):
                 continue
             if entry.is_file(follow_symlinks=False):
-                total += entry.stat(follow_symlinks=False).st_size
+                st = entry.stat(follow_symlinks=False)
+                found[(st.st_dev, st.st_ino)] = st.st_size
     except (FileNotFoundError, NotADirectoryError):
-        return 0
-    return total
+        return {}
+    return found
+
+
+def dir_bytes(directory: Path) -> int:
+    """Bytes of a model's data files (bookkeeping files excluded)."""
+    return sum(data_inodes(directory).values())
 
 
 def write_json(path: Path, doc: dict[str, Any]) -> None:
@@ -195,7 +210,7 @@ def is_cache_file_name(name: str) -> bool:
     """A name the cache gives files in a model directory; an entry holding anything else is not the cache's."""
     return (
         name in (MANIFEST, ACCESS, VERIFIED)
-        or name.endswith((".safetensors", ".safetensors.lhz", ".json"))
+        or name.endswith((".safetensors", ".safetensors.lhz", ".gguf", *SUPPORT_SUFFIXES, *PICKLE_SUFFIXES))
         and valid_name(name)
         or bool(DECODING_NAME.fullmatch(name) or VERIFIED_TMP.fullmatch(name))
     )

@@ -12,9 +12,17 @@ from typing import Any
 
 from llamahome.errors import ModelCacheError
 
-from ._layout import MANIFEST, ACCESS, VERIFIED, valid_name
+from ._layout import ACCESS, MANIFEST, PICKLE_SUFFIXES, SUPPORT_SUFFIXES, VERIFIED, valid_name
 
-__all__ = ["check_manifest", "same_content", "manifest_bytes", "read_index", "file_identity", "read_verified"]
+__all__ = [
+    "check_manifest",
+    "extra_files",
+    "same_content",
+    "manifest_bytes",
+    "read_index",
+    "file_identity",
+    "read_verified",
+]
 
 
 def plain_name(value: object, *suffixes: str) -> bool:
@@ -45,15 +53,22 @@ def check_manifest(doc: object) -> dict[str, Any] | None:
     index = doc.get("index")
     if index is not None and not (plain_name(index, ".json") and isinstance(doc.get("index_checksum"), str)):
         return None
-    parts = doc.get("parts")
-    if not isinstance(parts, list) or not parts:
+    layout = doc.get("layout", "file")
+    extra = doc.get("files", [])
+    if layout not in ("file", "dir") or not isinstance(extra, list):
         return None
-    files = set()
+    parts = doc.get("parts")
+    if not isinstance(parts, list) or not (parts or (layout == "dir" and extra)):
+        return None
+    files = {index}
     for part in parts:
         if not isinstance(part, dict):
             return None
         file, stored, compressed = part.get("file"), part.get("stored"), part.get("compressed")
-        if not plain_name(file, ".safetensors") or not isinstance(compressed, bool):
+        suffix = ".gguf" if part.get("format") == "gguf" else ".safetensors"
+        if part.get("format", "safetensors") not in ("safetensors", "gguf") or not isinstance(compressed, bool):
+            return None
+        if not plain_name(file, suffix) or (suffix == ".gguf" and compressed):
             return None
         if stored != (f"{file}.lhz" if compressed else file):
             return None
@@ -61,10 +76,21 @@ def check_manifest(doc: object) -> dict[str, Any] | None:
             return None
         if not all(isinstance(part.get(k), str) for k in ("checksum", "raw_checksum")):
             return None
-        if file in files:
+        if file in files or stored in files:
             return None
-        files.add(file)
+        files.update((file, stored))
+    for entry in extra:
+        if not isinstance(entry, dict) or not plain_name(entry.get("file"), *SUPPORT_SUFFIXES, *PICKLE_SUFFIXES):
+            return None
+        if not is_count(entry.get("size")) or not isinstance(entry.get("checksum"), str) or entry["file"] in files:
+            return None
+        files.add(entry["file"])
     return doc
+
+
+def extra_files(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """The support files kept beside a directory model's weights (config, tokenizer, ...): file, size, checksum."""
+    return list(manifest.get("files", []))
 
 
 def same_content(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -73,6 +99,8 @@ def same_content(a: dict[str, Any], b: dict[str, Any]) -> bool:
             [(p["file"], p["raw_checksum"]) for p in m["parts"]],
             m.get("index_checksum"),
             m.get("metadata"),
+            m.get("layout", "file"),
+            [(f["file"], f["checksum"]) for f in extra_files(m)],
         )
 
     return bool(key(a) == key(b))
@@ -80,6 +108,7 @@ def same_content(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 def manifest_bytes(manifest: dict[str, Any], directory: Path) -> int:
     total = sum(int(p["stored_size"]) for p in manifest["parts"])
+    total += sum(int(f["size"]) for f in extra_files(manifest))
     if manifest.get("index"):
         total += (directory / manifest["index"]).stat().st_size
     return total

@@ -22,7 +22,7 @@ import stat
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +40,8 @@ from llamahome.errors import (
 from ..stats import CacheStats, CleanupReport
 from ..units import MIB, size_to_bytes
 from . import _io as model_io
+from ._dir import plan_model_dir
+from ._hub import cache_name, find_snapshot, hub_cache_dir
 from ._format import build_safetensors_header, read_safetensors_header, write_order
 from ._io import PartResult
 from ._layout import (
@@ -47,10 +49,12 @@ from ._layout import (
     DECODING_NAME,
     MANIFEST,
     NAME_MAX,
+    PICKLE_SUFFIXES,
     TMP_NAME,
     TRASH_NAME,
     VERIFIED,
     VERIFIED_TMP,
+    data_inodes,
     dir_bytes,
     entry_is_ours,
     fsync_dir,
@@ -63,7 +67,15 @@ from ._layout import (
     write_json,
 )
 from ._locks import FileLock
-from ._manifest import check_manifest, file_identity, manifest_bytes, read_index, read_verified, same_content
+from ._manifest import (
+    check_manifest,
+    extra_files,
+    file_identity,
+    manifest_bytes,
+    read_index,
+    read_verified,
+    same_content,
+)
 from ._progress import PROGRESS_MIN_BYTES, Progress
 from ._tensors import check_metadata, tensor_items
 
@@ -103,6 +115,11 @@ class ModelInfo:
     ``size`` is what the model holds on disk now (its data files plus any decoded copy made by
     ``get_path``); ``stored_size`` the data files alone; ``raw_size`` the plain safetensors size;
     ``ratio`` = stored_size / raw_size. ``pinned`` is True while any process pins or loads it.
+    ``shared_bytes`` is the part of ``size`` held by files identical to another model's (stored once, counted
+    once in the budget); ``own_bytes`` the rest. ``format`` is ``safetensors``, ``gguf`` or ``pickle``;
+    ``layout`` is ``dir`` for whole model directories (``add_dir``, ``add_hf``), whose support files (config,
+    tokenizer, ...) are listed in ``extra_files``. GGUF models carry ``gguf.architecture`` and
+    ``gguf.quantization`` in ``metadata``.
     """
 
     name: str
@@ -119,6 +136,15 @@ class ModelInfo:
     pinned: bool
     sharded: bool
     metadata: dict[str, str] = field(default_factory=dict)
+    format: str = "safetensors"
+    layout: str = "file"
+    extra_files: tuple[str, ...] = ()
+    shared_bytes: int = 0
+
+    @property
+    def own_bytes(self) -> int:
+        """Bytes on disk only this model holds (what deleting it frees); ``size - shared_bytes``."""
+        return self.size - self.shared_bytes
 
 
 class ModelCache:
@@ -228,47 +254,75 @@ class ModelCache:
         return self._import(name, [("model.safetensors", src, header)], None, compress, "file", link)
 
     def add_dir(
-        self, name: str, path: str | os.PathLike[str], *, compression: bool | None = None, link: bool = True
+        self,
+        name: str,
+        path: str | os.PathLike[str],
+        *,
+        compression: bool | None = None,
+        link: bool = True,
+        allow_pickle: bool = False,
     ) -> ModelInfo:
-        """Add a model directory: one ``.safetensors`` file, or shards listed by a ``*.safetensors.index.json``.
+        """Add a whole model directory (a ``save_pretrained`` output or a hub snapshot), ready for loaders.
 
-        Only the safetensors files and the index are cached (config and tokenizer files are not).
+        Keeps the safetensors weights (one file, or the shards a ``*.safetensors.index.json`` lists) and the
+        small files a loader needs beside them (``config.json``, ``generation_config.json``, tokenizer files,
+        chat template), each checked by ``verify``. ``get_path(name)`` then returns a directory that
+        ``transformers`` ``from_pretrained`` loads offline. Pickled weights (``.bin``, ``.pt``, ...) can run
+        code when loaded: a directory holding only those is refused unless ``allow_pickle=True`` (they are then
+        kept as they are, never unpickled by the cache); beside safetensors weights they are skipped.
+        Subdirectories and other files are skipped. See ``add_file`` for ``compression`` and ``link``.
         """
         self._check_open()
         self._check_name(name)
         root = Path(path)
-        if not root.is_dir():
-            raise ModelCacheError(f"{root} is not a directory; use add_file() for a single .safetensors file.")
-        indexes = sorted(root.glob("*.safetensors.index.json"))
-        if len(indexes) > 1:
-            raise ModelCacheError(
-                f"{root} holds several index files ({', '.join(p.name for p in indexes)}); add one model at a time."
-            )
+        plan = plan_model_dir(root, allow_pickle=allow_pickle)
         compress = self.compression if compression is None else compression
-        if not indexes:
-            files = sorted(root.glob("*.safetensors"))
-            if len(files) != 1:
-                found = "no .safetensors file" if not files else f"{len(files)} .safetensors files and no index json"
-                raise ModelCacheError(
-                    f"{root} has {found}; a model directory needs one .safetensors file, or shards plus their "
-                    f"model.safetensors.index.json."
-                )
-            return self._import(name, [(files[0].name, files[0], read_safetensors_header(files[0]))], None,
-                                compress, "dir", link)  # fmt: skip
-        index_path = indexes[0]
-        shards = read_index(index_path)
-        parts = []
-        for shard in shards:
-            shard_path = root / shard
-            if not shard_path.is_file():
-                raise ModelCacheError(f"{index_path.name} lists {shard}, which is missing from {root}.")
-            parts.append((shard, shard_path, read_safetensors_header(shard_path)))
-        weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
-        headers = {shard: header for shard, _, header in parts}
-        for tensor, shard in weight_map.items():
-            if tensor not in headers[shard].tensors:
-                raise ModelCacheError(f"{index_path.name} maps tensor {tensor!r} to {shard}, which does not hold it.")
-        return self._import(name, parts, index_path, compress, "dir", link)
+        parts: list[tuple[str, Path, Any]] = []
+        if plan.index is not None:
+            index_path = plan.index
+            shards = read_index(index_path)
+            for shard in shards:
+                shard_path = root / shard
+                if not shard_path.is_file():
+                    raise ModelCacheError(f"{index_path.name} lists {shard}, which is missing from {root}.")
+                parts.append((shard, shard_path, read_safetensors_header(shard_path)))
+            weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
+            headers = {shard: header for shard, _, header in parts}
+            for tensor, shard in weight_map.items():
+                if tensor not in headers[shard].tensors:
+                    raise ModelCacheError(
+                        f"{index_path.name} maps tensor {tensor!r} to {shard}, which does not hold it."
+                    )
+        else:
+            parts = [(w.name, w, read_safetensors_header(w)) for w in plan.weights]
+        return self._import(name, parts, plan.index, compress, "dir", link, support=plan.support, layout="dir")
+
+    def add_hf(
+        self,
+        repo_id: str,
+        revision: str = "main",
+        cache_dir: str | os.PathLike[str] | None = None,
+        *,
+        name: str | None = None,
+        compression: bool | None = None,
+        link: bool = True,
+        allow_pickle: bool = False,
+    ) -> str:
+        """Import a model already in the Hugging Face hub cache (offline); returns its name in this cache.
+
+        Finds ``models--<org>--<name>/snapshots/<commit>`` for ``revision`` (a branch, tag or commit hash) in
+        ``cache_dir`` (default: where huggingface_hub looks: ``$HF_HUB_CACHE``, ``$HF_HOME/hub``,
+        ``~/.cache/huggingface/hub``) and adds it as :meth:`add_dir` does. Files are hard-linked (or reflinked)
+        from the hub's blobs where the file system allows, so no bytes are copied when stored uncompressed.
+        The name is ``org--name`` (``/`` is not allowed in names; the hub cache spells it the same way), with
+        ``@<revision>`` added for a revision other than ``main``, unless ``name`` is given. A missing repository
+        or revision is a ModelCacheError listing what the hub cache has.
+        """
+        self._check_open()
+        snapshot = find_snapshot(repo_id, revision, hub_cache_dir(cache_dir))
+        target = name if name is not None else cache_name(repo_id, revision)
+        self.add_dir(target, snapshot, compression=compression, link=link, allow_pickle=allow_pickle)
+        return target
 
     def _import(
         self,
@@ -278,13 +332,20 @@ class ModelCache:
         compress: bool,
         source: str,
         link: bool,
+        *,
+        support: Sequence[Path] = (),
+        layout: str | None = None,
+        fmt: str = "safetensors",
+        metadata: Mapping[str, str] | None = None,
     ) -> ModelInfo:
-        raw_total = sum(header.file_size for _, _, header in parts)
+        support_sizes = {p.name: p.stat().st_size for p in support}
+        raw_total = sum(header.file_size for _, _, header in parts) + sum(support_sizes.values())
         if not compress:
             self._check_fits(name, raw_total)
         tmp = self._new_tmp()
         try:
             written: list[tuple[str, PartResult]] = []
+            files: list[dict[str, Any]] = []
             identities: dict[str, tuple[int, ...]] = {}
             with self._progress_bar(raw_total, f"caching {name}") as bar:
                 for file_name, src, header in parts:
@@ -293,17 +354,56 @@ class ModelCache:
                     except FileNotFoundError:
                         raise ModelCacheError(f"{src} disappeared while it was being added; try again.") from None
                     written.append((file_name, part))
+                for src in support:
+                    # Small support files are copied (editing your config.json must not edit the cached one);
+                    # opted-in pickled weights are large and linked like safetensors files.
+                    small = not src.name.endswith(PICKLE_SUFFIXES)
+                    digest, size = self._link_and_hash(tmp, src.name, src, support_sizes[src.name], bar,
+                                                       link and not small, identities)  # fmt: skip
+                    files.append({"file": src.name, "size": size, "checksum": digest})
                 index_name = None
                 if index_path is not None:
                     index_name = index_path.name
                     model_io.link_or_copy(index_path, tmp / index_name, hard_link=False)
-                metadata = parts[0][2].metadata if len(parts) == 1 else {}
+                if metadata is None:
+                    metadata = parts[0][2].metadata if len(parts) == 1 else {}
                 manifest = self._manifest(name, written, metadata, source=source, index=index_name)
+                if fmt != "safetensors":
+                    for part in manifest["parts"]:
+                        part["format"] = fmt
+                if layout is not None:
+                    manifest["layout"] = layout
+                    manifest["files"] = files
                 info = self._commit(name, tmp, manifest, identities)
                 bar.summary(info.raw_size, info.stored_size)
             return info
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+    def _link_and_hash(
+        self,
+        tmp: Path,
+        file_name: str,
+        src: Path,
+        expected_size: int,
+        bar: Any,
+        link: bool,
+        identities: dict[str, tuple[int, ...]],
+    ) -> tuple[str, int]:
+        """Link (or copy) ``src`` into the model being written and hash it; (xxh3-128, size)."""
+        dst = tmp / file_name
+        try:
+            how = model_io.link_or_copy(src, dst, progress=bar, hard_link=link)
+        except FileNotFoundError:
+            raise ModelCacheError(f"{src} disappeared while it was being added; try again.") from None
+        # The identity before the hash: a change while hashing (a shared hard link written by its owner) then
+        # shows as a different identity below, and is refused instead of being recorded as checked.
+        before = file_identity(dst)
+        digest = model_io.hash_file(dst, None if how == "copy" else bar, follow=False)
+        if file_identity(dst) != before or before[2] != expected_size:
+            raise ModelCacheError(f"{src} changed while it was being added; try again.")
+        identities[file_name] = before
+        return digest, before[2]
 
     def _import_part(
         self,
@@ -328,16 +428,7 @@ class ModelCache:
                 part.raw_checksum = model_io.hash_file(src)
                 return part
             bar.update(-header.data_len)
-        dst = tmp / file_name
-        how = model_io.link_or_copy(src, dst, progress=bar, hard_link=link)
-        # The identity before the hash: a change while hashing (a shared hard link written by its owner) then
-        # shows as a different identity below, and is refused instead of being recorded as checked.
-        before = file_identity(dst)
-        digest = model_io.hash_file(dst, None if how == "copy" else bar, follow=False)
-        if file_identity(dst) != before or before[2] != header.file_size:
-            raise ModelCacheError(f"{src} changed while it was being added; try again.")
-        identities[file_name] = before
-        size = before[2]
+        digest, size = self._link_and_hash(tmp, file_name, src, header.file_size, bar, link, identities)
         return PartResult(file_name, False, size, size, digest, digest, len(header.tensors), 0)
 
     def _manifest(
@@ -391,11 +482,7 @@ class ModelCache:
                 f"raise model_cache.size."
             )
         write_json(tmp / MANIFEST, manifest)
-        identities = identities or {}
-        stamps = {p["stored"]: [*identities.get(p["stored"], file_identity(tmp / p["stored"])), p["checksum"]]
-                  for p in manifest["parts"] if not p["compressed"]}  # fmt: skip
-        if stamps:
-            write_json(tmp / VERIFIED, stamps)  # the files are as hashed now: the first mapped load need not hash
+        identities = dict(identities or {})
         access = tmp / ACCESS
         access.touch(mode=0o600)
         now = manifest["created"]
@@ -410,7 +497,11 @@ class ModelCache:
                 if existing is not None and same_content(existing, manifest):
                     self._stats.add("sets")
                     return self._info_from(name, existing)
-                _, room = self._make_room(stored, exclude=name, trash=trash)
+                self._share_content(tmp, manifest, identities, exclude=name)
+                # Stamps: the files are as hashed now, so the first mapped load need not hash them again.
+                stamps = {f: [*(identities.get(f) or file_identity(tmp / f)), c] for f, c in _stored_files(manifest)}
+                write_json(tmp / VERIFIED, stamps)
+                _, room = self._make_room(0, exclude=name, trash=trash, extra=data_inodes(tmp))
                 if not room:
                     raise ModelCacheError(
                         f"Model {name!r} needs {stored:,} bytes but only {self.max_bytes - self._usage(name):,} "
@@ -431,11 +522,63 @@ class ModelCache:
             self._stats.add("sets")
             self._stats.add("raw_bytes", sum(p["raw_size"] for p in manifest["parts"]))
             self._stats.add("stored_bytes", sum(p["stored_size"] for p in manifest["parts"]))
-            return self._info_from(name, manifest)
+            return self._shared_info(name)
         finally:
             write_lock.release()
             for path in trash:
                 purge(path)
+
+    def _share_content(
+        self, tmp: Path, manifest: dict[str, Any], identities: dict[str, tuple[int, ...]], *, exclude: str
+    ) -> None:
+        """Store content once: replace each new file that another model already holds (same checksum and size,
+        and that model's copy unchanged since it was hashed) by a hard link to that model's file.
+
+        Caller holds the index lock, so the other model cannot be removed meanwhile (and if its file is gone, we
+        simply keep our copy). Linking changes the shared inode's ctime, so the holders' stamps are updated.
+        """
+        wanted = {checksum: file for file, checksum in _stored_files(manifest)}
+        sizes = {file: os.lstat(tmp / file).st_size for file in wanted.values()}
+        for model in self.list():
+            if model == exclude or not wanted:
+                continue
+            other = self._read_manifest(model)
+            if other is None:
+                continue
+            directory = self._dir(model)
+            stamps = read_verified(directory)
+            for their_file, checksum in _stored_files(other):
+                ours = wanted.get(checksum)
+                path = directory / their_file
+                if ours is None or not regular(path):
+                    continue
+                try:
+                    before = file_identity(path)
+                except OSError:
+                    continue
+                if before[2] != sizes[ours] or stamps.get(their_file) != [*before, checksum]:
+                    continue  # changed since it was hashed (or never stamped): do not spread it
+                link = tmp / f".share-{uuid.uuid4().hex}"
+                try:
+                    os.link(path, link)
+                    os.replace(link, tmp / ours)
+                except OSError:
+                    link.unlink(missing_ok=True)
+                    continue
+                after = file_identity(tmp / ours)
+                identities[ours] = after
+                self._restamp_holders(before, after, checksum)
+                del wanted[checksum]
+
+    def _restamp_holders(self, before: tuple[int, ...], after: tuple[int, ...], checksum: str) -> None:
+        """A shared inode changed identity (a new link): move every model's stamp of it along (index lock held)."""
+        for model in self.list():
+            directory = self._dir(model)
+            stamps = read_verified(directory)
+            for file, stamp in stamps.items():
+                if stamp == [*before, checksum]:
+                    rp = _ReadablePart(directory / file, False, checksum, after[2])
+                    self._record_verified(directory, [rp], after)
 
     # --- reading ---------------------------------------------------------------------------------------------
 
@@ -488,6 +631,7 @@ class ModelCache:
             try:
                 with self._reading(name) as manifest:
                     directory = self._dir(name)
+                    _check_loadable(name, manifest)
                     parts = [self._readable_part(directory, part) for part in manifest["parts"]]
                     to_decode = sum(p.raw_size for p in parts if p.compressed)
                     out: dict[str, Any] = {}
@@ -533,18 +677,29 @@ class ModelCache:
                         self._decode_copy(name, directory, part)
                         decoded_any = True
                         continue
-                    rp = self._readable_part(directory, part)
-                    if self._needs_check(directory, rp, True, verify):
-                        identity = file_identity(rp.path)
-                        if model_io.hash_file(rp.path, follow=False) != rp.checksum:
-                            raise _Damaged(f"{rp.path} does not match the checksum taken when it was stored")
-                        self._record_verified(directory, [rp], identity)
-                path: Path = directory / (manifest["index"] or manifest["parts"][0]["file"])
+                    self._check_file(directory, self._readable_part(directory, part), verify)
+                for extra in extra_files(manifest):
+                    rp = _ReadablePart(directory / extra["file"], False, extra["checksum"], int(extra["size"]))
+                    if not regular(rp.path):
+                        raise _Damaged(f"{rp.path} is missing or not a regular file the cache wrote")
+                    self._check_file(directory, rp, verify)
+                if manifest.get("layout") == "dir":
+                    path: Path = directory  # what from_pretrained() takes
+                else:
+                    path = directory / (manifest["index"] or manifest["parts"][0]["file"])
         except _Damaged as exc:
             raise self._damaged_miss(name, str(exc)) from None
         if decoded_any:
             self._enforce_budget(keep=name)
         return path
+
+    def _check_file(self, directory: Path, rp: _ReadablePart, verify: bool | None) -> None:
+        """Hash a file handed out by path, once per identity (see ``load``); _Damaged if it does not match."""
+        if self._needs_check(directory, rp, True, verify):
+            identity = file_identity(rp.path)
+            if model_io.hash_file(rp.path, follow=False) != rp.checksum:
+                raise _Damaged(f"{rp.path} does not match the checksum taken when it was stored")
+            self._record_verified(directory, [rp], identity)
 
     def _decode_copy(self, name: str, directory: Path, part: dict[str, Any]) -> None:
         """Decode a compressed part into its plain file beside it (checked against the raw checksum)."""
@@ -712,21 +867,23 @@ class ModelCache:
 
     def list_info(self) -> builtins.list[ModelInfo]:
         """``info()`` of every cached model, in eviction order (the next victim first)."""
-        infos = []
-        for model in self.list():
-            manifest = self._read_manifest(model)
-            if manifest is not None:
-                infos.append(self._info_from(model, manifest))
-        return sorted(infos, key=POLICIES[self.cleanup_policy])
+        self._check_open()
+        return [info for info, _ in self._inventory()]
 
     def info(self, name: str) -> ModelInfo:
         """Size on disk, original size, ratio, last use, hits and pin state of one model."""
         self._check_open()
         self._check_name(name)
-        manifest = self._read_manifest(name)
-        if manifest is None:
+        if self._read_manifest(name) is None:
             raise ModelNotFoundError(f"Model {name!r} is not in the model cache.")
-        return self._info_from(name, manifest)
+        return self._shared_info(name)
+
+    def _shared_info(self, name: str) -> ModelInfo:
+        """``info(name)`` with its shared bytes (which needs every model's files)."""
+        for info in self.list_info():
+            if info.name == name:
+                return info
+        raise ModelNotFoundError(f"Model {name!r} is not in the model cache.")
 
     def verify(self, name: str) -> bool:
         """Re-hash the model's files against the checksums taken when it was stored (xxh3-128).
@@ -766,6 +923,10 @@ class ModelCache:
                         elif model_io.hash_file(decoded, follow=False) != part["raw_checksum"]:
                             decoded.unlink(missing_ok=True)
                             ok = False
+                for extra in extra_files(manifest):
+                    path = directory / extra["file"]
+                    if not regular(path) or model_io.hash_file(path, follow=False) != extra["checksum"]:
+                        ok = False
                 if manifest.get("index"):
                     index = directory / manifest["index"]
                     if not regular(index) or model_io.hash_file(index, follow=False) != manifest.get("index_checksum"):
@@ -783,10 +944,10 @@ class ModelCache:
     @property
     def stats(self) -> CacheStats:
         """Counters of this process (hits = loads and get_paths that found the model) plus current holdings."""
-        infos = self.list_info() if not self._closed else []
+        inventory = self._inventory() if not self._closed else []
         with self._stats._lock:
-            self._stats.bytes = sum(i.size for i in infos)
-            self._stats.entries = len(infos)
+            self._stats.bytes = _union_bytes([inodes for _, inodes in inventory])
+            self._stats.entries = len(inventory)
         return self._stats
 
     # --- removal ---------------------------------------------------------------------------------------------
@@ -907,27 +1068,64 @@ class ModelCache:
         return evicted
 
     def _make_room(
-        self, needed: int, *, exclude: str | None, trash: builtins.list[Path], keep: str | None = None
+        self,
+        needed: int,
+        *,
+        exclude: str | None,
+        trash: builtins.list[Path],
+        keep: str | None = None,
+        extra: Mapping[tuple[int, int], int] | None = None,
     ) -> tuple[builtins.list[str], bool]:
         """Evict unused models in policy order until ``needed`` more bytes fit. Caller holds the index lock.
 
-        ``exclude`` is left out of the count (it is about to be replaced); ``keep`` counts but is not evicted.
+        ``exclude`` is left out of the count (it is about to be replaced); ``keep`` counts but is not evicted;
+        ``extra`` are the files of a model being published (counted, never evicted). Usage counts each inode
+        once, so content shared by several models counts once, and evicting a model frees only what it alone
+        holds; the usage is recounted after each eviction.
         """
-        everyone = [i for i in self.list_info() if i.name != exclude]
-        infos = [i for i in everyone if i.name != keep and not i.pinned]  # already in eviction order
-        usage = sum(i.size for i in everyone)
-        if usage + needed > self.max_bytes and usage - sum(i.size for i in infos) + needed > self.max_bytes:
-            return [], False  # even evicting every unpinned model would not do: evict nothing
-        evicted = []
-        for victim in infos:
+        extra = dict(extra or {})
+        evicted: builtins.list[str] = []
+        busy: set[str] = set()
+        while True:
+            inventory = self._inventory(exclude)
+            usage = _union_bytes([inodes for _, inodes in inventory] + [extra])
             if usage + needed <= self.max_bytes:
-                break
-            freed = self._remove(victim.name, trash)
-            if freed is not None:
-                usage -= freed
-                evicted.append(victim.name)
-                self._stats.add("evictions")
-        return evicted, usage + needed <= self.max_bytes
+                return evicted, True
+            candidates = [i for i, _ in inventory if i.name != keep and not i.pinned and i.name not in busy]
+            if not evicted:
+                floor = _union_bytes(
+                    [inodes for i, inodes in inventory if i.name == keep or i.pinned or i.name in busy] + [extra]
+                )
+                if floor + needed > self.max_bytes:
+                    return [], False  # even evicting every unpinned model would not do: evict nothing
+            if not candidates:
+                return evicted, False
+            victim = candidates[0]
+            if self._remove(victim.name, trash) is None:
+                busy.add(victim.name)  # taken for a load meanwhile: the next one goes instead
+                continue
+            evicted.append(victim.name)
+            self._stats.add("evictions")
+
+    def _inventory(self, exclude: str | None = None) -> builtins.list[tuple[ModelInfo, dict[tuple[int, int], int]]]:
+        """Every cached model's info and data inodes, in eviction order, with shared bytes counted."""
+        rows = []
+        for model in self.list():
+            if model == exclude:
+                continue
+            manifest = self._read_manifest(model)
+            if manifest is not None:
+                rows.append((model, manifest, data_inodes(self._dir(model))))
+        holders: dict[tuple[int, int], int] = {}
+        for _, _, inodes in rows:
+            for ino in inodes:
+                holders[ino] = holders.get(ino, 0) + 1
+        out = []
+        for model, manifest, inodes in rows:
+            shared = sum(size for ino, size in inodes.items() if holders[ino] > 1)
+            out.append((self._info_from(model, manifest, inodes=inodes, shared=shared), inodes))
+        policy = POLICIES[self.cleanup_policy]
+        return sorted(out, key=lambda row: policy(row[0]))
 
     def _remove(self, name: str, trash: builtins.list[Path], write_lock: Any = None) -> int | None:
         """Move a model to the trash if nobody uses it; returns the bytes freed, or None if it is in use."""
@@ -1031,7 +1229,8 @@ class ModelCache:
         return checked, checked is None
 
     def _usage(self, exclude: str | None) -> int:
-        return sum(i.size for i in self.list_info() if i.name != exclude)
+        """Bytes on disk of every model but ``exclude``, each shared file counted once."""
+        return _union_bytes([inodes for _, inodes in self._inventory(exclude)])
 
     def _touch(self, name: str) -> None:
         # One appended byte per use: O_APPEND writes need no lock across processes, the size counts the hits
@@ -1048,7 +1247,15 @@ class ModelCache:
         finally:
             os.close(fd)
 
-    def _info_from(self, name: str, manifest: dict[str, Any], pinned: bool | None = None) -> ModelInfo:
+    def _info_from(
+        self,
+        name: str,
+        manifest: dict[str, Any],
+        pinned: bool | None = None,
+        *,
+        inodes: Mapping[tuple[int, int], int] | None = None,
+        shared: int = 0,
+    ) -> ModelInfo:
         directory = self._dir(name)
         try:
             st = os.stat(directory / ACCESS)
@@ -1056,15 +1263,19 @@ class ModelCache:
         except FileNotFoundError:
             last_used, hits = float(manifest["created"]), 0
         parts = manifest["parts"]
-        raw = sum(int(p["raw_size"]) for p in parts)
-        stored = sum(int(p["stored_size"]) for p in parts)
+        extras = extra_files(manifest)
+        raw = sum(int(p["raw_size"]) for p in parts) + sum(int(f["size"]) for f in extras)
+        stored = sum(int(p["stored_size"]) for p in parts) + sum(int(f["size"]) for f in extras)
+        if inodes is None:
+            inodes = data_inodes(directory)
+        fmt = parts[0].get("format", "safetensors") if parts else "pickle"
         if pinned is None:
             probe = FileLock(self._lock_path(name, "use"))
             pinned = not probe.acquire(blocking=False)
             probe.release()
         return ModelInfo(
             name=name,
-            size=dir_bytes(directory),
+            size=sum(inodes.values()),
             raw_size=raw,
             stored_size=stored,
             ratio=stored / raw if raw else 1.0,
@@ -1077,6 +1288,10 @@ class ModelCache:
             pinned=pinned,
             sharded=bool(manifest.get("index")),
             metadata=dict(manifest.get("metadata") or {}),
+            format=fmt,
+            layout=manifest.get("layout", "file"),
+            extra_files=tuple(f["file"] for f in extras),
+            shared_bytes=shared,
         )
 
     def _progress_bar(self, total: int, desc: str) -> Any:
@@ -1091,3 +1306,32 @@ class ModelCache:
 
 
 # --- verification stamps -------------------------------------------------------------------------------------
+
+
+def _union_bytes(groups: Sequence[Mapping[tuple[int, int], int]]) -> int:
+    """Bytes of the union of several ``{inode: size}`` maps: a file shared by several counts once."""
+    seen: dict[tuple[int, int], int] = {}
+    for group in groups:
+        seen.update(group)
+    return sum(seen.values())
+
+
+def _stored_files(manifest: dict[str, Any]) -> builtins.list[tuple[str, str]]:
+    """(file name, xxh3-128) of every file a manifest stores: weights as stored, and support files."""
+    files = [(p["stored"], p["checksum"]) for p in manifest["parts"]]
+    return files + [(f["file"], f["checksum"]) for f in extra_files(manifest)]
+
+
+def _check_loadable(name: str, manifest: dict[str, Any]) -> None:
+    """load() reads safetensors weights; GGUF and pickled models are handed out by path instead."""
+    formats = {p.get("format", "safetensors") for p in manifest["parts"]}
+    if "gguf" in formats:
+        raise ModelCacheError(
+            f"Model {name!r} is a GGUF file, which llama.cpp-style runtimes read themselves: pass get_path({name!r}) "
+            f"to them (for example llama_cpp.Llama(model_path=...))."
+        )
+    if not manifest["parts"]:
+        raise ModelCacheError(
+            f"Model {name!r} holds pickled weights, which the cache never unpickles: load get_path({name!r}) with "
+            f"transformers or torch.load(..., weights_only=True) yourself."
+        )
