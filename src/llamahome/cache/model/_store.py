@@ -42,7 +42,8 @@ from ..units import MIB, size_to_bytes
 from . import _io as model_io
 from ._dir import plan_model_dir
 from ._hub import cache_name, find_snapshot, hub_cache_dir
-from ._format import build_safetensors_header, read_safetensors_header, write_order
+from ._format import build_safetensors_header, open_regular, read_safetensors_header, write_order
+from ._gguf import GGUF_MAGIC, read_gguf
 from ._io import PartResult
 from ._layout import (
     ACCESS,
@@ -239,16 +240,37 @@ class ModelCache:
     def add_file(
         self, name: str, path: str | os.PathLike[str], *, compression: bool | None = None, link: bool = True
     ) -> ModelInfo:
-        """Add an existing ``.safetensors`` file as model ``name`` (validated first; the file is not moved).
+        """Add an existing ``.safetensors`` or ``.gguf`` file as model ``name`` (validated first; not moved).
 
         Without compression (or where it does not pay) the cache reflinks or hard-links the file, and copies
         it when neither is possible (another file system) or ``link=False``. A hard link shares the file with
         you: do not rewrite the original in place while it is cached (``verify`` would report it). Replaces
-        any model of the same name.
+        any model of the same name. Only regular files are taken (a FIFO or device is refused, never read).
+
+        A GGUF file (llama.cpp, Ollama) is validated (header, metadata, every tensor inside the file: a
+        truncated download is refused) and stored as it is (it is quantized already; ``compression`` does
+        not apply). ``get_path`` hands it to llama.cpp; ``info().metadata`` holds ``gguf.architecture`` and
+        ``gguf.quantization``.
         """
         self._check_open()
         self._check_name(name)
         src = Path(path)
+        fd = open_regular_source(src)
+        try:
+            if os.pread(fd, 4, 0) == GGUF_MAGIC or src.suffix.lower() == ".gguf":
+                gguf = read_gguf(fd, str(src))
+            else:
+                gguf = None
+        finally:
+            os.close(fd)
+        if gguf is not None:
+            file_name = src.name if valid_name(src.name) and src.name.endswith(".gguf") else "model.gguf"
+            meta = {"gguf.architecture": gguf.architecture, "gguf.quantization": gguf.quantization,
+                    "gguf.version": str(gguf.version)}  # fmt: skip
+            general = gguf.metadata.get("general.name")
+            if isinstance(general, str):
+                meta["gguf.name"] = general
+            return self._import(name, [(file_name, src, gguf)], None, False, "file", link, fmt="gguf", metadata=meta)
         header = read_safetensors_header(src)
         compress = self.compression if compression is None else compression
         return self._import(name, [("model.safetensors", src, header)], None, compress, "file", link)
@@ -349,6 +371,12 @@ class ModelCache:
             identities: dict[str, tuple[int, ...]] = {}
             with self._progress_bar(raw_total, f"caching {name}") as bar:
                 for file_name, src, header in parts:
+                    if fmt == "gguf":  # stored as it is: link (or copy) and hash
+                        digest, size = self._link_and_hash(tmp, file_name, src, header.file_size, bar, link,
+                                                           identities)  # fmt: skip
+                        written.append((file_name, PartResult(file_name, False, size, size, digest, digest,
+                                                              header.tensors, 0)))  # fmt: skip
+                        continue
                     try:
                         part = self._import_part(tmp, file_name, src, header, compress, bar, link, identities)
                     except FileNotFoundError:
@@ -1335,3 +1363,11 @@ def _check_loadable(name: str, manifest: dict[str, Any]) -> None:
             f"Model {name!r} holds pickled weights, which the cache never unpickles: load get_path({name!r}) with "
             f"transformers or torch.load(..., weights_only=True) yourself."
         )
+
+
+def open_regular_source(src: Path) -> int:
+    """Open a file given to ``add_file``: a regular file (symlinks followed), or a ModelCacheError."""
+    try:
+        return open_regular(src)
+    except FileNotFoundError:
+        raise ModelCacheError(f"{src} does not exist; pass the path of a .safetensors or .gguf file.") from None
