@@ -92,6 +92,10 @@ def _register() -> None:
     cache.add_command(config_cmd.config)
     for command in disk_cmds.COMMANDS:
         cache.add_command(command)
+    from . import models_cmd, scan_cmd  # model cache commands (issue 15)
+
+    cache.add_command(models_cmd.models)
+    cache.add_command(scan_cmd.scan)
 
 
 _register()

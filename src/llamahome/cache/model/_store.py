@@ -1070,6 +1070,43 @@ class ModelCache:
             purge(path)
         return report
 
+    def prune(self, to: float | str, *, dry_run: bool = False) -> CleanupReport:
+        """Evict models in policy order until the cache holds at most ``to`` (MB, or ``"2GB"``).
+
+        Pinned models and models being loaded are never evicted. Shared content counts once, so evicting a
+        model frees only what it alone holds. With ``dry_run=True`` nothing is removed and the report says
+        what would be (``details["evicted"]``, ``bytes_freed``): the same models and bytes a real run frees,
+        unless other processes change the cache in between.
+        """
+        self._check_open()
+        target = size_to_bytes(to)
+        report = CleanupReport(cache=self.name)
+        trash: list[Path] = []
+        with FileLock(self._index_lock_path()):
+            remaining = self._inventory()
+            usage = _union_bytes([inodes for _, inodes in remaining])
+            report.details["bytes_before"] = usage
+            evicted: list[str] = []
+            for info, _ in list(remaining):
+                if usage <= target:
+                    break
+                if info.pinned:
+                    continue
+                rest = [row for row in remaining if row[0].name != info.name]
+                after = _union_bytes([inodes for _, inodes in rest])
+                if not dry_run and self._remove(info.name, trash) is None:
+                    continue  # taken for a load meanwhile
+                evicted.append(info.name)
+                report.bytes_freed += usage - after
+                usage, remaining = after, rest
+                if not dry_run:
+                    self._stats.add("evictions")
+            report.evicted = len(evicted)
+            report.details.update(evicted=evicted, bytes_after=usage, dry_run=dry_run, target=target)
+        for path in trash:
+            purge(path)
+        return report
+
     def _sweep(self, report: CleanupReport, trash: builtins.list[Path]) -> None:
         """Queue dead writers' temporary directories and the trash for removal (index lock held).
 
