@@ -6,6 +6,10 @@ Peers side by side in one process, trials interleaved, medians printed with the 
   - stored size, fp32 weights / the same weights as bf16  <= 0.83 / <= 0.67 of raw (ZipNN: 0.82 / 0.67)
   - compressed loads decode at                            >= 1 GB/s of raw bytes
 
+Integrity checks (issue 11): copies and compressed loads hash what they read every time; mapped loads hash a
+file once per identity (recorded at write time, so never here). The ``verify=False`` rows are the same loads
+without any hashing: the difference is what the checks cost; ``verify=True`` is a mapped load that re-hashes.
+
     .venv/bin/python benchmarks/bench_model.py [--quick] [--trials N]
 """
 
@@ -78,9 +82,12 @@ def main() -> int:
         peers: dict[str, Callable[[], Any]] = {
             "safetensors.numpy.load_file": lambda: load_file(same_file),
             "ModelCache.load mmap=False (raw)": lambda: cache.load("fp32", mmap=False),
+            "  raw mmap=False, verify=False": lambda: cache.load("fp32", mmap=False, verify=False),
             "ModelCache.load mmap=True (raw)": lambda: cache.load("fp32", mmap=True),
+            "  raw mmap=True, verify=True": lambda: cache.load("fp32", mmap=True, verify=True),
             "ModelCache.load torch mmap=True (raw)": lambda: cache.load("fp32", framework="torch"),
             "ModelCache.load mmap=False (fp32 zstd)": lambda: cache.load("fp32-z", mmap=False),
+            "  fp32 zstd mmap=False, verify=False": lambda: cache.load("fp32-z", mmap=False, verify=False),
             "ModelCache.load mmap=True (fp32 zstd)": lambda: cache.load("fp32-z", mmap=True),
             "ModelCache.load torch (bf16 zstd)": lambda: cache.load("bf16-z", framework="torch"),
         }

@@ -86,13 +86,15 @@ def cache() -> None:
 
 def _register() -> None:
     # Commands live in their own modules; importing them here keeps `main` the one entry point.
-    from . import config_cmd, demo, disk_cmds, serve_cmd
+    from . import config_cmd, demo, disk_cmds, models_cmd, scan_cmd, serve_cmd
 
     cache.add_command(demo.demo)
     cache.add_command(config_cmd.config)
     for command in disk_cmds.COMMANDS:
         cache.add_command(command)
     cache.add_command(serve_cmd.serve)
+    cache.add_command(models_cmd.models)
+    cache.add_command(scan_cmd.scan)
 
 
 _register()

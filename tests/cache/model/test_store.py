@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from llamahome.cache import model_io
+from llamahome.cache.model import _io as model_io
 from llamahome.cache.model import ModelCache, ModelNotFoundError
-from llamahome.cache.model_codec import decode_chunk, encode_chunk, word_of
+from llamahome.cache.model._codec import decode_chunk, encode_chunk, word_of
 from llamahome.errors import CacheError, CacheClosedError, ConfigError, ModelCacheError
 
 torch = pytest.importorskip("torch")
@@ -201,8 +201,10 @@ def test_sharded_import(tmp_path: Path, compression: bool) -> None:
     out = cache.load("sharded")
     assert set(out) == set(tensors) and all(np.array_equal(out[k], v) for k, v in tensors.items())
 
-    index = cache.get_path("sharded")
-    assert index.name == "model.safetensors.index.json"
+    directory = cache.get_path("sharded")  # a whole model directory (issue 15): what from_pretrained() takes
+    assert directory.is_dir() and (directory / "config.json").read_text() == "{}"
+    assert info.extra_files == ("config.json",)
+    index = directory / "model.safetensors.index.json"
     weight_map = json.loads(index.read_text())["weight_map"]
     for key, file in weight_map.items():
         assert np.array_equal(load_file(index.parent / file)[key], tensors[key])
@@ -312,16 +314,18 @@ def test_cleanup_evicts_down_to_a_smaller_budget(tmp_path: Path, clock) -> None:
 def test_cleanup_removes_orphans_and_damaged_entries(tmp_path: Path) -> None:
     cache = ModelCache(tmp_path, size=4)
     cache.put("ok", _blob(1, kib=4))
-    (tmp_path / ".tmp" / "999999999-deadbeef").mkdir()  # a writer that died
-    (tmp_path / ".tmp" / "999999999-deadbeef" / "model.safetensors").write_bytes(b"x" * 100)
+    dead = tmp_path / ".tmp" / f"999999999-{'d' * 32}"  # a writer that died (names as the cache makes them)
+    dead.mkdir()
+    (dead / "model.safetensors").write_bytes(b"x" * 100)
     live = cache._new_tmp()  # a writer still running (this process) is left alone
-    (tmp_path / ".trash" / "old").mkdir()
-    (tmp_path / "broken").mkdir()  # a model directory without its manifest
+    (tmp_path / ".trash" / ("0" * 32)).mkdir()
+    (tmp_path / "broken").mkdir()  # a model directory whose manifest is damaged
+    (tmp_path / "broken" / "manifest.json").write_text("{not json")
     (tmp_path / "broken" / "model.safetensors").write_bytes(b"y" * 50)
-    (tmp_path / "ok" / ".decoding-999999999-cafe").write_bytes(b"z" * 10)  # a get_path() that died
+    (tmp_path / "ok" / f".decoding-999999999-{'c' * 32}").write_bytes(b"z" * 10)  # a get_path() that died
     report = cache.cleanup()
     assert (report.orphans, report.corrupt, report.bytes_freed) == (3, 1, 50)
-    assert sorted(os.listdir(tmp_path / "ok")) == [".access", "manifest.json", "model.safetensors"]
+    assert sorted(os.listdir(tmp_path / "ok")) == [".access", ".verified", "manifest.json", "model.safetensors"]
     assert cache.list() == ["ok"] and live.exists()
     assert sorted(os.listdir(tmp_path / ".tmp")) == [live.name]
 
@@ -457,8 +461,10 @@ def _with_header(header: dict[str, object], data: bytes = bytes(16)) -> bytes:
         (_with_header({"w": {"dtype": "Q99", "shape": [4], "data_offsets": [0, 16]}}), "unknown dtype"),
         (_with_header({"w": {"dtype": "F32", "shape": [2], "data_offsets": [8, 16]}}), "hole"),
         (_with_header({"w": {"dtype": "F32", "shape": [-4], "data_offsets": [0, 16]}}), "invalid shape"),
-        (_with_header({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}, "__metadata__": {"a": 1}}),
-         "__metadata__"),
+        (
+            _with_header({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}, "__metadata__": {"a": 1}}),
+            "__metadata__",
+        ),
     ],
 )
 def test_bad_files_are_refused(tmp_path: Path, content: bytes, message: str) -> None:
@@ -536,7 +542,12 @@ def test_two_processes_adding_the_same_model_leave_one_copy(tmp_path: Path) -> N
     out = cache.load("shared")
     assert all(np.array_equal(out[k], v) for k, v in weights.items())
     assert os.listdir(tmp_path / "cache" / ".tmp") == [] and os.listdir(tmp_path / "cache" / ".trash") == []
-    assert sorted(os.listdir(tmp_path / "cache" / "shared")) == [".access", "manifest.json", "model.safetensors.lhz"]
+    assert sorted(os.listdir(tmp_path / "cache" / "shared")) == [
+        ".access",
+        ".verified",
+        "manifest.json",
+        "model.safetensors.lhz",
+    ]
 
 
 _PINNER = textwrap.dedent(

@@ -8,9 +8,13 @@ that the path still names the inode it locked, and retries if not, so nobody kee
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
+import stat
 from types import TracebackType
+
+from llamahome.errors import StorageError
 
 __all__ = ["FileLock"]
 
@@ -32,7 +36,7 @@ class FileLock:
             raise RuntimeError(f"lock {self.path} is already held by this object")
         mode = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if blocking else fcntl.LOCK_NB)
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fd = _open_lock_file(self.path)
             try:
                 fcntl.flock(fd, mode)
             except BlockingIOError:
@@ -70,3 +74,28 @@ class FileLock:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.release()
+
+
+def _open_lock_file(path: str) -> int:
+    """Open (creating) a lock file; anything but a regular file there is a clear StorageError, not an OSError.
+
+    O_NOFOLLOW: a symlink planted at a lock's name must not make us create or lock a file elsewhere.
+    """
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600)
+    except OSError as exc:
+        if exc.errno in (errno.EISDIR, errno.ELOOP, errno.ENXIO):
+            kind = "a directory" if exc.errno == errno.EISDIR else "a symlink or special file"
+            raise StorageError(
+                f"The model cache's lock file {path} is {kind}, not a file the cache made; remove it and retry."
+            ) from None
+        raise StorageError(
+            f"Cannot open the model cache's lock file {path} ({exc.strerror}); check the directory's permissions."
+        ) from exc
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise StorageError(f"The model cache's lock file {path} is not a regular file; remove it and retry.")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd

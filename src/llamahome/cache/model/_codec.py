@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import zstandard
 
-from .compression import MIN_COMPRESS_BYTES, MIN_SAVING
-from .model_format import DTYPE_SIZES, FLOAT_DTYPES
+from ..compression import MIN_COMPRESS_BYTES, MIN_SAVING
+from ._format import DTYPE_SIZES, FLOAT_DTYPES
 
 __all__ = [
     "CHUNK_BYTES",

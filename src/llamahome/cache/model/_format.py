@@ -18,9 +18,11 @@ are compressed; keeping the original header text lets ``get_path`` rebuild the p
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
+import stat
 import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -42,6 +44,7 @@ __all__ = [
     "write_order",
     "numpy_dtype",
     "dtype_code_of_numpy",
+    "open_regular",
 ]
 
 CONTAINER_MAGIC = b"LHZT\x00\x00\x00\x01"
@@ -210,17 +213,54 @@ def _parse_entry(name: str, entry: Any, where: str) -> TensorSpec:
     return TensorSpec(name, dtype, tuple(shape), offsets[0], offsets[1])
 
 
-def read_safetensors_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
-    """Read and validate the header of a safetensors file (the data is not read)."""
-    where = str(path)
+def open_regular(path: str | os.PathLike[str], *, follow: bool = True) -> int:
+    """Open a regular file for reading, or raise ModelCacheError saying what it is instead.
+
+    ``O_NONBLOCK`` keeps a FIFO from blocking the open (a plain ``open()`` waits forever for a writer);
+    ``fstat`` after the open checks what was actually opened, so a file swapped after a ``stat`` is caught
+    too. ``follow=False`` refuses a symlink (used for files inside the cache, which are never links).
+    """
+    where = os.fspath(path)
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | (0 if follow else os.O_NOFOLLOW)
     try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            return parse_safetensors_header(f.read(8), f.read, size, where)
+        fd = os.open(path, flags)
     except FileNotFoundError:
-        raise ModelCacheError(f"{where} does not exist; pass the path of a .safetensors file.") from None
+        raise  # callers say what a missing file means to them
     except IsADirectoryError:
         raise ModelCacheError(f"{where} is a directory; use add_dir() for a model directory.") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            what = "a symlink loop" if follow else "a symlink"
+            raise ModelCacheError(f"{where} is {what}, not a regular file; pass the file itself.") from None
+        raise ModelCacheError(f"Cannot open {where} ({exc.strerror}); check the path and its permissions.") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            what = (
+                "a directory"
+                if stat.S_ISDIR(mode)
+                else "a FIFO"
+                if stat.S_ISFIFO(mode)
+                else ("a socket" if stat.S_ISSOCK(mode) else "a device")
+            )
+            raise ModelCacheError(f"{where} is {what}, not a regular file; model files must be regular files.")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_safetensors_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
+    """Read and validate the header of a safetensors file (the data is not read; non-regular files refused)."""
+    where = str(path)
+    try:
+        fd = open_regular(path)
+    except FileNotFoundError:
+        raise ModelCacheError(f"{where} does not exist; pass the path of a .safetensors file.") from None
+    with open(fd, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        return parse_safetensors_header(f.read(8), f.read, size, where)
 
 
 def build_safetensors_header(
