@@ -247,7 +247,7 @@ def test_cleanup_interval_property_is_what_the_seeds_manager_reads() -> None:
 )
 def test_size_forms(given: object, megabytes: float) -> None:
     assert parse_size(given) == pytest.approx(megabytes)
-    assert CacheConfig(memory_size=given)  # type: ignore[arg-type].cache.memory.size == pytest.approx(megabytes)
+    assert CacheConfig(memory_size=given).cache.memory.size == pytest.approx(megabytes)  # type: ignore[arg-type]
 
 
 def test_size_bytes_rounds_and_is_at_least_one() -> None:
