@@ -62,8 +62,9 @@ def test_store_basic_words(kind: str, tmp_path: Path) -> None:
         assert stats.hit_rate == pytest.approx(0.2)
         assert stats.entries == 1
         assert 0 < stats.bytes <= stats.max_bytes == 1 * MiB
-        report = cache.cleanup()
-        assert report is not None
+        report = cache.cleanup()  # nothing has expired or overflowed: a pass that removes nothing
+        assert (report.expired, report.evicted, report.corrupt) == (0, 0, 0)
+        assert cache.stats.entries == 1 and cache.get("other") == "text"
         cache.clear()
         assert "other" not in cache and cache.stats.entries == 0 and cache.stats.bytes == 0
         # bytes keys are keys too
