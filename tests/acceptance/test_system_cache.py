@@ -27,10 +27,12 @@ def test_system_cache_issue_api(tmp_path: Path, clock: Any) -> None:
             path = Path(f)
             assert path.suffix == ".bin" and temp in path.parents
             path.write_bytes(b"data")
+        assert not path.exists()  # a with block removes its file at the end
         plain = Path(cache.temp_file(suffix=".txt"))
         plain.write_text("kept until max_age")
         with cache.temp_dir() as d:
             assert Path(d).is_dir() and temp in Path(d).parents
+        assert not Path(d).exists()
         cache.put("k", b"bytes")
         assert cache.get("k") == b"bytes"
         # Things the cache did not create, and a symlink pointing outside temp_dir.
