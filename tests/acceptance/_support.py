@@ -4,12 +4,23 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import os
 from typing import Any
 
+import llamahome
 from llamahome.cache import CacheConfig
 
 MiB = 1024 * 1024
 KiB = 1024
+
+
+def child_env() -> dict[str, str]:
+    """The environment for a child process (the console script, a second writer) that runs the same
+    ``llamahome`` as this test: its directory goes first on PYTHONPATH. A relative ``PYTHONPATH=src`` would
+    otherwise be read from the test's tmp working directory, and the child would import an installed copy."""
+    here = os.path.dirname(os.path.dirname(os.path.abspath(llamahome.__file__)))
+    rest = [os.path.abspath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([here, *rest])}
 
 
 def small_config(**kwargs: Any) -> CacheConfig:

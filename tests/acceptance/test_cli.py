@@ -16,18 +16,18 @@ from pathlib import Path
 import pytest
 import yaml
 
-from llamahome.cache import (
-    CacheConfig,
-)
+from llamahome.cache import CacheConfig
 
-
+from ._support import child_env
 
 CLI = Path(sys.executable).parent / "llamahome"
 
+
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(CLI), *args], cwd=cwd, capture_output=True, text=True, timeout=60, check=False
+        [str(CLI), *args], cwd=cwd, env=child_env(), capture_output=True, text=True, timeout=60, check=False
     )
+
 
 def test_cli_demo_runs_and_prints_what_happened(tmp_path: Path) -> None:
     result = run_cli("cache", "demo", cwd=tmp_path)
@@ -43,6 +43,7 @@ def test_cli_demo_runs_and_prints_what_happened(tmp_path: Path) -> None:
     tiers = {t["name"]: t for t in figures["tiers"]}
     assert set(tiers) == {"memory", "disk"}  # the embedded default: memory in front of disk, no server
     assert all(t["bytes"] <= t["max_bytes"] for t in tiers.values())
+
 
 def test_cli_config_validates_and_prints_the_effective_configuration(tmp_path: Path) -> None:
     path = tmp_path / "cache.yaml"
@@ -60,6 +61,7 @@ def test_cli_config_validates_and_prints_the_effective_configuration(tmp_path: P
     again = tmp_path / "again.yaml"
     again.write_text(result.stdout, encoding="utf-8")
     assert CacheConfig.from_yaml(again).cache.memory.type == "lfu"
+
 
 @pytest.mark.parametrize(
     "content", ["cache:\n  memory:\n    type: random\n", "cache:\n  memory: [unclosed\n", None]

@@ -15,13 +15,10 @@ from typing import Any
 import pytest
 import yaml
 
-from llamahome.cache import (
-    CacheConfig,
-)
+from llamahome.cache import CacheConfig
 from llamahome.errors import CacheError, ConfigError
 
 from ._support import KiB, MiB
-
 
 SEED_YAML = """\
 cache:
@@ -50,6 +47,7 @@ system_cache:
   cleanup_policy: "time"
 """
 
+
 def assert_seed_values(cfg: CacheConfig) -> None:
     assert cfg.cache.memory.size == 1000
     assert cfg.cache.memory.type == "lru"
@@ -71,8 +69,10 @@ def assert_seed_values(cfg: CacheConfig) -> None:
     assert cfg.system_cache.max_age == 86400
     assert cfg.system_cache.cleanup_policy == "time"
 
+
 def test_config_defaults_are_the_seeds_values() -> None:
     assert_seed_values(CacheConfig())
+
 
 def test_config_from_yaml_reads_the_seeds_five_blocks_in_one_file(tmp_path: Path) -> None:
     path = tmp_path / "cache.yaml"
@@ -80,6 +80,7 @@ def test_config_from_yaml_reads_the_seeds_five_blocks_in_one_file(tmp_path: Path
     assert_seed_values(CacheConfig.from_yaml(path))
     assert_seed_values(CacheConfig.from_yaml(str(path)))
     assert_seed_values(CacheConfig.from_dict(yaml.safe_load(SEED_YAML)))
+
 
 def test_config_every_block_and_key_is_optional(tmp_path: Path) -> None:
     path = tmp_path / "cache.yaml"
@@ -94,6 +95,7 @@ def test_config_every_block_and_key_is_optional(tmp_path: Path) -> None:
     empty = tmp_path / "empty.yaml"
     empty.write_text("", encoding="utf-8")
     assert CacheConfig.from_yaml(empty).model_cache.size == 1024
+
 
 @pytest.mark.parametrize(
     ("given", "megabytes", "nbytes"),
@@ -119,6 +121,7 @@ def test_config_sizes_are_mib_numbers_or_unit_strings(given: Any, megabytes: flo
         assert block.size == pytest.approx(megabytes)
         assert block.size_bytes == nbytes
 
+
 def test_config_shortcut_kwargs() -> None:
     cfg = CacheConfig(memory_size=512, disk_size="2GB", disk_path="/tmp/somewhere", cleanup_interval=60)
     assert cfg.cache.memory.size == 512
@@ -128,6 +131,7 @@ def test_config_shortcut_kwargs() -> None:
     assert cfg.cleanup_interval == 60 == cfg.cache.disk.cleanup_interval
     # The seed's ResourceManager line passes a float of megabytes.
     assert CacheConfig(memory_size=1234.5 * 0.3).cache.memory.size == pytest.approx(370.35)
+
 
 @pytest.mark.parametrize(
     ("data", "must_mention"),
@@ -147,9 +151,11 @@ def test_config_bad_input_is_a_config_error_naming_the_yaml_path(data: dict[str,
     assert isinstance(info.value, CacheError)
     assert must_mention in str(info.value)
 
+
 def test_config_unknown_key_gets_a_did_you_mean_hint() -> None:
     with pytest.raises(ConfigError, match=r"(?i)did you mean.*size"):
         CacheConfig.from_dict({"cache": {"memory": {"sise": 10}}})
+
 
 def test_config_malformed_yaml_names_its_line_and_unreadable_file_is_a_config_error(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
@@ -160,6 +166,7 @@ def test_config_malformed_yaml_names_its_line_and_unreadable_file_is_a_config_er
         CacheConfig.from_yaml(tmp_path / "missing.yaml")
     with pytest.raises(ConfigError):
         CacheConfig(cleanup_interval=0)
+
 
 def test_config_more_bad_input_and_unit_spellings() -> None:
     with pytest.raises(ConfigError, match="(?i)did you mean 'cache'"):

@@ -16,16 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from llamahome.cache import (
-    AsyncScheduler,
-    CacheManager,
-    DiskCache,
-    MemoryCache,
-    TieredCache,
-)
+from llamahome.cache import AsyncScheduler, CacheManager, DiskCache, MemoryCache, TieredCache
 from llamahome.errors import CacheError, ConfigError
 
-from ._support import small_config
+from ._support import child_env, small_config
 
 
 def test_misuse_raises_cache_errors_not_bare_python_errors(tmp_path: Path) -> None:
@@ -59,17 +53,22 @@ def test_misuse_raises_cache_errors_not_bare_python_errors(tmp_path: Path) -> No
 
     asyncio.run(main())
 
+
 def test_exports_stay_the_real_objects_whatever_was_imported_first() -> None:
-    # A fresh interpreter, as a user's script that imported every submodule first: an export named like its
-    # submodule would be rebound to the module by the import system.
+    # A fresh interpreter, as a user's script that imported every submodule first (those inside the component
+    # packages too): an export named like its submodule would be rebound to the module by the import system.
     script = (
         "import importlib, pkgutil, types, llamahome.cache as c\n"
-        "for m in pkgutil.iter_modules(c.__path__):\n"
-        "    importlib.import_module('llamahome.cache.' + m.name)\n"
+        "names = [m.name for m in pkgutil.walk_packages(c.__path__, 'llamahome.cache.')]\n"
+        "assert len(names) > 10, names\n"
+        "for name in names:\n"
+        "    importlib.import_module(name)\n"
         "from llamahome.cache import memoize\n"
         "assert callable(memoize) and not isinstance(memoize, types.ModuleType), type(memoize)\n"
         "bad = [n for n in c.__all__ if isinstance(getattr(c, n), types.ModuleType)]\n"
         "assert not bad, bad\n"
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=child_env(), capture_output=True, text=True, timeout=60, check=False
+    )
     assert result.returncode == 0, result.stderr

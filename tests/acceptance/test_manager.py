@@ -85,6 +85,7 @@ def test_manager_contract_end_to_end(tmp_path: Path) -> None:
 
     asyncio.run(main())
 
+
 def test_manager_start_stop_explicitly_and_default_config(tmp_path: Path) -> None:
     async def main() -> None:
         cache = CacheManager()  # config defaults to CacheConfig()
@@ -96,6 +97,7 @@ def test_manager_start_stop_explicitly_and_default_config(tmp_path: Path) -> Non
 
     asyncio.run(main())
     assert (tmp_path / "cache").is_dir()
+
 
 @pytest.mark.parametrize("policy", ["lru", "lfu", "fifo", "time"])
 def test_manager_builds_every_policy_named_in_the_yaml(policy: str, tmp_path: Path) -> None:
@@ -117,6 +119,7 @@ def test_manager_builds_every_policy_named_in_the_yaml(policy: str, tmp_path: Pa
 
     asyncio.run(main())
     assert (tmp_path / "c").is_dir()
+
 
 def test_manager_get_or_set_runs_the_factory_once_under_concurrency() -> None:
     calls: list[str] = []
@@ -144,6 +147,7 @@ def test_manager_get_or_set_runs_the_factory_once_under_concurrency() -> None:
 
     asyncio.run(main())
 
+
 def test_manager_cleanup_removes_expired_entries_and_reports_them() -> None:
     async def main() -> None:
         async with CacheManager(small_config()) as cache:
@@ -160,6 +164,7 @@ def test_manager_cleanup_removes_expired_entries_and_reports_them() -> None:
 
     asyncio.run(main())
 
+
 def test_manager_scheduled_cleanup_uses_cfg_cleanup_interval() -> None:
     async def main() -> None:
         cfg = small_config(cleanup_interval=0.05)
@@ -173,6 +178,7 @@ def test_manager_scheduled_cleanup_uses_cfg_cleanup_interval() -> None:
 
     asyncio.run(main())
 
+
 def test_manager_refuses_pickle_and_too_large_values_with_cache_errors() -> None:
     async def main() -> None:
         async with CacheManager(small_config()) as cache:
@@ -185,6 +191,7 @@ def test_manager_refuses_pickle_and_too_large_values_with_cache_errors() -> None
 
     asyncio.run(main())
 
+
 def test_manager_is_closed_after_stop_with_a_cache_error() -> None:
     async def main() -> None:
         cache = CacheManager(small_config())
@@ -194,6 +201,7 @@ def test_manager_is_closed_after_stop_with_a_cache_error() -> None:
             await cache.get("k")
 
     asyncio.run(main())
+
 
 def test_manager_cleanup_keeps_what_the_typed_caches_hold_under_the_disk_path(tmp_path: Path) -> None:
     weights = {"w": np.arange(300_000, dtype=np.float32)}
@@ -217,6 +225,7 @@ def test_manager_cleanup_keeps_what_the_typed_caches_hold_under_the_disk_path(tm
             assert cache.disk.stats.bytes == disk_bytes < 1 * MiB
 
     asyncio.run(main())
+
 
 def test_a_memory_hit_never_leaves_the_event_loop() -> None:
     from concurrent.futures import ThreadPoolExecutor
@@ -242,6 +251,7 @@ def test_a_memory_hit_never_leaves_the_event_loop() -> None:
 
     asyncio.run(main())
 
+
 def test_manager_ttl_holds_across_tiers_and_promotion_does_not_extend_it() -> None:
     async def main() -> None:
         async with CacheManager(small_config()) as cache:
@@ -256,6 +266,7 @@ def test_manager_ttl_holds_across_tiers_and_promotion_does_not_extend_it() -> No
             assert "t" not in cache.memory and "t" not in cache.disk
 
     asyncio.run(main())
+
 
 def test_async_scheduler_words() -> None:
     runs: list[str] = []

@@ -16,9 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from llamahome.cache import (
-    ModelCache,
-)
+from llamahome.cache import ModelCache
 from llamahome.errors import CacheError
 
 from ._support import MiB
@@ -75,6 +73,7 @@ def test_model_cache_issue_api(tmp_path: Path) -> None:
     finally:
         cache.close()
 
+
 def test_model_cache_cleanup_evicts_whole_models_least_recently_used_first(tmp_path: Path, clock: Any) -> None:
     cache = ModelCache(tmp_path / "models", size=4, compression=False, cleanup_policy="lru", clock=clock)
     block = {"w": np.frombuffer(os.urandom(MiB), dtype=np.uint8)}
@@ -91,6 +90,7 @@ def test_model_cache_cleanup_evicts_whole_models_least_recently_used_first(tmp_p
         assert sum(cache.info(n).size for n in names) <= 4 * MiB
     finally:
         cache.close()
+
 
 @pytest.mark.parametrize("compression", [False, True])
 def test_model_cache_adds_real_weights_and_loads_them_bit_exact(
@@ -117,6 +117,7 @@ def test_model_cache_adds_real_weights_and_loads_them_bit_exact(
     finally:
         cache.close()
 
+
 def test_model_cache_refuses_a_truncated_safetensors_file(tmp_path: Path) -> None:
     import safetensors.numpy
 
@@ -133,6 +134,7 @@ def test_model_cache_refuses_a_truncated_safetensors_file(tmp_path: Path) -> Non
         assert rand.compressed is False  # random bytes do not pay, so they are stored plain
     finally:
         cache.close()
+
 
 def test_model_cache_add_dir_of_a_sharded_model(tmp_path: Path) -> None:
 
@@ -161,6 +163,7 @@ def test_model_cache_add_dir_of_a_sharded_model(tmp_path: Path) -> None:
         assert cache.info("sharded").sharded is True
     finally:
         cache.close()
+
 
 def test_model_cache_never_evicts_a_pinned_model(tmp_path: Path) -> None:
     cache = ModelCache(tmp_path / "models", size=3, compression=False)

@@ -16,10 +16,7 @@ from typing import Any
 
 import pytest
 
-from llamahome.cache import (
-    CacheConfig,
-    CacheManager,
-)
+from llamahome.cache import CacheConfig, CacheManager
 from llamahome.monitoring import CacheMonitor
 from llamahome.resources import ResourceManager
 
@@ -48,6 +45,7 @@ def test_two_seed_monitored_managers_each_observe_their_own(tmp_path: Path) -> N
 
     asyncio.run(main())
 
+
 def test_cache_monitor_gives_recommendations_for_a_thrashing_memory_tier() -> None:
     async def main() -> None:
         # The seed's default: compression on. Random values do not compress, so that advice must come too.
@@ -67,6 +65,7 @@ def test_cache_monitor_gives_recommendations_for_a_thrashing_memory_tier() -> No
             assert metrics["memory_usage"] == cache.memory.stats.bytes
 
     asyncio.run(main())
+
 
 def test_prometheus_exposition_is_served_and_parses() -> None:
     import urllib.request
@@ -99,6 +98,7 @@ def test_prometheus_exposition_is_served_and_parses() -> None:
             assert hits and hits[0] >= 1
 
     asyncio.run(main())
+
 
 def test_resource_manager_words() -> None:
     async def main() -> None:

@@ -21,14 +21,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from llamahome.cache import (
-    DiskCache,
-    MemoryCache,
-    TieredCache,
-)
+from llamahome.cache import DiskCache, MemoryCache, TieredCache
 from llamahome.errors import CacheError
 
-from ._support import Custom, KiB, MiB
+from ._support import Custom, KiB, MiB, child_env
 
 
 def make_store(kind: str, root: Path, **kwargs: Any) -> Any:
@@ -40,7 +36,9 @@ def make_store(kind: str, root: Path, **kwargs: Any) -> Any:
         return MemoryCache(**kwargs)
     return DiskCache(root / "disk", **kwargs)
 
+
 STORES = ["memory", "disk"]
+
 
 @pytest.mark.parametrize("kind", STORES)
 def test_store_basic_words(kind: str, tmp_path: Path) -> None:
@@ -74,6 +72,7 @@ def test_store_basic_words(kind: str, tmp_path: Path) -> None:
         cache.close()
     with pytest.raises(CacheError):
         cache.get("key")
+
 
 @pytest.mark.parametrize("kind", STORES)
 @pytest.mark.parametrize("compression", [False, True])
@@ -132,6 +131,7 @@ def test_store_value_types_round_trip(kind: str, compression: bool, tmp_path: Pa
     finally:
         cache.close()
 
+
 @pytest.mark.parametrize("kind", STORES)
 def test_store_sizes_accept_unit_strings(kind: str, tmp_path: Path) -> None:
     cache = make_store(kind, tmp_path, size="512KB")
@@ -145,7 +145,9 @@ def test_store_sizes_accept_unit_strings(kind: str, tmp_path: Path) -> None:
     finally:
         cache.close()
 
+
 VALUE = 120_000
+
 
 @pytest.mark.parametrize("kind", STORES)
 @pytest.mark.parametrize(
@@ -172,6 +174,7 @@ def test_store_policies_by_name_evict_in_their_order(kind: str, policy: str, vic
     finally:
         cache.close()
 
+
 @pytest.mark.parametrize("kind", STORES)
 def test_time_policy_evicts_entries_past_their_ttl_before_the_oldest(kind: str, tmp_path: Path, clock: Any) -> None:
     cache = make_store(kind, tmp_path, size="512KB", policy="time", clock=clock)
@@ -189,6 +192,7 @@ def test_time_policy_evicts_entries_past_their_ttl_before_the_oldest(kind: str, 
     finally:
         cache.close()
 
+
 @pytest.mark.parametrize("kind", STORES)
 def test_store_bound_holds_under_many_sets(kind: str, tmp_path: Path) -> None:
     cache = make_store(kind, tmp_path, size="256KB")
@@ -200,6 +204,7 @@ def test_store_bound_holds_under_many_sets(kind: str, tmp_path: Path) -> None:
         assert cache.get("key-199") is not None
     finally:
         cache.close()
+
 
 @pytest.mark.parametrize("kind", STORES)
 def test_store_ttl_expires_and_cleanup_removes_it(kind: str, tmp_path: Path, clock: Any) -> None:
@@ -218,6 +223,7 @@ def test_store_ttl_expires_and_cleanup_removes_it(kind: str, tmp_path: Path, clo
     finally:
         cache.close()
 
+
 @pytest.mark.parametrize("kind", STORES)
 def test_store_value_larger_than_the_tier_is_a_clear_error(kind: str, tmp_path: Path) -> None:
     cache = make_store(kind, tmp_path, size="64KB")
@@ -231,6 +237,7 @@ def test_store_value_larger_than_the_tier_is_a_clear_error(kind: str, tmp_path: 
     finally:
         cache.close()
 
+
 @pytest.mark.parametrize("kind", STORES)
 def test_store_rejects_bad_keys_with_a_cache_error(kind: str, tmp_path: Path) -> None:
     cache = make_store(kind, tmp_path)
@@ -242,6 +249,7 @@ def test_store_rejects_bad_keys_with_a_cache_error(kind: str, tmp_path: Path) ->
                 cache.get(bad)
     finally:
         cache.close()
+
 
 @pytest.mark.parametrize(("kind", "compression"), [("disk", False), ("disk", True), ("memory", True)])
 def test_no_pickle_by_default_and_the_error_names_the_type_and_the_opt_in(kind: str, compression: bool, tmp_path: Path) -> None:
@@ -265,6 +273,7 @@ def test_no_pickle_by_default_and_the_error_names_the_type_and_the_opt_in(kind: 
     finally:
         opted.close()
 
+
 def test_memory_bound_counts_numpy_nbytes(tmp_path: Path) -> None:
     cache = MemoryCache(size=1, policy="lru", compression=False)
     try:
@@ -276,6 +285,7 @@ def test_memory_bound_counts_numpy_nbytes(tmp_path: Path) -> None:
             cache.set("c", np.zeros(2 * MiB, dtype=np.uint8))
     finally:
         cache.close()
+
 
 HOSTILE_KEYS: list[Any] = [
     "../escape",
@@ -291,6 +301,7 @@ HOSTILE_KEYS: list[Any] = [
     "new\nline",
     "",
 ]
+
 
 def test_disk_hostile_keys_stay_inside_the_directory(tmp_path: Path) -> None:
     root = tmp_path / "jail"
@@ -317,6 +328,7 @@ def test_disk_hostile_keys_stay_inside_the_directory(tmp_path: Path) -> None:
     finally:
         reopened.close()
 
+
 def test_disk_is_private_by_default(tmp_path: Path) -> None:
     old = os.umask(0o022)
     try:
@@ -337,6 +349,7 @@ def test_disk_is_private_by_default(tmp_path: Path) -> None:
     finally:
         os.umask(old)
 
+
 def test_disk_values_survive_close_and_reopen_and_are_not_pickled(tmp_path: Path) -> None:
     path = tmp_path / "persist"
     cache = DiskCache(path, size=4)
@@ -353,6 +366,7 @@ def test_disk_values_survive_close_and_reopen_and_are_not_pickled(tmp_path: Path
     finally:
         again.close()
 
+
 def test_disk_numpy_zero_copy_mmap_when_asked(tmp_path: Path) -> None:
     cache = DiskCache(tmp_path / "d", size=16)
     arr = np.arange(1_000_000, dtype=np.float32)
@@ -365,6 +379,7 @@ def test_disk_numpy_zero_copy_mmap_when_asked(tmp_path: Path) -> None:
     finally:
         cache.close()
 
+
 def test_disk_bad_ttl_type_is_a_cache_error(tmp_path: Path) -> None:
     cache = DiskCache(tmp_path / "d", size=1)
     try:
@@ -372,6 +387,7 @@ def test_disk_bad_ttl_type_is_a_cache_error(tmp_path: Path) -> None:
             cache.set("k", 1, ttl="soon")  # type: ignore[arg-type]
     finally:
         cache.close()
+
 
 CHILD = """
 import sys, os
@@ -383,11 +399,12 @@ cache.set("from-child", b"hello parent")
 cache.close()
 """
 
+
 def test_disk_two_processes_share_one_directory_and_the_bound_holds(tmp_path: Path) -> None:
     path = tmp_path / "shared"
     parent = DiskCache(path, size="256KB")
     try:
-        child = subprocess.Popen([sys.executable, "-c", CHILD, str(path)])
+        child = subprocess.Popen([sys.executable, "-c", CHILD, str(path)], env=child_env())
         for i in range(60):
             parent.set(f"parent-{i}", os.urandom(10_000))
         assert child.wait(timeout=60) == 0
@@ -401,6 +418,7 @@ def test_disk_two_processes_share_one_directory_and_the_bound_holds(tmp_path: Pa
         assert again.get("from-child") == b"hello parent"
     finally:
         again.close()
+
 
 def test_disk_damaged_value_file_is_a_miss_and_a_counter_never_a_wrong_value(tmp_path: Path) -> None:
     path = tmp_path / "d"
@@ -422,6 +440,7 @@ def test_disk_damaged_value_file_is_a_miss_and_a_counter_never_a_wrong_value(tmp
     finally:
         cache.close()
 
+
 def test_disk_garbage_index_opens_cleanly(tmp_path: Path) -> None:
     path = tmp_path / "d"
     cache = DiskCache(path, size=16)
@@ -441,6 +460,7 @@ def test_disk_garbage_index_opens_cleanly(tmp_path: Path) -> None:
     finally:
         reopened.close()
 
+
 def test_tiered_reads_down_promotes_up_and_deletes_everywhere(tmp_path: Path) -> None:
     memory = MemoryCache(size=1)
     disk = DiskCache(tmp_path / "d", size=4)
@@ -457,6 +477,7 @@ def test_tiered_reads_down_promotes_up_and_deletes_everywhere(tmp_path: Path) ->
         tiered.close()
         memory.close()
         disk.close()
+
 
 def test_tiered_cache_stats_per_tier_and_combined(tmp_path: Path) -> None:
     memory = MemoryCache(size=1)

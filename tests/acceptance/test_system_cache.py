@@ -10,11 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-
-from llamahome.cache import (
-    SystemCache,
-)
-
+from llamahome.cache import SystemCache
 
 
 def test_system_cache_issue_api(tmp_path: Path, clock: Any) -> None:
@@ -52,6 +48,7 @@ def test_system_cache_issue_api(tmp_path: Path, clock: Any) -> None:
     finally:
         cache.close()
 
+
 def test_system_cache_never_removes_a_file_in_use(tmp_path: Path, clock: Any) -> None:
     cache = SystemCache(tmp_path / "scratch", size=16, max_age=100, clock=clock)
     try:
@@ -66,6 +63,7 @@ def test_system_cache_never_removes_a_file_in_use(tmp_path: Path, clock: Any) ->
         assert not path.exists()
     finally:
         cache.close()
+
 
 def test_system_cache_never_follows_a_symlink_out_of_a_scratch_dir(tmp_path: Path, clock: Any) -> None:
     outside = tmp_path / "outside"

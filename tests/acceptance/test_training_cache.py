@@ -17,9 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from llamahome.cache import (
-    TrainingCache,
-)
+from llamahome.cache import TrainingCache
 
 from ._support import MiB
 
@@ -32,6 +30,7 @@ class list_of:
 
     def __iter__(self) -> Any:
         return iter(self.fn())
+
 
 def test_training_cache_issue_api(tmp_path: Path) -> None:
     before = set(threading.enumerate())
@@ -66,6 +65,7 @@ def test_training_cache_issue_api(tmp_path: Path) -> None:
         time.sleep(0.02)
     assert set(threading.enumerate()) - before == set()
 
+
 def test_training_cache_source_errors_reach_the_consumer_unchanged(tmp_path: Path) -> None:
     class SourceBroke(RuntimeError):
         pass
@@ -88,6 +88,7 @@ def test_training_cache_source_errors_reach_the_consumer_unchanged(tmp_path: Pat
         assert seen == [[0, 1], [1, 2], [2, 3]]
     finally:
         cache.close()
+
 
 def test_training_cache_interrupted_pass_is_completed_later_never_served_as_complete(tmp_path: Path) -> None:
     produced: list[int] = []
@@ -113,6 +114,7 @@ def test_training_cache_interrupted_pass_is_completed_later_never_served_as_comp
     finally:
         cache.close()
 
+
 def test_training_cache_workers_stop_when_the_consumer_raises(tmp_path: Path) -> None:
     import gc
     import time
@@ -137,6 +139,7 @@ def test_training_cache_workers_stop_when_the_consumer_raises(tmp_path: Path) ->
         assert [b[0] for b in cache.wrap(source, "consumer-raises")] == list(range(50))
     finally:
         cache.close()
+
 
 def test_training_cache_new_fingerprint_is_a_new_namespace_and_old_ones_go_first(tmp_path: Path) -> None:
     runs: list[str] = []
