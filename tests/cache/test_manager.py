@@ -342,7 +342,7 @@ def test_system_cache_gets_its_own_sweep_when_max_age_is_short(tmp_path: Path) -
     run(main())
 
 
-def test_stop_closes_everything_and_is_idempotent(cfg: CacheConfig) -> None:
+def test_stop_pauses_and_close_is_for_good(cfg: CacheConfig) -> None:
     async def main() -> CacheManager:
         cache = CacheManager(cfg)
         await cache.start()
@@ -350,6 +350,13 @@ def test_stop_closes_everything_and_is_idempotent(cfg: CacheConfig) -> None:
         assert len(cache.cleanup_scheduler.jobs) == 2
         await cache.stop()
         await cache.stop()
+        assert not cache.started and not cache.closed and cache.cleanup_scheduler.jobs == []
+        await cache.set("k", "v")  # stores stay open while paused
+        assert await cache.get("k") == "v"
+        await cache.start()  # and the jobs resume
+        assert cache.started and len(cache.cleanup_scheduler.jobs) == 2
+        await cache.aclose()
+        await cache.aclose()
         with pytest.raises(CacheClosedError, match="create a new one"):
             await cache.get("k")
         with pytest.raises(CacheClosedError):
@@ -358,6 +365,98 @@ def test_stop_closes_everything_and_is_idempotent(cfg: CacheConfig) -> None:
 
     cache = run(main())
     assert cache.closed and not cache.started
+
+
+def test_leaving_async_with_closes_everything(cfg: CacheConfig) -> None:
+    async def main() -> CacheManager:
+        async with CacheManager(cfg) as cache:
+            await cache.set("k", "v")
+        return cache
+
+    cache = run(main())
+    assert cache.closed and not cache.started and cache.cleanup_scheduler.jobs == []
+    with pytest.raises(CacheClosedError):
+        cache.disk.get("k")
+
+
+def test_start_in_one_loop_and_stop_or_close_in_another(cfg: CacheConfig) -> None:
+    cache = CacheManager(cfg)
+    run(cache.start())  # this loop closes, and its job tasks end with it
+    run(cache.stop())  # raised "Event loop is closed" before
+    assert not cache.started
+    run(cache.start())
+    run(cache.aclose())
+    assert cache.closed
+
+
+def test_stop_from_another_thread_while_the_jobs_loop_runs(cfg: CacheConfig) -> None:
+    cache = CacheManager(cfg)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        asyncio.run_coroutine_threadsafe(cache.start(), loop).result(10)
+        tasks = [job._task for job in cache.cleanup_scheduler.jobs]
+        run(cache.stop())  # a different loop, in this thread
+        assert all(task is not None and task.done() for task in tasks)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+        cache.close()
+
+
+def test_cancelling_every_caller_of_one_get_or_set_logs_nothing(
+    cfg: CacheConfig, caplog: pytest.LogCaptureFixture
+) -> None:
+    import gc
+
+    async def main() -> None:
+        async with CacheManager(cfg) as cache:
+            started = asyncio.Event()
+
+            async def factory() -> str:
+                started.set()
+                await asyncio.sleep(30)
+                return "never"
+
+            callers = [asyncio.create_task(cache.get_or_set("k", factory)) for _ in range(10)]
+            await started.wait()
+            await asyncio.sleep(0.01)  # the nine others are waiting on the flight now
+            for task in callers:
+                task.cancel()
+            results = await asyncio.gather(*callers, return_exceptions=True)
+            assert all(isinstance(r, asyncio.CancelledError) for r in results)
+            assert cache._flights == {}
+            # The next caller leads a fresh flight.
+            assert await cache.get_or_set("k", lambda: "fresh") == "fresh"
+
+    with caplog.at_level("ERROR", logger="asyncio"):
+        run(main())
+        gc.collect()
+    assert "never retrieved" not in caplog.text and "_LeaderGone" not in caplog.text
+
+
+def test_close_during_get_or_set_returns_the_value_uncached(cfg: CacheConfig) -> None:
+    cache = CacheManager(cfg)
+    entered, release = threading.Event(), threading.Event()
+
+    def slow() -> bytes:
+        entered.set()
+        release.wait(10)
+        return b"computed"
+
+    async def main() -> bytes:
+        call = asyncio.create_task(cache.get_or_set("k", slow))
+        await asyncio.to_thread(entered.wait, 10)
+        await asyncio.to_thread(cache.close)
+        release.set()
+        return await call
+
+    assert run(main()) == b"computed"  # before: CacheClosedError "... open a new DiskCache"
+    assert cache.closed
+    with pytest.raises(CacheClosedError, match="CacheManager is closed"):
+        run(cache.get_or_set("k", slow))
 
 
 # --- monitoring objects bind to the manager they are assigned to ---------------------------------------

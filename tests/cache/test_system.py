@@ -18,6 +18,8 @@ import pytest
 from llamahome.cache.system import ScratchPath, SystemCache
 from llamahome.errors import CacheClosedError, CacheError, ConfigError, ValueTooLargeError
 
+from .store_contract import StoreContract
+
 DAY = 86400
 
 
@@ -227,9 +229,13 @@ def test_put_get_bytes_and_other_values(cache: SystemCache, clock: Any) -> None:
     assert cache.get("missing", 42) == 42 and "token" in cache
     assert cache.delete("token") and "token" not in cache
     assert (cache.stats.hits, cache.stats.misses, cache.stats.sets) == (3, 1, 3)
-    for sub in (cache.root / ".llamahome-system", cache.root / ".llamahome-system" / "kv"):
-        assert mode(sub) == 0o700
-    assert all(mode(p) == 0o600 for p in (cache.root / ".llamahome-system" / "kv").iterdir())
+    meta = cache.root / ".llamahome-system"
+    assert (meta / "values").is_dir()  # keyed values are the disk tier's, inside the private meta directory
+    for path in [meta, *meta.rglob("*")]:
+        if path.is_dir():
+            assert mode(path) == 0o700, path
+        elif not path.name.endswith(".lock"):
+            assert mode(path) == 0o600, path
 
 
 def test_values_age_out_by_max_age_or_ttl(cache: SystemCache, clock: Any) -> None:
@@ -255,8 +261,8 @@ def test_values_beyond_size_evict_the_oldest_and_a_value_too_large_is_refused(tm
 
 
 def test_a_damaged_value_is_a_miss(cache: SystemCache) -> None:
-    cache.set("k", b"value" * 100)
-    [file] = list((cache.root / ".llamahome-system" / "kv").glob("*.lhb"))
+    cache.set("k", bytes(range(256)) * 400)  # large enough to live in a value file of its own
+    [file] = [p for p in (cache.root / ".llamahome-system" / "values" / "data").rglob("*") if p.is_file()]
     data = bytearray(file.read_bytes())
     data[-3] ^= 0x55
     file.write_bytes(bytes(data))
@@ -270,3 +276,40 @@ def test_bad_settings_and_names_are_refused(tmp_path: Path, cache: SystemCache) 
         SystemCache(tmp_path / "x", cleanup_policy="random")
     with pytest.raises(CacheError, match="path separators"):
         cache.temp_file(suffix="/../../etc")
+
+
+# ------------------------------------------------------------------------------------------ store contract
+
+
+class TestSystemCacheContract(StoreContract):
+    """The keyed values keep the store contract: they are the disk tier inside the private meta directory.
+
+    No opt-outs. One difference the contract does not see: a value set without a ttl lives ``max_age``
+    seconds (a day here), not until evicted, because everything in a system cache ages out.
+    """
+
+    def make_store(self, tmp_path: Path, clock: Any, size_mb: float = 1.0, policy: str = "lru") -> SystemCache:
+        return SystemCache(tmp_path, size=size_mb, cleanup_policy=policy, clock=clock)
+
+
+def test_cleanup_evicts_scratch_items_to_fit_beside_the_values(tmp_path: Path, clock: Any) -> None:
+    c = SystemCache(tmp_path / "t", size="64KB", clock=clock)
+    item = Path(c.new_temp_file(suffix=".bin"))
+    item.write_bytes(b"s" * 40_000)
+    clock.advance(1)
+    c.set("v", bytes(range(256)) * 120)  # ~30 KB: items and values now hold more than 64 KB
+    report = c.cleanup()
+    assert report.evicted == 1 and not item.exists()
+    assert c.get("v") is not None and c.stats.bytes <= c.max_bytes
+    c.close()
+
+
+def test_values_of_the_old_layout_are_removed_by_cleanup(tmp_path: Path) -> None:
+    old = tmp_path / "t" / ".llamahome-system" / "kv"
+    old.mkdir(parents=True)
+    (old / ("cd" * 16 + ".lhb")).write_bytes(b"LHB1 old value")
+    (old / "not-ours.txt").write_bytes(b"kept")
+    c = SystemCache(tmp_path / "t")
+    assert c.cleanup().orphans == 1
+    assert [p.name for p in old.iterdir()] == ["not-ours.txt"]
+    c.close()

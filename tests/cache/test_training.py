@@ -19,7 +19,9 @@ import pytest
 
 from llamahome.cache.prefetch import THREAD_PREFIX, live_pipelines, read_ahead
 from llamahome.cache.training import TrainingCache, namespace_id
-from llamahome.errors import CacheClosedError, ConfigError, TrainingCacheError
+from llamahome.errors import CacheClosedError, ConfigError, TrainingCacheError, ValueTooLargeError
+
+from .store_contract import StoreContract
 
 N = 12
 
@@ -606,3 +608,103 @@ def test_namespace_ids_are_stable_text(tmp_path: Path) -> None:
     assert namespace_id("ds", {"a": 1, "b": 2}) == namespace_id("ds", {"b": 2, "a": 1})
     assert namespace_id("ds", None) != namespace_id("ds", 0)
     assert os.sep not in namespace_id("a/b", "c/d")
+
+
+class _PerProcessRepr:
+    """An object whose only text form is its default repr, which names its address: different every run."""
+
+
+@pytest.mark.parametrize(
+    "fingerprint",
+    [_PerProcessRepr(), {"tokenizer": object()}, [1, {"deep": {1, 2}}], {1: "int key"}, lambda: 0],
+    ids=["object", "nested-object", "set", "int-key", "function"],
+)
+def test_fingerprints_without_a_stable_text_are_refused(cache: TrainingCache, fingerprint: object) -> None:
+    with pytest.raises(TrainingCacheError, match="fingerprint"):
+        cache.wrap([[1]], "ds", fingerprint=fingerprint)
+    with pytest.raises(TrainingCacheError, match="fingerprint"):
+        namespace_id("ds", fingerprint)
+    assert cache.namespaces() == []
+
+
+def test_a_self_containing_fingerprint_is_refused() -> None:
+    loop: list = []
+    loop.append(loop)
+    with pytest.raises(TrainingCacheError, match="contains itself"):
+        namespace_id("ds", loop)
+
+
+def test_fingerprints_hit_across_processes(tmp_path: Path) -> None:
+    """The same fingerprint names the same namespace in a fresh interpreter (paths and numpy scalars too)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np, pathlib, sys; from llamahome.cache.training import namespace_id; "
+        "print(namespace_id('ds', {'tok': pathlib.Path('/m/tok'), 'seq': np.int64(2048), 'v': (1, 2.5, None)}))"
+    )
+    env = dict(os.environ, PYTHONHASHSEED="random")
+    here = namespace_id("ds", {"v": [1, 2.5, None], "seq": 2048, "tok": "/m/tok"})
+    for _ in range(2):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+        assert out.stdout.strip() == here
+
+
+def test_the_training_modules_meet_at_public_names_only() -> None:
+    """``_pass`` never imports ``_cache``; ``_cache`` imports only public names of ``_pass`` (issue 12, item 2)."""
+    import ast
+
+    import llamahome.cache.training as package
+
+    root = Path(package.__file__).parent
+
+    def imports(module: str) -> dict[str, list[str]]:
+        tree = ast.parse((root / f"{module}.py").read_text(encoding="utf-8"))
+        found: dict[str, list[str]] = {}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                found.setdefault(node.module or "", []).extend(alias.name for alias in node.names)
+        return found
+
+    assert "_cache" not in imports("_pass")
+    assert not [name for name in imports("_cache").get("_pass", []) if name.startswith("_")]
+    assert not [name for name in imports("_cache").get("_prefetch", []) if name.startswith("_")]
+    from llamahome.cache import TrainingCache as Public
+    from llamahome.cache.prefetch import read_ahead as old_path
+
+    assert Public is TrainingCache and old_path is read_ahead
+
+
+# ------------------------------------------------------------------------------------------ store contract
+
+
+class TestTrainingCacheContract(StoreContract):
+    """put/get/set/delete of single batches keep the store contract: they are the disk tier inside ``path``.
+
+    No opt-outs: ttl, eviction order, the bound and the counters are those of every store.
+    """
+
+    def make_store(self, tmp_path: Path, clock: Any, size_mb: float = 1.0, policy: str = "lru") -> TrainingCache:
+        return TrainingCache(tmp_path, size=size_mb, cleanup_policy=policy, clock=clock)
+
+
+def test_put_shares_the_budget_with_the_namespaces(tmp_path: Path) -> None:
+    c = TrainingCache(tmp_path, size=1, compression=False, prefetch=0)
+    list(c.wrap([np.full(30_000, i, dtype=np.int64) for i in range(3)], "ds"))  # ~720 KB in one namespace
+    assert c.namespaces()[0]["batches"] == 3
+    c.put("one", np.zeros(50_000, dtype=np.int64))  # 400 KB more: over the bound, so the namespace goes
+    assert c.namespaces() == [] and c.stats.bytes <= c.max_bytes
+    assert c.get("one") is not None
+    with pytest.raises(TrainingCacheError, match="raise training_cache.size") as info:
+        c.put("huge", np.zeros(200_000, dtype=np.int64))
+    assert isinstance(info.value, ValueTooLargeError)
+    c.close()
+
+
+def test_values_of_the_old_layout_are_removed_by_cleanup(tmp_path: Path) -> None:
+    old = tmp_path / "kv"
+    old.mkdir()
+    (old / ("ab" * 16 + ".lhb")).write_bytes(b"LHB1 old value")
+    c = TrainingCache(tmp_path, size=1)
+    assert c.cleanup().orphans == 1 and not old.exists()
+    c.close()

@@ -9,6 +9,7 @@ from typing import Any, Protocol
 from llamahome.errors import CacheKeyError, CacheValueError
 
 from .stats import CacheStats, CleanupReport
+from .units import shown as _shown
 
 __all__ = ["Key", "Store", "MaintainedCache", "MISSING", "key_to_bytes", "validate_key", "validate_ttl", "MAX_KEY_BYTES"]
 
@@ -58,16 +59,26 @@ def validate_key(key: object) -> Key:
 def validate_ttl(ttl: object) -> float | None:
     """``ttl`` as float seconds (None: no expiry), else :class:`CacheValueError` saying what is accepted.
 
-    Zero or less is returned as is: stores treat it as "already expired" (nothing stored, old value gone).
+    The one ttl rule of every store: a number of seconds (int, float, or anything with ``__float__``); zero
+    or less is returned as is, and stores treat it as "already expired" (nothing stored, old value gone).
+    ``inf`` never expires. NaN, booleans, strings ("1h": stores take seconds; configs take "1h") and numbers
+    too large for a float are refused.
     """
     if ttl is None:
         return None
-    if isinstance(ttl, bool):
-        raise CacheValueError(f"ttl must be a number of seconds or None, not {ttl!r}.")
+    if isinstance(ttl, (bool, str, bytes)):
+        raise CacheValueError(f"ttl must be a number of seconds or None, not {_shown(ttl)}.")
     try:
-        return float(ttl)  # type: ignore[arg-type]
+        seconds = float(ttl)  # type: ignore[arg-type]
+    except OverflowError:
+        raise CacheValueError(
+            "ttl is too large to be a number of seconds; pass None for no expiry, or float('inf')."
+        ) from None
     except (TypeError, ValueError):
-        raise CacheValueError(f"ttl must be a number of seconds or None, not {ttl!r}.") from None
+        raise CacheValueError(f"ttl must be a number of seconds or None, not {_shown(ttl)}.") from None
+    if seconds != seconds:
+        raise CacheValueError("ttl must be a number of seconds or None, not nan; check how the ttl was computed.")
+    return seconds
 
 
 def key_to_bytes(key: Key) -> bytes:

@@ -45,7 +45,7 @@ from pydantic import (
 
 from llamahome.errors import ConfigError
 
-from .units import MIB, parse_duration, parse_size
+from .units import MIB, parse_duration, parse_size, shown
 
 __all__ = [
     "POLICIES",
@@ -75,15 +75,15 @@ def _integral(value: float) -> int | float:
 def _policy(value: object) -> str:
     if isinstance(value, str) and value.strip().lower() in POLICIES:
         return value.strip().lower()
-    shown = repr(value) if isinstance(value, str) else f"{value!r} ({type(value).__name__})"
-    hint = _did_you_mean(value, POLICIES) if isinstance(value, str) else ""
-    raise ValueError(f"unknown policy {shown}; use one of {', '.join(POLICIES)}.{hint}")
+    given = shown(value) if isinstance(value, str) else f"{shown(value)} ({type(value).__name__})"
+    hint = _did_you_mean(value, POLICIES) if isinstance(value, str) and len(value) <= 100 else ""
+    raise ValueError(f"unknown policy {given}; use one of {', '.join(POLICIES)}.{hint}")
 
 
 def _flag(value: object) -> bool:
     if isinstance(value, bool):
         return value
-    raise ValueError(f"expected true or false, not {value!r}.")
+    raise ValueError(f"expected true or false, not {shown(value)}.")
 
 
 def _path(value: object) -> str:
@@ -92,7 +92,10 @@ def _path(value: object) -> str:
     if isinstance(value, bytes):
         value = os.fsdecode(value)
     if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"expected a directory path (a non-empty string), not {value!r}.")
+        raise ValueError(f"expected a directory path (a non-empty string), not {shown(value)}.")
+    if "\0" in value:
+        # The OS cannot open such a path; refuse it here rather than as a bare ValueError when a store opens.
+        raise ValueError(f"a path cannot contain a NUL character (\\0), as {shown(value)} does; fix the path.")
     # "~/.cache/llamahome" is how people write cache paths; relative paths stay relative to the working directory.
     return os.path.expanduser(value) if value.startswith("~") else value
 
@@ -100,9 +103,9 @@ def _path(value: object) -> str:
 def _count(minimum: int) -> Any:
     def check(value: object) -> int:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer():
-            raise ValueError(f"expected a whole number >= {minimum}, not {value!r}.")
+            raise ValueError(f"expected a whole number >= {minimum}, not {shown(value)}.")
         if value < minimum:
-            raise ValueError(f"must be at least {minimum}, not {value!r}.")
+            raise ValueError(f"must be at least {minimum}, not {shown(value)}.")
         return int(value)
 
     return BeforeValidator(check)
@@ -110,12 +113,26 @@ def _count(minimum: int) -> Any:
 
 def _text(value: object) -> str:
     if not isinstance(value, str) or not value:
-        raise ValueError(f"expected a non-empty string, not {value!r}.")
+        raise ValueError(f"expected a non-empty string, not {shown(value)}.")
     return value
 
 
-SizeMB = Annotated[float, BeforeValidator(parse_size), PlainSerializer(_integral)]
-Seconds = Annotated[float, BeforeValidator(parse_duration), PlainSerializer(_integral)]
+def _size(value: object) -> float:
+    try:
+        return parse_size(value)
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None  # a plain ValueError: _translate prefixes it with the YAML path
+
+
+def _seconds(value: object) -> float:
+    try:
+        return parse_duration(value)
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+
+
+SizeMB = Annotated[float, BeforeValidator(_size), PlainSerializer(_integral)]
+Seconds = Annotated[float, BeforeValidator(_seconds), PlainSerializer(_integral)]
 PolicyName = Annotated[Policy, BeforeValidator(_policy)]
 Flag = Annotated[bool, BeforeValidator(_flag)]
 PathText = Annotated[str, BeforeValidator(_path)]
@@ -123,7 +140,10 @@ Text = Annotated[str, BeforeValidator(_text)]
 
 
 def _did_you_mean(word: object, choices: Any) -> str:
-    close = difflib.get_close_matches(str(word).lower(), list(choices), n=1, cutoff=0.6)
+    text = word if isinstance(word, str) else shown(word)
+    if len(text) > 100:
+        return ""
+    close = difflib.get_close_matches(text.lower(), list(choices), n=1, cutoff=0.6)
     return f" Did you mean {close[0]!r}?" if close else ""
 
 
@@ -203,7 +223,7 @@ class NetworkConfig(_Block):
         schemes = ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")
         if not url.lower().startswith(schemes):
             raise ValueError(
-                f"expected a Redis URL such as 'redis://localhost:6379/0' (schemes {', '.join(schemes)}), not {url!r}."
+                f"expected a Redis URL such as 'redis://localhost:6379/0' (schemes {', '.join(schemes)}), not {shown(url)}."
             )
         return url
 
@@ -237,7 +257,7 @@ class ModelCacheConfig(_SizedBlock):
         if isinstance(value, str) and value.strip().lower() == "safetensors":
             return "safetensors"
         raise ValueError(
-            f"unsupported format {value!r}; only 'safetensors' is accepted (safe to load, zero-copy). "
+            f"unsupported format {shown(value)}; only 'safetensors' is accepted (safe to load, zero-copy). "
             "Convert other checkpoints with safetensors.torch.save_file first."
         )
 
@@ -346,7 +366,7 @@ class CacheConfig(_Block):
                     hint = f" In YAML write it as cache.{block}.{name}."
                 else:
                     hint = _did_you_mean(key, fields)
-                raise ConfigError(f"{key}: unknown key.{hint} Accepted keys: {', '.join(fields)}.")
+                raise ConfigError(f"{_key_text(key)}: unknown key.{hint} Accepted keys: {', '.join(fields)}.")
         # A custom __init__ makes pydantic route validation through it, so build through it directly.
         return cls(**data)
 
@@ -476,7 +496,7 @@ def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bo
         key = loader.construct_object(key_node, deep=deep)
         if isinstance(key, (str, int, float, bool)) and key in seen:
             raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}; keep only one", key_node.start_mark
+                None, None, f"duplicate key {shown(key)}; keep only one", key_node.start_mark
             )
         seen.add(key)
     return loader.construct_mapping(node, deep=deep)
@@ -496,7 +516,12 @@ def _load_yaml(text: str, source: str) -> Any:
         if context and mark is not None and context_mark is not None and context_mark.line != mark.line:
             # An unclosed bracket is detected far below where it opened; point at the opening too.
             problem = f"{problem}, {context} that starts on line {context_mark.line + 1}"
-        raise ConfigError(f"{source}{at}: malformed YAML ({problem}); fix the syntax there.") from exc
+        raise ConfigError(f"{source}{at}: malformed YAML ({_capped(problem)}); fix the syntax there.") from exc
+    except ValueError as exc:
+        # PyYAML builds ints with int(text): one of more than 4300 digits is refused by Python itself.
+        raise ConfigError(
+            f"{source}: a number in the YAML is too long to read ({_capped(str(exc))}); fix the value."
+        ) from None
 
 
 def _yaml_type(value: object) -> str:
@@ -533,13 +558,13 @@ def _describe(error: Any, loc: tuple[Any, ...], prefix: str) -> str:
         return "is required; add it to the block."
     if kind in ("model_type", "model_attributes_type", "dict_type"):
         got = error.get("input")
-        return f"expected a mapping of keys, not {_yaml_type(got)} {got!r}."
+        return f"expected a mapping of keys, not {_yaml_type(got)} {shown(got)}."
     if kind == "value_error":
         return str(error.get("ctx", {}).get("error", error["msg"]))
     if kind == "frozen_field":
         return "cannot be changed."
     if kind == "literal_error" and loc and loc[-1] == "format":
-        return f"unsupported format {error.get('input')!r}; only 'safetensors' is accepted."
+        return f"unsupported format {shown(error.get('input'))}; only 'safetensors' is accepted."
     msg = str(error["msg"])
     return msg if msg.endswith(".") else msg + "."
 
@@ -560,10 +585,32 @@ def _translate(exc: ValidationError, prefix: str = "") -> ConfigError:
         loc = tuple(error["loc"])
         if isinstance(cause, _FieldProblem):
             loc += (cause.field,)
-        path = ".".join(str(p) for p in _root_loc(prefix) + loc) or "configuration"
-        problem = f"{path}: {_describe(error, loc, prefix)}"
+        path = ".".join(_key_text(p) for p in _root_loc(prefix) + loc) or "configuration"
+        problem = _capped(f"{path}: {_describe(error, loc, prefix)}")
         if problem not in problems:
             problems.append(problem)
     if len(problems) == 1:
         return ConfigError(problems[0])
-    return ConfigError(f"{len(problems)} problems in the configuration:\n  " + "\n  ".join(problems))
+    listed = problems[:_MAX_PROBLEMS]
+    if len(problems) > _MAX_PROBLEMS:
+        listed.append(f"... and {len(problems) - _MAX_PROBLEMS} more; fix these first.")
+    return ConfigError(f"{len(problems)} problems in the configuration:\n  " + "\n  ".join(listed))
+
+
+#: A message quotes at most this many problems, each at most _MAX_PROBLEM_CHARS long: a config is
+#: untrusted input, and a hostile one must not turn its error message into megabytes.
+_MAX_PROBLEMS = 20
+_MAX_PROBLEM_CHARS = 500
+
+
+def _capped(text: str) -> str:
+    return text if len(text) <= _MAX_PROBLEM_CHARS else text[: _MAX_PROBLEM_CHARS - 3] + "..."
+
+
+def _key_text(key: object) -> str:
+    """A YAML key as it appears in a message: itself when short and textual, else a cut-down repr."""
+    if isinstance(key, str) and len(key) <= 100:
+        return key
+    if isinstance(key, int) and not isinstance(key, bool) and abs(key) < 10**30:
+        return str(key)
+    return shown(key)

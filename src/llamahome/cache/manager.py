@@ -46,7 +46,7 @@ from llamahome.monitoring.monitor import CacheMonitor
 
 from .base import MISSING, Key, MaintainedCache, Store, validate_key
 from .config import CacheConfig
-from .scheduler import AsyncScheduler, ScheduledJob, _is_async_callable
+from .scheduler import AsyncScheduler, ScheduledJob, is_async_callable
 from .stats import CacheStats, CleanupReport
 
 if TYPE_CHECKING:
@@ -88,7 +88,11 @@ class CacheManager:
     lookups (``get`` and ``get_or_set``): its hit rate is the share that found a value in any tier.
 
     Construction opens every store (directories, the disk index) synchronously, as a constructor must;
-    create managers at start-up rather than per request. Start and stop a manager on the same event loop.
+    create managers at start-up rather than per request.
+
+    Lifecycle: ``start()`` schedules the jobs and ``stop()`` pauses them (stores stay open; ``start()`` again
+    resumes, from any event loop). ``close()`` (or ``await aclose()``) closes every store for good; leaving
+    ``async with`` does both.
     """
 
     memory: MemoryCache
@@ -203,7 +207,11 @@ class CacheManager:
 
     # --- lifecycle ----------------------------------------------------------------------------------
     async def start(self) -> None:
-        """Start cache management tasks: scheduled cleanup, the system cache's max-age sweep, snapshots."""
+        """Start cache management tasks: scheduled cleanup, the system cache's max-age sweep, snapshots.
+
+        Idempotent; after ``stop()`` it starts them again (on the running loop). Raises CacheClosedError
+        after ``close()``.
+        """
         self._check_open()
         if self._started:
             return
@@ -229,10 +237,18 @@ class CacheManager:
         return quarter if quarter < float(self.config.cleanup_interval) else None
 
     async def stop(self) -> None:
-        """Stop the scheduled jobs (a run in progress finishes first), then close every store. Idempotent."""
+        """Pause: stop the scheduled jobs (a run in progress finishes first). Stores stay open. Idempotent.
+
+        ``start()`` resumes the jobs; ``close()``/``aclose()`` closes the stores. Works on any event loop,
+        including one other than ``start()``'s (jobs of a loop that has since closed are already over).
+        """
         await self.cleanup_scheduler.stop()
         self._started = False
         self.jobs.clear()
+
+    async def aclose(self) -> None:
+        """Stop the jobs, then close every store for good (in a worker thread). Idempotent."""
+        await self.stop()
         if not self._closed:
             await asyncio.to_thread(self.close)
 
@@ -241,17 +257,20 @@ class CacheManager:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
+        await self.aclose()
 
     def close(self) -> None:
-        """Close every store (files, connections, threads). For code without a loop; ``stop()`` also does it.
+        """Close every store (files, connections, threads) for good. For code without a loop. Idempotent.
 
-        Scheduled jobs are not touched: call ``await stop()`` when the manager was started.
+        Scheduled jobs are cancelled (without waiting: ``await stop()`` first to join a run in progress).
+        A ``get_or_set`` computing meanwhile still returns its value, uncached.
         """
         with self._state_lock:
             if self._closed:
                 return
             self._closed = True
+        for job in list(self.jobs.values()):
+            job.cancel()
         with self._cleanup_lock:  # let a cleanup pass in progress finish before its stores close
             self._close_stores()
 
@@ -328,7 +347,7 @@ class CacheManager:
             if not leader:
                 try:
                     # shield: a waiter being cancelled must not cancel the shared flight.
-                    return await asyncio.shield(asyncio.wrap_future(flight.future))
+                    return await asyncio.shield(_watch(flight.future))
                 except _LeaderGone:
                     continue
             try:
@@ -453,8 +472,14 @@ class CacheManager:
         return self.tiered.get_below(key, 0, MISSING)
 
     def _store_computed(self, key: Key, value: Any, ttl: float | None) -> None:
+        if self._closed:
+            return  # closed while the factory ran: the caller still gets its value, uncached
         try:
             self.tiered.set(key, value, ttl)
+        except CacheClosedError:
+            if not self._closed:
+                raise  # a store closed behind the manager's back: say so
+            return
         except ValueTooLargeError:
             # The caller still gets its value; it just is not cached. Say so once per occurrence.
             logger.warning("get_or_set computed a value for %r too large for every tier; it was not cached.", key)
@@ -486,13 +511,29 @@ class CacheManager:
 
 
 async def _call_factory(factory: Factory) -> Any:
-    if _is_async_callable(factory):
+    if is_async_callable(factory):
         result = factory()
     else:
         result = await asyncio.to_thread(factory)
     if inspect.isawaitable(result):
         result = await result
     return result
+
+
+def _watch(future: concurrent.futures.Future[Any]) -> asyncio.Future[Any]:
+    """``future`` as an awaitable on this loop, whose outcome counts as seen even when nobody awaits it.
+
+    A waiter cancelled while the flight is in the air leaves its shielded copy behind; if the flight then
+    fails, asyncio would log "Future exception was never retrieved" once per such waiter.
+    """
+    waiter = asyncio.wrap_future(future)
+    waiter.add_done_callback(_mark_retrieved)
+    return waiter
+
+
+def _mark_retrieved(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _discard(awaitable: Any) -> None:

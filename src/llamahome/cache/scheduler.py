@@ -16,6 +16,10 @@ Rules every job follows:
 - A job that raises is logged (logger ``llamahome.cache.scheduler``), counted, and runs again next interval.
 - ``stop()`` lets a run in progress finish (a thread cannot be interrupted, and half a cleanup helps nobody),
   cancels the sleeping jobs, and waits for all of them: once it returns, no job runs and no task is pending.
+
+Time is injectable, as in the stores: ``AsyncScheduler(clock=..., sleep=...)`` takes a clock (seconds) and an
+async sleep; the defaults are the running loop's ``time()`` and ``asyncio.sleep``. Tests drive jobs with a
+virtual clock whose ``sleep`` returns when the test advances it, so no test waits for an interval.
 """
 
 from __future__ import annotations
@@ -24,25 +28,36 @@ import asyncio
 import inspect
 import logging
 import math
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from llamahome.errors import CacheError, ConfigError
 
-__all__ = ["AsyncScheduler", "ScheduledJob"]
+__all__ = ["AsyncScheduler", "ScheduledJob", "is_async_callable"]
 
 logger = logging.getLogger(__name__)
 
 Job = Callable[[], Any]
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[Any]]
 
 
-def _is_async_callable(fn: object) -> bool:
+def is_async_callable(fn: object) -> bool:
+    """True if calling ``fn`` gives a coroutine: a coroutine function, a partial of one, or an async ``__call__``."""
     while hasattr(fn, "func") and not inspect.isfunction(fn):  # functools.partial, possibly nested
         fn = fn.func
     if inspect.iscoroutinefunction(fn):
         return True
     call = getattr(fn, "__call__", None)  # noqa: B004 - objects with an async __call__
     return call is not None and inspect.iscoroutinefunction(call)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 class ScheduledJob:
@@ -52,16 +67,18 @@ class ScheduledJob:
     ``last_error`` keeps the latest exception for inspection.
     """
 
-    def __init__(self, fn: Job, interval: float, name: str) -> None:
+    def __init__(self, fn: Job, interval: float, name: str, clock: Clock | None = None, sleep: Sleep | None = None) -> None:
         self.fn = fn
         self.interval = interval
         self.name = name
         self.runs = 0
         self.failures = 0
         self.last_error: BaseException | None = None
-        self.last_started: float | None = None  # loop time
+        self.last_started: float | None = None  # the scheduler's clock (the loop's time by default)
+        self._clock = clock
+        self._sleep: Sleep = sleep if sleep is not None else asyncio.sleep
         self.last_duration: float | None = None
-        self._is_async = _is_async_callable(fn)
+        self._is_async = is_async_callable(fn)
         self._task: asyncio.Task[None] | None = None
         self._running = False
         self._cancel_requested = False
@@ -81,18 +98,44 @@ class ScheduledJob:
         return self._task is not None and self._task.done()
 
     def cancel(self) -> None:
-        """Stop the job: no new run starts; a run in progress finishes. ``await job.wait()`` to join it."""
+        """Stop the job: no new run starts; a run in progress finishes. ``await job.wait()`` to join it.
+
+        Works from any thread and any loop: the job's own loop is asked to cancel it, and a job whose loop
+        has closed is already over.
+        """
         self._cancel_requested = True
-        if self._task is not None and not self._running:
-            self._task.cancel()
+        task = self._task
+        if task is None or self._running or task.done():
+            return
+        loop = task.get_loop()
+        if loop.is_closed():
+            return  # the loop is gone, and the task with it: nothing will ever run it again
+        if _running_loop() is loop:
+            task.cancel()
+        else:
+            loop.call_soon_threadsafe(task.cancel)
 
     async def wait(self) -> None:
-        """Return when the job's task has ended (after ``cancel()``, or after the scheduler stopped)."""
-        if self._task is None:
+        """Return when the job's task has ended (after ``cancel()``, or after the scheduler stopped).
+
+        The task may live on another loop (``start()`` in one ``asyncio.run``, ``stop()`` in the next):
+        a closed loop's task is over; a loop still running in another thread is waited on from here.
+        """
+        task = self._task
+        if task is None or task.done():
             return
-        # gather(return_exceptions=True) absorbs the CancelledError of a cancelled task without
-        # swallowing a cancellation aimed at the caller.
-        await asyncio.gather(self._task, return_exceptions=True)
+        loop = task.get_loop()
+        if loop.is_closed():
+            return
+        if asyncio.get_running_loop() is loop:
+            # gather(return_exceptions=True) absorbs the CancelledError of a cancelled task without
+            # swallowing a cancellation aimed at the caller.
+            await asyncio.gather(task, return_exceptions=True)
+            return
+        done = threading.Event()
+        loop.call_soon_threadsafe(lambda: task.add_done_callback(lambda _: done.set()))
+        while not done.is_set() and not loop.is_closed():
+            await asyncio.to_thread(done.wait, 0.1)
 
     async def _run_once(self) -> None:
         if self._is_async:
@@ -103,15 +146,15 @@ class ScheduledJob:
             await result
 
     async def _loop(self, delay: float) -> None:
-        loop = asyncio.get_running_loop()
-        next_start = loop.time() + delay
+        now = self._clock if self._clock is not None else asyncio.get_running_loop().time
+        next_start = now() + delay
         while not self._cancel_requested:
             # Cancellation only ever lands here, in the sleep: cancel() never cancels a running job.
-            await asyncio.sleep(max(0.0, next_start - loop.time()))
+            await self._sleep(max(0.0, next_start - now()))
             if self._cancel_requested:
                 break
             self._running = True
-            started = loop.time()
+            started = now()
             self.last_started = started
             error: BaseException | None = None
             try:
@@ -124,12 +167,12 @@ class ScheduledJob:
                 error = exc
             finally:
                 self._running = False
-                self._record(error, started, loop.time())
+                self._record(error, started, now())
             # Fixed rate from the previous start; skip ticks a slow run missed so runs never bunch up.
-            now = loop.time()
+            ended = now()
             next_start = started + self.interval
-            if next_start < now:
-                missed = math.ceil((now - next_start) / self.interval)
+            if next_start < ended:
+                missed = math.ceil((ended - next_start) / self.interval)
                 next_start += missed * self.interval
 
     def _record(self, error: BaseException | None, started: float, ended: float) -> None:
@@ -154,9 +197,19 @@ class ScheduledJob:
 
 
 class AsyncScheduler:
-    """Runs jobs periodically on the running event loop; see the module docstring for the rules."""
+    """Runs jobs periodically on the running event loop; see the module docstring for the rules.
 
-    def __init__(self) -> None:
+    ``clock`` (seconds, monotonic) and ``sleep`` (an async function taking seconds) default to the running
+    loop's ``time()`` and ``asyncio.sleep``; inject both to run jobs on virtual time.
+    """
+
+    def __init__(self, *, clock: Clock | None = None, sleep: Sleep | None = None) -> None:
+        if clock is not None and not callable(clock):
+            raise ConfigError(f"AsyncScheduler clock must be a callable returning seconds, not {type(clock).__name__}.")
+        if sleep is not None and not callable(sleep):
+            raise ConfigError(f"AsyncScheduler sleep must be an async function of seconds, not {type(sleep).__name__}.")
+        self.clock = clock
+        self.sleep = sleep
         self._jobs: list[ScheduledJob] = []
 
     @property
@@ -195,7 +248,9 @@ class AsyncScheduler:
             first = math.nan
         if not math.isfinite(first) or first < 0:
             raise ConfigError(f"A scheduling delay must be zero or more seconds, not {delay!r}.")
-        job = ScheduledJob(fn, interval, name or getattr(fn, "__qualname__", None) or repr(fn))
+        job = ScheduledJob(
+            fn, interval, name or getattr(fn, "__qualname__", None) or repr(fn), clock=self.clock, sleep=self.sleep
+        )
         job._task = asyncio.get_running_loop().create_task(job._loop(first), name=f"llamahome-job-{job.name}")
         self._jobs = [j for j in self._jobs if not j.done]
         self._jobs.append(job)
@@ -210,7 +265,12 @@ class AsyncScheduler:
         jobs, self._jobs = self._jobs, []
         for job in jobs:
             job.cancel()
-        tasks = [job._task for job in jobs if job._task is not None]
+        here = asyncio.get_running_loop()
+        # Jobs scheduled on another loop are joined through ScheduledJob.wait (a closed loop's are over).
+        elsewhere = [job for job in jobs if job._task is not None and job._task.get_loop() is not here]
+        if elsewhere:
+            await asyncio.gather(*(job.wait() for job in elsewhere))
+        tasks = [job._task for job in jobs if job._task is not None and job._task.get_loop() is here]
         if not tasks:
             return
         if timeout is None:

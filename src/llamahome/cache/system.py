@@ -21,8 +21,11 @@ Safety rules, each with a reason:
 - An item in use is never removed: :meth:`in_use` (and the context managers) hold an ``flock`` on the item's
   lock file, which cleanup in any process on the machine respects.
 - Everything is private to the user: directories 0700, files 0600.
-- ``temp_dir`` is created by the first scratch item or value, not by the constructor, so a CacheManager that
-  never uses scratch space leaves no ``.cache/temp`` behind.
+
+Keyed values (``set``/``get``/``delete``) are the disk tier in ``temp_dir/.llamahome-system/values``: the
+system cache is a :class:`~llamahome.cache.base.Store` through it and keeps the store contract; a value without
+a ttl lives ``max_age`` seconds. Scratch items and values share ``size``: cleanup removes scratch items (oldest
+by policy) until both fit, and the values store evicts values among themselves.
 """
 
 from __future__ import annotations
@@ -42,16 +45,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import xxhash
-
-from llamahome.errors import CacheClosedError, CacheError, ConfigError, StorageError, ValueTooLargeError
+from llamahome.errors import CacheClosedError, CacheError, CacheValueError, ConfigError, StorageError, ValueTooLargeError
 
 from ._procs import pid_alive
-from .base import Key, Store, key_to_bytes, validate_key
-from .blobfile import HEADER_SIZE, TMP_SUFFIX, read_header, read_value, write_blob
-from .codecs import encode_parts
+from .base import Key, Store, validate_ttl
+from ._legacy import remove_old_kv_files
+from .blobfile import TMP_SUFFIX
+from .disk import DiskCache
 from .stats import CacheStats, CleanupReport
-from .units import MIB, parse_duration, parse_size
+from .units import MIB, parse_duration, parse_size, shown
 
 try:
     import fcntl
@@ -66,8 +68,10 @@ POLICIES = ("time", "fifo", "lru", "lfu")
 _META = ".llamahome-system"
 _REGISTRY = "registry"
 _LOCKS = "locks"
-_KV = "kv"
-_KV_RE = re.compile(r"^[0-9a-f]{32}\.lhb$")
+#: Keyed values live in a disk-tier store of their own (the one key-value store), in this meta subdirectory.
+_VALUES = "values"
+#: The key-value files of versions before the values store; cleanup() removes them (only these names).
+_OLD_KV = "kv"
 _NAME_RE = re.compile(r"^[A-Za-z0-9._+=@,-]{1,200}$")
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -87,16 +91,6 @@ class _Record:
 
     def as_json(self) -> bytes:
         return json.dumps(self.__dict__, separators=(",", ":")).encode()
-
-
-@dataclass
-class _KvEntry:
-    seq: int
-    created: float
-    used: float
-    size: int
-    expires: float = 0.0
-    uses: int = 0
 
 
 def _policy_key(policy: str, created: float, used: float, uses: int) -> tuple[float, ...]:
@@ -205,38 +199,47 @@ class SystemCache(Store):
         self.cleanup_policy = policy
         self.clock = clock
         self.name = name
-        self.stats = CacheStats(name=name, max_bytes=self.max_bytes)
+        # Counters of the scratch items; the values store keeps its own, and `stats` adds them up.
+        self._items = CacheStats(name=name, max_bytes=self.max_bytes)
         self._lock = threading.RLock()
         self._closed = False
         self._in_use: Counter[str] = Counter()
-        self._seq = 0
         # Resolved once: a temp_dir that is itself a link is the user's choice; nothing below is followed.
         self.root = Path(temp_dir).resolve()
         self._meta = self.root / _META
-        self._ready = False  # temp_dir and its private subdirectories exist (made on first write)
-        self._kv: dict[str, _KvEntry] = {}
         self._item_bytes = 0  # scratch items' size at the last scan
         self._item_count = 0
-        # A temp_dir that does not exist yet is created by the first scratch item or value, not here: a
-        # CacheManager that never uses scratch space leaves no `.cache/temp` behind.
-        if self._attach(create=False):
-            self._scan_kv()
-            self._refresh_items()
+        # Keyed values are a plain key-value store: the disk tier (ttl, eviction order, crash safety and the
+        # store contract), not a second index written here. Without a ttl a value lives max_age seconds.
+        self._values_options: dict[str, Any] = {"size": size_mb, "policy": policy, "clock": clock, "name": name}
+        self._store: DiskCache | None = None
+        # temp_dir is created by the first scratch item or value, not here: a CacheManager that never uses
+        # scratch space leaves no `.cache/temp` behind. One that exists already (made by another process, or
+        # an earlier run) is opened now.
+        if os.path.lexists(self.root):
+            self._attach()
         else:
             self._check_creatable()
 
-    def _attach(self, create: bool) -> bool:
-        """True once ``temp_dir`` and its private subdirectories exist; creates them if ``create`` (or if
-        ``temp_dir`` exists already, e.g. made by another process); False if there is nothing yet."""
-        if self._ready:
-            return True
-        if not create and not os.path.lexists(self.root):
-            return False
+    def _attach(self) -> DiskCache:
+        """Create temp_dir and its private subdirectories and open the values store (once); return it."""
         with self._lock:
-            if not self._ready:
+            if self._store is None:
                 self._make_dirs()
-                self._ready = True
-        return True
+                store = DiskCache(self._meta / _VALUES, **self._values_options)
+                try:
+                    self._refresh_items()
+                except BaseException:
+                    store.close()
+                    raise
+                self._store = store
+            return self._store
+
+    def _attached(self) -> DiskCache | None:
+        """The values store, or None while temp_dir does not exist (then there is nothing to read or clean)."""
+        if self._store is None and os.path.lexists(self.root):
+            return self._attach()
+        return self._store
 
     def _make_dirs(self) -> None:
         created_root = not self.root.exists()
@@ -244,7 +247,7 @@ class SystemCache(Store):
             self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
             if created_root:
                 os.chmod(self.root, 0o700)
-            for sub in (self._meta, self._meta / _REGISTRY, self._meta / _LOCKS, self._meta / _KV):
+            for sub in (self._meta, self._meta / _REGISTRY, self._meta / _LOCKS):
                 sub.mkdir(exist_ok=True, mode=0o700)
                 if sub.is_symlink() or not sub.is_dir():
                     raise StorageError(f"{sub} is not a private directory of the system cache; remove it and retry.")
@@ -329,9 +332,11 @@ class SystemCache(Store):
         self._check_open()
         _check_part(suffix, "suffix")
         _check_part(prefix, "prefix")
-        if ttl is not None and ttl <= 0:
-            raise CacheError(f"ttl must be a positive number of seconds, not {ttl!r}.")
-        self._attach(create=True)
+        ttl = validate_ttl(ttl)
+        if ttl is not None and not ttl > 0:
+            # A key-value set with ttl <= 0 deletes; a scratch item that expires at once would be useless.
+            raise CacheValueError(f"A scratch item's ttl must be a positive number of seconds, not {ttl!r}.")
+        self._attach()
         for _ in range(100):
             name = f"{prefix}{secrets.token_hex(8)}{suffix}"
             if not _NAME_RE.match(name) or name.startswith(_META):
@@ -356,7 +361,7 @@ class SystemCache(Store):
                 raise StorageError(exc.errno, f"Cannot create a scratch {kind} in {self.root} ({exc.strerror}).") from exc
             with self._lock:
                 self._item_count += 1
-                self.stats.entries = self._item_count + len(self._kv)
+                self._items.entries = self._item_count
             return path
         raise StorageError(f"Could not find a free scratch name in {self.root}; run cleanup() or pick another prefix.")
 
@@ -425,7 +430,7 @@ class SystemCache(Store):
         with self._lock:
             removed = self._remove_item(record) is not None
             if removed:
-                self.stats.deletes += 1
+                self._items.deletes += 1
             return removed
 
     def _lock_probe(self, name: str) -> int | None | bool:
@@ -462,8 +467,8 @@ class SystemCache(Store):
             with self._lock:
                 self._item_count = max(0, self._item_count - 1)
                 self._item_bytes = max(0, self._item_bytes - freed)
-                self.stats.entries = self._item_count + len(self._kv)
-                self.stats.bytes = self._item_bytes + self._kv_bytes()
+                self._items.entries = self._item_count
+                self._items.bytes = self._item_bytes
             return freed
         finally:
             if isinstance(probe, int) and not isinstance(probe, bool):
@@ -479,7 +484,7 @@ class SystemCache(Store):
         """Every scratch item, oldest first: name, path, kind, age (s), bytes, and whether it is in use."""
         now = self.clock()
         out: list[dict[str, Any]] = []
-        if not self._attach(create=False):
+        if self._attached() is None:
             return out
         root_fd = self._open_dir(self.root)
         try:
@@ -509,8 +514,6 @@ class SystemCache(Store):
     def _refresh_items(self) -> list[tuple[_Record, int | None]]:
         """Each record with its item's size now (None: the item is missing); updates stats."""
         result: list[tuple[_Record, int | None]] = []
-        if not self._attach(create=False):
-            return result
         root_fd = self._open_dir(self.root)
         try:
             for record in self._records():
@@ -520,117 +523,53 @@ class SystemCache(Store):
         with self._lock:
             self._item_bytes = sum(size or 0 for _, size in result)
             self._item_count = sum(1 for _, size in result if size is not None)
-            self.stats.bytes = self._item_bytes + self._kv_bytes()
-            self.stats.entries = self._item_count + len(self._kv)
+            self._items.bytes = self._item_bytes
+            self._items.entries = self._item_count
         return result
 
     # ------------------------------------------------------------------------------------ keyed values
-    def _kv_bytes(self) -> int:
-        return sum(entry.size for entry in self._kv.values())
-
-    def _kv_name(self, key: Key) -> str:
-        return xxhash.xxh3_128_hexdigest(key_to_bytes(key)) + ".lhb"
-
-    def _scan_kv(self) -> None:
-        kv: dict[str, _KvEntry] = {}
-        if not self._attach(create=False):
-            return
-        with os.scandir(self._meta / _KV) as entries:
-            for entry in entries:
-                if _KV_RE.match(entry.name) and entry.is_file(follow_symlinks=False):
-                    header = read_header(Path(entry.path))
-                    if header is not None:
-                        kv[entry.name] = _KvEntry(header.seq, header.created, header.created, header.file_size, header.expires)
-                        self._seq = max(self._seq, header.seq)
-        with self._lock:
-            self._kv = kv
+    @property
+    def stats(self) -> CacheStats:  # type: ignore[override]
+        """The scratch items' counters and holdings plus those of the keyed values."""
+        store = self._attached()
+        total = CacheStats.combine(self.name, [self._items] + ([store.stats] if store is not None else []))
+        total.max_bytes = self.max_bytes
+        return total
 
     def set(self, key: Key, value: Any, ttl: float | None = None) -> None:
-        """Store ``value`` (bytes, or anything the codecs take) under ``key``; ``ttl`` overrides ``max_age``."""
+        """Store ``value`` (bytes, or anything the codecs take) under ``key`` for ``ttl`` seconds (default
+        ``max_age``). The ttl rule is every store's: ``ttl <= 0`` deletes, a bad ttl is CacheValueError."""
         self._check_open()
-        key = validate_key(key)
-        encoded = encode_parts(value, compress=False)
-        key_bytes = key_to_bytes(key)
-        nbytes = HEADER_SIZE + len(key_bytes) + (-len(key_bytes) % 64) + encoded.size
-        if nbytes > self.max_bytes:
+        ttl = validate_ttl(ttl)
+        try:
+            self._attach().set(key, value, ttl=self.max_age if ttl is None else ttl)
+        except ValueTooLargeError as exc:
             raise ValueTooLargeError(
-                f"A value of {nbytes:,} bytes does not fit in the system cache's size of {self.max_bytes:,} bytes; "
+                f"The value for {shown(key)} does not fit in the system cache's size of {self.max_bytes:,} bytes; "
                 "raise system_cache.size or store it as a scratch file."
-            )
-        if ttl is not None and ttl <= 0:
-            raise CacheError(f"ttl must be a positive number of seconds, not {ttl!r}.")
-        name = self._kv_name(key)
-        self._attach(create=True)
-        with self._lock:
-            self._seq += 1
-            now = self.clock()
-            expires = now + ttl if ttl is not None else 0.0
-            size = write_blob(self._meta / _KV / name, encoded.parts, created=now, seq=self._seq, key=key_bytes, expires=expires)
-            self._kv[name] = _KvEntry(self._seq, now, now, size, expires)
-            self.stats.sets += 1
-            self.stats.raw_bytes += encoded.raw_size
-            self.stats.stored_bytes += encoded.size
-            self.stats.bytes = self._item_bytes + self._kv_bytes()
-            self.stats.entries = self._item_count + len(self._kv)
-            if self.stats.bytes > self.max_bytes:
-                self._evict(CleanupReport(cache=self.name), protect=name)
+            ) from exc
 
     put = set
-
-    def _expired(self, created: float, expires: float, now: float) -> bool:
-        return now >= expires if expires else now - created >= self.max_age
 
     def get(self, key: Key, default: Any = None) -> Any:
         """The value under ``key``, or ``default`` (missing, expired or damaged)."""
         self._check_open()
-        key = validate_key(key)
-        name = self._kv_name(key)
-        with self._lock:
-            entry = self._kv.get(name)
-            if entry is None:
-                self.stats.misses += 1
-                return default
-            if self._expired(entry.created, entry.expires, self.clock()):
-                self._drop_kv(name)
-                self.stats.expirations += 1
-                self.stats.misses += 1
-                return default
-        ok, value = read_value(self._meta / _KV / name, key_to_bytes(key))
-        with self._lock:
-            if not ok:
-                self.stats.corrupt += 1
-                self.stats.misses += 1
-                self._drop_kv(name)
-                return default
-            entry.used = self.clock()
-            entry.uses += 1
-            self.stats.hits += 1
-        return value
-
-    def _drop_kv(self, name: str) -> int:
-        entry = self._kv.pop(name, None)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._meta / _KV / name)
-        self.stats.bytes = self._item_bytes + self._kv_bytes()
-        self.stats.entries = self._item_count + len(self._kv)
-        return entry.size if entry is not None else 0
+        store = self._attached()
+        if store is None:  # nothing was ever stored here: a miss, counted like the values store counts one
+            with self._lock:
+                self._items.misses += 1
+            return default
+        return store.get(key, default)
 
     def delete(self, key: Key) -> bool:
+        """Remove the value under ``key``; True if it was there."""
         self._check_open()
-        name = self._kv_name(validate_key(key))
-        with self._lock:
-            if name not in self._kv:
-                return False
-            self._drop_kv(name)
-            self.stats.deletes += 1
-            return True
+        store = self._attached()
+        return store is not None and store.delete(key)
 
     def __contains__(self, key: object) -> bool:
-        if not isinstance(key, (str, bytes)):
-            return False
-        with self._lock:
-            entry = self._kv.get(self._kv_name(key))
-            return entry is not None and not self._expired(entry.created, entry.expires, self.clock())
+        store = None if self._closed else self._attached()
+        return store is not None and key in store
 
     # ------------------------------------------------------------------------------------ maintenance
     def cleanup(self) -> CleanupReport:
@@ -640,11 +579,11 @@ class SystemCache(Store):
         """
         self._check_open()
         report = CleanupReport(cache=self.name)
-        if not self._attach(create=False):
-            return report  # nothing was ever created here
+        store = self._attached()
+        if store is None:  # temp_dir was never created: nothing to clean
+            return report
         with self._cleanup_lock(), self._lock:
             now = self.clock()
-            self._scan_kv()
             for record, size in self._refresh_items():
                 if size is None:
                     if now - record.created >= _MISSING_GRACE:
@@ -659,43 +598,38 @@ class SystemCache(Store):
                         continue
                     report.expired += 1
                     report.bytes_freed += freed
-                    self.stats.expirations += 1
-            for name, entry in list(self._kv.items()):
-                if self._expired(entry.created, entry.expires, now):
-                    report.bytes_freed += self._drop_kv(name)
-                    report.expired += 1
-                    self.stats.expirations += 1
-            report.orphans += _remove_dead_temp_files(self._meta / _KV) + _remove_dead_temp_files(self._meta / _REGISTRY)
-            self._evict(report)
+                    self._items.expirations += 1
+            report.orphans += _remove_dead_temp_files(self._meta / _REGISTRY) + remove_old_kv_files(self._meta / _OLD_KV)
+            values = store.cleanup()
+            for counter in ("expired", "evicted", "orphans", "missing", "corrupt", "bytes_freed"):
+                setattr(report, counter, getattr(report, counter) + getattr(values, counter))
+            self._evict(report, store)
         return report
 
-    def _evict(self, report: CleanupReport, protect: str | None = None) -> None:
-        """Remove the oldest (by policy) items and values not in use until the total fits ``size``."""
+    def _evict(self, report: CleanupReport, store: DiskCache) -> None:
+        """Remove the oldest (by policy) scratch items not in use until items and values fit ``size``.
+
+        The values are kept within ``size`` by their own store, evicted among themselves in the same order.
+        """
         items = [(r, s) for r, s in self._refresh_items() if s is not None]
-        total = self._item_bytes + self._kv_bytes()
+        total = self._item_bytes + store.stats.bytes
         if total <= self.max_bytes:
             return
-        units: list[tuple[tuple[float, ...], str, Any]] = []
-        for record, _ in items:
-            units.append((_policy_key(self.cleanup_policy, record.created, record.used, record.uses), "item", record))
-        for name, entry in self._kv.items():
-            if name != protect:
-                units.append((_policy_key(self.cleanup_policy, entry.created, entry.used, entry.uses), "kv", name))
-        units.sort(key=lambda u: u[0])
-        for _, kind, unit in units:
+        records = sorted(
+            (record for record, _ in items),
+            key=lambda r: _policy_key(self.cleanup_policy, r.created, r.used, r.uses),
+        )
+        for record in records:
             if total <= self.max_bytes:
                 break
-            if kind == "item":
-                freed = self._remove_item(unit)
-                if freed is None:
-                    report.details.setdefault("in_use", []).append(unit.name)
-                    continue
-            else:
-                freed = self._drop_kv(unit)
+            freed = self._remove_item(record)
+            if freed is None:
+                report.details.setdefault("in_use", []).append(record.name)
+                continue
             total -= freed
             report.evicted += 1
             report.bytes_freed += freed
-            self.stats.evictions += 1
+            self._items.evictions += 1
 
     @contextlib.contextmanager
     def _cleanup_lock(self) -> Iterator[None]:
@@ -713,18 +647,20 @@ class SystemCache(Store):
     def clear(self) -> None:
         """Remove every scratch item not in use and every keyed value."""
         self._check_open()
-        if not self._attach(create=False):
+        store = self._attached()
+        if store is None:
             return
         with self._cleanup_lock(), self._lock:
             for record in self._records():
                 self._remove_item(record)
-            for name in list(self._kv):
-                self._drop_kv(name)
+            store.clear()
             self._refresh_items()
 
     def close(self) -> None:
-        """Mark the cache closed (scratch items stay on disk until a later cleanup). Idempotent."""
+        """Close the values store; scratch items stay on disk until a later cleanup. Idempotent."""
         self._closed = True
+        if self._store is not None:
+            self._store.close()
 
     def __repr__(self) -> str:
         return f"SystemCache({str(self.root)!r}, size={self.size:g}, max_age={self.max_age:g})"

@@ -17,8 +17,21 @@ from __future__ import annotations
 
 import math
 import re
+import reprlib
 
-__all__ = ["MIB", "SIZE_UNITS", "format_bytes", "parse_duration", "parse_size", "size_to_bytes"]
+from llamahome.errors import ConfigError
+
+__all__ = [
+    "MAX_DURATION",
+    "MAX_SIZE_MB",
+    "MIB",
+    "SIZE_UNITS",
+    "format_bytes",
+    "parse_duration",
+    "parse_size",
+    "shown",
+    "size_to_bytes",
+]
 
 #: Bytes in one configuration megabyte.
 MIB = 1024 * 1024
@@ -33,6 +46,36 @@ SIZE_UNITS: dict[str, int] = {
     "t": _K**4, "tb": _K**4, "tib": _K**4,
 }  # fmt: skip
 
+#: Largest size accepted, in MB: 1 EiB. Larger numbers are typos (``1e300``) and would overflow the integer
+#: byte counts every store keeps (SQLite and numpy hold 64-bit integers).
+MAX_SIZE_MB = float(2**40)
+#: Longest duration accepted, in seconds: 1000 years. Larger numbers are typos and overflow timers and Redis.
+MAX_DURATION = 1000 * 365.25 * 86400.0
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = 60
+_REPR.maxother = 60
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 4
+_REPR.maxlevel = 2
+_REPR.maxlong = 40
+
+
+def shown(value: object) -> str:
+    """``repr(value)`` cut to a readable length, for error messages.
+
+    Configs come from files anyone can write: a YAML alias bomb expands to gigabytes when printed, so every
+    message quotes values through this (at most about 100 characters, nested containers elided).
+    """
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+        # repr() of a huge int is slow, and refused past 4300 digits: describe it instead.
+        return f"an integer of about {int(value.bit_length() * 0.30103) + 1} digits"
+    try:
+        text = _REPR.repr(value)
+    except Exception:  # noqa: BLE001 - a broken __repr__ must not hide the real complaint
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= 100 else text[:97] + "..."
+
+
 _SIZE_RE = re.compile(
     r"^\s*(?P<num>[+-]?(?:\d+(?:[_,]\d{3})*(?:\.\d*)?|\.\d+)(?:e[+-]?\d+)?)\s*(?P<unit>[a-z]*)\s*$", re.I
 )
@@ -44,32 +87,46 @@ def parse_size(value: object) -> float:
     """Return ``value`` as a positive number of megabytes (MiB).
 
     Numbers are megabytes already; strings may carry a unit (B, KB, MB, GB, TB, their KiB forms, or
-    K/M/G/T), case-insensitive. Raises :class:`ValueError` with a sentence saying what is accepted.
+    K/M/G/T), case-insensitive, up to :data:`MAX_SIZE_MB`. Raises :class:`~llamahome.errors.ConfigError`
+    (a ``ValueError``) with a sentence saying what is accepted.
     """
     if isinstance(value, bool):
         # YAML turns `yes`/`true` into True, and True == 1 would silently mean 1 MB.
-        raise ValueError(f"expected a size, not the boolean {str(value).lower()}; use {_ACCEPTED_SIZES}.")
+        raise ConfigError(f"expected a size, not the boolean {str(value).lower()}; use {_ACCEPTED_SIZES}.")
     if isinstance(value, (int, float)):
-        megabytes = float(value)
+        megabytes = _to_float(value)  # an int beyond a float's range is inf: refused below as too large
     elif isinstance(value, str):
-        match = _SIZE_RE.match(value)
+        match = _SIZE_RE.match(value) if len(value) <= 100 else None
         if match is None:
-            raise ValueError(f"cannot read {value!r} as a size; use {_ACCEPTED_SIZES}.")
+            raise ConfigError(f"cannot read {shown(value)} as a size; use {_ACCEPTED_SIZES}.")
         unit = match["unit"].lower()
         if unit and unit not in SIZE_UNITS:
-            raise ValueError(
+            raise ConfigError(
                 f"unknown size unit {match['unit']!r} in {value!r}; use one of B, KB, MB, GB, TB "
                 "(or KiB, MiB, GiB, TiB; KB/MB/GB mean KiB/MiB/GiB)."
             )
         number = float(match["num"].replace("_", "").replace(",", ""))
         megabytes = number * SIZE_UNITS[unit] / MIB if unit else number
     else:
-        raise ValueError(f"expected a size, not {type(value).__name__}; use {_ACCEPTED_SIZES}.")
-    if not math.isfinite(megabytes):
-        raise ValueError(f"a size must be a finite number, not {value!r}.")
+        raise ConfigError(f"expected a size, not {type(value).__name__}; use {_ACCEPTED_SIZES}.")
+    if math.isnan(megabytes) or (math.isinf(megabytes) and not isinstance(value, int)):
+        raise ConfigError(f"a size must be a finite number, not {shown(value)}.")
     if megabytes <= 0:
-        raise ValueError(f"a size must be larger than zero, not {value!r}; give the tier a positive budget.")
+        raise ConfigError(f"a size must be larger than zero, not {shown(value)}; give the tier a positive budget.")
+    if megabytes > MAX_SIZE_MB:
+        raise ConfigError(
+            f"a size must be at most {MAX_SIZE_MB:,.0f} MB (1 EiB), not {shown(value)}; check for a typo "
+            "in the exponent."
+        )
     return megabytes
+
+
+def _to_float(value: int | float) -> float:
+    """``float(value)``, with an int too large for a float reported as the inf it stands for (checked later)."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
 
 
 def size_to_bytes(value: object) -> int:
@@ -96,23 +153,31 @@ _ACCEPTED_DURATIONS = 'a number of seconds, or a string such as "90s", "15m", "1
 
 
 def parse_duration(value: object) -> float:
-    """Return ``value`` as a positive number of seconds (numbers are seconds; "15m", "1h", "1d" also work)."""
+    """Return ``value`` as a positive number of seconds (numbers are seconds; "15m", "1h", "1d" also work).
+
+    At most :data:`MAX_DURATION`; anything else raises :class:`~llamahome.errors.ConfigError` (a ``ValueError``).
+    """
     if isinstance(value, bool):
-        raise ValueError(
+        raise ConfigError(
             f"expected a number of seconds, not the boolean {str(value).lower()}; use {_ACCEPTED_DURATIONS}."
         )
     if isinstance(value, (int, float)):
-        seconds = float(value)
+        seconds = _to_float(value)
     elif isinstance(value, str):
-        match = _DURATION_RE.match(value)
+        match = _DURATION_RE.match(value) if len(value) <= 100 else None
         unit = match["unit"].lower() if match else None
         if match is None or unit not in _DURATION_UNITS:
-            raise ValueError(f"cannot read {value!r} as a duration; use {_ACCEPTED_DURATIONS}.")
+            raise ConfigError(f"cannot read {shown(value)} as a duration; use {_ACCEPTED_DURATIONS}.")
         seconds = float(match["num"]) * _DURATION_UNITS[unit]
     else:
-        raise ValueError(f"expected a number of seconds, not {type(value).__name__}; use {_ACCEPTED_DURATIONS}.")
-    if not math.isfinite(seconds):
-        raise ValueError(f"a duration must be a finite number of seconds, not {value!r}.")
+        raise ConfigError(f"expected a number of seconds, not {type(value).__name__}; use {_ACCEPTED_DURATIONS}.")
+    if math.isnan(seconds) or (math.isinf(seconds) and not isinstance(value, int)):
+        raise ConfigError(f"a duration must be a finite number of seconds, not {shown(value)}.")
     if seconds <= 0:
-        raise ValueError(f"must be larger than zero seconds, not {value!r}.")
+        raise ConfigError(f"must be larger than zero seconds, not {shown(value)}.")
+    if seconds > MAX_DURATION:
+        raise ConfigError(
+            f"a duration must be at most {MAX_DURATION:,.0f} seconds (1000 years), not {shown(value)}; "
+            "check for a typo in the exponent."
+        )
     return seconds

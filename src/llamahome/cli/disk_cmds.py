@@ -86,9 +86,17 @@ _config_option = click.option(
 @_size_option
 @_config_option
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
-def stats(directory: str, size: float | None, config_file: str | None, as_json: bool) -> None:
-    """Show what a disk cache directory holds."""
+@click.option("--watch", is_flag=True, help="Refresh the view every --interval seconds until Ctrl-C.")
+@click.option("--interval", default=2.0, show_default=True, type=click.FloatRange(0.1, 3600), help="Seconds between refreshes.")
+@click.option("--count", type=click.IntRange(1), hidden=True, help="Stop --watch after this many frames.")
+def stats(directory: str, size: float | None, config_file: str | None, as_json: bool, watch: bool = False,
+          interval: float = 2.0, count: int | None = None) -> None:  # fmt: skip
+    """Show what a disk cache directory holds (--watch: a live view, e.g. over SSH)."""
     cache = open_disk_cache(directory, _size_mb(size, config_file))
+    if watch:
+        from .watch import watch_disk_cache
+
+        return watch_disk_cache(cache, directory, interval=interval, count=count, as_json=as_json)
     try:
         figures = cache.stats.snapshot()
     finally:

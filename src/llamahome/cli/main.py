@@ -1,4 +1,4 @@
-"""The ``llamahome`` command line: ``llamahome cache demo|config|stats|clear|cleanup``.
+"""The ``llamahome`` command line: ``llamahome cache demo|config|stats|clear|cleanup|serve``.
 
 Every failure ends in one ``Error: ...`` message on stderr and a non-zero exit status, never a traceback:
 library errors (:class:`~llamahome.errors.CacheError`) and operating-system errors are translated here, in
@@ -86,12 +86,13 @@ def cache() -> None:
 
 def _register() -> None:
     # Commands live in their own modules; importing them here keeps `main` the one entry point.
-    from . import config_cmd, demo, disk_cmds
+    from . import config_cmd, demo, disk_cmds, serve_cmd
 
     cache.add_command(demo.demo)
     cache.add_command(config_cmd.config)
     for command in disk_cmds.COMMANDS:
         cache.add_command(command)
+    cache.add_command(serve_cmd.serve)
 
 
 _register()

@@ -1,10 +1,11 @@
-"""One pass of :meth:`TrainingCache.wrap <llamahome.cache.training.TrainingCache.wrap>`: what runs in the background.
+"""The machinery of one pass of :meth:`TrainingCache.wrap`: what runs beside the training loop.
 
-- :class:`CachedBatches` is the iterable ``wrap`` returns; each ``iter()`` starts a pass.
-- ``_Writer`` compresses and writes the batches of a first pass off the critical path, with a bounded queue.
-- ``_Cursor`` gives random access over a sequential source (restart and skip), storing what it passes by.
+- :class:`Writer` compresses and writes the batches of a first pass off the critical path, with a bounded queue.
+- :class:`Cursor` gives random access over a sequential source (restart and skip), storing what it passes by.
+- :class:`SyncPass` is a pass without read-ahead; :func:`snapshot` takes a private copy of a batch.
 
-The storage itself (namespaces, manifests, the byte budget) lives in :mod:`llamahome.cache.training`.
+It knows the storage only through :class:`Shelf` (one namespace's batches), which ``_cache`` implements: the
+namespaces, manifests and byte budget live there, and nothing here reaches into them.
 """
 
 from __future__ import annotations
@@ -13,25 +14,47 @@ import contextlib
 import logging
 import threading
 import time
-import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from llamahome.errors import StorageError, TrainingCacheError
 
-from .codecs import decode, encode_parts
-from .prefetch import THREAD_PREFIX, ReadAhead
+from ..codecs import decode, encode_parts
+from ._prefetch import THREAD_PREFIX
 
-if TYPE_CHECKING:
-    from .training import TrainingCache, _Namespace
-
-__all__ = ["CachedBatches"]
+__all__ = ["Cursor", "Shelf", "SourceEnd", "SyncPass", "Writer", "count_from", "map_tensors", "snapshot", "torch_module"]
 
 log = logging.getLogger("llamahome.cache.training")
 
 
-def _snapshot(batch: Any) -> tuple[bytearray, int]:
+class Shelf(Protocol):
+    """One namespace's stored batches, as a pass writes them (implemented by the training cache)."""
+
+    @property
+    def label(self) -> str:
+        """The dataset id, for log messages."""
+        ...
+
+    @property
+    def compression(self) -> bool:
+        """True if batches are stored compressed."""
+        ...
+
+    def has(self, index: int) -> bool:
+        """True if batch ``index`` is stored."""
+        ...
+
+    def store(self, index: int, parts: list[Any], raw: int) -> bool:
+        """Store batch ``index`` (an encoded frame in ``parts``); False once the namespace cannot fit."""
+        ...
+
+    def count(self, counter: str, amount: int = 1) -> None:
+        """Add ``amount`` to the cache's stats counter ``counter``."""
+        ...
+
+
+def snapshot(batch: Any) -> tuple[bytearray, int]:
     """An uncompressed frame of ``batch`` in a fresh buffer: a private copy the consumer cannot mutate.
 
     Taken in the producer before the batch is handed on, so a training step that edits its batch in place
@@ -51,7 +74,7 @@ def _snapshot(batch: Any) -> tuple[bytearray, int]:
 # ---------------------------------------------------------------------------------------------- torch helpers
 
 
-def _torch() -> Any:
+def torch_module() -> Any:
     try:
         import torch
     except ImportError as exc:  # pragma: no cover - torch is optional
@@ -59,31 +82,30 @@ def _torch() -> Any:
     return torch
 
 
-def _map_tensors(value: Any, fn: Callable[[Any], Any], torch: Any) -> Any:
+def map_tensors(value: Any, fn: Callable[[Any], Any], torch: Any) -> Any:
     if isinstance(value, torch.Tensor):
         return fn(value)
     if isinstance(value, dict):
-        return {k: _map_tensors(v, fn, torch) for k, v in value.items()}
+        return {k: map_tensors(v, fn, torch) for k, v in value.items()}
     if isinstance(value, list):
-        return [_map_tensors(v, fn, torch) for v in value]
+        return [map_tensors(v, fn, torch) for v in value]
     if isinstance(value, tuple):
-        return tuple(_map_tensors(v, fn, torch) for v in value)
+        return tuple(map_tensors(v, fn, torch) for v in value)
     return value
 
 
 # ---------------------------------------------------------------------------------------------- writer
 
 
-class _Writer:
+class Writer:
     """Compresses and writes one pass's batches, in a background thread when read-ahead is on.
 
     Holds at most ``capacity`` snapshots; the producer blocks when the disk falls behind, so memory stays
     bounded by ``batch_buffer``. Errors are kept and re-raised in the producer at its next submit.
     """
 
-    def __init__(self, cache: TrainingCache, ns: _Namespace, capacity: int, threaded: bool) -> None:
-        self.cache = cache
-        self.ns = ns
+    def __init__(self, shelf: Shelf, capacity: int, threaded: bool) -> None:
+        self.shelf = shelf
         self.capacity = max(1, capacity)
         self.error: BaseException | None = None
         self.disabled = False  # the namespace overflowed or the disk failed: stop storing, keep serving
@@ -100,13 +122,13 @@ class _Writer:
         with self._cond:
             if index in self._pending:
                 return False
-        return not self.cache._has_batch(self.ns, index)
+        return not self.shelf.has(index)
 
     def submit(self, index: int, batch: Any) -> None:
         self.raise_error()
         if not self.wants(index):
             return
-        snap, raw = _snapshot(batch)
+        snap, raw = snapshot(batch)
         if not self._threaded:
             self._write(index, snap, raw)
             self.raise_error()
@@ -132,17 +154,17 @@ class _Writer:
             return
         began = time.perf_counter()
         try:
-            if self.cache.compression:
+            if self.shelf.compression:
                 encoded = encode_parts(decode(snap), compress=True)
                 parts, raw = encoded.parts, encoded.raw_size
             else:
                 parts = [snap]
-            if not self.cache._store_batch(self.ns, index, parts, raw):
+            if not self.shelf.store(index, parts, raw):
                 self.disabled = True
         except StorageError as exc:
             # A full or read-only disk must not stop training: stop caching this pass and say so once.
-            self.cache._count("errors")
-            log.warning("The training cache stopped storing %r: %s", self.ns.dataset_id, exc)
+            self.shelf.count("errors")
+            log.warning("The training cache stopped storing %r: %s", self.shelf.label, exc)
             self.disabled = True
         except BaseException as exc:  # noqa: BLE001 - a dead writer would block the producer: report instead
             self.error = exc
@@ -177,11 +199,11 @@ class _Writer:
 # ---------------------------------------------------------------------------------------------- source cursor
 
 
-class _SourceEnd(Exception):
+class SourceEnd(Exception):
     """The source has no batch at the requested index."""
 
 
-class _Cursor:
+class Cursor:
     """Random access over a sequential source: fetch(i) advances (or restarts) the source to batch ``i``.
 
     Batches passed over on the way are stored if the cache lacks them, so a resumed pass that skips ahead
@@ -189,7 +211,7 @@ class _Cursor:
     """
 
     def __init__(
-        self, source: Iterable[Any], writer: _Writer | None, stop: Any, claim: Callable[[], None] | None = None
+        self, source: Iterable[Any], writer: Writer | None, stop: Any, claim: Callable[[], None] | None = None
     ) -> None:
         self.source = source
         self.writer = writer
@@ -241,13 +263,13 @@ class _Cursor:
     def fetch(self, index: int) -> Any:
         self._join_skipper()
         if self.end is not None and index >= self.end:
-            raise _SourceEnd
+            raise SourceEnd
         if self.indexable:
             try:
                 batch = self.source[index]  # type: ignore[index]
             except IndexError:
                 self.end = len(self.source)  # type: ignore[arg-type]
-                raise _SourceEnd from None
+                raise SourceEnd from None
             if self.writer is not None:
                 self.writer.submit(index, batch)
             return batch
@@ -259,7 +281,7 @@ class _Cursor:
                 batch = next(self.iterator)
             except StopIteration:
                 self.end = self.position
-                raise _SourceEnd from None
+                raise SourceEnd from None
             current = self.position
             self.position += 1
             if self.writer is not None:
@@ -281,109 +303,7 @@ class _Cursor:
             self._skipper = None
 
 
-# ---------------------------------------------------------------------------------------------- wrap
-
-
-class CachedBatches(Iterable[Any]):
-    """The iterable :meth:`TrainingCache.wrap` returns: each ``iter()`` is one pass (an epoch).
-
-    The first pass starts at ``start`` (resume), later ones at 0. Cached passes are shuffled when a
-    ``shuffle_seed`` was given: the order is a permutation drawn from ``(shuffle_seed, epoch)``, where the
-    epoch counts passes (or is set with :meth:`set_epoch`), so a resumed run reproduces the same order.
-    """
-
-    def __init__(
-        self,
-        cache: TrainingCache,
-        source: Iterable[Any],
-        dataset_id: str,
-        fingerprint: Any,
-        namespace: str,
-        shuffle_seed: int | None,
-        start: int,
-        device: Any,
-        pin_memory: bool,
-    ) -> None:
-        self.cache = cache
-        self.source = source
-        self.dataset_id = dataset_id
-        self.fingerprint = fingerprint
-        self.shuffle_seed = shuffle_seed
-        self.namespace = namespace
-        self.epoch = 0
-        self._start = start
-        self._device = device
-        self._pin = pin_memory
-        # Weak: a pass whose iterator the consumer dropped must be collectable, which is what stops it.
-        self._live: weakref.WeakSet[ReadAhead[Any]] = weakref.WeakSet()
-        self._one_shot = iter(source) is source  # a generator or iterator: it can be read only once
-        self._source_started = False
-
-    def _claim_source(self, *, check_only: bool = False) -> None:
-        """Called before each read of the source from its start; refuses to re-read a one-shot iterator."""
-        if self._one_shot and self._source_started:
-            raise TrainingCacheError(
-                f"Dataset {self.dataset_id!r} needs its source again (the cache is not complete: an earlier pass "
-                "was interrupted, or the data is larger than the cache), but the source is an iterator that was "
-                "already read. Pass a re-iterable source (a list, a DataLoader, an object with __iter__)."
-            )
-        if not check_only:
-            self._source_started = True
-
-    def set_epoch(self, epoch: int) -> None:
-        """Set the epoch number of the next pass (it picks the shuffle order)."""
-        self.epoch = int(epoch)
-
-    @property
-    def complete(self) -> bool:
-        """True once every batch is stored and the source's end was seen."""
-        return self.cache._namespace_state(self.namespace)[0]
-
-    @property
-    def num_batches(self) -> int | None:
-        """The number of batches per pass, once a pass has seen the source end (else None)."""
-        return self.cache._namespace_state(self.namespace)[1]
-
-    def __len__(self) -> int:
-        total = self.num_batches
-        if total is None:
-            try:
-                return len(self.source)  # type: ignore[arg-type]
-            except TypeError:
-                raise TypeError(
-                    "The number of batches is known after the first complete pass (or if the source has a len())."
-                ) from None
-        return total
-
-    def iter(self, start: int | None = None, epoch: int | None = None) -> Iterator[Any]:
-        """One pass from batch ``start`` (default: the resume index for the first pass, else 0)."""
-        if start is None:
-            start, self._start = self._start, 0
-        if start < 0:
-            raise TrainingCacheError(f"A pass cannot start at batch {start}; give a batch index of 0 or more.")
-        if epoch is not None:
-            self.epoch = int(epoch)
-        epoch_now = self.epoch
-        self.epoch += 1
-        iterator = self.cache._open_pass(self, start, epoch_now)
-        if isinstance(iterator, ReadAhead):
-            self._live.add(iterator)
-        return iterator
-
-    def __iter__(self) -> Iterator[Any]:
-        return self.iter()
-
-    def close(self) -> None:
-        """Stop every pass of this iterable that is still reading ahead."""
-        for iterator in list(self._live):
-            iterator.close()
-        self._live.clear()
-
-    def __repr__(self) -> str:
-        return f"CachedBatches(dataset_id={self.dataset_id!r}, namespace={self.namespace!r})"
-
-
-class _SyncPass(Iterator[Any]):
+class SyncPass(Iterator[Any]):
     """A pass without read-ahead (``prefetch=0``): batches are produced and stored in the consumer's thread."""
 
     def __init__(self, items: Iterator[Any], transform: Callable[[Any], Any] | None) -> None:
@@ -404,7 +324,7 @@ class _SyncPass(Iterator[Any]):
         return False
 
 
-def _count_from(start: int, total: int | None) -> Iterator[int]:
+def count_from(start: int, total: int | None) -> Iterator[int]:
     index = start
     while total is None or index < total:
         yield index

@@ -17,6 +17,9 @@ only once a pass has stored every batch and seen the source end; an interrupted 
 ``break``, a crash) leaves it incomplete, and the next pass serves the stored prefix from the cache and
 completes the rest from the source. Namespaces are evicted whole, oldest first (``cleanup_policy="fifo"``),
 to stay within ``size``.
+
+Single batches stored with ``put``/``set`` are a plain key-value store, the disk tier (``path/values``): the
+training cache is a :class:`~llamahome.cache.base.Store` through it and keeps the store contract.
 """
 
 from __future__ import annotations
@@ -37,23 +40,32 @@ from typing import Any
 import numpy as np
 import xxhash
 
-from llamahome.errors import CacheClosedError, CacheValueError, ConfigError, StorageError, TrainingCacheError
+from llamahome.errors import (
+    CacheClosedError,
+    CacheValueError,
+    ConfigError,
+    StorageError,
+    TrainingCacheError,
+    ValueTooLargeError,
+)
 
-from ._procs import pid_alive
-from .base import Key, Store, key_to_bytes, validate_key
-from .blobfile import HEADER_SIZE, TMP_SUFFIX, read_blob, read_header, read_value, write_blob
-from .codecs import decode, encode_parts
-from .prefetch import ReadAhead
-from .stats import CacheStats, CleanupReport
-from .training_pass import CachedBatches, _count_from, _Cursor, _map_tensors, _SourceEnd, _SyncPass, _torch, _Writer
-from .units import MIB, parse_size
+from .._legacy import remove_old_kv_files
+from .._procs import pid_alive
+from ..base import Key, Store
+from ..blobfile import HEADER_SIZE, TMP_SUFFIX, read_blob, write_blob
+from ..codecs import decode
+from ..disk import DiskCache
+from ..stats import CacheStats, CleanupReport
+from ..units import MIB, parse_size, shown
+from ._pass import Cursor, SourceEnd, SyncPass, Writer, count_from, map_tensors, torch_module
+from ._prefetch import ReadAhead
 
 try:  # cross-process "this namespace is being read or written" marks; absent on Windows
     import fcntl
 except ImportError:  # pragma: no cover - non-POSIX
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["TrainingCache", "CachedBatches", "POLICIES"]
+__all__ = ["TrainingCache", "CachedBatches", "BatchTooLargeError", "POLICIES", "namespace_id", "stable_fingerprint"]
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +76,16 @@ _NS_PREFIX = "ns-"
 _MANIFEST = "manifest.json"
 _LOCK = ".lock"
 _BATCH_RE = re.compile(r"^b(\d{9})\.lhb$")
-_KV_RE = re.compile(r"^[0-9a-f]{32}\.lhb$")
-_KV_DIR = "kv"
+#: Where single batches stored with put() live: a DiskCache of their own (the one key-value store).
+_VALUES_DIR = "values"
+#: The key-value files of versions before the values store; cleanup() removes them (only these names).
+_OLD_KV_DIR = "kv"
 #: A namespace directory without a manifest this old (seconds) is a crash leftover, not a write in progress.
 _ORPHAN_GRACE = 60.0
+
+
+class BatchTooLargeError(TrainingCacheError, ValueTooLargeError):
+    """A batch larger than the training cache's whole ``size``: raise ``training_cache.size``."""
 
 
 def _batch_name(index: int) -> str:
@@ -75,15 +93,56 @@ def _batch_name(index: int) -> str:
 
 
 def namespace_id(dataset_id: str, fingerprint: Any = None) -> str:
-    """The directory name of a dataset's namespace: changes whenever ``dataset_id`` or ``fingerprint`` does."""
-    try:
-        text = json.dumps([dataset_id, fingerprint], sort_keys=True, separators=(",", ":"), default=str)
-    except ValueError as exc:  # circular structures
-        raise TrainingCacheError(
-            f"The fingerprint for dataset {dataset_id!r} cannot be turned into text ({exc}); pass a string, "
-            "number or JSON-like dict describing the data and its preprocessing."
-        ) from exc
+    """The directory name of a dataset's namespace: changes whenever ``dataset_id`` or ``fingerprint`` does.
+
+    The same dataset and fingerprint give the same name in every process and every run; a fingerprint that
+    cannot promise that is refused (see :func:`stable_fingerprint`).
+    """
+    text = json.dumps([dataset_id, stable_fingerprint(fingerprint)], sort_keys=True, separators=(",", ":"))
     return _NS_PREFIX + xxhash.xxh3_128_hexdigest(text.encode("utf-8", "surrogatepass"))
+
+
+#: Deepest fingerprint accepted (also what keeps a self-containing list from recursing forever).
+_FINGERPRINT_DEPTH = 32
+
+
+def stable_fingerprint(value: Any, _where: str = "fingerprint", _depth: int = 0) -> Any:
+    """``value`` as plain JSON data that reads the same in every process, or :class:`TrainingCacheError`.
+
+    Accepted: None, bool, int, float, str, paths (as their text), numpy scalars, and lists, tuples and dicts
+    with string keys of these. Anything else is refused, because the only text it has is a ``repr`` that may
+    differ per process (``<object at 0x7f...>``): such a fingerprint would never hit and would open a new
+    namespace every run.
+    """
+    if _depth > _FINGERPRINT_DEPTH:
+        raise TrainingCacheError(
+            f"The {_where} is nested more than {_FINGERPRINT_DEPTH} levels deep (or contains itself); "
+            "describe the data with a flat dict of strings and numbers."
+        )
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, np.generic) and isinstance(value, (np.bool_, np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, os.PathLike):
+        path = os.fspath(value)
+        return path if isinstance(path, str) else os.fsdecode(path)
+    if isinstance(value, (list, tuple)):
+        return [stable_fingerprint(v, f"{_where}[{i}]", _depth + 1) for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TrainingCacheError(
+                    f"The {_where} has a key of type {type(key).__name__}; fingerprint dicts need string keys "
+                    "(write it as str(key))."
+                )
+            out[key] = stable_fingerprint(item, f"{_where}[{key!r}]", _depth + 1)
+        return out
+    raise TrainingCacheError(
+        f"The {_where} is a {type(value).__name__}, whose only text form may differ from one process to the next, "
+        "so the cache would never find it again. Use a string, number, or list/dict of those describing the data "
+        "and its preprocessing (e.g. {'tokenizer': name, 'seq_len': 2048, 'version': 3})."
+    )
 
 
 @dataclass
@@ -125,15 +184,6 @@ class _Namespace:
         while index in self.batches:
             index += 1
         return index
-
-
-@dataclass
-class _KvEntry:
-    seq: int
-    created: float
-    used: float
-    size: int
-    uses: int = 0
 
 
 def _policy_key(policy: str, seq: int, created: float, used: float, uses: int) -> tuple[float, ...]:
@@ -201,23 +251,31 @@ class TrainingCache(Store):
         self.compression = bool(compression)
         self.clock = clock
         self.name = name
-        self.stats = CacheStats(name=name, max_bytes=self.max_bytes)
+        # Counters of the namespaces (passes); the values store keeps its own, and `stats` adds them up.
+        self._own = CacheStats(name=name, max_bytes=self.max_bytes)
         self._lock = threading.RLock()
         self._closed = False
         self._namespaces: dict[str, _Namespace] = {}
-        self._kv: dict[str, _KvEntry] = {}
         self._seq = 0
-        self._bytes = 0
+        self._bytes = 0  # the namespaces' bytes
         self._orphans: list[Path] = []
         self._passes: weakref.WeakSet[ReadAhead[Any]] = weakref.WeakSet()
         try:
             self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
-            (self.path / _KV_DIR).mkdir(exist_ok=True, mode=0o700)
         except OSError as exc:
             raise StorageError(
                 exc.errno, f"Cannot create the training cache directory {self.path} ({exc.strerror}); pick a writable path."
             ) from exc
-        self._scan()
+        # Single batches (put/get/set/delete) are a plain key-value store: the disk tier, which keeps the
+        # store contract (ttl, eviction order, crash safety), rather than a second index written here.
+        self._values = DiskCache(
+            self.path / _VALUES_DIR, size=size_mb, policy=policy, compression=self.compression, clock=clock, name=name
+        )
+        try:
+            self._scan()
+        except BaseException:
+            self._values.close()
+            raise
 
     # ------------------------------------------------------------------------------------ pickling
     def __reduce__(self) -> tuple[Any, ...]:
@@ -246,7 +304,6 @@ class TrainingCache(Store):
         """
         with self._lock:
             found: dict[str, _Namespace] = {}
-            kv: dict[str, _KvEntry] = {}
             orphans: list[Path] = []
             max_seq = 0
             with os.scandir(self.path) as entries:
@@ -259,16 +316,6 @@ class TrainingCache(Store):
                         continue
                     found[ns.id] = ns
                     max_seq = max(max_seq, ns.seq)
-            with os.scandir(self.path / _KV_DIR) as entries:
-                for entry in entries:
-                    if not _KV_RE.match(entry.name) or not entry.is_file(follow_symlinks=False):
-                        continue
-                    header = read_header(Path(entry.path))
-                    if header is None:
-                        orphans.append(Path(entry.path))
-                        continue
-                    kv[entry.name] = _KvEntry(header.seq, header.created, header.created, header.file_size)
-                    max_seq = max(max_seq, header.seq)
             namespaces: dict[str, _Namespace] = {}
             for ns_id, ns in found.items():
                 known = self._namespaces.get(ns_id)
@@ -283,15 +330,25 @@ class TrainingCache(Store):
                     known.batches, known.bytes, known.complete = {}, 0, False
                     namespaces[ns_id] = known
             self._namespaces = namespaces
-            self._kv = kv
             self._orphans = orphans
             self._seq = max(self._seq, max_seq)
             self._recount()
 
     def _recount(self) -> None:
-        self._bytes = sum(ns.bytes for ns in self._namespaces.values()) + sum(e.size for e in self._kv.values())
-        self.stats.bytes = self._bytes
-        self.stats.entries = sum(len(ns.batches) for ns in self._namespaces.values()) + len(self._kv)
+        self._bytes = sum(ns.bytes for ns in self._namespaces.values())
+        self._own.bytes = self._bytes
+        self._own.entries = sum(len(ns.batches) for ns in self._namespaces.values())
+
+    @property
+    def stats(self) -> CacheStats:  # type: ignore[override]
+        """The namespaces' counters and holdings plus those of the single batches stored with put()."""
+        total = CacheStats.combine(self.name, [self._own, self._values.stats])
+        total.max_bytes = self.max_bytes
+        return total
+
+    def _total_bytes(self) -> int:
+        """Bytes held now: the namespaces' batches and the put() values (read from the values store)."""
+        return self._bytes + self._values.stats.bytes
 
     def _load_namespace(self, directory: Path) -> _Namespace | None:
         try:
@@ -346,10 +403,7 @@ class TrainingCache(Store):
             if ns is not None and ns.dir.is_dir():
                 return ns
             now = self.clock()
-            try:
-                fp = json.loads(json.dumps(fingerprint, default=str))
-            except ValueError:
-                fp = str(fingerprint)
+            fp = stable_fingerprint(fingerprint)
             ns = _Namespace(ns_id, self.path / ns_id, dataset_id, fp, self._next_seq(), now, now)
             ns.dir.mkdir(exist_ok=True, mode=0o700)
             self._write_manifest(ns)
@@ -367,7 +421,7 @@ class TrainingCache(Store):
 
     def _count(self, counter: str, amount: int = 1) -> None:
         with self._lock:
-            setattr(self.stats, counter, getattr(self.stats, counter) + amount)
+            setattr(self._own, counter, getattr(self._own, counter) + amount)
 
     # ------------------------------------------------------------------------------------ budget
     def _busy(self, ns: _Namespace) -> bool:
@@ -393,31 +447,32 @@ class TrainingCache(Store):
         for ns in self._namespaces.values():
             if ns is not protect and ns.bytes:
                 units.append((_policy_key(self.cleanup_policy, ns.seq, ns.created, ns.used, ns.uses), "ns", ns.id))
-        for name, entry in self._kv.items():
-            units.append((_policy_key(self.cleanup_policy, entry.seq, entry.created, entry.used, entry.uses), "kv", name))
         units.sort()
         return units
 
     def _make_room(self, nbytes: int, protect: _Namespace | None, report: CleanupReport | None = None) -> bool:
-        """Evict whole namespaces (and single put() entries) in policy order until ``nbytes`` more fit."""
-        if self._bytes + nbytes <= self.max_bytes:
+        """Evict whole namespaces in policy order until ``nbytes`` more fit beside everything held.
+
+        Single batches stored with put() are evicted by their own store, among themselves, in the same
+        policy order; a pass makes room by evicting older namespaces only.
+        """
+        total = self._total_bytes()
+        if total + nbytes <= self.max_bytes:
             return True
-        for _, kind, unit in self._victims(protect):
-            if kind == "ns":
-                ns = self._namespaces[unit]
-                if self._busy(ns):
-                    continue
-                removed, freed = self._drop_namespace(ns, keep_manifest=False)
-            else:
-                removed, freed = self._drop_kv(unit)
-            self.stats.evictions += removed
+        for _, _kind, unit in self._victims(protect):
+            ns = self._namespaces[unit]
+            if self._busy(ns):
+                continue
+            removed, freed = self._drop_namespace(ns, keep_manifest=False)
+            total -= freed
+            self._own.evictions += removed
             if report is not None:
                 report.evicted += removed
                 report.bytes_freed += freed
                 report.details.setdefault("evicted", []).append(unit)
-            if self._bytes + nbytes <= self.max_bytes:
+            if total + nbytes <= self.max_bytes:
                 return True
-        return self._bytes + nbytes <= self.max_bytes
+        return total + nbytes <= self.max_bytes
 
     def _drop_namespace(self, ns: _Namespace, keep_manifest: bool) -> tuple[int, int]:
         removed, freed = len(ns.batches), ns.bytes
@@ -448,18 +503,9 @@ class TrainingCache(Store):
             with contextlib.suppress(OSError):
                 os.rmdir(directory)
 
-    def _drop_kv(self, name: str) -> tuple[int, int]:
-        entry = self._kv.pop(name, None)
-        if entry is None:
-            return 0, 0
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path / _KV_DIR / name)
-        self._recount()
-        return 1, entry.size
-
     def _too_large(self, nbytes: int, what: str) -> TrainingCacheError:
         need = nbytes / MIB
-        return TrainingCacheError(
+        return BatchTooLargeError(
             f"{what} takes {nbytes:,} bytes on disk, more than the training cache's whole size of "
             f"{self.max_bytes:,} bytes ({self.size:g} MB); raise training_cache.size to at least {need:.2f} MB "
             "or make batches smaller."
@@ -486,18 +532,18 @@ class TrainingCache(Store):
             ns.batches[index] = size
             ns.bytes += size
             self._bytes += size
-            self.stats.bytes = self._bytes
-            self.stats.entries += 1
-            self.stats.sets += 1
-            self.stats.raw_bytes += raw
-            self.stats.stored_bytes += size - HEADER_SIZE
+            self._own.bytes = self._bytes
+            self._own.entries += 1
+            self._own.sets += 1
+            self._own.raw_bytes += raw
+            self._own.stored_bytes += size - HEADER_SIZE
             return True
 
     def _overflow(self, ns: _Namespace) -> None:
         stored = ns.bytes
         self._drop_namespace(ns, keep_manifest=False)
         ns.oversize = self.max_bytes
-        self.stats.errors += 1
+        self._own.errors += 1
         with contextlib.suppress(OSError):
             ns.dir.mkdir(exist_ok=True, mode=0o700)
             self._write_manifest(ns)
@@ -523,7 +569,7 @@ class TrainingCache(Store):
             with self._lock:
                 size = ns.batches.pop(index, None)
                 if size is not None:
-                    self.stats.corrupt += 1
+                    self._own.corrupt += 1
                     ns.bytes -= size
                     ns.complete = False
                     self._recount()
@@ -548,7 +594,8 @@ class TrainingCache(Store):
 
         The first pass yields from ``iterable`` while storing each batch; later passes yield from the cache,
         in the same order, or shuffled by ``shuffle_seed`` (see :class:`CachedBatches`). ``fingerprint``
-        (any JSON-like value: tokenizer, sequence length, preprocessing version) is part of the namespace, so
+        (JSON-like: strings, numbers, paths, lists and string-keyed dicts of them, describing the tokenizer,
+        sequence length, preprocessing version; anything else is refused) is part of the namespace, so
         changing it starts over. ``start`` resumes the first pass at that batch index. ``device`` moves torch
         tensors there with non-blocking copies from ``pin_memory`` pinned buffers (both need torch; pinning
         is skipped where CUDA is absent). ``iterable`` must be re-iterable (a list, a ``DataLoader``) for
@@ -559,7 +606,7 @@ class TrainingCache(Store):
         if not isinstance(dataset_id, str) or not dataset_id:
             raise TrainingCacheError("dataset_id must be a non-empty string naming the dataset and its split.")
         if device is not None:
-            torch = _torch()
+            torch = torch_module()
             device = torch.device(device)
             if device.type == "cuda" and not torch.cuda.is_available():
                 raise TrainingCacheError(
@@ -567,6 +614,7 @@ class TrainingCache(Store):
                 )
         if shuffle_seed is not None and not isinstance(shuffle_seed, (int, np.integer)):
             raise TrainingCacheError(f"shuffle_seed must be an int or None, not {type(shuffle_seed).__name__}.")
+        fingerprint = stable_fingerprint(fingerprint)  # refused here, before anything runs, if unstable
         namespace = namespace_id(dataset_id, fingerprint)
         return CachedBatches(
             self, iterable, dataset_id, fingerprint, namespace, shuffle_seed, int(start), device, pin_memory
@@ -600,9 +648,9 @@ class TrainingCache(Store):
         self._check_open()
         ns = self._namespace(wrapped.dataset_id, wrapped.fingerprint)
         transform = self._transform(wrapped._device)
-        pin = wrapped._pin and _torch().cuda.is_available()
+        pin = wrapped._pin and torch_module().cuda.is_available()
         if self.prefetch == 0:
-            return _SyncPass(self._pass_items(wrapped, ns, start, epoch, None, pin, None), transform)
+            return SyncPass(self._pass_items(wrapped, ns, start, epoch, None, pin, None), transform)
 
         def make_items(stop: Any) -> Iterator[Any]:
             # stop is the pipeline: helper threads join its list so that stopping the pass waits for them too
@@ -616,12 +664,12 @@ class TrainingCache(Store):
     def _transform(self, device: Any) -> Callable[[Any], Any] | None:
         if device is None:
             return None
-        torch = _torch()
+        torch = torch_module()
 
         def move(batch: Any) -> Any:
             # Issued from the consumer's thread on its current stream, so later kernels are ordered after
             # the copy; non_blocking lets the copy overlap with the host returning to the training loop.
-            return _map_tensors(batch, lambda t: t.to(device, non_blocking=True), torch)
+            return map_tensors(batch, lambda t: t.to(device, non_blocking=True), torch)
 
         return move
 
@@ -637,9 +685,9 @@ class TrainingCache(Store):
     ) -> Iterator[Any]:
         """The batches of one pass, in order; runs in the producer thread (or inline without read-ahead)."""
         lock_fd = self._pin(ns)
-        writer: _Writer | None = None
-        cursor: _Cursor | None = None
-        torch = _torch() if pin else None
+        writer: Writer | None = None
+        cursor: Cursor | None = None
+        torch = torch_module() if pin else None
         try:
             with self._lock:
                 if ns.oversize is not None and ns.oversize < self.max_bytes:
@@ -649,8 +697,8 @@ class TrainingCache(Store):
                 prefix_end = ns.contiguous(start)
             if not oversize:
                 capacity = max(1, self.batch_buffer - self.prefetch)
-                writer = _Writer(self, ns, capacity, threaded=stop is not None)
-            cursor = _Cursor(wrapped.source, writer, stop, wrapped._claim_source)
+                writer = Writer(_Shelf(self, ns), capacity, threaded=stop is not None)
+            cursor = Cursor(wrapped.source, writer, stop, wrapped._claim_source)
             if not (complete and total is not None):
                 wrapped._claim_source(check_only=True)  # fail before serving anything, not halfway through
             if complete and total is not None:
@@ -662,7 +710,7 @@ class TrainingCache(Store):
             else:
                 # Source order; the stored prefix is read from disk while a helper thread skips the source
                 # past it, so a resumed pass does not wait for the source to replay what is already cached.
-                order = _count_from(start, total)
+                order = count_from(start, total)
                 if not oversize and prefix_end > start:
                     cursor.prepare(prefix_end, register)
             for index in order:
@@ -674,11 +722,11 @@ class TrainingCache(Store):
                 if batch is None:
                     try:
                         batch = cursor.fetch(index)
-                    except _SourceEnd:
+                    except SourceEnd:
                         break
                     self._count("misses")
                 if torch is not None:
-                    batch = _map_tensors(batch, lambda t: t.pin_memory(), torch)
+                    batch = map_tensors(batch, lambda t: t.pin_memory(), torch)
                 yield batch
             if writer is not None:
                 writer.close()
@@ -693,7 +741,7 @@ class TrainingCache(Store):
                 writer.close()
             self._unpin(ns, lock_fd)
 
-    def _finish_pass(self, ns: _Namespace, end: int | None, writer: _Writer) -> None:
+    def _finish_pass(self, ns: _Namespace, end: int | None, writer: Writer) -> None:
         with self._lock:
             if end is not None:
                 ns.total = end
@@ -711,72 +759,39 @@ class TrainingCache(Store):
         if self._closed:
             raise CacheClosedError(f"The training cache {self.name!r} was closed; create a new TrainingCache to use it again.")
 
-    def _kv_name(self, key: Key) -> str:
-        return xxhash.xxh3_128_hexdigest(key_to_bytes(key)) + ".lhb"
+    def put(self, key: Key, batch: Any, ttl: float | None = None) -> None:
+        """Store one batch under ``key`` (``ttl`` seconds; None: until evicted).
 
-    def put(self, key: Key, batch: Any) -> None:
-        """Store one batch under ``key`` (evicting the oldest namespaces/entries if needed)."""
+        Single batches live in their own key-value store (the disk tier) inside ``path``, within the same
+        ``size`` as the namespaces: older namespaces not in use are evicted when the total goes over.
+        """
         self._check_open()
-        key = validate_key(key)
-        encoded = encode_parts(batch, compress=self.compression)
-        key_bytes = key_to_bytes(key)
-        nbytes = HEADER_SIZE + len(key_bytes) + (-len(key_bytes) % 64) + encoded.size
-        if nbytes > self.max_bytes:
-            raise self._too_large(nbytes, f"The batch for key {key!r}")
-        name = self._kv_name(key)
+        try:
+            self._values.set(key, batch, ttl=ttl)
+        except ValueTooLargeError as exc:
+            raise BatchTooLargeError(
+                f"The batch for key {shown(key)} does not fit in the training cache's whole size of "
+                f"{self.max_bytes:,} bytes ({self.size:g} MB); raise training_cache.size or make batches smaller."
+            ) from exc
         with self._lock:
-            self._drop_kv(name)
-            if not self._make_room(nbytes, None):
-                raise self._too_large(nbytes, f"The batch for key {key!r}")  # pragma: no cover - room always made
-            seq, now = self._next_seq(), self.clock()
-            size = write_blob(self.path / _KV_DIR / name, encoded.parts, created=now, seq=seq, key=key_bytes)
-            self._kv[name] = _KvEntry(seq, now, now, size)
-            self.stats.sets += 1
-            self.stats.raw_bytes += encoded.raw_size
-            self.stats.stored_bytes += encoded.size
-            self._recount()
+            self._make_room(0, None)
 
     def set(self, key: Key, value: Any, ttl: float | None = None) -> None:
-        """Store interface spelling of :meth:`put`; batches do not expire, so ``ttl`` must be None."""
-        if ttl is not None:
-            raise TrainingCacheError("The training cache does not expire batches; call set() without ttl.")
-        self.put(key, value)
+        """The store interface's spelling of :meth:`put`."""
+        self.put(key, value, ttl=ttl)
 
     def get(self, key: Key, default: Any = None) -> Any:
-        """The batch stored under ``key`` by :meth:`put`, or ``default``."""
+        """The batch stored under ``key`` by :meth:`put`, or ``default`` (missing, expired or damaged)."""
         self._check_open()
-        key = validate_key(key)
-        name = self._kv_name(key)
-        with self._lock:
-            entry = self._kv.get(name)
-        if entry is None:
-            self._count("misses")
-            return default
-        ok, value = read_value(self.path / _KV_DIR / name, key_to_bytes(key))
-        with self._lock:
-            if not ok:
-                self.stats.corrupt += 1
-                self.stats.misses += 1
-                self._drop_kv(name)
-                return default
-            entry.used = self.clock()
-            entry.uses += 1
-            self.stats.hits += 1
-        return value
+        return self._values.get(key, default)
 
     def delete(self, key: Key) -> bool:
+        """Remove the batch stored under ``key`` by :meth:`put`; True if it was there."""
         self._check_open()
-        with self._lock:
-            removed, _ = self._drop_kv(self._kv_name(validate_key(key)))
-            if removed:
-                self.stats.deletes += 1
-            return bool(removed)
+        return self._values.delete(key)
 
     def __contains__(self, key: object) -> bool:
-        if not isinstance(key, (str, bytes)):
-            return False
-        with self._lock:
-            return self._kv_name(key) in self._kv
+        return not self._closed and key in self._values
 
     def invalidate(self, dataset_id: str) -> int:
         """Drop every namespace of ``dataset_id`` (all fingerprints) not in use; return batches removed."""
@@ -795,8 +810,7 @@ class TrainingCache(Store):
             for ns in list(self._namespaces.values()):
                 if not self._busy(ns):
                     self._drop_namespace(ns, keep_manifest=False)
-            for name in list(self._kv):
-                self._drop_kv(name)
+            self._values.clear()
 
     def namespaces(self) -> list[dict[str, Any]]:
         """A description of each namespace, oldest first: dataset, fingerprint, batches, bytes, completion."""
@@ -821,8 +835,13 @@ class TrainingCache(Store):
                 else:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(orphan)
-            for directory in [self.path / _KV_DIR, *(ns.dir for ns in self._namespaces.values())]:
+            for directory in [self.path / _OLD_KV_DIR, *(ns.dir for ns in self._namespaces.values())]:
                 report.orphans += _remove_stale_temp_files(directory)
+            report.orphans += remove_old_kv_files(self.path / _OLD_KV_DIR)
+        values = self._values.cleanup()
+        for counter in ("expired", "evicted", "orphans", "missing", "corrupt", "bytes_freed"):
+            setattr(report, counter, getattr(report, counter) + getattr(values, counter))
+        with self._lock:
             self._make_room(0, None, report)
         return report
 
@@ -836,9 +855,134 @@ class TrainingCache(Store):
             self._passes.clear()
         for iterator in passes:
             iterator.close()
+        self._values.close()
 
     def __repr__(self) -> str:
         return f"TrainingCache({str(self.path)!r}, size={self.size:g}, prefetch={self.prefetch})"
+
+
+class CachedBatches(Iterable[Any]):
+    """The iterable :meth:`TrainingCache.wrap` returns: each ``iter()`` is one pass (an epoch).
+
+    The first pass starts at ``start`` (resume), later ones at 0. Cached passes are shuffled when a
+    ``shuffle_seed`` was given: the order is a permutation drawn from ``(shuffle_seed, epoch)``, where the
+    epoch counts passes (or is set with :meth:`set_epoch`), so a resumed run reproduces the same order.
+    """
+
+    def __init__(
+        self,
+        cache: TrainingCache,
+        source: Iterable[Any],
+        dataset_id: str,
+        fingerprint: Any,
+        namespace: str,
+        shuffle_seed: int | None,
+        start: int,
+        device: Any,
+        pin_memory: bool,
+    ) -> None:
+        self.cache = cache
+        self.source = source
+        self.dataset_id = dataset_id
+        self.fingerprint = fingerprint
+        self.shuffle_seed = shuffle_seed
+        self.namespace = namespace
+        self.epoch = 0
+        self._start = start
+        self._device = device
+        self._pin = pin_memory
+        # Weak: a pass whose iterator the consumer dropped must be collectable, which is what stops it.
+        self._live: weakref.WeakSet[ReadAhead[Any]] = weakref.WeakSet()
+        self._one_shot = iter(source) is source  # a generator or iterator: it can be read only once
+        self._source_started = False
+
+    def _claim_source(self, *, check_only: bool = False) -> None:
+        """Called before each read of the source from its start; refuses to re-read a one-shot iterator."""
+        if self._one_shot and self._source_started:
+            raise TrainingCacheError(
+                f"Dataset {self.dataset_id!r} needs its source again (the cache is not complete: an earlier pass "
+                "was interrupted, or the data is larger than the cache), but the source is an iterator that was "
+                "already read. Pass a re-iterable source (a list, a DataLoader, an object with __iter__)."
+            )
+        if not check_only:
+            self._source_started = True
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set the epoch number of the next pass (it picks the shuffle order)."""
+        self.epoch = int(epoch)
+
+    @property
+    def complete(self) -> bool:
+        """True once every batch is stored and the source's end was seen."""
+        return self.cache._namespace_state(self.namespace)[0]
+
+    @property
+    def num_batches(self) -> int | None:
+        """The number of batches per pass, once a pass has seen the source end (else None)."""
+        return self.cache._namespace_state(self.namespace)[1]
+
+    def __len__(self) -> int:
+        total = self.num_batches
+        if total is None:
+            try:
+                return len(self.source)  # type: ignore[arg-type]
+            except TypeError:
+                raise TypeError(
+                    "The number of batches is known after the first complete pass (or if the source has a len())."
+                ) from None
+        return total
+
+    def iter(self, start: int | None = None, epoch: int | None = None) -> Iterator[Any]:
+        """One pass from batch ``start`` (default: the resume index for the first pass, else 0)."""
+        if start is None:
+            start, self._start = self._start, 0
+        if start < 0:
+            raise TrainingCacheError(f"A pass cannot start at batch {start}; give a batch index of 0 or more.")
+        if epoch is not None:
+            self.epoch = int(epoch)
+        epoch_now = self.epoch
+        self.epoch += 1
+        iterator = self.cache._open_pass(self, start, epoch_now)
+        if isinstance(iterator, ReadAhead):
+            self._live.add(iterator)
+        return iterator
+
+    def __iter__(self) -> Iterator[Any]:
+        return self.iter()
+
+    def close(self) -> None:
+        """Stop every pass of this iterable that is still reading ahead."""
+        for iterator in list(self._live):
+            iterator.close()
+        self._live.clear()
+
+    def __repr__(self) -> str:
+        return f"CachedBatches(dataset_id={self.dataset_id!r}, namespace={self.namespace!r})"
+
+
+class _Shelf:
+    """One namespace of a cache as a pass's :class:`~._pass.Writer` sees it (the boundary between the modules)."""
+
+    def __init__(self, cache: TrainingCache, ns: _Namespace) -> None:
+        self._cache = cache
+        self._ns = ns
+
+    @property
+    def label(self) -> str:
+        return self._ns.dataset_id
+
+    @property
+    def compression(self) -> bool:
+        return self._cache.compression
+
+    def has(self, index: int) -> bool:
+        return self._cache._has_batch(self._ns, index)
+
+    def store(self, index: int, parts: list[Any], raw: int) -> bool:
+        return self._cache._store_batch(self._ns, index, parts, raw)
+
+    def count(self, counter: str, amount: int = 1) -> None:
+        self._cache._count(counter, amount)
 
 
 def _remove_stale_temp_files(directory: Path) -> int:
