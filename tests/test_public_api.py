@@ -1,4 +1,4 @@
-"""The public contract of DESIGN.md §2: import paths, exported names, the error tree, py.typed."""
+"""The public contract: the import paths the README uses, exported names, the error tree, py.typed."""
 
 from __future__ import annotations
 
