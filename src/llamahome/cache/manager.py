@@ -141,7 +141,7 @@ class CacheManager:
         self.network = None
         tiers: list[Store] = [self.memory, self.disk]
         if cfg.cache.network is not None:
-            from .network import RedisCache
+            from .redis import RedisCache
 
             self.network = self._own(RedisCache.from_config(cfg.cache.network))
             tiers.append(self.network)
