@@ -10,6 +10,7 @@ from typing import Any
 
 import redis
 import redis.cluster
+import redis.connection
 from redis.exceptions import RedisError, ResponseError
 
 from llamahome.errors import ConfigError, NetworkError
@@ -17,6 +18,7 @@ from llamahome.errors import ConfigError, NetworkError
 from ..base import MISSING, Key, Store
 from ..stats import CleanupReport
 from ._core import CALL_ERRORS, DEFAULT_TIMEOUT, TAKE_OVER, BaseRedisCache
+from ._invalidation import ConnectionRecipe, InvalidationListener
 
 _log = logging.getLogger("llamahome.cache.redis")
 
@@ -73,6 +75,7 @@ class RedisCache(BaseRedisCache, Store):
             )
         if self._client is not None and self._client.get_encoder().decode_responses:
             raise ConfigError("Pass a Redis client made with decode_responses=False; the cache stores raw bytes.")
+        self._listener: InvalidationListener | None = None
 
     # ----------------------------------------------------------------------------------- client
 
@@ -85,6 +88,40 @@ class RedisCache(BaseRedisCache, Store):
                     assert self._url is not None
                     self._client = redis.cluster.RedisCluster.from_url(self._url, **self._client_options())
         return self._client
+
+    # ----------------------------------------------------------------------------------- invalidation
+
+    def listen(self, on_keys: Callable[[list[Key]], None], on_reset: Callable[[], None]) -> InvalidationListener:
+        """Start a background listener for changes other clients make under this namespace.
+
+        ``on_keys(keys)`` gets the keys another client set, deleted, or that expired or were evicted;
+        ``on_reset()`` is called when reports may have been lost (the connection dropped, or came back) or
+        Redis was flushed. Own writes are not reported. One listener per cache; :meth:`close` stops it. See
+        ``_invalidation`` for the mechanism (RESP3 client tracking) and its guarantees.
+        """
+        self._check_open()
+        if self._listener is not None:
+            raise ConfigError("This RedisCache already has an invalidation listener; one owner per cache.")
+        self._listener = InvalidationListener(self._recipe(), self._prefix, on_keys, on_reset, self.stats, self.name)
+        return self._listener
+
+    @property
+    def listener(self) -> InvalidationListener | None:
+        """The invalidation listener started by :meth:`listen`, if any."""
+        return self._listener
+
+    def _recipe(self) -> ConnectionRecipe:
+        """How to open tracking connections: from the URL, or from the given client's pool(s)."""
+        if self._url is not None:
+            options = redis.connection.parse_url(self._url)
+            connection_class = options.pop("connection_class", redis.connection.Connection)
+            seeds = [(options.get("host", "127.0.0.1"), int(options.get("port", 6379)))] if self._cluster else None
+            return ConnectionRecipe(connection_class, options, self.timeout, seeds)
+        if self._cluster:
+            nodes = self.client.get_nodes()
+            pool = self.client.get_default_node().redis_connection.connection_pool
+            return ConnectionRecipe.from_pool(pool, self.timeout, [(n.host, int(n.port)) for n in nodes])
+        return ConnectionRecipe.from_pool(self.client.connection_pool, self.timeout)
 
     # ----------------------------------------------------------------------------------- Store
 
@@ -118,9 +155,13 @@ class RedisCache(BaseRedisCache, Store):
         packed = self._pack(rkey, value)
         if packed is None or not self._allow("SET", write=True):
             return False
+        listener = self._listener
+        expected = listener is not None and listener.expect((rkey,))
         try:
             self.client.set(rkey, packed[0], px=px)
         except CALL_ERRORS as exc:
+            if expected:
+                listener.withdraw((rkey,))  # type: ignore[union-attr]
             self._failed(exc, "SET")
             return False
         self._ok()
@@ -131,11 +172,17 @@ class RedisCache(BaseRedisCache, Store):
         rkey = self._rkey(key)
         if not self._allow("DEL", write=True):
             return False
+        listener = self._listener
+        expected = listener is not None and listener.expect((rkey,))
+        removed = 0
         try:
             removed = self.client.delete(rkey)
         except CALL_ERRORS as exc:
             self._failed(exc, "DEL")
             return False
+        finally:
+            if expected and not removed:  # nothing changed in Redis, so no report of it will come
+                listener.withdraw((rkey,))  # type: ignore[union-attr]
         self._ok()
         if removed:
             self.stats.add("deletes")
@@ -252,12 +299,17 @@ class RedisCache(BaseRedisCache, Store):
             return not items
         if not self._allow("SET pipeline", write=True):
             return False
+        listener = self._listener
+        rkeys = [rkey for rkey, _ in packed]
+        expected = listener is not None and listener.expect(rkeys)
         try:
             pipe = self._pipeline()
             for rkey, (payload, _) in packed:
                 pipe.set(rkey, payload, px=px)
             pipe.execute()
         except CALL_ERRORS as exc:
+            if expected:
+                listener.withdraw(rkeys)  # type: ignore[union-attr]
             self._failed(exc, "SET pipeline")
             return False
         self._ok()
@@ -346,6 +398,8 @@ class RedisCache(BaseRedisCache, Store):
         if self._closed:
             return
         self._closed = True
+        if self._listener is not None:
+            self._listener.stop()
         if self._owns_client and self._client is not None:
             try:
                 self._client.close()
