@@ -333,7 +333,8 @@ class InvalidationListener:
             if not self._stop.is_set() and not failed.is_set():
                 log.info("Invalidation connection lost (%s: %s); local copies are dropped.", type(exc).__name__, exc)
         except BaseException as exc:
-            log.warning("Invalidation reader failed: %s: %s", type(exc).__name__, exc)
+            if not self._stop.is_set() and not failed.is_set():  # else: its connection was closed under it
+                log.warning("Invalidation reader failed: %s: %s", type(exc).__name__, exc)
         finally:
             failed.set()
 

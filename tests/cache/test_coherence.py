@@ -1,0 +1,365 @@
+"""Several machines, one truth: local copies follow changes made on other machines (issue 13).
+
+Real redis-server processes throughout; "machines" are separate processes with their own disk directories
+(``coherence_machine.py``), or separate TieredCaches in this process where a test needs to reach inside.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from llamahome.cache import AsyncRedisCache, CacheConfig, CacheManager, DiskCache, MemoryCache, RedisCache, TieredCache
+
+from .conftest import RedisServer, free_port
+
+pytestmark = pytest.mark.redis
+
+MACHINE = Path(__file__).with_name("coherence_machine.py")
+SRC = Path(__file__).resolve().parents[2] / "src"
+BOUND = 1.0  # seconds: generous for a loaded test box; the benchmark measures the real distribution
+
+
+class Machine:
+    """A coherence_machine.py process: one TieredCache(memory, disk, Redis) with its own disk directory."""
+
+    def __init__(self, url: str, namespace: str, disk: Path, secret: str = "") -> None:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+        self.proc = subprocess.Popen(
+            [sys.executable, str(MACHINE), url, namespace, str(disk), secret],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+        )
+        self.subscribed = self._answer()
+
+    def _answer(self) -> Any:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the machine process exited with {self.proc.wait(timeout=10)}")
+        reply = json.loads(line)
+        if "error" in reply:
+            raise RuntimeError(reply["error"])
+        return reply["ok"]
+
+    def __call__(self, op: str, **args: Any) -> Any:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps({"op": op, **args}) + "\n")
+        self.proc.stdin.flush()
+        return self._answer()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.write('{"op": "quit"}\n')
+            self.proc.stdin.flush()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                pipe.close()
+
+
+@pytest.fixture
+def machines(tmp_path: Path) -> Iterator[Any]:
+    started: list[Machine] = []
+
+    def start(url: str, namespace: str, count: int = 2, secret: str = "") -> list[Machine]:
+        for _ in range(count):
+            started.append(Machine(url, namespace, tmp_path / f"disk{len(started)}", secret))
+        return started[-count:]
+
+    yield start
+    for machine in started:
+        machine.close()
+
+
+def _local_tiers(tmp_path: Path, name: str) -> tuple[MemoryCache, DiskCache]:
+    return MemoryCache(size=64), DiskCache(tmp_path / name, size=64)
+
+
+def _settle(*caches: TieredCache) -> None:
+    """Let reports of earlier writes arrive (tests that check what stays in the local tiers need that)."""
+    time.sleep(0.1)
+
+
+# ---------------------------------------------------------------------------------------------- two processes
+
+
+def _see_set_and_delete(a: Machine, b: Machine) -> None:
+    assert a.subscribed and b.subscribed
+    assert b("set", key="k", value="v1") is True
+    assert a("wait", key="k", value="v1")[0] == "v1"
+    time.sleep(0.1)
+    assert a("get", key="k") == "v1"  # A now holds local copies of v1 (memory and disk)
+    assert b("set", key="k", value="v2") is True
+    value, waited = a("wait", key="k", value="v2", timeout=BOUND)
+    assert value == "v2" and waited < BOUND
+    assert a("local", key="k") in ([None, None], ["v2", "v2"], ["v2", None], [None, "v2"])
+    assert b("delete", key="k") is True
+    value, waited = a("wait", key="k", value=None, timeout=BOUND)
+    assert value is None and waited < BOUND
+    assert a("local", key="k") == [None, None]
+    assert a("stats")["invalidations"] >= 3 and b("stats")["invalidations"] == 0  # own writes are not reports
+
+
+def test_two_processes_see_each_others_sets_and_deletes(machines: Any, redis_url: str, redis_namespace: str) -> None:
+    a, b = machines(redis_url, redis_namespace)
+    _see_set_and_delete(a, b)
+
+
+def test_two_processes_with_a_secret(machines: Any, redis_url: str, redis_namespace: str) -> None:
+    a, b = machines(redis_url, redis_namespace, secret="shared-secret")
+    _see_set_and_delete(a, b)
+
+
+def test_two_processes_on_a_cluster(machines: Any, redis_cluster: Any, redis_namespace: str) -> None:
+    a, b = machines(redis_cluster.url, redis_namespace)
+    _see_set_and_delete(a, b)
+    for i in range(20):  # keys on every node
+        assert b("set", key=f"n{i}", value="old") is True
+        assert a("wait", key=f"n{i}", value="old")[0] == "old"
+    time.sleep(0.1)
+    for i in range(20):
+        assert b("set", key=f"n{i}", value="new") is True
+    for i in range(20):
+        assert a("wait", key=f"n{i}", value="new", timeout=BOUND)[0] == "new"
+
+
+def test_redis_restart_between_the_write_and_the_read(machines: Any, redis_restartable: RedisServer, tmp_path: Path) -> None:
+    server = redis_restartable
+    a, b = machines(server.url, "restart")
+    assert b("set", key="k", value="old") is True
+    assert a("wait", key="k", value="old")[0] == "old"
+    time.sleep(0.1)  # B's report has arrived (it may have dropped the copy A made before it)
+    assert a("get", key="k") == "old"
+    assert a("local", key="k")[0] == "old"  # A serves it from memory
+    server.restart()  # same port, empty: every connection drops
+    deadline = time.monotonic() + 10
+    while b("set", key="k", value="new") is not True:  # B's first call may meet its dropped connection
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    # B's write landed after the restart; A must not answer the value from before it
+    assert a("get", key="k") != "old"
+    assert a("wait", key="k", value="new", timeout=5.0)[0] == "new"
+    assert a("subscribed", timeout=10.0) is True
+    assert a("stats")["resets"] >= 2  # dropped when the connection went, and when it came back
+
+
+def test_concurrent_writers_converge(machines: Any, redis_url: str, redis_namespace: str) -> None:
+    group = machines(redis_url, redis_namespace, count=3)
+    for machine in group:
+        assert machine("get", key="k") is None
+    threads = [threading.Thread(target=m, args=("hammer",), kwargs={"key": "k", "prefix": f"m{i}", "n": 200})
+               for i, m in enumerate(group)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    final = RedisCache(redis_url, namespace=redis_namespace, timeout=2.0)
+    truth = final.get("k")
+    final.close()
+    assert truth is not None and truth.endswith("-199")
+    for machine in group:
+        value, _ = machine("wait", key="k", value=truth, timeout=BOUND)
+        assert value == truth
+        assert machine("local", key="k") in ([None, None], [truth, truth], [truth, None], [None, truth])
+
+
+# ---------------------------------------------------------------------------------------------- in one process
+
+
+@pytest.fixture
+def pair(tmp_path: Path, redis_url: str, redis_namespace: str) -> Iterator[tuple[TieredCache, TieredCache]]:
+    a = TieredCache(*_local_tiers(tmp_path, "a"), RedisCache(redis_url, namespace=redis_namespace, timeout=2.0))
+    b = TieredCache(*_local_tiers(tmp_path, "b"), RedisCache(redis_url, namespace=redis_namespace, timeout=2.0))
+    yield a, b
+    a.close()
+    b.close()
+
+
+def _wait(condition: Any, timeout: float = BOUND) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)
+    return True
+
+
+def test_a_memory_hit_makes_no_redis_call(pair: tuple[TieredCache, TieredCache], redis_url: str) -> None:
+    a, _ = pair
+    a.set("k", b"v")
+    _settle(a)
+    assert a.tiers[0].get("k") == b"v"
+    raw = redis.Redis.from_url(redis_url)
+
+    def calls() -> int:
+        stats = raw.info("commandstats")
+        return sum(int(v["calls"]) for name, v in stats.items() if name in ("cmdstat_get", "cmdstat_evalsha", "cmdstat_mget"))
+
+    before = calls()
+    for _ in range(1000):
+        assert a.get("k") == b"v"
+    assert calls() == before
+    raw.close()
+
+
+def test_own_writes_keep_their_local_copies(pair: tuple[TieredCache, TieredCache]) -> None:
+    a, _ = pair
+    a.set_many({f"k{i}": i for i in range(50)})
+    a.set("one", 1)
+    a.delete("k0")
+    a.delete("never-there")  # removes nothing in Redis: no report will come, and none is waited for
+    _settle(a)
+    assert a.stats.invalidations == 0
+    assert a.tiers[0].get("one") == 1 and a.tiers[0].get("k49") == 49
+    assert a.listener is not None and not a.listener._echoes  # every expected echo arrived or was withdrawn
+
+
+def test_a_stale_read_promotion_loses_to_a_concurrent_write(pair: tuple[TieredCache, TieredCache]) -> None:
+    """A reads the old value from Redis; B's write and its report land before A copies the value up."""
+    a, b = pair
+    b.set("k", "old")
+    _settle(a, b)
+    shared = a.tiers[2]
+    assert isinstance(shared, RedisCache)
+    original = shared.get_with_ttl
+    seen = a.stats.invalidations
+
+    def slow_read(key: Any, default: Any = None) -> tuple[Any, float | None]:
+        found = original(key, default)  # the old value
+        b.set("k", "new")
+        assert _wait(lambda: a.stats.invalidations > seen)  # A's listener has handled B's write
+        return found
+
+    shared.get_with_ttl = slow_read  # type: ignore[method-assign]
+    try:
+        assert a.get("k") == "old"  # the read itself was concurrent with the write: either answer is fine
+    finally:
+        shared.get_with_ttl = original  # type: ignore[method-assign]
+    assert a.tiers[0].get("k") is None and a.tiers[1].get("k") is None  # but it was not copied up
+    assert a.get("k") == "new"
+
+
+def test_an_async_writer_invalidates_too(pair: tuple[TieredCache, TieredCache], redis_url: str, redis_namespace: str) -> None:
+    a, _ = pair
+    a.set("k", "v1")
+    _settle(a)
+
+    async def write() -> None:
+        async with AsyncRedisCache(redis_url, namespace=redis_namespace, timeout=2.0) as writer:
+            assert await writer.set("k", "v2") is True
+
+    asyncio.run(write())
+    assert _wait(lambda: a.tiers[0].get("k") is None)
+    assert a.get("k") == "v2"
+
+
+def test_an_attacker_with_redis_access_can_only_cause_misses(tmp_path: Path, redis_url: str, redis_namespace: str) -> None:
+    a = TieredCache(*_local_tiers(tmp_path, "a"), RedisCache(redis_url, namespace=redis_namespace, secret="s", timeout=2.0))
+    try:
+        a.set("k", {"v": 1})
+        _settle(a)
+        raw = redis.Redis.from_url(redis_url)
+        raw.set(f"{redis_namespace}:sk", b"LHR\x00forged value")  # overwrite the entry without the secret
+        raw.publish(f"{redis_namespace}:sk", b"noise")
+        assert _wait(lambda: a.tiers[0].get("k") is None)
+        assert a.get("k", "miss") == "miss"  # never the forged value
+        assert a.tiers[2].stats.corrupt == 1
+        raw.close()
+    finally:
+        a.close()
+
+
+def test_flushdb_and_a_lost_connection_drop_every_local_copy(pair: tuple[TieredCache, TieredCache], redis_url: str) -> None:
+    a, _ = pair
+    a.set_many({"x": 1, "y": 2})
+    _settle(a)
+    raw = redis.Redis.from_url(redis_url)
+    assert a.listener is not None
+    resets = a.listener.resets
+    # the tracking connections are the ones with the "t" flag; killing them loses any report in flight
+    for client in raw.client_list():
+        if "t" in client["flags"]:
+            raw.client_kill_filter(_id=client["id"])
+    assert _wait(lambda: a.listener.resets >= resets + 2 and a.listener.subscribed, timeout=5.0)
+    assert a.tiers[0].get("x") is None and a.tiers[1].get("y") is None
+    raw.close()
+
+
+def test_listen_false_keeps_the_single_machine_behaviour(tmp_path: Path, redis_url: str, redis_namespace: str) -> None:
+    with TieredCache(*_local_tiers(tmp_path, "a"), RedisCache(redis_url, namespace=redis_namespace), listen=False) as a:
+        assert a.listener is None
+        a.set("k", 1)
+        assert a.get("k") == 1
+
+
+def test_the_manager_listens_through_its_tiered_cache(tmp_path: Path, redis_url: str, redis_namespace: str) -> None:
+    def config(name: str) -> CacheConfig:
+        return CacheConfig.from_dict({"cache": {
+            "memory": {"size": 16}, "disk": {"path": str(tmp_path / name), "size": 16},
+            "network": {"url": redis_url, "namespace": redis_namespace, "timeout": 2},
+        }, "system_cache": {"temp_dir": str(tmp_path / name / "tmp")}})
+
+    async def main() -> None:
+        async with CacheManager(config("a")) as a, CacheManager(config("b")) as b:
+            await b.set("prompt", "v1")
+            assert await a.get("prompt") == "v1"
+            await asyncio.sleep(0.1)
+            await b.set("prompt", "v2")
+            assert await asyncio.to_thread(_wait, lambda: a.memory.get("prompt") is None)
+            assert await a.get("prompt") == "v2"
+            assert a.tiered.stats.invalidations >= 1
+
+    asyncio.run(main())
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is needed to make a test certificate")
+def test_over_tls(tmp_path: Path, redis_namespace: str) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True, timeout=30,
+    )
+    tls_port = free_port()
+    server = RedisServer(
+        tmp_path / "r", None, "--tls-port", str(tls_port), "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+        "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no",
+    )
+    try:
+        server.start()
+    except RuntimeError:
+        pytest.skip("this redis-server was built without TLS support")
+    url = f"rediss://127.0.0.1:{tls_port}/0?ssl_ca_certs={cert}"
+    a = TieredCache(*_local_tiers(tmp_path, "a"), RedisCache(url, namespace=redis_namespace, timeout=2.0))
+    b = TieredCache(*_local_tiers(tmp_path, "b"), RedisCache(url, namespace=redis_namespace, timeout=2.0))
+    try:
+        assert a.listener is not None and a.listener.subscribed
+        a.set("k", "v1")
+        _settle(a, b)
+        assert b.get("k") == "v1"
+        _settle(a, b)
+        a.set("k", "v2")
+        assert _wait(lambda: b.tiers[0].get("k") is None)
+        assert b.get("k") == "v2"
+    finally:
+        a.close()
+        b.close()
+        server.kill()
