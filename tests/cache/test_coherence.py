@@ -363,3 +363,33 @@ def test_over_tls(tmp_path: Path, redis_namespace: str) -> None:
         a.close()
         b.close()
         server.kill()
+
+
+# ---------------------------------------------------------------------------------------------- the reader
+
+
+def test_the_push_reader_parses_every_reply_however_the_bytes_are_split() -> None:
+    from llamahome.cache.redis._invalidation import _Incomplete, _parse_push
+
+    stream = (
+        b">2\r\n$10\r\ninvalidate\r\n*2\r\n$4\r\nns:a\r\n$6\r\nns:b\r\n\r\n"  # a key holding CR LF
+        b">2\r\n$10\r\ninvalidate\r\n_\r\n"  # FLUSHDB
+        b"*3\r\n$6\r\nmaster\r\n:42\r\n*0\r\n"  # ROLE
+        b">2\r\n$10\r\ninvalidate\r\n*1\r\n$0\r\n\r\n"
+        b"=8\r\ntxt:abcd\r\n%1\r\n+k\r\n:1\r\n|1\r\n+a\r\n+b\r\n:5\r\n-ERR no\r\n"
+    )
+    expected = [
+        [b"invalidate", [b"ns:a", b"ns:b\r\n"]], [b"invalidate", None], [b"master", 42, []],
+        [b"invalidate", [b""]], b"abcd", {b"k": 1}, 5, b"ERR no",
+    ]
+    for cut in range(len(stream) + 1):  # the first `cut` bytes arrive, then the rest
+        buf, pos, got = bytearray(stream[:cut]), 0, []
+        for more in (b"", stream[cut:]):
+            buf += more
+            while pos < len(buf):
+                try:
+                    reply, pos = _parse_push(buf, pos)
+                except _Incomplete:
+                    break
+                got.append(reply)
+        assert got == expected, cut

@@ -98,13 +98,14 @@ class _PushReader:
         if sock is None:
             raise RedisConnectionError("the tracking connection has no socket")
         self._sock: Any = sock
+        self._poll = select.poll()  # not select(): it fails on descriptors above 1023
+        self._poll.register(sock, select.POLLIN)
 
     def wait(self, timeout: float) -> bool:
         """True when there is something to read (within ``timeout`` seconds)."""
         if self._early or self._pos < len(self._buf) or self._pending():
             return True
-        ready, _, _ = select.select([self._sock], [], [], timeout)
-        return bool(ready)
+        return bool(self._poll.poll(timeout * 1000))
 
     def _pending(self) -> bool:
         pending = getattr(self._sock, "pending", None)  # TLS: decrypted bytes select() cannot see
@@ -112,7 +113,7 @@ class _PushReader:
 
     def read_available(self) -> list[Any]:
         """Every complete reply received so far, without blocking."""
-        while self._pending() or select.select([self._sock], [], [], 0)[0]:
+        while self._pending() or self._poll.poll(0):
             try:
                 data = self._sock.recv(1 << 16)
             except (BlockingIOError, InterruptedError):
