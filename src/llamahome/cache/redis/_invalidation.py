@@ -88,8 +88,9 @@ class _PushReader:
     """
 
     def __init__(self, conn: Connection) -> None:
-        self._buf = bytearray()
-        self._pos = 0
+        self._buf = bytearray()  # received bytes not parsed yet: the start of an incomplete reply
+        self._chunk = bytearray(1 << 16)
+        self._view = memoryview(self._chunk)
         self._early: list[Any] = []
         # Anything redis-py already buffered is read through it first; then its buffer is empty for good.
         while conn.can_read(timeout=0):
@@ -103,7 +104,7 @@ class _PushReader:
 
     def wait(self, timeout: float) -> bool:
         """True when there is something to read (within ``timeout`` seconds)."""
-        if self._early or self._pos < len(self._buf) or self._pending():
+        if self._early or self._pending():  # what is left in _buf is an incomplete reply: wait for more
             return True
         return bool(self._poll.poll(timeout * 1000))
 
@@ -111,33 +112,45 @@ class _PushReader:
         pending = getattr(self._sock, "pending", None)  # TLS: decrypted bytes select() cannot see
         return bool(pending is not None and pending())
 
-    def read_available(self) -> list[Any]:
-        """Every complete reply received so far, without blocking."""
+    def read_available(self, keys: list[bytes]) -> list[Any]:
+        """Every complete reply received so far, without blocking; the keys of single-key invalidation pushes
+        (nearly all of them) are appended to ``keys`` instead of returned as replies."""
         while self._pending() or self._poll.poll(0):
             try:
-                data = self._sock.recv(1 << 16)
+                size = self._sock.recv_into(self._chunk)
             except (BlockingIOError, InterruptedError):
                 break
-            if not data:
+            if not size:
                 raise RedisConnectionError("Redis closed the tracking connection")
-            self._buf += data
-            if len(data) < 1 << 16:
+            self._buf += self._view[:size]
+            if size < len(self._chunk):
                 break
         out, self._early = self._early, []
-        buf = self._buf
-        while self._pos < len(buf):
+        buf, pos, size = self._buf, 0, len(self._buf)
+        head, skip = _ONE_KEY_HEAD, len(_ONE_KEY_HEAD)
+        while pos < size:
+            if buf.startswith(head, pos):  # inlined: this loop is the listener's whole cost per write
+                end = buf.find(b"\r\n", pos + skip)
+                if end < 0:
+                    break
+                stop = end + 2 + int(buf[pos + skip : end])
+                if stop + 2 > size:
+                    break
+                keys.append(bytes(buf[end + 2 : stop]))
+                pos = stop + 2
+                continue
             try:
-                reply, self._pos = _parse_push(buf, self._pos)
+                reply, pos = _parse_push(buf, pos)
             except _Incomplete:
                 break
             out.append(reply)
-        if self._pos:
-            del buf[: self._pos]
-            self._pos = 0
+        if pos:
+            del buf[:pos]
         return out
 
 
 _PUSH_HEAD = b">2\r\n$10\r\ninvalidate\r\n*"
+_ONE_KEY_HEAD = _PUSH_HEAD + b"1\r\n$"
 
 
 def _parse_push(buf: bytearray, pos: int) -> tuple[Any, int]:
@@ -320,6 +333,7 @@ class InvalidationListener:
         self._echoes: dict[bytes, int] = {}
         self._stop = threading.Event()
         self._subscribed = threading.Event()
+        self._live = False  # mirrors _subscribed, read without a call on every write
         self._first_try = threading.Event()
         self._failed = threading.Event()  # the current subscription's "stop serving" flag
         #: Times the local copies were dropped because reports may have been lost.
@@ -350,6 +364,14 @@ class InvalidationListener:
             echoes = self._echoes
             for rkey in rkeys:
                 echoes[rkey] = echoes.get(rkey, 0) + 1
+        return True
+
+    def expect_one(self, rkey: bytes) -> bool:
+        """:meth:`expect` for one key (the set path: no iterator, no Event call)."""
+        if not self._live:
+            return False
+        with self._lock:
+            self._echoes[rkey] = self._echoes.get(rkey, 0) + 1
         return True
 
     def withdraw(self, rkeys: Iterable[bytes]) -> None:
@@ -393,13 +415,16 @@ class InvalidationListener:
                         self._echoes.clear()
                     self._reset("subscribed")
                     self._subscribed.set()
+                    self._live = True
                     self._first_try.set()
                     delay = _MIN_DELAY
                     self._serve(conns, primaries)
+                    self._live = False
                     self._subscribed.clear()
                     if not self._stop.is_set():
                         self._reset("connection lost")
             except BaseException as exc:  # never let the thread die: log, drop, retry
+                self._live = False
                 self._subscribed.clear()
                 log.warning("Invalidation listener failed (%s: %s); local copies dropped, retrying.",
                             type(exc).__name__, exc)
@@ -412,6 +437,7 @@ class InvalidationListener:
                         pass
             self._stop.wait(delay)
             delay = min(delay * 2, _MAX_DELAY)
+        self._live = False
         self._subscribed.clear()
 
     def _track(self, conn: Connection) -> None:
@@ -466,7 +492,7 @@ class InvalidationListener:
                         time.sleep(pause)
                     changed: list[bytes] = []
                     flushed = False
-                    for reply in reader.read_available():
+                    for reply in reader.read_available(changed):
                         if not isinstance(reply, list) or not reply:
                             continue
                         if reply[0] == b"invalidate":

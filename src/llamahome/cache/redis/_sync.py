@@ -156,7 +156,7 @@ class RedisCache(BaseRedisCache, Store):
         if packed is None or not self._allow("SET", write=True):
             return False
         listener = self._listener
-        expected = listener is not None and listener.expect((rkey,))
+        expected = listener is not None and listener.expect_one(rkey)
         try:
             self.client.set(rkey, packed[0], px=px)
         except CALL_ERRORS as exc:
@@ -173,7 +173,7 @@ class RedisCache(BaseRedisCache, Store):
         if not self._allow("DEL", write=True):
             return False
         listener = self._listener
-        expected = listener is not None and listener.expect((rkey,))
+        expected = listener is not None and listener.expect_one(rkey)
         removed = 0
         try:
             removed = self.client.delete(rkey)
