@@ -225,10 +225,10 @@ def test_own_writes_keep_their_local_copies(pair: tuple[TieredCache, TieredCache
     a.set("one", 1)
     a.delete("k0")
     a.delete("never-there")  # removes nothing in Redis: no report will come, and none is waited for
-    _settle(a)
+    assert a.listener is not None
+    assert _wait(lambda: not a.listener._echoes, timeout=5.0)  # every expected echo arrived or was withdrawn
     assert a.stats.invalidations == 0
     assert a.tiers[0].get("one") == 1 and a.tiers[0].get("k49") == 49
-    assert a.listener is not None and not a.listener._echoes  # every expected echo arrived or was withdrawn
 
 
 def test_a_stale_read_promotion_loses_to_a_concurrent_write(pair: tuple[TieredCache, TieredCache]) -> None:
@@ -393,3 +393,35 @@ def test_the_push_reader_parses_every_reply_however_the_bytes_are_split() -> Non
                     break
                 got.append(reply)
         assert got == expected, cut
+
+
+def test_the_push_reader_reads_reports_split_across_socket_reads() -> None:
+    import socket
+
+    from llamahome.cache.redis._invalidation import _PushReader
+
+    class Conn:  # what the reader needs of a redis-py connection: its socket, and nothing buffered
+        def __init__(self, sock: socket.socket) -> None:
+            self._sock = sock
+
+        def can_read(self, timeout: float = 0) -> bool:
+            return False
+
+    stream = b"".join(b">2\r\n$10\r\ninvalidate\r\n*1\r\n$5\r\nns:k%d\r\n" % i for i in range(3))
+    stream += b"*3\r\n$6\r\nmaster\r\n:0\r\n*0\r\n"
+    for cut in range(len(stream) + 1):
+        ours, theirs = socket.socketpair()
+        try:
+            reader = _PushReader(Conn(ours))  # type: ignore[arg-type]
+            keys: list[bytes] = []
+            replies: list[Any] = []
+            for part in (stream[:cut], stream[cut:]):
+                if part:
+                    theirs.sendall(part)
+                    assert reader.wait(1.0)
+                    replies += reader.read_available(keys)
+            assert keys == [b"ns:k0", b"ns:k1", b"ns:k2"] and replies == [[b"master", 0, []]], cut
+            assert not reader.wait(0)  # nothing left but what was read
+        finally:
+            ours.close()
+            theirs.close()
