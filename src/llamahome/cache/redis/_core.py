@@ -81,6 +81,7 @@ _CacheT = TypeVar("_CacheT", bound="BaseRedisCache")
 #: get_or_set: the lock holder finished or died without leaving a value; try to take the lock over.
 TAKE_OVER: Any = object()
 _HEADS_MAX = 4096  # entry lengths whose plain-bytes prefix is remembered
+_SMALL_FRAME = 64 * 1024  # frames up to this size are copied out of the envelope (cheap) before decoding
 
 
 def _escape_glob(data: bytes) -> bytes:
@@ -291,7 +292,10 @@ class BaseRedisCache:
         if plain is not None:
             return plain
         try:
-            return decode(self._envelope.open(rkey, data), allow_pickle=False)
+            frame: Any = self._envelope.open(rkey, data)
+            if len(frame) <= _SMALL_FRAME:
+                frame = bytes(frame)  # codecs.decode has a fast path for small str/bytes frames given as bytes
+            return decode(frame, allow_pickle=False)
         except EnvelopeError as exc:
             reason = exc.reason
         except CacheValueError as exc:
