@@ -425,3 +425,23 @@ def test_the_push_reader_reads_reports_split_across_socket_reads() -> None:
         finally:
             ours.close()
             theirs.close()
+
+
+def test_the_fast_path_is_not_fooled_by_a_key_that_contains_a_push_head() -> None:
+    from llamahome.cache.redis._invalidation import _ONE_KEY_HEAD, _one_key_pushes
+
+    def push(key: bytes) -> bytes:
+        return _ONE_KEY_HEAD + b"%d\r\n" % len(key) + key + b"\r\n"
+
+    tricky = b"ns:s" + push(b"ns:sfake")  # a key whose bytes look like a whole push
+    stream = push(b"ns:sa") + push(tricky) + push(b"ns:sb")
+    keys: list[bytes] = []
+    used = _one_key_pushes(bytearray(stream), keys)
+    assert keys == [b"ns:sa"] and used == len(push(b"ns:sa"))  # the run stops at the tricky push
+    from llamahome.cache.redis._invalidation import _parse_push
+
+    rest, pos, more = bytearray(stream), used, []
+    while pos < len(rest):
+        reply, pos = _parse_push(rest, pos)
+        more += reply[1]
+    assert more == [tricky, b"ns:sb"]

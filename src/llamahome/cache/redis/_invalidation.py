@@ -126,7 +126,8 @@ class _PushReader:
             if size < len(self._chunk):
                 break
         out, self._early = self._early, []
-        buf, pos, size = self._buf, 0, len(self._buf)
+        buf, size = self._buf, len(self._buf)
+        pos = _one_key_pushes(buf, keys)
         head, skip = _ONE_KEY_HEAD, len(_ONE_KEY_HEAD)
         while pos < size:
             if buf.startswith(head, pos):  # inlined: this loop is the listener's whole cost per write
@@ -151,6 +152,28 @@ class _PushReader:
 
 _PUSH_HEAD = b">2\r\n$10\r\ninvalidate\r\n*"
 _ONE_KEY_HEAD = _PUSH_HEAD + b"1\r\n$"
+
+
+def _one_key_pushes(buf: bytearray, keys: list[bytes]) -> int:
+    """Fast path: the keys of the run of single-key invalidation pushes that ``buf`` starts with (appended to
+    ``keys``), and how many bytes they took. One C-level split instead of a parse per push: at a busy writer's
+    rate (one echo per write) this is the listener's main cost.
+
+    A piece between two push heads must be exactly ``<n>\\r\\n<n-byte key>\\r\\n``; the first that is not (the
+    last, incomplete push; another reply after it; a key that happens to contain a push head) ends the run,
+    and the caller's general parser goes on from there.
+    """
+    head = _ONE_KEY_HEAD
+    if not buf.startswith(head):
+        return 0
+    pos = 0
+    for piece in bytes(buf).split(head)[1:]:
+        digits, sep, rest = piece.partition(b"\r\n")
+        if not sep or not digits.isdigit() or len(rest) != int(digits) + 2 or not rest.endswith(b"\r\n"):
+            break
+        keys.append(rest[:-2])
+        pos += len(head) + len(piece)
+    return pos
 
 
 def _parse_push(buf: bytearray, pos: int) -> tuple[Any, int]:
