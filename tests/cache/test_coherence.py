@@ -286,20 +286,30 @@ def test_an_attacker_with_redis_access_can_only_cause_misses(tmp_path: Path, red
         a.close()
 
 
-def test_flushdb_and_a_lost_connection_drop_every_local_copy(pair: tuple[TieredCache, TieredCache], redis_url: str) -> None:
-    a, _ = pair
-    a.set_many({"x": 1, "y": 2})
-    _settle(a)
-    raw = redis.Redis.from_url(redis_url)
-    assert a.listener is not None
-    resets = a.listener.resets
-    # the tracking connections are the ones with the "t" flag; killing them loses any report in flight
-    for client in raw.client_list():
-        if "t" in client["flags"]:
-            raw.client_kill_filter(_id=client["id"])
-    assert _wait(lambda: a.listener.resets >= resets + 2 and a.listener.subscribed, timeout=5.0)
-    assert a.tiers[0].get("x") is None and a.tiers[1].get("y") is None
-    raw.close()
+def test_flushdb_and_a_lost_connection_drop_every_local_copy(tmp_path: Path, redis_restartable: RedisServer) -> None:
+    url = redis_restartable.url
+    a = TieredCache(*_local_tiers(tmp_path, "a"), RedisCache(url, namespace="ns", timeout=2.0))
+    raw = redis.Redis.from_url(url)
+    try:
+        assert a.listener is not None
+        a.set_many({"x": 1, "y": 2})
+        _settle(a)
+        resets = a.listener.resets
+        # the tracking connections are the ones with the "t" flag; killing them loses any report in flight
+        for client in raw.client_list():
+            if "t" in client["flags"]:
+                raw.client_kill_filter(_id=client["id"])
+        assert _wait(lambda: a.listener.resets >= resets + 2 and a.listener.subscribed, timeout=5.0)
+        assert a.tiers[0].get("x") is None and a.tiers[1].get("y") is None
+        a.set("z", 3)
+        _settle(a)
+        assert a.tiers[0].get("z") == 3
+        raw.flushdb()  # reported as "everything changed"
+        assert _wait(lambda: a.tiers[0].get("z") is None and a.tiers[1].get("z") is None)
+        assert a.get("z") is None
+    finally:
+        raw.close()
+        a.close()
 
 
 def test_listen_false_keeps_the_single_machine_behaviour(tmp_path: Path, redis_url: str, redis_namespace: str) -> None:
