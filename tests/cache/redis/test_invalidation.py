@@ -1,7 +1,7 @@
 """Several machines, one truth: local copies follow changes made on other machines (issue 13).
 
 Real redis-server processes throughout; "machines" are separate processes with their own disk directories
-(``coherence_machine.py``), or separate TieredCaches in this process where a test needs to reach inside.
+(``machine.py``), or separate TieredCaches in this process where a test needs to reach inside.
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ import redis
 
 from llamahome.cache import AsyncRedisCache, CacheConfig, CacheManager, DiskCache, MemoryCache, RedisCache, TieredCache
 
-from .conftest import RedisServer, free_port
+from ..conftest import RedisServer, free_port
 
 pytestmark = pytest.mark.redis
 
-MACHINE = Path(__file__).with_name("coherence_machine.py")
-SRC = Path(__file__).resolve().parents[2] / "src"
+MACHINE = Path(__file__).with_name("machine.py")
+SRC = Path(__file__).resolve().parents[3] / "src"
 BOUND = 1.0  # seconds: generous for a loaded test box; the benchmark measures the real distribution
 
 

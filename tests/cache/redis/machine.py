@@ -1,6 +1,6 @@
 """One "machine" for the coherence tests and benchmark: a TieredCache (memory, disk, Redis) in its own process.
 
-    python coherence_machine.py URL NAMESPACE DISK_DIR [SECRET]
+    python machine.py URL NAMESPACE DISK_DIR [SECRET]
 
 It reads one JSON command per line on stdin and answers one JSON line on stdout (``{"ok": result}``, or
 ``{"error": "..."}``). Commands: ``get``, ``set``, ``delete`` (``key``, ``value``), ``local`` (the memory and

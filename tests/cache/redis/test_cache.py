@@ -1,4 +1,4 @@
-"""The Redis tier: behaviour against real redis-server processes, faults included, and its pure parts."""
+"""RedisCache and AsyncRedisCache: behaviour against real redis-server processes, faults included."""
 
 from __future__ import annotations
 
@@ -20,13 +20,13 @@ import pytest
 import redis
 
 from llamahome.cache.base import Key
-from llamahome.cache.redis._circuit import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
+from llamahome.cache.redis._circuit import CLOSED, OPEN
+from llamahome.cache.redis._signing import UNSIGNED
 from llamahome.cache.codecs import encode
 from llamahome.cache.redis import AsyncRedisCache, RedisCache
-from llamahome.cache.redis._signing import SIGNED, UNSIGNED, Envelope, EnvelopeError
 from llamahome.errors import CacheClosedError, CacheKeyError, CacheValueError, ConfigError, NetworkError
 
-from .conftest import RedisServer, free_port
+from ..conftest import RedisServer, free_port
 
 redis_mark = pytest.mark.redis
 
@@ -50,103 +50,6 @@ def cache(redis_url: str, redis_namespace: str) -> Any:
     yield store
     store.clear()
     store.close()
-
-
-# ---------------------------------------------------------------------------------------------- breaker
-
-
-def test_breaker_opens_after_threshold_and_half_opens_after_cooldown(clock: Any) -> None:
-    breaker = CircuitBreaker(failure_threshold=3, cooldown=5.0, clock=clock)
-    assert breaker.state == CLOSED
-    assert [breaker.record_failure() for _ in range(3)] == [False, False, True]
-    assert breaker.state == OPEN and breaker.opened == 1
-    assert breaker.allow() is False and breaker.rejected == 1
-    clock.advance(4.999)
-    assert breaker.allow() is False
-    clock.advance(0.001)
-    assert breaker.state == HALF_OPEN
-    assert breaker.allow() is True  # the one trial
-    assert breaker.allow() is False  # others wait for the trial's outcome
-    breaker.record_success()
-    assert breaker.state == CLOSED and breaker.failures == 0
-    assert all(breaker.allow() for _ in range(10))
-
-
-def test_breaker_failed_trial_reopens_for_a_full_cooldown(clock: Any) -> None:
-    breaker = CircuitBreaker(failure_threshold=1, cooldown=2.0, clock=clock)
-    assert breaker.record_failure() is True
-    clock.advance(2.0)
-    assert breaker.allow() is True
-    assert breaker.record_failure() is True
-    assert breaker.state == OPEN and breaker.opened == 2
-    clock.advance(1.9)
-    assert breaker.allow() is False
-    clock.advance(0.1)
-    assert breaker.allow() is True
-
-
-def test_breaker_success_resets_the_consecutive_count(clock: Any) -> None:
-    breaker = CircuitBreaker(failure_threshold=3, cooldown=1.0, clock=clock)
-    breaker.record_failure()
-    breaker.record_failure()
-    breaker.record_success()
-    breaker.record_failure()
-    breaker.record_failure()
-    assert breaker.state == CLOSED and breaker.failures == 2
-
-
-def test_breaker_lets_a_new_trial_go_when_one_never_reported(clock: Any) -> None:
-    breaker = CircuitBreaker(failure_threshold=1, cooldown=1.0, clock=clock)
-    breaker.record_failure()
-    clock.advance(1.0)
-    assert breaker.allow() is True  # this trial's caller is cancelled and never reports back
-    clock.advance(0.5)
-    assert breaker.allow() is False
-    clock.advance(0.5)
-    assert breaker.allow() is True
-
-
-def test_breaker_rejects_bad_settings() -> None:
-    with pytest.raises(ValueError, match="at least 1"):
-        CircuitBreaker(failure_threshold=0)
-    with pytest.raises(ValueError, match="zero or more"):
-        CircuitBreaker(cooldown=-1)
-
-
-# ---------------------------------------------------------------------------------------------- envelope
-
-
-def test_envelope_round_trip_signed_and_unsigned() -> None:
-    frame = encode({"a": 1})
-    plain = Envelope(None).seal(b"ns:sk", [frame])
-    assert plain.startswith(UNSIGNED) and bytes(Envelope(None).open(b"ns:sk", plain)) == frame
-    signed = Envelope("secret").seal(b"ns:sk", [frame])
-    assert signed.startswith(SIGNED) and len(signed) == len(plain) + 32
-    assert bytes(Envelope("secret").open(b"ns:sk", signed)) == frame
-    # a reader without a secret trusts the server anyway; decoding stays pickle-free
-    assert bytes(Envelope(None).open(b"ns:sk", signed)) == frame
-
-
-@pytest.mark.parametrize(
-    ("reader", "data", "foreign", "reason"),
-    [
-        ("other", Envelope("secret").seal(b"ns:sk", [b"frame"]), False, "signature"),
-        ("secret", Envelope("secret").seal(b"ns:sOTHER", [b"frame"]), False, "signature"),  # replayed elsewhere
-        ("secret", Envelope(None).seal(b"ns:sk", [b"frame"]), False, "not signed"),
-        ("secret", SIGNED + b"short", False, "truncated"),
-        ("secret", b"GIF89a...", True, "not written by LlamaHome"),
-        (None, b"", True, "not written by LlamaHome"),
-    ],
-)
-def test_envelope_rejects(reader: str | None, data: bytes, foreign: bool, reason: str) -> None:
-    with pytest.raises(EnvelopeError, match=reason) as info:
-        Envelope(reader).open(b"ns:sk", data)
-    assert info.value.foreign is foreign
-
-
-def test_envelope_refuses_empty_secret() -> None:
-    with pytest.raises(ValueError, match="secret=None"):
-        Envelope(b"")
 
 
 # ---------------------------------------------------------------------------------------------- construction
