@@ -33,7 +33,7 @@ BOUND = 1.0  # seconds: generous for a loaded test box; the benchmark measures t
 
 
 class Machine:
-    """A coherence_machine.py process: one TieredCache(memory, disk, Redis) with its own disk directory."""
+    """A machine.py process: one TieredCache(memory, disk, Redis) with its own disk directory."""
 
     def __init__(self, url: str, namespace: str, disk: Path, secret: str = "") -> None:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
