@@ -37,7 +37,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
+import weakref
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -56,6 +58,19 @@ _SUMMED = ("evictions", "expirations", "corrupt", "errors", "bytes", "entries", 
            "stored_bytes", "invalidations")
 #: Longest wait, in seconds, for the invalidation listener's first subscription when the cache is built.
 SUBSCRIBE_WAIT = 2.0
+
+
+_live: weakref.WeakSet[TieredCache] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # A stripe lock held by another thread at fork() would stay held for good in the child.
+    for cache in list(_live):
+        cache._stripes = [threading.Lock() for _ in range(_STRIPES)]
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class TieredCache(Store):
@@ -78,6 +93,7 @@ class TieredCache(Store):
         # process does not copy its (older) value up over the newer one.
         self._stripes = [threading.Lock() for _ in range(_STRIPES)]
         self._versions = [0] * _STRIPES
+        _live.add(self)
         # Local copies of a shared tier: dropped when another machine changes the key (see the module doc).
         self._shared = next((i for i in range(len(stores) - 1, 0, -1) if callable(getattr(stores[i], "listen", None))), 0)
         self.listener: Any = None

@@ -455,3 +455,33 @@ def test_the_fast_path_is_not_fooled_by_a_key_that_contains_a_push_head() -> Non
         reply, pos = _parse_push(rest, pos)
         more += reply[1]
     assert more == [tricky, b"ns:sb"]
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Python 3.12+ warns about fork() with threads
+def test_a_forked_child_listens_for_itself(pair: tuple[TieredCache, TieredCache]) -> None:
+    import multiprocessing
+
+    a, b = pair
+    b.set("k", "v1")
+    _settle(a, b)
+    assert a.get("k") == "v1"
+    ctx = multiprocessing.get_context("fork")
+    to_child, from_child = ctx.Queue(), ctx.Queue()
+
+    def child() -> None:
+        ok = a.listener is not None and a.listener.wait_subscribed(5.0)
+        from_child.put(ok)
+        to_child.get(timeout=10)  # B has written v2
+        from_child.put(_wait(lambda: a.get("k") == "v2", timeout=5.0))
+        a.close()
+
+    proc = ctx.Process(target=child)
+    proc.start()
+    try:
+        assert from_child.get(timeout=15) is True  # the child subscribed on its own
+        b.set("k", "v2")
+        to_child.put("written")
+        assert from_child.get(timeout=15) is True  # and saw B's write
+    finally:
+        proc.join(15)
+    assert proc.exitcode == 0

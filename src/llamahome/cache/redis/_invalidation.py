@@ -29,9 +29,11 @@ values are only ever read from Redis through the envelope (signed with ``secret`
 from __future__ import annotations
 
 import logging
+import os
 import select
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -330,6 +332,18 @@ def _parse_nodes(reply: Any) -> tuple[list[tuple[str, int] | None], list[tuple[s
     return sorted(primaries, key=str), everyone
 
 
+_listeners: weakref.WeakSet[InvalidationListener] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for listener in list(_listeners):
+        listener._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class InvalidationListener:
     """A background thread that reports keys changed by other clients (``on_keys``), and calls ``on_reset``
     whenever reports may have been lost (connection down, then up again) or Redis flushed the database.
@@ -352,17 +366,29 @@ class InvalidationListener:
         self._on_keys = on_keys
         self._on_reset = on_reset
         self._stats = stats
+        self._name = name
+        #: Times the local copies were dropped because reports may have been lost.
+        self.resets = 0
+        self._stop = threading.Event()
+        self._start()
+        _listeners.add(self)
+
+    def _start(self) -> None:
         self._lock = threading.Lock()
         self._echoes: dict[bytes, int] = {}
-        self._stop = threading.Event()
         self._subscribed = threading.Event()
         self._live = False  # mirrors _subscribed, read without a call on every write
         self._first_try = threading.Event()
         self._failed = threading.Event()  # the current subscription's "stop serving" flag
-        #: Times the local copies were dropped because reports may have been lost.
-        self.resets = 0
-        self._thread = threading.Thread(target=self._run, name=f"llamahome-invalidation-{name}", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"llamahome-invalidation-{self._name}", daemon=True)
         self._thread.start()
+
+    def _after_fork(self) -> None:
+        """In a forked child: the thread did not survive fork(), and reports to the parent are not ours.
+        Listen again from scratch (its first subscription drops the local copies the child inherited)."""
+        if not self._stop.is_set():
+            self._stop = threading.Event()
+            self._start()
 
     # ------------------------------------------------------------------------------------------ writers
 
