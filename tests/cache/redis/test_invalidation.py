@@ -23,7 +23,7 @@ import redis
 
 from llamahome.cache import AsyncRedisCache, CacheConfig, CacheManager, DiskCache, MemoryCache, RedisCache, TieredCache
 
-from ..conftest import RedisServer, free_port
+from ..conftest import RedisClusterNodes, RedisServer, free_port
 
 pytestmark = pytest.mark.redis
 
@@ -485,3 +485,34 @@ def test_a_forked_child_listens_for_itself(pair: tuple[TieredCache, TieredCache]
     finally:
         proc.join(15)
     assert proc.exitcode == 0
+
+
+def test_a_dead_cluster_primary_leaves_the_others_listened_to(tmp_path: Path) -> None:
+    cluster = RedisClusterNodes(tmp_path / "cluster").start()
+    for node in cluster.nodes:  # the live primaries keep serving their slots while one is down
+        node.command("CONFIG", "SET", "cluster-require-full-coverage", "no")
+    a = TieredCache(*_local_tiers(tmp_path, "a"), RedisCache(cluster.url, namespace="ns", timeout=2.0))
+    b = TieredCache(*_local_tiers(tmp_path, "b"), RedisCache(cluster.url, namespace="ns", timeout=2.0))
+    try:
+        owner = b.tiers[2].client.get_node_from_key(b"ns:sk")  # type: ignore[attr-defined]
+        # not the node the URL names either: a client built after it died could not find the cluster
+        victim = next(node for node in cluster.nodes[1:] if node.port != int(owner.port))
+        b.set("k", "v1")
+        assert a.get("k") == "v1"  # (A's cluster client is built)
+        _settle(a, b)
+        assert a.listener is not None
+        resets = a.listener.resets
+        victim.kill()
+        # dropped everything when the connection went, then listened again on the two live primaries, well
+        # before the cluster itself marks the dead one as failed (node timeout: 2 s)
+        assert _wait(lambda: a.listener.resets >= resets + 2 and a.listener.subscribed, timeout=1.5)
+        assert a.get("k") == "v1"
+        _settle(a, b)
+        assert a.tiers[0].get("k") == "v1"
+        b.set("k", "v2")
+        assert _wait(lambda: a.tiers[0].get("k") is None)
+        assert a.get("k") == "v2"
+    finally:
+        a.close()
+        b.close()
+        cluster.stop()

@@ -19,7 +19,8 @@ restarting or failing over included), ``on_reset`` is called at once, and again 
 primary: the owner drops its local copies then (a flush, not a generation number: a generation would only say
 *that* something may have changed, not *what*, and would still force the same flush). A connection that goes
 silent is caught by a ``ROLE`` health check every second (a demoted primary too); on a cluster the primaries
-are compared with ``CLUSTER NODES`` every 5 s, and a change resubscribes.
+are compared with ``CLUSTER NODES`` every 5 s, and a change resubscribes. A cluster primary that does not
+answer is left out (its keys cannot be read either) and joined, with another drop, when it answers again.
 
 **Trust.** The reports come from the Redis server, not from other clients: someone with access to Redis can
 change or delete entries (so make us drop copies: misses) but cannot put a value into our local tiers, since
@@ -447,12 +448,23 @@ class InvalidationListener:
         while not self._stop.is_set():
             conns: list[Connection] = []
             try:
+                missing: list[tuple[str, int]] = []
                 try:
                     primaries = self._recipe.primaries()
                     for address in primaries:
-                        conn = self._recipe.connect(address)
+                        try:
+                            conn = self._recipe.connect(address)
+                        except CALL_ERRORS:
+                            if address is None:
+                                raise
+                            # A primary we cannot reach: nobody else may be able to either (its keys are then
+                            # unreadable too), so listen to the others now and to it once it answers again.
+                            missing.append(address)
+                            continue
                         conns.append(conn)
                         self._track(conn)
+                    if not conns:
+                        raise RedisConnectionError("no Redis primary answered")
                 except CALL_ERRORS as exc:
                     log.debug("Invalidation listener: cannot subscribe yet: %s: %s", type(exc).__name__, exc)
                     self._first_try.set()
@@ -467,7 +479,7 @@ class InvalidationListener:
                     self._live = True
                     self._first_try.set()
                     delay = _MIN_DELAY
-                    self._serve(conns, primaries)
+                    self._serve(conns, primaries, missing)
                     self._live = False
                     self._subscribed.clear()
                     if not self._stop.is_set():
@@ -497,8 +509,11 @@ class InvalidationListener:
         if reply not in (b"OK", "OK"):
             raise RedisConnectionError(f"CLIENT TRACKING answered {reply!r}")
 
-    def _serve(self, conns: list[Connection], primaries: list[tuple[str, int] | None]) -> None:
-        """Read reports on every connection until one fails, the primaries change, or stop() is called."""
+    def _serve(
+        self, conns: list[Connection], primaries: list[tuple[str, int] | None], missing: list[tuple[str, int]]
+    ) -> None:
+        """Read reports on every connection until one fails, the primaries change, a missing primary answers
+        again, or stop() is called."""
         failed = self._failed = threading.Event()
         if self._stop.is_set():
             failed.set()
@@ -508,14 +523,18 @@ class InvalidationListener:
         ]
         for reader in readers:
             reader.start()
-        next_check = time.monotonic() + TOPOLOGY_INTERVAL
+        interval = HEALTH_INTERVAL if missing else TOPOLOGY_INTERVAL
+        next_check = time.monotonic() + interval
         while not failed.is_set() and not self._stop.is_set():
             failed.wait(0.25)
             if self._recipe.seeds is not None and time.monotonic() >= next_check and not failed.is_set():
-                next_check = time.monotonic() + TOPOLOGY_INTERVAL
+                next_check = time.monotonic() + interval
                 try:
                     if self._recipe.primaries() != primaries:
                         log.info("Redis Cluster primaries changed; resubscribing for invalidations.")
+                        failed.set()
+                    elif self._any_answers(missing):
+                        log.info("A Redis Cluster primary answers again; resubscribing for invalidations.")
                         failed.set()
                 except CALL_ERRORS:
                     failed.set()
@@ -527,6 +546,15 @@ class InvalidationListener:
                 pass
         for reader in readers:
             reader.join(timeout=5)
+
+    def _any_answers(self, addresses: list[tuple[str, int]]) -> bool:
+        for address in addresses:
+            try:
+                self._recipe.connect(address).disconnect()
+            except CALL_ERRORS:
+                continue
+            return True
+        return False
 
     def _read(self, conn: Connection, failed: threading.Event) -> None:
         last = time.monotonic()
