@@ -516,3 +516,17 @@ def test_a_dead_cluster_primary_leaves_the_others_listened_to(tmp_path: Path) ->
         a.close()
         b.close()
         cluster.stop()
+
+
+def test_one_redis_tier_cannot_serve_two_listening_tiered_caches(tmp_path: Path, redis_url: str, redis_namespace: str) -> None:
+    from llamahome.errors import ConfigError
+
+    shared = RedisCache(redis_url, namespace=redis_namespace, timeout=2.0)
+    first = TieredCache(*_local_tiers(tmp_path, "a"), shared)
+    try:
+        with pytest.raises(ConfigError, match="its own RedisCache"):
+            TieredCache(MemoryCache(size=4), shared)
+        second = TieredCache(MemoryCache(size=4), shared, listen=False)  # explicit: no coherence needed
+        assert second.listener is None
+    finally:
+        first.close()

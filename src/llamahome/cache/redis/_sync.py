@@ -101,7 +101,11 @@ class RedisCache(BaseRedisCache, Store):
         """
         self._check_open()
         if self._listener is not None:
-            raise ConfigError("This RedisCache already has an invalidation listener; one owner per cache.")
+            raise ConfigError(
+                "This RedisCache already reports changes to another owner (a TieredCache); writes through one "
+                "RedisCache look like our own to both, so give each TieredCache its own RedisCache, or pass "
+                "listen=False to the TieredCache that needs none."
+            )
         self._listener = InvalidationListener(self._recipe(), self._prefix, on_keys, on_reset, self.stats, self.name)
         return self._listener
 
