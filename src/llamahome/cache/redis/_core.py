@@ -28,7 +28,7 @@ from redis.retry import Retry
 from llamahome.errors import CacheClosedError, CacheValueError, ConfigError, NetworkError, ValueTooLargeError
 
 from ..base import MISSING, Key, key_to_bytes, validate_key
-from ..codecs import decode, encode_parts, plain_bytes_header
+from ..codecs import HEADER_SIZE, decode, encode_parts, plain_bytes_header
 from ..stats import CacheStats
 from ._circuit import CircuitBreaker
 from ._signing import UNSIGNED, Envelope, EnvelopeError
@@ -175,11 +175,14 @@ class BaseRedisCache:
         self._prefix = namespace.encode("utf-8") + b":"
         self._str_prefix = self._prefix + key_to_bytes("")
         # Plain bytes values (unsigned, uncompressed: the commonest entries) are sliced out of the reply
-        # without a decode call: an entry of length n is one if it starts with the envelope marker and the
-        # codec's header for an (n - _plain_start)-byte value. Those prefixes, by entry length, are remembered
-        # here; signed entries must be verified first, so they always take the full path.
+        # without a decode call: such an entry is the envelope marker, the codec's header for its size
+        # (codecs.plain_bytes_header), then the value. The heads seen so far map to the entry length they
+        # imply, so one dict lookup on the first bytes of a reply recognises it: the marker and the header's
+        # HEADER_SIZE bytes, where the size is (the rest of the head is padding, checked when a head is first
+        # seen). Signed entries must be verified first, so they always take the full path.
         self._plain_start = len(UNSIGNED) + len(plain_bytes_header(0))
-        self._plain_heads: dict[int, bytes] | None = None if self._envelope.signed else {}
+        self._plain_key = len(UNSIGNED) + HEADER_SIZE
+        self._plain_heads: dict[bytes, int] | None = None if self._envelope.signed else {}
         self._lock_prefix = self._prefix + b"l"
         self._match = _escape_glob(self._prefix) + b"*"
         self._closed = False
@@ -273,18 +276,18 @@ class BaseRedisCache:
 
     def _plain_bytes(self, data: bytes) -> bytes | None:
         """The value of an unsigned, uncompressed bytes entry, or None for any other entry (see __init__)."""
-        heads = self._plain_heads
-        if heads is None:
+        heads, start = self._plain_heads, self._plain_start
+        if heads is None or len(data) < start:
             return None
-        size = len(data)
-        head = heads.get(size)
-        if head is None:
-            if size < self._plain_start:
+        head = data[: self._plain_key]
+        size = heads.get(head)
+        if size is None:
+            if not data.startswith(UNSIGNED + plain_bytes_header(len(data) - start)):
                 return None
-            head = UNSIGNED + plain_bytes_header(size - self._plain_start)
+            size = len(data)
             if len(heads) < _HEADS_MAX:
-                heads[size] = head
-        return data[self._plain_start :] if data.startswith(head) else None
+                heads[head] = size
+        return data[start:] if size == len(data) else None
 
     def _unpack(self, rkey: bytes, data: bytes) -> Any:
         """The value in ``data`` read from ``rkey``, or MISSING (counted in ``stats.corrupt``) if untrusted."""
@@ -323,17 +326,15 @@ class BaseRedisCache:
         """Decode an MGET reply into the hits; counts hits and misses once for the batch."""
         found: dict[Key, Any] = {}
         hits = 0  # not len(found): a key asked twice counts twice, as two gets would
-        heads, start, unpack = self._plain_heads, self._plain_start, self._unpack
+        heads, start, cut, unpack = self._plain_heads, self._plain_start, self._plain_key, self._unpack
         for key, rkey, data in zip(keys, rkeys, replies):
             if data is None:
                 continue
             # Plain bytes values, inlined (see _plain_bytes): this loop is most of get_many's own cost.
-            if heads is not None:
-                head = heads.get(len(data))
-                if head is not None and data.startswith(head):
-                    found[key] = data[start:]
-                    hits += 1
-                    continue
+            if heads is not None and heads.get(data[:cut]) == len(data):
+                found[key] = data[start:]
+                hits += 1
+                continue
             value = unpack(rkey, data)
             if value is not MISSING:
                 found[key] = value
