@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 import redis
 
-from llamahome.cache.network import RedisCache
+from llamahome.cache.redis import RedisCache
 
 
 def free_port() -> int:

@@ -106,7 +106,6 @@ def _private_path(module: str) -> bool:
     return _private_owner(module) is not None
 
 
-@_IN_PROGRESS
 def test_no_private_names_cross_a_component_boundary() -> None:
     crossings = []
     for importer, target, name in _edges():

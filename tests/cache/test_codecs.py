@@ -227,3 +227,11 @@ def test_plain_frames_with_a_wrong_length_or_bad_text_are_damaged() -> None:
     text[-1] = 0xFF  # not UTF-8
     with pytest.raises(CacheValueError):
         codecs.decode(bytes(text))
+
+
+def test_plain_bytes_header_is_the_prefix_of_a_bytes_frame() -> None:
+    plain_bytes_header = codecs.plain_bytes_header
+    for value in (b"", b"x", bytes(range(256)) * 300):
+        assert codecs.encode(value) == plain_bytes_header(len(value)) + value
+    assert len(plain_bytes_header(0)) == len(plain_bytes_header(10**9))
+    assert not codecs.encode("text").startswith(plain_bytes_header(4))  # a str frame is not a bytes frame

@@ -250,7 +250,7 @@ def test_bad_tiers_are_refused() -> None:
 
 @pytest.mark.redis
 def test_redis_as_a_third_tier(tmp_path: Path, clock: Any, redis_url: str, redis_namespace: str) -> None:
-    from llamahome.cache.network import RedisCache
+    from llamahome.cache.redis import RedisCache
 
     memory = MemoryCache(size=1, clock=clock)
     disk = DiskCache(tmp_path / "disk", size=4, clock=clock)

@@ -26,8 +26,8 @@ _EXPORTS: dict[str, str] = {
     "MemoryCache": "memory",
     "DiskCache": "disk",
     "TieredCache": "tiered",
-    "RedisCache": "network",
-    "AsyncRedisCache": "network",
+    "RedisCache": "redis",
+    "AsyncRedisCache": "redis",
     "ModelCache": "model",
     "TrainingCache": "training",
     "SystemCache": "system",
@@ -47,7 +47,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only; `X as X
     from .memoizing import memoize as memoize
     from .memory import MemoryCache as MemoryCache
     from .model import ModelCache as ModelCache
-    from .network import AsyncRedisCache as AsyncRedisCache, RedisCache as RedisCache
+    from .redis import AsyncRedisCache as AsyncRedisCache, RedisCache as RedisCache
     from .scheduler import AsyncScheduler as AsyncScheduler
     from .stats import CacheStats as CacheStats, CleanupReport as CleanupReport
     from .system import SystemCache as SystemCache

@@ -35,7 +35,9 @@ from llamahome.errors import CacheValueError
 
 from . import compression as zc
 
-__all__ = ["EncodedValue", "encode", "encode_parts", "decode", "is_frame", "HEADER_SIZE", "ALIGN"]
+__all__ = [
+    "EncodedValue", "encode", "encode_parts", "decode", "is_frame", "plain_bytes_header", "HEADER_SIZE", "ALIGN",
+]
 
 MAGIC = b"LHC1"
 _HEADER = struct.Struct("<4sBBHIQ")
@@ -283,6 +285,16 @@ def is_frame(data: bytes | bytearray | memoryview) -> bool:
 
 #: Where the payload of a frame without metadata starts.
 _PLAIN_START = HEADER_SIZE + _pad(HEADER_SIZE)
+
+
+def plain_bytes_header(size: int) -> bytes:
+    """The exact bytes before the payload in :func:`encode`'s frame of a ``size``-byte bytes value.
+
+    Such a frame is this header followed by the value itself (the header's length does not depend on
+    ``size``). A reader holding many frames can recognise plain bytes values by this prefix and slice the
+    value out without a :func:`decode` call per frame; anything else it must :func:`decode`.
+    """
+    return _HEADER.pack(MAGIC, K_BYTES, 0, 0, 0, size) + b"\0" * _pad(HEADER_SIZE)
 
 
 def _corrupt(reason: str) -> CacheValueError:

@@ -9,7 +9,8 @@
 What it builds (attribute name == YAML block name):
 
 - ``memory``, ``disk`` and, when ``cache.network`` is set, ``network``: the tiers behind ``get``/``set``,
-  composed by ``tiered`` (a :class:`~llamahome.cache.tiered.TieredCache`: memory -> disk -> network).
+  composed by ``tiered`` (a :class:`~llamahome.cache.tiered.TieredCache`: memory -> disk -> network). With a
+  network tier, ``tiered`` listens for other machines' writes and drops its local copies of those keys.
 - ``model_cache`` at ``<cache.disk.path>/models``, ``training_cache`` at ``<cache.disk.path>/training``,
   ``system_cache`` at ``system_cache.temp_dir``.
 
@@ -145,7 +146,7 @@ class CacheManager:
         self.network = None
         tiers: list[Store] = [self.memory, self.disk]
         if cfg.cache.network is not None:
-            from .network import RedisCache
+            from .redis import RedisCache
 
             self.network = self._own(RedisCache.from_config(cfg.cache.network))
             tiers.append(self.network)

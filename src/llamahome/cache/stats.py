@@ -33,9 +33,11 @@ class CacheStats:
     max_bytes: int = 0
     raw_bytes: int = 0
     stored_bytes: int = 0
+    #: Keys whose local copies were dropped because another machine changed them (tiers with a network tier).
+    invalidations: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
-    _COUNTERS = ("hits", "misses", "sets", "deletes", "evictions", "expirations", "corrupt", "errors")
+    _COUNTERS = ("hits", "misses", "sets", "deletes", "evictions", "expirations", "corrupt", "errors", "invalidations")
 
     @property
     def gets(self) -> int:

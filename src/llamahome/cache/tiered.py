@@ -21,6 +21,14 @@ Rules:
 - Multi-key calls use each tier's ``get_many``/``set_many`` (one round trip or transaction per tier).
 - Any :class:`Store` plugs in as a tier, a Redis store included, without changes here.
 
+- **Several machines.** When a tier after the first can report changes made by other clients (a
+  :class:`RedisCache`: its ``listen`` method), the tiers before it are this machine's local copies of it.
+  A background listener drops the local copies of every key another machine sets or deletes, and drops all
+  of them whenever reports may have been lost (the connection to Redis dropped or came back, at start
+  included). Each key's stripe counter is bumped by such a drop as by a local write, so a read that found
+  the old value in Redis just before the change does not copy it up afterwards. ``listen=False`` turns
+  this off (one machine only). ``stats.invalidations`` counts the keys dropped on another machine's word.
+
 Stats: ``stats`` counts the tiered cache's own lookups (a hit is a key found in any tier, a miss one found in
 none) and writes, and sums the tiers' holdings and eviction counters; ``stats_by_tier()`` has each tier's own.
 """
@@ -29,7 +37,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
+import weakref
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -45,13 +55,28 @@ log = logging.getLogger("llamahome.cache.tiered")
 _STRIPES = 64
 
 _SUMMED = ("evictions", "expirations", "corrupt", "errors", "bytes", "entries", "max_bytes", "raw_bytes",
-           "stored_bytes")
+           "stored_bytes", "invalidations")
+#: Longest wait, in seconds, for the invalidation listener's first subscription when the cache is built.
+SUBSCRIBE_WAIT = 2.0
+
+
+_live: weakref.WeakSet[TieredCache] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # A stripe lock held by another thread at fork() would stay held for good in the child.
+    for cache in list(_live):
+        cache._stripes = [threading.Lock() for _ in range(_STRIPES)]
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class TieredCache(Store):
     """Stores composed fastest first; see the module docstring for the rules."""
 
-    def __init__(self, *stores: Store, name: str = "tiered") -> None:
+    def __init__(self, *stores: Store, name: str = "tiered", listen: bool = True) -> None:
         if not stores:
             raise ConfigError("TieredCache needs at least one store, fastest first: TieredCache(memory, disk).")
         for store in stores:
@@ -68,6 +93,15 @@ class TieredCache(Store):
         # process does not copy its (older) value up over the newer one.
         self._stripes = [threading.Lock() for _ in range(_STRIPES)]
         self._versions = [0] * _STRIPES
+        _live.add(self)
+        # Local copies of a shared tier: dropped when another machine changes the key (see the module doc).
+        self._shared = next((i for i in range(len(stores) - 1, 0, -1) if callable(getattr(stores[i], "listen", None))), 0)
+        self.listener: Any = None
+        if listen and self._shared:
+            self.listener = stores[self._shared].listen(self._drop_local, self._drop_all_local)  # type: ignore[attr-defined]
+            # Start coherent: the first subscription drops copies left from before (a disk tier from an earlier
+            # run may hold values other machines have changed since). Redis down: go on without waiting long.
+            self.listener.wait_subscribed(SUBSCRIBE_WAIT)
 
     # ------------------------------------------------------------------------------------------ reads
 
@@ -125,7 +159,11 @@ class TieredCache(Store):
 
     @contextlib.contextmanager
     def _writing(self, keys: Iterable[Key | int]) -> Iterator[None]:
-        """Hold the stripes of ``keys`` (in a fixed order, so two writers cannot deadlock) and bump them."""
+        """Hold the stripes of ``keys`` (in a fixed order, so two writers cannot deadlock) and bump them.
+
+        Bumped on entry and again on exit: a read that took its snapshot while the write was under way (and
+        may have read a lower tier the write had not reached yet) must not copy its value up afterwards.
+        """
         stripes = sorted({self._stripe(k) for k in keys})
         for i in stripes:
             self._stripes[i].acquire()
@@ -135,7 +173,29 @@ class TieredCache(Store):
             yield
         finally:
             for i in reversed(stripes):
+                self._versions[i] += 1
                 self._stripes[i].release()
+
+    def _drop_local(self, keys: list[Key]) -> None:
+        """Another machine changed ``keys``: drop this machine's copies (the listener thread calls this)."""
+        with self._writing(keys):
+            for tier in self.tiers[: self._shared]:
+                for key in keys:
+                    try:
+                        tier.delete(key)
+                    except CacheError as exc:
+                        self._own.add("errors")
+                        log.warning("Could not drop the invalidated %r from tier %r: %s", key, tier.name, exc)
+
+    def _drop_all_local(self) -> None:
+        """Reports may have been lost: drop every local copy of the shared tier's entries."""
+        with self._writing(range(_STRIPES)):
+            for tier in self.tiers[: self._shared]:
+                try:
+                    tier.clear()
+                except CacheError as exc:
+                    self._own.add("errors")
+                    log.warning("Could not drop the local copies in tier %r: %s", tier.name, exc)
 
     def _promote(self, entries: Mapping[Key, tuple[Any, float | None]], found_in: int, seen: dict[int, int]) -> None:
         """Copy hits from ``tiers[found_in]`` into every faster tier, keeping each entry's remaining ttl."""
@@ -310,6 +370,8 @@ class TieredCache(Store):
         if self._closed:
             return
         self._closed = True
+        if self.listener is not None:
+            self.listener.stop()  # before the local tiers close under it
         for tier in self.tiers:
             tier.close()
 

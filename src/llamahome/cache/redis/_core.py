@@ -1,14 +1,13 @@
-"""What the sync and async Redis tiers share: keys, the value envelope, the breaker, stats and error policy.
+"""What the sync and async Redis tiers share: :class:`BaseRedisCache` (keys, the value envelope, the breaker,
+stats and error policy), the way httpx's ``BaseClient`` serves ``Client`` and ``AsyncClient``.
 
-No I/O happens here; :mod:`llamahome.cache.network` (``RedisCache``) and :mod:`llamahome.cache.network_async`
-(``AsyncRedisCache``) do the Redis calls. Keys live under ``<namespace>:`` followed by the type-tagged key
+No I/O happens here; ``_sync.RedisCache`` and ``_async.AsyncRedisCache`` subclass it and do the Redis calls. Keys live under ``<namespace>:`` followed by the type-tagged key
 (``s`` + UTF-8 for str keys, ``b`` + bytes for bytes keys), locks under ``<namespace>:l`` + the tagged key.
 """
 
 from __future__ import annotations
 
 import logging
-import struct
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -28,17 +27,15 @@ from redis.retry import Retry
 
 from llamahome.errors import CacheClosedError, CacheValueError, ConfigError, NetworkError, ValueTooLargeError
 
-from .base import MISSING, Key, key_to_bytes, validate_key
-from .circuit import CircuitBreaker
-from .codecs import ALIGN, HEADER_SIZE, K_BYTES, K_STR, decode, encode_parts
-from .codecs import _HEADER as _FRAME_HEADER
-from .codecs import MAGIC as FRAME_MAGIC
-from .signing import UNSIGNED, Envelope, EnvelopeError
-from .stats import CacheStats
+from ..base import MISSING, Key, key_to_bytes, validate_key
+from ..codecs import HEADER_SIZE, decode, encode_parts, plain_bytes_header
+from ..stats import CacheStats
+from ._circuit import CircuitBreaker
+from ._signing import UNSIGNED, Envelope, EnvelopeError
 
-__all__ = ["DEFAULT_TIMEOUT", "MAX_VALUE_BYTES"]
+__all__ = ["BaseRedisCache", "CALL_ERRORS", "DEFAULT_TIMEOUT", "MAX_VALUE_BYTES", "TAKE_OVER"]
 
-log = logging.getLogger("llamahome.cache.network")
+log = logging.getLogger("llamahome.cache.redis")
 
 #: Default bound, in seconds, on one Redis call (socket connect and read/write).
 DEFAULT_TIMEOUT = 0.05
@@ -55,10 +52,11 @@ _OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
     RedisClusterException,
     OSError,
 )
-_CALL_ERRORS: tuple[type[BaseException], ...] = (RedisError, RedisClusterException, OSError)
+#: What a Redis call may raise that the tier turns into a miss, False, or NetworkError.
+CALL_ERRORS: tuple[type[BaseException], ...] = (RedisError, RedisClusterException, OSError)
 
 # Delete a lock only if it still holds our token: an expired lock may have passed to another machine.
-_UNLOCK_SCRIPT = """
+UNLOCK_SCRIPT = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
     return redis.call('del', KEYS[1])
 end
@@ -68,7 +66,7 @@ return 0
 # Values and remaining ttls of several keys in one command: MGET, then one PTTL per key (no network hop).
 # Reply: n values (nil for a miss), then the n PTTLs (-1: no expiry, -2: no key) as one comma-separated
 # string, because parsing n integer replies costs the client more than the whole MGET.
-_GET_TTL_SCRIPT = """
+GET_TTL_SCRIPT = """
 local n = #KEYS
 local out = redis.call('mget', unpack(KEYS))
 local ttls = {}
@@ -78,20 +76,12 @@ end
 out[n + 1] = table.concat(ttls, ',')
 return out
 """
-_SCRIPT_CHUNK = 1000  # keys per script call (Lua's unpack has a stack limit near 8000)
 
-_SCAN_BATCH = 500
-_ENVELOPE_HEAD = len(UNSIGNED)
-# Where the payload of a codec frame without metadata starts, after an unsigned envelope.
-_FRAME_PAYLOAD = HEADER_SIZE + (-HEADER_SIZE % ALIGN)  # payload offset of a frame without metadata
-_FAST_START = _ENVELOPE_HEAD + _FRAME_PAYLOAD
-_FAST_RAW_LEN = struct.Struct("<Q")
-_FAST_RAW_LEN_AT = _ENVELOPE_HEAD + 12  # raw_len's offset in the frame header (magic, kind, flags, u16, u32)
-_FAST_HEAD_LEN = _FAST_RAW_LEN_AT + 8
-
-_CacheT = TypeVar("_CacheT", bound="_RedisCore")
-# get_or_set: the lock holder finished or died without leaving a value; try to take the lock over.
-_TAKE_OVER: Any = object()
+_CacheT = TypeVar("_CacheT", bound="BaseRedisCache")
+#: get_or_set: the lock holder finished or died without leaving a value; try to take the lock over.
+TAKE_OVER: Any = object()
+_HEADS_MAX = 4096  # entry lengths whose plain-bytes prefix is remembered
+_SMALL_FRAME = 64 * 1024  # frames up to this size are copied out of the envelope (cheap) before decoding
 
 
 def _escape_glob(data: bytes) -> bytes:
@@ -130,11 +120,19 @@ def _block_value(block: Any, name: str, default: Any = None) -> Any:
         value = value.get_secret_value()
     return default if value is None else value
 
-class _RedisCore:
-    """What the sync and async caches share: keys, envelopes, the breaker, stats and error policy (no I/O)."""
+class BaseRedisCache:
+    """What :class:`RedisCache` and :class:`AsyncRedisCache` share: keys, envelopes, the breaker, stats and
+    error policy, and the scripts both send (no I/O here; the subclasses make the calls)."""
 
     name: str
     stats: CacheStats
+
+    # Delete a lock only if it still holds our token: an expired lock may have passed to another machine.
+    _UNLOCK_SCRIPT = UNLOCK_SCRIPT
+    # Values and remaining ttls of several keys in one command (see GET_TTL_SCRIPT).
+    _GET_TTL_SCRIPT = GET_TTL_SCRIPT
+    _SCRIPT_CHUNK = 1000  # keys per script call (Lua's unpack has a stack limit near 8000)
+    _SCAN_BATCH = 500
 
     def __init__(
         self,
@@ -176,15 +174,19 @@ class _RedisCore:
         self._envelope = Envelope(secret)
         self._prefix = namespace.encode("utf-8") + b":"
         self._str_prefix = self._prefix + key_to_bytes("")
-        # Every unsigned, uncompressed bytes entry starts with these 16 bytes (envelope + frame header up to
-        # raw_len); None when entries are signed, since those must be verified first.
-        self._fast_bytes_head: bytes | None = (
-            None if self._envelope.signed else UNSIGNED + _FRAME_HEADER.pack(FRAME_MAGIC, K_BYTES, 0, 0, 0, 0)[:12]
-        )
-        self._fast_heads: dict[bytes, int] = {}
+        # Plain bytes values (unsigned, uncompressed: the commonest entries) are sliced out of the reply
+        # without a decode call: such an entry is the envelope marker, the codec's header for its size
+        # (codecs.plain_bytes_header), then the value. The heads seen so far map to the entry length they
+        # imply, so one dict lookup on the first bytes of a reply recognises it: the marker and the header's
+        # HEADER_SIZE bytes, where the size is (the rest of the head is padding, checked when a head is first
+        # seen). Signed entries must be verified first, so they always take the full path.
+        self._plain_start = len(UNSIGNED) + len(plain_bytes_header(0))
+        self._plain_key = len(UNSIGNED) + HEADER_SIZE
+        self._plain_heads: dict[bytes, int] | None = None if self._envelope.signed else {}
         self._lock_prefix = self._prefix + b"l"
         self._match = _escape_glob(self._prefix) + b"*"
         self._closed = False
+        self._url: str | None = None
         self._cluster = False
         self._owns_client = False
         self._client: Any = None
@@ -193,6 +195,21 @@ class _RedisCore:
         self._scripts: dict[str, Any] = {}
         # False once the server refused a Lua script (ACLs, managed services): pipelines are used instead.
         self._scripts_allowed = True
+
+    def _parse_url(self, url: str, cluster: bool | None) -> str:
+        """Take a URL: map ``redis+cluster://`` to the plain scheme and the cluster flag, check it, return it."""
+        self._url, self._cluster = _split_cluster_url(url, cluster)
+        self._owns_client = True
+        return self._url
+
+    def _client_options(self) -> dict[str, Any]:
+        """Keyword arguments for the clients this cache builds from a URL."""
+        # No client-side retries: the breaker decides when to try again, and each call stays within `timeout`.
+        return {
+            "socket_timeout": self.timeout,
+            "socket_connect_timeout": self.timeout,
+            "retry": Retry(NoBackoff(), 0),
+        }
 
     @classmethod
     def from_config(cls: type[_CacheT], network: Any, **overrides: Any) -> _CacheT:
@@ -257,28 +274,35 @@ class _RedisCore:
                 self.stats.raw_bytes += raw_size
                 self.stats.stored_bytes += len(payload)
 
+    def _plain_bytes(self, data: bytes) -> bytes | None:
+        """The value of an unsigned, uncompressed bytes entry, or None for any other entry (see __init__)."""
+        heads, start = self._plain_heads, self._plain_start
+        if heads is None or len(data) < start:
+            return None
+        head = data[: self._plain_key]
+        size = heads.get(head)
+        if size is None:
+            if not data.startswith(UNSIGNED + plain_bytes_header(len(data) - start)):
+                return None
+            size = len(data)
+            if len(heads) < _HEADS_MAX:
+                heads[head] = size
+        return data[start:] if size == len(data) else None
+
     def _unpack(self, rkey: bytes, data: bytes) -> Any:
         """The value in ``data`` read from ``rkey``, or MISSING (counted in ``stats.corrupt``) if untrusted."""
+        plain = self._plain_bytes(data)
+        if plain is not None:
+            return plain
         try:
-            frame = self._envelope.open(rkey, data)
-            # Fast path for the commonest entries (plain bytes/str, no metadata, not compressed): it halves
-            # the decode cost next to a Redis round trip; anything else goes through the full decoder.
-            try:
-                magic, kind, flags, _, meta_len, raw_len = _FRAME_HEADER.unpack_from(frame)
-            except struct.error:
-                magic = None
-            if magic == FRAME_MAGIC and flags == 0 and meta_len == 0 and len(frame) - _FRAME_PAYLOAD == raw_len:
-                if kind == K_BYTES:
-                    return bytes(frame[_FRAME_PAYLOAD:])
-                if kind == K_STR:
-                    return bytes(frame[_FRAME_PAYLOAD:]).decode("utf-8", "surrogatepass")
+            frame: Any = self._envelope.open(rkey, data)
+            if len(frame) <= _SMALL_FRAME:
+                frame = bytes(frame)  # codecs.decode has a fast path for small str/bytes frames given as bytes
             return decode(frame, allow_pickle=False)
         except EnvelopeError as exc:
             reason = exc.reason
         except CacheValueError as exc:
             reason = str(exc)
-        except UnicodeDecodeError:
-            reason = "invalid UTF-8 in a str entry"
         self.stats.add("corrupt")
         self._log_limited(
             "corrupt", logging.WARNING, "Redis entry %r under namespace %r ignored: %s.", rkey, self.namespace, reason
@@ -302,20 +326,13 @@ class _RedisCore:
         """Decode an MGET reply into the hits; counts hits and misses once for the batch."""
         found: dict[Key, Any] = {}
         hits = 0  # not len(found): a key asked twice counts twice, as two gets would
-        fast, heads, unpack = self._fast_bytes_head, self._fast_heads, self._unpack
+        heads, start, cut, unpack = self._plain_heads, self._plain_start, self._plain_key, self._unpack
         for key, rkey, data in zip(keys, rkeys, replies):
             if data is None:
                 continue
-            # Plain bytes values, inlined: this loop is most of get_many's own cost. ``heads`` maps the first
-            # 24 bytes of a valid entry (envelope, frame header up to raw_len) to the entry length they imply,
-            # so one dict lookup replaces the header parse for values of sizes seen before.
-            size = heads.get(data[:_FAST_HEAD_LEN])
-            if size is None and fast is not None and data.startswith(fast):
-                size = _FAST_RAW_LEN.unpack_from(data, _FAST_RAW_LEN_AT)[0] + _FAST_START
-                if len(heads) < 4096:
-                    heads[data[:_FAST_HEAD_LEN]] = size
-            if size == len(data):
-                found[key] = data[_FAST_START:]
+            # Plain bytes values, inlined (see _plain_bytes): this loop is most of get_many's own cost.
+            if heads is not None and heads.get(data[:cut]) == len(data):
+                found[key] = data[start:]
                 hits += 1
                 continue
             value = unpack(rkey, data)
@@ -327,7 +344,7 @@ class _RedisCore:
 
     @property
     def client(self) -> Any:
-        raise NotImplementedError("_RedisCore.client")
+        raise NotImplementedError("BaseRedisCache.client")
 
     def _script(self, source: str) -> Any:
         script = self._scripts.get(source)
@@ -373,11 +390,17 @@ class _RedisCore:
         if self._closed:
             raise CacheClosedError(f"The Redis cache {self.name!r} is closed; create a new one to keep using Redis.")
 
-    def _allow(self, op: str) -> bool:
-        """Ask the breaker; an open breaker is a quiet no-op (or NetworkError with ``raise_errors``)."""
+    def _allow(self, op: str, write: bool = False) -> bool:
+        """Ask the breaker; an open breaker is a quiet no-op (or NetworkError with ``raise_errors``).
+
+        A skipped read is a miss; a skipped ``write`` (set, delete, clear) is a failure and counts in
+        ``stats.errors``, as a write Redis refused would.
+        """
         self._check_open()
         if self.breaker.allow():
             return True
+        if write:
+            self.stats.add("errors")
         if self.raise_errors:
             raise NetworkError(
                 f"Redis {op} skipped: the circuit breaker is open after repeated failures; it retries Redis "
@@ -464,11 +487,3 @@ class _RedisCore:
     def __repr__(self) -> str:
         kind = "cluster" if self._cluster else "standalone"
         return f"{type(self).__name__}(namespace={self.namespace!r}, {kind}, breaker={self.breaker.state})"
-
-def _client_kwargs(timeout: float) -> dict[str, Any]:
-    # No client-side retries: the breaker decides when to try again, and each call stays within `timeout`.
-    return {
-        "socket_timeout": timeout,
-        "socket_connect_timeout": timeout,
-        "retry": Retry(NoBackoff(), 0),
-    }

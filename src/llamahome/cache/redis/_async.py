@@ -1,12 +1,12 @@
-"""AsyncRedisCache: the network tier on ``redis.asyncio``, the twin of :class:`~llamahome.cache.network.RedisCache`.
+"""AsyncRedisCache: the Redis tier on ``redis.asyncio``, the twin of :class:`RedisCache`.
 
-The same arguments and behaviour (see :mod:`llamahome.cache.network`), with the methods as coroutines.
-Import it from either module: ``from llamahome.cache import AsyncRedisCache``.
+The same arguments and behaviour (see the package docstring), with the methods as coroutines.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -18,26 +18,16 @@ from redis.exceptions import RedisError, ResponseError
 
 from llamahome.errors import ConfigError, NetworkError
 
-from .base import MISSING, Key
-from .redis_core import (
-    DEFAULT_TIMEOUT,
-    _CALL_ERRORS,
-    _GET_TTL_SCRIPT,
-    _SCAN_BATCH,
-    _SCRIPT_CHUNK,
-    _TAKE_OVER,
-    _UNLOCK_SCRIPT,
-    _RedisCore,
-    _client_kwargs,
-    _split_cluster_url,
-    log,
-)
-from .stats import CleanupReport
+from ..base import MISSING, Key
+from ..stats import CleanupReport
+from ._core import CALL_ERRORS, DEFAULT_TIMEOUT, TAKE_OVER, BaseRedisCache
+
+_log = logging.getLogger("llamahome.cache.redis")
 
 __all__ = ["AsyncRedisCache"]
 
 
-class AsyncRedisCache(_RedisCore):
+class AsyncRedisCache(BaseRedisCache):
     """The async twin of :class:`RedisCache` on ``redis.asyncio``: the same arguments, methods as coroutines.
 
     ``key in cache`` cannot await, so membership is ``await cache.contains(key)``; ``close`` is a coroutine
@@ -70,12 +60,10 @@ class AsyncRedisCache(_RedisCore):
             namespace, ttl, compression, secret, timeout, raise_errors, name, failure_threshold, cooldown, clock,
             lock_timeout, allow_pickle,
         )
-        self._url: str | None = None
         if isinstance(url_or_client, str):
-            self._url, self._cluster = _split_cluster_url(url_or_client, cluster)
-            self._owns_client = True
+            url = self._parse_url(url_or_client, cluster)
             if not self._cluster:
-                self._client = redis.asyncio.Redis.from_url(self._url, **_client_kwargs(timeout))
+                self._client = redis.asyncio.Redis.from_url(url, **self._client_options())
         elif isinstance(url_or_client, redis.asyncio.cluster.RedisCluster):
             self._client, self._cluster = url_or_client, True
         elif isinstance(url_or_client, redis.asyncio.Redis):
@@ -93,16 +81,16 @@ class AsyncRedisCache(_RedisCore):
         """The redis.asyncio client (a cluster client is created lazily and initialised on its first command)."""
         if self._client is None:
             assert self._url is not None
-            self._client = redis.asyncio.cluster.RedisCluster.from_url(self._url, **_client_kwargs(self.timeout))
+            self._client = redis.asyncio.cluster.RedisCluster.from_url(self._url, **self._client_options())
         return self._client
 
-    async def _call(self, op: str, make: Callable[[Any], Awaitable[Any]]) -> Any:
+    async def _call(self, op: str, make: Callable[[Any], Awaitable[Any]], write: bool = False) -> Any:
         """Run Redis work through the breaker and error policy; MISSING if it failed or was refused."""
-        if not self._allow(op):
+        if not self._allow(op, write):
             return MISSING
         try:
             result = await make(self.client)  # each socket read and connect is bounded by `timeout`
-        except _CALL_ERRORS as exc:
+        except CALL_ERRORS as exc:
             self._failed(exc, op)
             return MISSING
         self._ok()
@@ -133,14 +121,14 @@ class AsyncRedisCache(_RedisCore):
         if packed is None:
             return False
         payload = packed[0]
-        if await self._call("SET", lambda c: c.set(rkey, payload, px=px)) is MISSING:
+        if await self._call("SET", lambda c: c.set(rkey, payload, px=px), write=True) is MISSING:
             return False
         self._count_sets([(rkey, packed)])
         return True
 
     async def delete(self, key: Key) -> bool:
         rkey = self._rkey(key)
-        removed = await self._call("DEL", lambda c: c.delete(rkey))
+        removed = await self._call("DEL", lambda c: c.delete(rkey), write=True)
         if removed is MISSING or not removed:
             return False
         self.stats.add("deletes")
@@ -213,9 +201,9 @@ class AsyncRedisCache(_RedisCore):
             try:
                 values: list[Any] = []
                 pttls: list[int] = []
-                for i in range(0, len(rkeys), _SCRIPT_CHUNK):
-                    chunk = rkeys[i : i + _SCRIPT_CHUNK]
-                    replies = await self._script(_GET_TTL_SCRIPT)(keys=chunk)
+                for i in range(0, len(rkeys), self._SCRIPT_CHUNK):
+                    chunk = rkeys[i : i + self._SCRIPT_CHUNK]
+                    replies = await self._script(self._GET_TTL_SCRIPT)(keys=chunk)
                     part_values, part_pttls = self._split_ttl_replies(replies, len(chunk), joined=True)
                     values += part_values
                     pttls += part_pttls
@@ -246,7 +234,7 @@ class AsyncRedisCache(_RedisCore):
                 pipe.set(rkey, payload, px=px)
             return await pipe.execute()
 
-        if await self._call("SET pipeline", run) is MISSING:
+        if await self._call("SET pipeline", run, write=True) is MISSING:
             return False
         self._count_sets(packed)
         return len(packed) == len(items)
@@ -256,15 +244,15 @@ class AsyncRedisCache(_RedisCore):
 
         async def run(client: Any) -> None:
             batch: list[bytes] = []
-            async for rkey in client.scan_iter(match=self._match, count=_SCAN_BATCH):
+            async for rkey in client.scan_iter(match=self._match, count=self._SCAN_BATCH):
                 batch.append(rkey)
-                if len(batch) >= _SCAN_BATCH:
+                if len(batch) >= self._SCAN_BATCH:
                     await client.unlink(*batch)
                     batch.clear()
             if batch:
                 await client.unlink(*batch)
 
-        if await self._call("clear", run) is not MISSING:
+        if await self._call("clear", run, write=True) is not MISSING:
             self._apply_scan(0, 0)
 
     async def cleanup(self) -> CleanupReport:
@@ -281,10 +269,10 @@ class AsyncRedisCache(_RedisCore):
                     pipe.strlen(rkey)
                 return sum(int(n) for n in await pipe.execute())
 
-            async for rkey in client.scan_iter(match=self._match, count=_SCAN_BATCH):
+            async for rkey in client.scan_iter(match=self._match, count=self._SCAN_BATCH):
                 if self._is_entry_key(rkey):
                     batch.append(rkey)
-                if len(batch) >= _SCAN_BATCH:
+                if len(batch) >= self._SCAN_BATCH:
                     entries, nbytes = entries + len(batch), nbytes + await flush()
                     batch.clear()
             if batch:
@@ -313,9 +301,9 @@ class AsyncRedisCache(_RedisCore):
         self._check_open()
         try:
             await self.client.ping()
-        except _CALL_ERRORS as exc:
+        except CALL_ERRORS as exc:
             self.stats.add("errors")
-            log.debug("Redis PING failed: %s", exc)
+            _log.debug("Redis PING failed: %s", exc)
             return False
         self._ok()
         return True
@@ -344,7 +332,7 @@ class AsyncRedisCache(_RedisCore):
                     await self._unlock(lkey, token)
                 return value
             value = await self._wait_for_value(rkey, lkey, deadline)
-            if value is _TAKE_OVER:
+            if value is TAKE_OVER:
                 continue
             if value is not MISSING:
                 self.stats.add("hits")
@@ -364,12 +352,12 @@ class AsyncRedisCache(_RedisCore):
                 return MISSING
             if data is not None:
                 value = self._unpack(rkey, data)
-                return _TAKE_OVER if value is MISSING else value
+                return TAKE_OVER if value is MISSING else value
             locked = await self._call("EXISTS", lambda c: c.exists(lkey))
             if locked is MISSING:
                 return MISSING
             if not locked:
-                return _TAKE_OVER
+                return TAKE_OVER
         return MISSING
 
     @staticmethod
@@ -386,7 +374,7 @@ class AsyncRedisCache(_RedisCore):
         async def run(client: Any) -> None:
             if self._scripts_allowed:
                 try:
-                    await self._script(_UNLOCK_SCRIPT)(keys=[lkey], args=[token])
+                    await self._script(self._UNLOCK_SCRIPT)(keys=[lkey], args=[token])
                 except ResponseError as exc:
                     self._scripts_refused(exc)
             if not self._scripts_allowed and await client.get(lkey) == token:
@@ -404,7 +392,7 @@ class AsyncRedisCache(_RedisCore):
         if self._owns_client and self._client is not None:
             try:
                 await self._client.aclose()
-            except _CALL_ERRORS:
+            except CALL_ERRORS:
                 pass
 
     aclose = close

@@ -1,32 +1,8 @@
-"""The network tier: one cache shared by many machines through Redis (standalone or Cluster), sync and async.
-
-Entries from the network are untrusted: values go through the safe codecs only (never pickle), wrapped in an
-envelope that marks them as ours and, with a shared ``secret``, signs them with HMAC-SHA256 (see
-:mod:`llamahome.cache.signing`). Foreign data, bad signatures and undecodable frames are misses counted in
-``stats.corrupt``, never exceptions.
-
-Redis failing must not fail the application: every call is bounded by ``timeout`` (socket and connect
-timeouts, no client-side retries), a failed ``get`` is a miss and a failed ``set`` returns False, each failure
-counts in ``stats.errors``, and a :class:`~llamahome.cache.circuit.CircuitBreaker` stops calling Redis after
-``failure_threshold`` consecutive failures, probing it again every ``cooldown`` seconds, so the tier heals by
-itself when Redis is back. ``raise_errors=True`` turns the failures into :class:`NetworkError` instead.
-
-Keys live under ``<namespace>:`` followed by the type-tagged key (``s`` + UTF-8 for str keys, ``b`` + bytes
-for bytes keys), locks under ``<namespace>:l`` + the tagged key. The size bound is Redis' own: the operator's
-``maxmemory`` and ``maxmemory-policy`` (e.g. ``allkeys-lru``); see :meth:`RedisCache.cleanup` for what the
-tier counts.
-
-``RedisCache`` lives here, its async twin ``AsyncRedisCache`` in :mod:`llamahome.cache.network_async`
-(re-exported here), and what both share (keys, envelope, breaker, stats) in :mod:`llamahome.cache.redis_core`.
-
-    cache = RedisCache("redis://:secret@cache-host:6379/0", namespace="myapp", ttl=3600, secret="k3y")
-    cache.set("prompt:1", {"text": "hello"})
-    cache.get("prompt:1")
-    cache.get_or_set("embedding:1", compute)    # one machine computes, the others wait and read
-"""
+"""RedisCache: the Redis tier on the synchronous redis-py client (see the package docstring for the rules)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -34,32 +10,22 @@ from typing import Any
 
 import redis
 import redis.cluster
+import redis.connection
 from redis.exceptions import RedisError, ResponseError
 
 from llamahome.errors import ConfigError, NetworkError
 
-from .base import MISSING, Key, Store
-from .network_async import AsyncRedisCache
-from .redis_core import (
-    DEFAULT_TIMEOUT,
-    MAX_VALUE_BYTES,
-    _CALL_ERRORS,
-    _GET_TTL_SCRIPT,
-    _SCAN_BATCH,
-    _SCRIPT_CHUNK,
-    _TAKE_OVER,
-    _UNLOCK_SCRIPT,
-    _RedisCore,
-    _client_kwargs,
-    _split_cluster_url,
-    log,
-)
-from .stats import CleanupReport
+from ..base import MISSING, Key, Store
+from ..stats import CleanupReport
+from ._core import CALL_ERRORS, DEFAULT_TIMEOUT, TAKE_OVER, BaseRedisCache
+from ._invalidation import ConnectionRecipe, InvalidationListener
 
-__all__ = ["RedisCache", "AsyncRedisCache", "DEFAULT_TIMEOUT", "MAX_VALUE_BYTES"]
+_log = logging.getLogger("llamahome.cache.redis")
+
+__all__ = ["RedisCache"]
 
 
-class RedisCache(_RedisCore, Store):
+class RedisCache(BaseRedisCache, Store):
     """A :class:`Store` on Redis or Redis Cluster, shared by every process and machine using the same namespace.
 
     ``url_or_client`` is a URL (``redis://[:password@]host:port/db``, ``rediss://`` for TLS,
@@ -94,12 +60,10 @@ class RedisCache(_RedisCore, Store):
             namespace, ttl, compression, secret, timeout, raise_errors, name, failure_threshold, cooldown, clock,
             lock_timeout, allow_pickle,
         )
-        self._url: str | None = None
         if isinstance(url_or_client, str):
-            self._url, self._cluster = _split_cluster_url(url_or_client, cluster)
-            self._owns_client = True
+            url = self._parse_url(url_or_client, cluster)
             if not self._cluster:
-                self._client = redis.Redis.from_url(self._url, **_client_kwargs(timeout))
+                self._client = redis.Redis.from_url(url, **self._client_options())
         elif isinstance(url_or_client, redis.cluster.RedisCluster):
             self._client, self._cluster = url_or_client, True
         elif isinstance(url_or_client, redis.Redis):
@@ -111,6 +75,7 @@ class RedisCache(_RedisCore, Store):
             )
         if self._client is not None and self._client.get_encoder().decode_responses:
             raise ConfigError("Pass a Redis client made with decode_responses=False; the cache stores raw bytes.")
+        self._listener: InvalidationListener | None = None
 
     # ----------------------------------------------------------------------------------- client
 
@@ -121,8 +86,46 @@ class RedisCache(_RedisCore, Store):
             with self._client_lock:  # two threads must not both build (and one leak) a cluster client
                 if self._client is None:
                     assert self._url is not None
-                    self._client = redis.cluster.RedisCluster.from_url(self._url, **_client_kwargs(self.timeout))
+                    self._client = redis.cluster.RedisCluster.from_url(self._url, **self._client_options())
         return self._client
+
+    # ----------------------------------------------------------------------------------- invalidation
+
+    def listen(self, on_keys: Callable[[list[Key]], None], on_reset: Callable[[], None]) -> InvalidationListener:
+        """Start a background listener for changes other clients make under this namespace.
+
+        ``on_keys(keys)`` gets the keys another client set, deleted, or that expired or were evicted;
+        ``on_reset()`` is called when reports may have been lost (the connection dropped, or came back) or
+        Redis was flushed. Own writes are not reported. One listener per cache; :meth:`close` stops it. See
+        ``_invalidation`` for the mechanism (RESP3 client tracking) and its guarantees.
+        """
+        self._check_open()
+        if self._listener is not None:
+            raise ConfigError(
+                "This RedisCache already reports changes to another owner (a TieredCache); writes through one "
+                "RedisCache look like our own to both, so give each TieredCache its own RedisCache, or pass "
+                "listen=False to the TieredCache that needs none."
+            )
+        self._listener = InvalidationListener(self._recipe(), self._prefix, on_keys, on_reset, self.stats, self.name)
+        return self._listener
+
+    @property
+    def listener(self) -> InvalidationListener | None:
+        """The invalidation listener started by :meth:`listen`, if any."""
+        return self._listener
+
+    def _recipe(self) -> ConnectionRecipe:
+        """How to open tracking connections: from the URL, or from the given client's pool(s)."""
+        if self._url is not None:
+            options = redis.connection.parse_url(self._url)
+            connection_class = options.pop("connection_class", redis.connection.Connection)
+            seeds = [(options.get("host", "127.0.0.1"), int(options.get("port", 6379)))] if self._cluster else None
+            return ConnectionRecipe(connection_class, options, self.timeout, seeds)
+        if self._cluster:
+            nodes = self.client.get_nodes()
+            pool = self.client.get_default_node().redis_connection.connection_pool
+            return ConnectionRecipe.from_pool(pool, self.timeout, [(n.host, int(n.port)) for n in nodes])
+        return ConnectionRecipe.from_pool(self.client.connection_pool, self.timeout)
 
     # ----------------------------------------------------------------------------------- Store
 
@@ -133,7 +136,7 @@ class RedisCache(_RedisCore, Store):
             return default
         try:
             data = self.client.get(rkey)
-        except _CALL_ERRORS as exc:
+        except CALL_ERRORS as exc:
             self.stats.add("misses")
             self._failed(exc, "GET")
             return default
@@ -154,11 +157,15 @@ class RedisCache(_RedisCore, Store):
             self.delete(key)
             return True
         packed = self._pack(rkey, value)
-        if packed is None or not self._allow("SET"):
+        if packed is None or not self._allow("SET", write=True):
             return False
+        listener = self._listener
+        expected = listener is not None and listener.expect_one(rkey)
         try:
             self.client.set(rkey, packed[0], px=px)
-        except _CALL_ERRORS as exc:
+        except CALL_ERRORS as exc:
+            if expected:
+                listener.withdraw((rkey,))  # type: ignore[union-attr]
             self._failed(exc, "SET")
             return False
         self._ok()
@@ -167,13 +174,19 @@ class RedisCache(_RedisCore, Store):
 
     def delete(self, key: Key) -> bool:
         rkey = self._rkey(key)
-        if not self._allow("DEL"):
+        if not self._allow("DEL", write=True):
             return False
+        listener = self._listener
+        expected = listener is not None and listener.expect_one(rkey)
+        removed = 0
         try:
             removed = self.client.delete(rkey)
-        except _CALL_ERRORS as exc:
+        except CALL_ERRORS as exc:
             self._failed(exc, "DEL")
             return False
+        finally:
+            if expected and not removed:  # nothing changed in Redis, so no report of it will come
+                listener.withdraw((rkey,))  # type: ignore[union-attr]
         self._ok()
         if removed:
             self.stats.add("deletes")
@@ -186,7 +199,7 @@ class RedisCache(_RedisCore, Store):
             return False
         try:
             found = self.client.exists(rkey)
-        except _CALL_ERRORS as exc:
+        except CALL_ERRORS as exc:
             self._failed(exc, "EXISTS")
             return False
         self._ok()
@@ -204,7 +217,7 @@ class RedisCache(_RedisCore, Store):
             return {}
         try:
             replies = self.client.mget_nonatomic(rkeys) if self._cluster else self.client.mget(rkeys)
-        except _CALL_ERRORS as exc:
+        except CALL_ERRORS as exc:
             self._count_gets(0, len(keys))
             self._failed(exc, "MGET")
             return {}
@@ -222,7 +235,7 @@ class RedisCache(_RedisCore, Store):
             return default, None
         try:
             (data,), (pttl,) = self._fetch_with_ttls([rkey])
-        except _CALL_ERRORS as exc:
+        except CALL_ERRORS as exc:
             self.stats.add("misses")
             self._failed(exc, "GET")
             return default, None
@@ -244,7 +257,7 @@ class RedisCache(_RedisCore, Store):
             return {}
         try:
             values, pttls = self._fetch_with_ttls(rkeys)
-        except _CALL_ERRORS as exc:
+        except CALL_ERRORS as exc:
             self._count_gets(0, len(keys))
             self._failed(exc, "MGET")
             return {}
@@ -257,10 +270,10 @@ class RedisCache(_RedisCore, Store):
             try:
                 values: list[Any] = []
                 pttls: list[int] = []
-                for i in range(0, len(rkeys), _SCRIPT_CHUNK):
-                    chunk = rkeys[i : i + _SCRIPT_CHUNK]
+                for i in range(0, len(rkeys), self._SCRIPT_CHUNK):
+                    chunk = rkeys[i : i + self._SCRIPT_CHUNK]
                     part_values, part_pttls = self._split_ttl_replies(
-                        self._script(_GET_TTL_SCRIPT)(keys=chunk), len(chunk), joined=True
+                        self._script(self._GET_TTL_SCRIPT)(keys=chunk), len(chunk), joined=True
                     )
                     values += part_values
                     pttls += part_pttls
@@ -288,14 +301,19 @@ class RedisCache(_RedisCore, Store):
         if not packed:
             self._check_open()
             return not items
-        if not self._allow("SET pipeline"):
+        if not self._allow("SET pipeline", write=True):
             return False
+        listener = self._listener
+        rkeys = [rkey for rkey, _ in packed]
+        expected = listener is not None and listener.expect(rkeys)
         try:
             pipe = self._pipeline()
             for rkey, (payload, _) in packed:
                 pipe.set(rkey, payload, px=px)
             pipe.execute()
-        except _CALL_ERRORS as exc:
+        except CALL_ERRORS as exc:
+            if expected:
+                listener.withdraw(rkeys)  # type: ignore[union-attr]
             self._failed(exc, "SET pipeline")
             return False
         self._ok()
@@ -304,18 +322,18 @@ class RedisCache(_RedisCore, Store):
 
     def clear(self) -> None:
         """Remove every key under this namespace (SCAN + UNLINK; other namespaces and data are left alone)."""
-        if not self._allow("SCAN"):
+        if not self._allow("SCAN", write=True):
             return
         try:
             batch: list[bytes] = []
-            for rkey in self.client.scan_iter(match=self._match, count=_SCAN_BATCH):
+            for rkey in self.client.scan_iter(match=self._match, count=self._SCAN_BATCH):
                 batch.append(rkey)
-                if len(batch) >= _SCAN_BATCH:
+                if len(batch) >= self._SCAN_BATCH:
                     self.client.unlink(*batch)
                     batch.clear()
             if batch:
                 self.client.unlink(*batch)
-        except _CALL_ERRORS as exc:
+        except CALL_ERRORS as exc:
             self._failed(exc, "clear")
             return
         self._ok()
@@ -337,10 +355,10 @@ class RedisCache(_RedisCore, Store):
             client = self.client
             entries = nbytes = 0
             batch: list[bytes] = []
-            for rkey in client.scan_iter(match=self._match, count=_SCAN_BATCH):
+            for rkey in client.scan_iter(match=self._match, count=self._SCAN_BATCH):
                 if self._is_entry_key(rkey):
                     batch.append(rkey)
-                if len(batch) >= _SCAN_BATCH:
+                if len(batch) >= self._SCAN_BATCH:
                     entries, nbytes = entries + len(batch), nbytes + self._strlen_sum(batch)
                     batch.clear()
             if batch:
@@ -353,7 +371,7 @@ class RedisCache(_RedisCore, Store):
                 maxmemory, policy = self._parse_config(client.config_get("maxmemory*", **targets))
             except RedisError:  # managed services often disable CONFIG
                 maxmemory, policy = 0, ""
-        except _CALL_ERRORS as exc:
+        except CALL_ERRORS as exc:
             self._failed(exc, "cleanup")
             report.details["error"] = f"{type(exc).__name__}: {exc}"
             return report
@@ -373,9 +391,9 @@ class RedisCache(_RedisCore, Store):
         self._check_open()
         try:
             self.client.ping()
-        except _CALL_ERRORS as exc:
+        except CALL_ERRORS as exc:
             self.stats.add("errors")
-            log.debug("Redis PING failed: %s", exc)
+            _log.debug("Redis PING failed: %s", exc)
             return False
         self._ok()
         return True
@@ -384,10 +402,12 @@ class RedisCache(_RedisCore, Store):
         if self._closed:
             return
         self._closed = True
+        if self._listener is not None:
+            self._listener.stop()
         if self._owns_client and self._client is not None:
             try:
                 self._client.close()
-            except _CALL_ERRORS:  # closing a dead connection is not worth an error
+            except CALL_ERRORS:  # closing a dead connection is not worth an error
                 pass
 
     # ----------------------------------------------------------------------------------- shared compute
@@ -420,7 +440,7 @@ class RedisCache(_RedisCore, Store):
                     self._unlock(lkey, token)
                 return value
             value = self._wait_for_value(rkey, lkey, deadline)
-            if value is _TAKE_OVER:
+            if value is TAKE_OVER:
                 continue
             if value is not MISSING:
                 self.stats.add("hits")
@@ -431,7 +451,7 @@ class RedisCache(_RedisCore, Store):
         return value
 
     def _wait_for_value(self, rkey: bytes, lkey: bytes, deadline: float) -> Any:
-        """Poll while another caller holds the lock: its value, _TAKE_OVER if the lock went, else MISSING."""
+        """Poll while another caller holds the lock: its value, TAKE_OVER if the lock went, else MISSING."""
         delay = 0.002
         while time.monotonic() < deadline:
             time.sleep(delay)
@@ -443,7 +463,7 @@ class RedisCache(_RedisCore, Store):
             if value is not MISSING:
                 return value
             if not locked:
-                return _TAKE_OVER
+                return TAKE_OVER
         return MISSING
 
     def _try_lock(self, lkey: bytes, token: bytes, seconds: float) -> bool | None:
@@ -451,7 +471,7 @@ class RedisCache(_RedisCore, Store):
             return None
         try:
             got = self.client.set(lkey, token, nx=True, px=max(1, int(seconds * 1000)))
-        except _CALL_ERRORS as exc:
+        except CALL_ERRORS as exc:
             self._failed(exc, "lock")
             return None
         self._ok()
@@ -464,7 +484,7 @@ class RedisCache(_RedisCore, Store):
         try:
             data = self.client.get(rkey)
             locked = data is None and bool(self.client.exists(lkey))
-        except _CALL_ERRORS as exc:
+        except CALL_ERRORS as exc:
             self._failed(exc, "GET")
             return None
         self._ok()
@@ -476,7 +496,7 @@ class RedisCache(_RedisCore, Store):
         try:
             if self._scripts_allowed:
                 try:
-                    self._script(_UNLOCK_SCRIPT)(keys=[lkey], args=[token])
+                    self._script(self._UNLOCK_SCRIPT)(keys=[lkey], args=[token])
                 except ResponseError as exc:
                     self._scripts_refused(exc)
             if not self._scripts_allowed:
@@ -484,7 +504,7 @@ class RedisCache(_RedisCore, Store):
                 # caller merely loses exclusivity for the rest of its computation.
                 if self.client.get(lkey) == token:
                     self.client.delete(lkey)
-        except _CALL_ERRORS as exc:
+        except CALL_ERRORS as exc:
             try:
                 self._failed(exc, "unlock")
             except NetworkError:

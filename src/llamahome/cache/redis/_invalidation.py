@@ -1,0 +1,638 @@
+"""Invalidation across machines: Redis tells this process which of the namespace's keys other clients changed.
+
+**Mechanism: RESP3 client tracking in broadcast mode.** One dedicated connection per primary runs
+``CLIENT TRACKING ON BCAST PREFIX <ns>:s PREFIX <ns>:b``; from then on Redis itself pushes an ``invalidate``
+message on it after every change to an entry key of the namespace (SET, DEL, UNLINK, expiry, eviction; a
+FLUSHDB is a "drop everything"). Writers send nothing extra, so a set costs what it cost before, and a write
+by any client (sync, async, another language) is seen. ``benchmarks/bench_coherence.py`` measures the
+alternatives: a PUBLISH per write costs every set an extra command (pipelined or inside a script), and
+sharded pub/sub the same on a cluster, while tracking costs the writer nothing measurable.
+
+**Own writes.** Redis also reports this process's own writes. Before a write goes out, its keys are
+*expected* (a count per key); the first report of an expected key is taken as the echo and skipped. A write
+that Redis did not apply (an error, a DEL that removed nothing) withdraws its expectation. Should another
+machine's report be taken for our echo (both wrote the key at once), our own echo arrives after it and drops
+the copy: a miss, never a stale value.
+
+**Lost messages.** Reports sent while this connection is down are lost. So when the connection drops (Redis
+restarting or failing over included), ``on_reset`` is called at once, and again once tracking is back on every
+primary: the owner drops its local copies then (a flush, not a generation number: a generation would only say
+*that* something may have changed, not *what*, and would still force the same flush). A connection that goes
+silent is caught by a ``ROLE`` health check every second (a demoted primary too); on a cluster the primaries
+are compared with ``CLUSTER NODES`` every 5 s, and a change resubscribes. A cluster primary that does not
+answer is left out (its keys cannot be read either) and joined, with another drop, when it answers again.
+
+**Trust.** The reports come from the Redis server, not from other clients: someone with access to Redis can
+change or delete entries (so make us drop copies: misses) but cannot put a value into our local tiers, since
+values are only ever read from Redis through the envelope (signed with ``secret``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from redis._parsers import _RESP3Parser
+from redis.backoff import NoBackoff
+from redis.connection import Connection
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.retry import Retry
+
+from ..base import Key, key_from_bytes
+from ..stats import CacheStats
+from ._core import CALL_ERRORS
+
+__all__ = ["InvalidationListener", "ConnectionRecipe"]
+
+log = logging.getLogger("llamahome.cache.redis")
+
+HEALTH_INTERVAL = 1.0  # seconds without traffic before a ROLE check
+HEALTH_TIMEOUT = 2.0  # seconds a ROLE check may take before the connection counts as lost
+TOPOLOGY_INTERVAL = 5.0  # seconds between two checks of a cluster's primaries
+# Reports are read at most once per window: a report after a quiet spell is read at once, while the stream of
+# a busy writer (our own echoes included: one per write) costs this process one wake-up per window instead of
+# one per write. Each wake-up of this thread costs the application threads tens of microseconds (the GIL and a
+# context switch; measured in bench_coherence.py), so this keeps a writer's throughput; staleness grows by at
+# most the window.
+BATCH_WINDOW = 0.004
+_MIN_DELAY, _MAX_DELAY = 0.05, 1.0  # reconnect backoff
+_KEPT_OPTIONS = ("host", "port", "path", "db", "username", "password", "credential_provider", "client_name")
+
+
+class _PushParser(_RESP3Parser):
+    """RESP3 parser that hands invalidation pushes to the reader instead of dropping them."""
+
+    def __init__(self, socket_read_size: int) -> None:
+        super().__init__(socket_read_size)
+        self.invalidation_push_handler_func = _identity
+
+
+def _identity(response: Any) -> Any:
+    return response
+
+
+class _Incomplete(Exception):
+    """The buffer ends inside a reply: read more."""
+
+
+class _PushReader:
+    """Reads the replies and pushes of a tracking connection straight from its socket.
+
+    redis-py connects, authenticates and switches the connection to RESP3; after that this small parser takes
+    over, because redis-py's parses a push in ~20 us and there is one per write under the namespace (our own
+    included): at a busy writer's rate that cost came out of the writer's throughput. This one handles the
+    RESP3 types Redis sends here (pushes, arrays, bulk/simple strings, integers, nulls, errors) in a few us.
+    """
+
+    def __init__(self, conn: Connection) -> None:
+        self._buf = bytearray()  # received bytes not parsed yet: the start of an incomplete reply
+        self._chunk = bytearray(1 << 16)
+        self._view = memoryview(self._chunk)
+        self._early: list[Any] = []
+        # Anything redis-py already buffered is read through it first; then its buffer is empty for good.
+        while conn.can_read(timeout=0):
+            self._early.append(conn.read_response(push_request=True))
+        sock = getattr(conn, "_sock", None)
+        if sock is None:
+            raise RedisConnectionError("the tracking connection has no socket")
+        self._sock: Any = sock
+        self._poll = select.poll()  # not select(): it fails on descriptors above 1023
+        self._poll.register(sock, select.POLLIN)
+
+    def wait(self, timeout: float) -> bool:
+        """True when there is something to read (within ``timeout`` seconds)."""
+        if self._early or self._pending():  # what is left in _buf is an incomplete reply: wait for more
+            return True
+        return bool(self._poll.poll(timeout * 1000))
+
+    def _pending(self) -> bool:
+        pending = getattr(self._sock, "pending", None)  # TLS: decrypted bytes select() cannot see
+        return bool(pending is not None and pending())
+
+    def read_available(self, keys: list[bytes]) -> list[Any]:
+        """Every complete reply received so far, without blocking; the keys of single-key invalidation pushes
+        (nearly all of them) are appended to ``keys`` instead of returned as replies."""
+        while self._pending() or self._poll.poll(0):
+            try:
+                size = self._sock.recv_into(self._chunk)
+            except (BlockingIOError, InterruptedError):
+                break
+            if not size:
+                raise RedisConnectionError("Redis closed the tracking connection")
+            self._buf += self._view[:size]
+            if size < len(self._chunk):
+                break
+        out, self._early = self._early, []
+        buf, size = self._buf, len(self._buf)
+        pos = _one_key_pushes(buf, keys)
+        head, skip = _ONE_KEY_HEAD, len(_ONE_KEY_HEAD)
+        while pos < size:
+            if buf.startswith(head, pos):  # inlined: this loop is the listener's whole cost per write
+                end = buf.find(b"\r\n", pos + skip)
+                if end < 0:
+                    break
+                stop = end + 2 + int(buf[pos + skip : end])
+                if stop + 2 > size:
+                    break
+                keys.append(bytes(buf[end + 2 : stop]))
+                pos = stop + 2
+                continue
+            try:
+                reply, pos = _parse_push(buf, pos)
+            except _Incomplete:
+                break
+            out.append(reply)
+        if pos:
+            del buf[:pos]
+        return out
+
+
+_PUSH_HEAD = b">2\r\n$10\r\ninvalidate\r\n*"
+_ONE_KEY_HEAD = _PUSH_HEAD + b"1\r\n$"
+
+
+def _one_key_pushes(buf: bytearray, keys: list[bytes]) -> int:
+    """Fast path: the keys of the run of single-key invalidation pushes that ``buf`` starts with (appended to
+    ``keys``), and how many bytes they took. One C-level split instead of a parse per push: at a busy writer's
+    rate (one echo per write) this is the listener's main cost.
+
+    A piece between two push heads must be exactly ``<n>\\r\\n<n-byte key>\\r\\n``; the first that is not (the
+    last, incomplete push; another reply after it; a key that happens to contain a push head) ends the run,
+    and the caller's general parser goes on from there.
+    """
+    head = _ONE_KEY_HEAD
+    if not buf.startswith(head):
+        return 0
+    pos = 0
+    for piece in bytes(buf).split(head)[1:]:
+        digits, sep, rest = piece.partition(b"\r\n")
+        if not sep or not digits.isdigit() or len(rest) != int(digits) + 2 or not rest.endswith(b"\r\n"):
+            break
+        keys.append(rest[:-2])
+        pos += len(head) + len(piece)
+    return pos
+
+
+def _parse_push(buf: bytearray, pos: int) -> tuple[Any, int]:
+    """:func:`_parse`, with a fast path for the commonest message by far: an invalidation push of keys."""
+    if not buf.startswith(_PUSH_HEAD, pos):
+        return _parse(buf, pos)
+    at = pos + len(_PUSH_HEAD)
+    end = buf.find(b"\r\n", at)
+    if end < 0:
+        raise _Incomplete
+    keys = []
+    at = end + 2
+    for _ in range(int(buf[pos + len(_PUSH_HEAD) : end])):
+        end = buf.find(b"\r\n", at)
+        if end < 0:
+            raise _Incomplete
+        if buf[at] != 36:  # not "$": leave it to the general parser
+            return _parse(buf, pos)
+        start = end + 2
+        stop = start + int(buf[at + 1 : end])
+        if len(buf) < stop + 2:
+            raise _Incomplete
+        keys.append(bytes(buf[start:stop]))
+        at = stop + 2
+    return [b"invalidate", keys], at
+
+
+def _parse(buf: bytearray, pos: int) -> tuple[Any, int]:
+    """One RESP3 value at ``buf[pos:]`` and where the next one starts; _Incomplete if it is cut off."""
+    end = buf.find(b"\r\n", pos)
+    if end < 0:
+        raise _Incomplete
+    kind, line, after = buf[pos], bytes(buf[pos + 1 : end]), end + 2
+    if kind in b">*~":  # push, array, set
+        items = []
+        for _ in range(max(0, int(line))):
+            item, after = _parse(buf, after)
+            items.append(item)
+        return (None if int(line) < 0 else items), after
+    if kind in b"$=!":  # bulk, verbatim, bulk error
+        size = int(line)
+        if size < 0:
+            return None, after
+        if len(buf) < after + size + 2:
+            raise _Incomplete
+        data = bytes(buf[after : after + size])
+        return (data[4:] if kind == ord("=") else data), after + size + 2
+    if kind in b"+-":
+        return line, after
+    if kind == ord(":"):
+        return int(line), after
+    if kind == ord("_"):
+        return None, after
+    if kind == ord("#"):
+        return line == b"t", after
+    if kind in b",(":
+        return line, after
+    if kind == ord("%"):  # map
+        pairs = {}
+        for _ in range(int(line)):
+            key, after = _parse(buf, after)
+            pairs[key], after = _parse(buf, after)
+        return pairs, after
+    if kind == ord("|"):  # attribute: metadata ahead of the value itself
+        for _ in range(2 * int(line)):
+            after = _parse(buf, after)[1]
+        return _parse(buf, after)
+    raise RedisConnectionError(f"unexpected RESP3 type byte {kind!r} on the tracking connection")
+
+
+class _Resync(Exception):
+    """The primaries changed (failover, a node added): subscribe again on the new ones."""
+
+
+_READ_ERRORS: tuple[type[BaseException], ...] = (*CALL_ERRORS, _Resync)
+
+
+class ConnectionRecipe:
+    """How to open a tracking connection like the cache's own: same auth, TLS, db; RESP3; bounded calls."""
+
+    def __init__(
+        self, connection_class: type[Connection], options: dict[str, Any], timeout: float,
+        seeds: list[tuple[str, int]] | None = None,
+    ) -> None:
+        self.connection_class = connection_class
+        self.options = {k: v for k, v in options.items() if k in _KEPT_OPTIONS or k.startswith("ssl")}
+        self.timeout = timeout
+        #: Cluster nodes to ask for the primaries (None: a standalone server).
+        self.seeds = seeds
+
+    @classmethod
+    def from_pool(cls, pool: Any, timeout: float, seeds: list[tuple[str, int]] | None = None) -> ConnectionRecipe:
+        return cls(pool.connection_class, dict(pool.connection_kwargs), timeout, seeds)
+
+    def connect(self, address: tuple[str, int] | None = None) -> Connection:
+        options = dict(self.options)
+        if address is not None:
+            options["host"], options["port"] = address
+        conn = self.connection_class(
+            **options,
+            protocol=3,
+            parser_class=_PushParser,
+            socket_timeout=max(self.timeout, HEALTH_TIMEOUT),
+            socket_connect_timeout=max(self.timeout, 0.5),
+            retry=Retry(NoBackoff(), 0),
+        )
+        conn.connect()
+        return conn
+
+    def primaries(self) -> list[tuple[str, int] | None]:
+        """Where to subscribe: ``[None]`` for a standalone server, else every primary of the cluster."""
+        if self.seeds is None:
+            return [None]
+        last: BaseException | None = None
+        for seed in list(self.seeds):
+            try:
+                conn = self.connect(seed)
+            except CALL_ERRORS as exc:
+                last = exc
+                continue
+            try:
+                conn.send_command("CLUSTER", "NODES")
+                reply = conn.read_response()
+            except CALL_ERRORS as exc:
+                last = exc
+                continue
+            finally:
+                conn.disconnect()
+            primaries, everyone = _parse_nodes(reply)
+            if primaries:
+                self.seeds = everyone  # remember the whole cluster for the next time
+                return primaries
+        raise RedisConnectionError(f"no Redis Cluster node answered CLUSTER NODES ({last})")
+
+
+def _parse_nodes(reply: Any) -> tuple[list[tuple[str, int] | None], list[tuple[str, int]]]:
+    """(healthy primaries, all nodes) from a CLUSTER NODES reply."""
+    text = reply.decode() if isinstance(reply, bytes) else str(reply)
+    primaries: list[tuple[str, int] | None] = []
+    everyone: list[tuple[str, int]] = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) < 3:
+            continue
+        address = parts[1].split("@")[0]
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit() or port == "0":
+            continue
+        node = (host, int(port))
+        everyone.append(node)
+        flags = parts[2].split(",")
+        if "master" in flags and not {"fail", "fail?", "handshake", "noaddr"} & set(flags):
+            primaries.append(node)
+    return sorted(primaries, key=str), everyone
+
+
+_listeners: weakref.WeakSet[InvalidationListener] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for listener in list(_listeners):
+        listener._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class InvalidationListener:
+    """A background thread that reports keys changed by other clients (``on_keys``), and calls ``on_reset``
+    whenever reports may have been lost (connection down, then up again) or Redis flushed the database.
+
+    The owner (a :class:`TieredCache`) drops its local copies in both callbacks. ``stats.invalidations``
+    counts the keys reported. Call :meth:`stop` to end it (the Redis tier's ``close`` does).
+    """
+
+    def __init__(
+        self,
+        recipe: ConnectionRecipe,
+        prefix: bytes,
+        on_keys: Callable[[list[Key]], None],
+        on_reset: Callable[[], None],
+        stats: CacheStats,
+        name: str = "redis",
+    ) -> None:
+        self._recipe = recipe
+        self._prefix = prefix
+        self._on_keys = on_keys
+        self._on_reset = on_reset
+        self._stats = stats
+        self._name = name
+        #: Times the local copies were dropped because reports may have been lost.
+        self.resets = 0
+        self._stop = threading.Event()
+        self._start()
+        _listeners.add(self)
+
+    def _start(self) -> None:
+        self._lock = threading.Lock()
+        self._echoes: dict[bytes, int] = {}
+        self._subscribed = threading.Event()
+        self._live = False  # mirrors _subscribed, read without a call on every write
+        self._first_try = threading.Event()
+        self._failed = threading.Event()  # the current subscription's "stop serving" flag
+        self._thread = threading.Thread(target=self._run, name=f"llamahome-invalidation-{self._name}", daemon=True)
+        self._thread.start()
+
+    def _after_fork(self) -> None:
+        """In a forked child: the thread did not survive fork(), and reports to the parent are not ours.
+        Listen again from scratch (its first subscription drops the local copies the child inherited)."""
+        if not self._stop.is_set():
+            self._stop = threading.Event()
+            self._start()
+
+    # ------------------------------------------------------------------------------------------ writers
+
+    @property
+    def subscribed(self) -> bool:
+        """True while tracking is on for every primary (reports are arriving)."""
+        return self._subscribed.is_set()
+
+    def wait_subscribed(self, timeout: float) -> bool:
+        """Wait until the first attempt to subscribe has finished (at most ``timeout`` s); True if subscribed."""
+        self._first_try.wait(timeout)
+        return self.subscribed
+
+    def expect(self, rkeys: Iterable[bytes]) -> bool:
+        """Note that this process is about to write ``rkeys``: their next report is our own echo.
+
+        Returns False (nothing noted) while not subscribed: no report of such a write can be relied on.
+        """
+        if not self._subscribed.is_set():
+            return False
+        with self._lock:
+            echoes = self._echoes
+            for rkey in rkeys:
+                echoes[rkey] = echoes.get(rkey, 0) + 1
+        return True
+
+    def expect_one(self, rkey: bytes) -> bool:
+        """:meth:`expect` for one key (the set path: no iterator, no Event call)."""
+        if not self._live:
+            return False
+        with self._lock:
+            self._echoes[rkey] = self._echoes.get(rkey, 0) + 1
+        return True
+
+    def withdraw(self, rkeys: Iterable[bytes]) -> None:
+        """The write announced by :meth:`expect` did not change these keys in Redis: no echo will come."""
+        with self._lock:
+            echoes = self._echoes
+            for rkey in rkeys:
+                count = echoes.get(rkey, 0)
+                if count > 1:
+                    echoes[rkey] = count - 1
+                else:
+                    echoes.pop(rkey, None)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._failed.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+
+    # ------------------------------------------------------------------------------------------ thread
+
+    def _run(self) -> None:
+        delay = _MIN_DELAY
+        while not self._stop.is_set():
+            conns: list[Connection] = []
+            try:
+                missing: list[tuple[str, int]] = []
+                try:
+                    primaries = self._recipe.primaries()
+                    for address in primaries:
+                        try:
+                            conn = self._recipe.connect(address)
+                        except CALL_ERRORS:
+                            if address is None:
+                                raise
+                            # A primary we cannot reach: nobody else may be able to either (its keys are then
+                            # unreadable too), so listen to the others now and to it once it answers again.
+                            missing.append(address)
+                            continue
+                        conns.append(conn)
+                        self._track(conn)
+                    if not conns:
+                        raise RedisConnectionError("no Redis primary answered")
+                except CALL_ERRORS as exc:
+                    log.debug("Invalidation listener: cannot subscribe yet: %s: %s", type(exc).__name__, exc)
+                    self._first_try.set()
+                else:
+                    # Tracking is on everywhere: from now on every change is reported. Changes made before
+                    # (while we were away) are unknown, so drop the local copies, and forget the echoes we
+                    # were waiting for (a report may have been lost; unexpected echoes only cause misses).
+                    with self._lock:
+                        self._echoes.clear()
+                    self._reset("subscribed")
+                    self._subscribed.set()
+                    self._live = True
+                    self._first_try.set()
+                    delay = _MIN_DELAY
+                    self._serve(conns, primaries, missing)
+                    self._live = False
+                    self._subscribed.clear()
+                    if not self._stop.is_set():
+                        self._reset("connection lost")
+            except BaseException as exc:  # never let the thread die: log, drop, retry
+                self._live = False
+                self._subscribed.clear()
+                log.warning("Invalidation listener failed (%s: %s); local copies dropped, retrying.",
+                            type(exc).__name__, exc)
+                self._reset("listener error")
+            finally:
+                for conn in conns:
+                    try:
+                        conn.disconnect()
+                    except CALL_ERRORS:
+                        pass
+            self._stop.wait(delay)
+            delay = min(delay * 2, _MAX_DELAY)
+        self._live = False
+        self._subscribed.clear()
+
+    def _track(self, conn: Connection) -> None:
+        conn.send_command(
+            "CLIENT", "TRACKING", "ON", "BCAST", "PREFIX", self._prefix + b"s", "PREFIX", self._prefix + b"b"
+        )
+        reply = conn.read_response()
+        if reply not in (b"OK", "OK"):
+            raise RedisConnectionError(f"CLIENT TRACKING answered {reply!r}")
+
+    def _serve(
+        self, conns: list[Connection], primaries: list[tuple[str, int] | None], missing: list[tuple[str, int]]
+    ) -> None:
+        """Read reports on every connection until one fails, the primaries change, a missing primary answers
+        again, or stop() is called."""
+        failed = self._failed = threading.Event()
+        if self._stop.is_set():
+            failed.set()
+        readers = [
+            threading.Thread(target=self._read, args=(conn, failed), name="llamahome-invalidation-reader", daemon=True)
+            for conn in conns
+        ]
+        for reader in readers:
+            reader.start()
+        interval = HEALTH_INTERVAL if missing else TOPOLOGY_INTERVAL
+        next_check = time.monotonic() + interval
+        while not failed.is_set() and not self._stop.is_set():
+            failed.wait(0.25)
+            if self._recipe.seeds is not None and time.monotonic() >= next_check and not failed.is_set():
+                next_check = time.monotonic() + interval
+                try:
+                    if self._recipe.primaries() != primaries:
+                        log.info("Redis Cluster primaries changed; resubscribing for invalidations.")
+                        failed.set()
+                    elif self._any_answers(missing):
+                        log.info("A Redis Cluster primary answers again; resubscribing for invalidations.")
+                        failed.set()
+                except CALL_ERRORS:
+                    failed.set()
+        failed.set()
+        for conn in conns:
+            try:
+                conn.disconnect()  # wakes a reader blocked on its socket
+            except CALL_ERRORS:
+                pass
+        for reader in readers:
+            reader.join(timeout=5)
+
+    def _any_answers(self, addresses: list[tuple[str, int]]) -> bool:
+        for address in addresses:
+            try:
+                self._recipe.connect(address).disconnect()
+            except CALL_ERRORS:
+                continue
+            return True
+        return False
+
+    def _read(self, conn: Connection, failed: threading.Event) -> None:
+        last = time.monotonic()
+        check_sent: float | None = None
+        try:
+            reader = _PushReader(conn)
+            next_read = 0.0
+            while not failed.is_set() and not self._stop.is_set():
+                if reader.wait(0.1):
+                    pause = next_read - time.monotonic()
+                    if pause > 0:
+                        time.sleep(pause)
+                    changed: list[bytes] = []
+                    flushed = False
+                    for reply in reader.read_available(changed):
+                        if not isinstance(reply, list) or not reply:
+                            continue
+                        if reply[0] == b"invalidate":
+                            keys = reply[1] if len(reply) > 1 else None
+                            if keys is None:
+                                flushed = True
+                            else:
+                                changed += keys
+                        elif reply[0] in (b"master", b"slave"):  # the health check's ROLE reply
+                            check_sent = None
+                            if reply[0] != b"master":
+                                raise _Resync("a tracked node is no longer a primary")
+                    last = time.monotonic()
+                    next_read = last + BATCH_WINDOW
+                    if changed:
+                        self._report(changed)
+                    if flushed:
+                        self._report(None)
+                    continue
+                now = time.monotonic()
+                if check_sent is not None and now - check_sent > HEALTH_TIMEOUT:
+                    raise RedisConnectionError("Redis did not answer the health check")
+                if check_sent is None and now - last > HEALTH_INTERVAL:
+                    conn.send_command("ROLE")
+                    check_sent = last = now
+        except _READ_ERRORS as exc:
+            if not self._stop.is_set() and not failed.is_set():
+                log.info("Invalidation connection lost (%s: %s); local copies are dropped.", type(exc).__name__, exc)
+        except BaseException as exc:
+            if not self._stop.is_set() and not failed.is_set():  # else: its connection was closed under it
+                log.warning("Invalidation reader failed: %s: %s", type(exc).__name__, exc)
+        finally:
+            failed.set()
+
+    def _report(self, rkeys: list[bytes] | None) -> None:
+        if rkeys is None:  # FLUSHDB / FLUSHALL: everything changed
+            self._reset("Redis flushed the database")
+            return
+        changed: list[bytes] = []
+        with self._lock:
+            echoes = self._echoes
+            for rkey in rkeys:
+                count = echoes.get(rkey)
+                if count is None:
+                    changed.append(rkey)
+                elif count > 1:
+                    echoes[rkey] = count - 1
+                else:
+                    del echoes[rkey]
+        n = len(self._prefix)
+        keys = [key_from_bytes(rkey[n:]) for rkey in changed if rkey.startswith(self._prefix)]
+        if not keys:
+            return
+        self._stats.add("invalidations", len(keys))
+        try:
+            self._on_keys(keys)
+        except Exception as exc:  # a closed tier, a full disk: the copies stay, say so
+            log.warning("Could not drop %d invalidated local copies: %s: %s", len(keys), type(exc).__name__, exc)
+
+    def _reset(self, why: str) -> None:
+        self.resets += 1
+        log.debug("Dropping local copies of network entries: %s.", why)
+        try:
+            self._on_reset()
+        except Exception as exc:
+            log.warning("Could not drop the local copies (%s): %s: %s", why, type(exc).__name__, exc)

@@ -1,0 +1,532 @@
+"""Several machines, one truth: local copies follow changes made on other machines (issue 13).
+
+Real redis-server processes throughout; "machines" are separate processes with their own disk directories
+(``machine.py``), or separate TieredCaches in this process where a test needs to reach inside.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from llamahome.cache import AsyncRedisCache, CacheConfig, CacheManager, DiskCache, MemoryCache, RedisCache, TieredCache
+
+from ..conftest import RedisClusterNodes, RedisServer, free_port
+
+pytestmark = pytest.mark.redis
+
+MACHINE = Path(__file__).with_name("machine.py")
+SRC = Path(__file__).resolve().parents[3] / "src"
+BOUND = 1.0  # seconds: generous for a loaded test box; the benchmark measures the real distribution
+
+
+class Machine:
+    """A machine.py process: one TieredCache(memory, disk, Redis) with its own disk directory."""
+
+    def __init__(self, url: str, namespace: str, disk: Path, secret: str = "") -> None:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+        self.proc = subprocess.Popen(
+            [sys.executable, str(MACHINE), url, namespace, str(disk), secret],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+        )
+        self.subscribed = self._answer()
+
+    def _answer(self) -> Any:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the machine process exited with {self.proc.wait(timeout=10)}")
+        reply = json.loads(line)
+        if "error" in reply:
+            raise RuntimeError(reply["error"])
+        return reply["ok"]
+
+    def __call__(self, op: str, **args: Any) -> Any:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps({"op": op, **args}) + "\n")
+        self.proc.stdin.flush()
+        return self._answer()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.write('{"op": "quit"}\n')
+            self.proc.stdin.flush()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                pipe.close()
+
+
+@pytest.fixture
+def machines(tmp_path: Path) -> Iterator[Any]:
+    started: list[Machine] = []
+
+    def start(url: str, namespace: str, count: int = 2, secret: str = "") -> list[Machine]:
+        for _ in range(count):
+            started.append(Machine(url, namespace, tmp_path / f"disk{len(started)}", secret))
+        return started[-count:]
+
+    yield start
+    for machine in started:
+        machine.close()
+
+
+def _local_tiers(tmp_path: Path, name: str) -> tuple[MemoryCache, DiskCache]:
+    return MemoryCache(size=64), DiskCache(tmp_path / name, size=64)
+
+
+def _settle(*caches: TieredCache) -> None:
+    """Let reports of earlier writes arrive (tests that check what stays in the local tiers need that)."""
+    time.sleep(0.1)
+
+
+# ---------------------------------------------------------------------------------------------- two processes
+
+
+def _see_set_and_delete(a: Machine, b: Machine) -> None:
+    assert a.subscribed and b.subscribed
+    assert b("set", key="k", value="v1") is True
+    assert a("wait", key="k", value="v1")[0] == "v1"
+    time.sleep(0.1)
+    assert a("get", key="k") == "v1"  # A now holds local copies of v1 (memory and disk)
+    assert b("set", key="k", value="v2") is True
+    value, waited = a("wait", key="k", value="v2", timeout=BOUND)
+    assert value == "v2" and waited < BOUND
+    assert a("local", key="k") in ([None, None], ["v2", "v2"], ["v2", None], [None, "v2"])
+    assert b("delete", key="k") is True
+    value, waited = a("wait", key="k", value=None, timeout=BOUND)
+    assert value is None and waited < BOUND
+    assert a("local", key="k") == [None, None]
+    assert a("stats")["invalidations"] >= 3 and b("stats")["invalidations"] == 0  # own writes are not reports
+
+
+def test_two_processes_see_each_others_sets_and_deletes(machines: Any, redis_url: str, redis_namespace: str) -> None:
+    a, b = machines(redis_url, redis_namespace)
+    _see_set_and_delete(a, b)
+
+
+def test_two_processes_with_a_secret(machines: Any, redis_url: str, redis_namespace: str) -> None:
+    a, b = machines(redis_url, redis_namespace, secret="shared-secret")
+    _see_set_and_delete(a, b)
+
+
+def test_two_processes_on_a_cluster(machines: Any, redis_cluster: Any, redis_namespace: str) -> None:
+    a, b = machines(redis_cluster.url, redis_namespace)
+    _see_set_and_delete(a, b)
+    for i in range(20):  # keys on every node
+        assert b("set", key=f"n{i}", value="old") is True
+        assert a("wait", key=f"n{i}", value="old")[0] == "old"
+    time.sleep(0.1)
+    for i in range(20):
+        assert b("set", key=f"n{i}", value="new") is True
+    for i in range(20):
+        assert a("wait", key=f"n{i}", value="new", timeout=BOUND)[0] == "new"
+
+
+def test_redis_restart_between_the_write_and_the_read(machines: Any, redis_restartable: RedisServer, tmp_path: Path) -> None:
+    server = redis_restartable
+    a, b = machines(server.url, "restart")
+    assert b("set", key="k", value="old") is True
+    assert a("wait", key="k", value="old")[0] == "old"
+    time.sleep(0.1)  # B's report has arrived (it may have dropped the copy A made before it)
+    assert a("get", key="k") == "old"
+    assert a("local", key="k")[0] == "old"  # A serves it from memory
+    server.restart()  # same port, empty: every connection drops
+    deadline = time.monotonic() + 10
+    while b("set", key="k", value="new") is not True:  # B's first call may meet its dropped connection
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    # B's write landed after the restart; A must not answer the value from before it
+    assert a("get", key="k") != "old"
+    assert a("wait", key="k", value="new", timeout=5.0)[0] == "new"
+    assert a("subscribed", timeout=10.0) is True
+    assert a("stats")["resets"] >= 2  # dropped when the connection went, and when it came back
+
+
+def test_concurrent_writers_converge(machines: Any, redis_url: str, redis_namespace: str) -> None:
+    group = machines(redis_url, redis_namespace, count=3)
+    for machine in group:
+        assert machine("get", key="k") is None
+    threads = [threading.Thread(target=m, args=("hammer",), kwargs={"key": "k", "prefix": f"m{i}", "n": 200})
+               for i, m in enumerate(group)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    final = RedisCache(redis_url, namespace=redis_namespace, timeout=2.0)
+    truth = final.get("k")
+    final.close()
+    assert truth is not None and truth.endswith("-199")
+    for machine in group:
+        value, _ = machine("wait", key="k", value=truth, timeout=BOUND)
+        assert value == truth
+        assert machine("local", key="k") in ([None, None], [truth, truth], [truth, None], [None, truth])
+
+
+# ---------------------------------------------------------------------------------------------- in one process
+
+
+@pytest.fixture
+def pair(tmp_path: Path, redis_url: str, redis_namespace: str) -> Iterator[tuple[TieredCache, TieredCache]]:
+    a = TieredCache(*_local_tiers(tmp_path, "a"), RedisCache(redis_url, namespace=redis_namespace, timeout=2.0))
+    b = TieredCache(*_local_tiers(tmp_path, "b"), RedisCache(redis_url, namespace=redis_namespace, timeout=2.0))
+    yield a, b
+    a.close()
+    b.close()
+
+
+def _wait(condition: Any, timeout: float = BOUND) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)
+    return True
+
+
+def test_a_memory_hit_makes_no_redis_call(pair: tuple[TieredCache, TieredCache], redis_url: str) -> None:
+    a, _ = pair
+    a.set("k", b"v")
+    _settle(a)
+    assert a.tiers[0].get("k") == b"v"
+    raw = redis.Redis.from_url(redis_url)
+
+    def calls() -> int:
+        stats = raw.info("commandstats")
+        return sum(int(v["calls"]) for name, v in stats.items() if name in ("cmdstat_get", "cmdstat_evalsha", "cmdstat_mget"))
+
+    before = calls()
+    for _ in range(1000):
+        assert a.get("k") == b"v"
+    assert calls() == before
+    raw.close()
+
+
+def test_own_writes_keep_their_local_copies(pair: tuple[TieredCache, TieredCache]) -> None:
+    a, _ = pair
+    a.set_many({f"k{i}": i for i in range(50)})
+    a.set("one", 1)
+    a.delete("k0")
+    a.delete("never-there")  # removes nothing in Redis: no report will come, and none is waited for
+    assert a.listener is not None
+    assert _wait(lambda: not a.listener._echoes, timeout=5.0)  # every expected echo arrived or was withdrawn
+    assert a.stats.invalidations == 0
+    assert a.tiers[0].get("one") == 1 and a.tiers[0].get("k49") == 49
+
+
+def test_a_stale_read_promotion_loses_to_a_concurrent_write(pair: tuple[TieredCache, TieredCache]) -> None:
+    """A reads the old value from Redis; B's write and its report land before A copies the value up."""
+    a, b = pair
+    b.set("k", "old")
+    _settle(a, b)
+    shared = a.tiers[2]
+    assert isinstance(shared, RedisCache)
+    original = shared.get_with_ttl
+    seen = a.stats.invalidations
+
+    def slow_read(key: Any, default: Any = None) -> tuple[Any, float | None]:
+        found = original(key, default)  # the old value
+        b.set("k", "new")
+        assert _wait(lambda: a.stats.invalidations > seen)  # A's listener has handled B's write
+        return found
+
+    shared.get_with_ttl = slow_read  # type: ignore[method-assign]
+    try:
+        assert a.get("k") == "old"  # the read itself was concurrent with the write: either answer is fine
+    finally:
+        shared.get_with_ttl = original  # type: ignore[method-assign]
+    assert a.tiers[0].get("k") is None and a.tiers[1].get("k") is None  # but it was not copied up
+    assert a.get("k") == "new"
+
+
+def test_an_async_writer_invalidates_too(pair: tuple[TieredCache, TieredCache], redis_url: str, redis_namespace: str) -> None:
+    a, _ = pair
+    a.set("k", "v1")
+    _settle(a)
+
+    async def write() -> None:
+        async with AsyncRedisCache(redis_url, namespace=redis_namespace, timeout=2.0) as writer:
+            assert await writer.set("k", "v2") is True
+
+    asyncio.run(write())
+    assert _wait(lambda: a.tiers[0].get("k") is None)
+    assert a.get("k") == "v2"
+
+
+def test_an_attacker_with_redis_access_can_only_cause_misses(tmp_path: Path, redis_url: str, redis_namespace: str) -> None:
+    a = TieredCache(*_local_tiers(tmp_path, "a"), RedisCache(redis_url, namespace=redis_namespace, secret="s", timeout=2.0))
+    try:
+        a.set("k", {"v": 1})
+        _settle(a)
+        raw = redis.Redis.from_url(redis_url)
+        raw.set(f"{redis_namespace}:sk", b"LHR\x00forged value")  # overwrite the entry without the secret
+        raw.publish(f"{redis_namespace}:sk", b"noise")
+        assert _wait(lambda: a.tiers[0].get("k") is None)
+        assert a.get("k", "miss") == "miss"  # never the forged value
+        assert a.tiers[2].stats.corrupt == 1
+        raw.close()
+    finally:
+        a.close()
+
+
+def test_flushdb_and_a_lost_connection_drop_every_local_copy(tmp_path: Path, redis_restartable: RedisServer) -> None:
+    url = redis_restartable.url
+    a = TieredCache(*_local_tiers(tmp_path, "a"), RedisCache(url, namespace="ns", timeout=2.0))
+    raw = redis.Redis.from_url(url)
+    try:
+        assert a.listener is not None
+        a.set_many({"x": 1, "y": 2})
+        _settle(a)
+        resets = a.listener.resets
+        # the tracking connections are the ones with the "t" flag; killing them loses any report in flight
+        for client in raw.client_list():
+            if "t" in client["flags"]:
+                raw.client_kill_filter(_id=client["id"])
+        assert _wait(lambda: a.listener.resets >= resets + 2 and a.listener.subscribed, timeout=5.0)
+        assert a.tiers[0].get("x") is None and a.tiers[1].get("y") is None
+        a.set("z", 3)
+        _settle(a)
+        assert a.tiers[0].get("z") == 3
+        raw.flushdb()  # reported as "everything changed"
+        assert _wait(lambda: a.tiers[0].get("z") is None and a.tiers[1].get("z") is None)
+        assert a.get("z") is None
+    finally:
+        raw.close()
+        a.close()
+
+
+def test_listen_false_keeps_the_single_machine_behaviour(tmp_path: Path, redis_url: str, redis_namespace: str) -> None:
+    with TieredCache(*_local_tiers(tmp_path, "a"), RedisCache(redis_url, namespace=redis_namespace), listen=False) as a:
+        assert a.listener is None
+        a.set("k", 1)
+        assert a.get("k") == 1
+
+
+def test_the_manager_listens_through_its_tiered_cache(tmp_path: Path, redis_url: str, redis_namespace: str) -> None:
+    def config(name: str) -> CacheConfig:
+        return CacheConfig.from_dict({"cache": {
+            "memory": {"size": 16}, "disk": {"path": str(tmp_path / name), "size": 16},
+            "network": {"url": redis_url, "namespace": redis_namespace, "timeout": 2},
+        }, "system_cache": {"temp_dir": str(tmp_path / name / "tmp")}})
+
+    async def main() -> None:
+        async with CacheManager(config("a")) as a, CacheManager(config("b")) as b:
+            await b.set("prompt", "v1")
+            assert await a.get("prompt") == "v1"
+            await asyncio.sleep(0.1)
+            await b.set("prompt", "v2")
+            assert await asyncio.to_thread(_wait, lambda: a.memory.get("prompt") is None)
+            assert await a.get("prompt") == "v2"
+            assert a.tiered.stats.invalidations >= 1
+
+    asyncio.run(main())
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is needed to make a test certificate")
+def test_over_tls(tmp_path: Path, redis_namespace: str) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True, timeout=30,
+    )
+    tls_port = free_port()
+    server = RedisServer(
+        tmp_path / "r", None, "--tls-port", str(tls_port), "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+        "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no",
+    )
+    try:
+        server.start()
+    except RuntimeError:
+        pytest.skip("this redis-server was built without TLS support")
+    url = f"rediss://127.0.0.1:{tls_port}/0?ssl_ca_certs={cert}"
+    a = TieredCache(*_local_tiers(tmp_path, "a"), RedisCache(url, namespace=redis_namespace, timeout=2.0))
+    b = TieredCache(*_local_tiers(tmp_path, "b"), RedisCache(url, namespace=redis_namespace, timeout=2.0))
+    try:
+        assert a.listener is not None and a.listener.subscribed
+        a.set("k", "v1")
+        _settle(a, b)
+        assert b.get("k") == "v1"
+        _settle(a, b)
+        a.set("k", "v2")
+        assert _wait(lambda: b.tiers[0].get("k") is None)
+        assert b.get("k") == "v2"
+    finally:
+        a.close()
+        b.close()
+        server.kill()
+
+
+# ---------------------------------------------------------------------------------------------- the reader
+
+
+def test_the_push_reader_parses_every_reply_however_the_bytes_are_split() -> None:
+    from llamahome.cache.redis._invalidation import _Incomplete, _parse_push
+
+    stream = (
+        b">2\r\n$10\r\ninvalidate\r\n*2\r\n$4\r\nns:a\r\n$6\r\nns:b\r\n\r\n"  # a key holding CR LF
+        b">2\r\n$10\r\ninvalidate\r\n_\r\n"  # FLUSHDB
+        b"*3\r\n$6\r\nmaster\r\n:42\r\n*0\r\n"  # ROLE
+        b">2\r\n$10\r\ninvalidate\r\n*1\r\n$0\r\n\r\n"
+        b"=8\r\ntxt:abcd\r\n%1\r\n+k\r\n:1\r\n|1\r\n+a\r\n+b\r\n:5\r\n-ERR no\r\n"
+    )
+    expected = [
+        [b"invalidate", [b"ns:a", b"ns:b\r\n"]], [b"invalidate", None], [b"master", 42, []],
+        [b"invalidate", [b""]], b"abcd", {b"k": 1}, 5, b"ERR no",
+    ]
+    for cut in range(len(stream) + 1):  # the first `cut` bytes arrive, then the rest
+        buf, pos, got = bytearray(stream[:cut]), 0, []
+        for more in (b"", stream[cut:]):
+            buf += more
+            while pos < len(buf):
+                try:
+                    reply, pos = _parse_push(buf, pos)
+                except _Incomplete:
+                    break
+                got.append(reply)
+        assert got == expected, cut
+
+
+def test_the_push_reader_reads_reports_split_across_socket_reads() -> None:
+    import socket
+
+    from llamahome.cache.redis._invalidation import _PushReader
+
+    class Conn:  # what the reader needs of a redis-py connection: its socket, and nothing buffered
+        def __init__(self, sock: socket.socket) -> None:
+            self._sock = sock
+
+        def can_read(self, timeout: float = 0) -> bool:
+            return False
+
+    stream = b"".join(b">2\r\n$10\r\ninvalidate\r\n*1\r\n$5\r\nns:k%d\r\n" % i for i in range(3))
+    stream += b"*3\r\n$6\r\nmaster\r\n:0\r\n*0\r\n"
+    for cut in range(len(stream) + 1):
+        ours, theirs = socket.socketpair()
+        try:
+            reader = _PushReader(Conn(ours))  # type: ignore[arg-type]
+            keys: list[bytes] = []
+            replies: list[Any] = []
+            for part in (stream[:cut], stream[cut:]):
+                if part:
+                    theirs.sendall(part)
+                    assert reader.wait(1.0)
+                    replies += reader.read_available(keys)
+            assert keys == [b"ns:k0", b"ns:k1", b"ns:k2"] and replies == [[b"master", 0, []]], cut
+            assert not reader.wait(0)  # nothing left but what was read
+        finally:
+            ours.close()
+            theirs.close()
+
+
+def test_the_fast_path_is_not_fooled_by_a_key_that_contains_a_push_head() -> None:
+    from llamahome.cache.redis._invalidation import _ONE_KEY_HEAD, _one_key_pushes
+
+    def push(key: bytes) -> bytes:
+        return _ONE_KEY_HEAD + b"%d\r\n" % len(key) + key + b"\r\n"
+
+    tricky = b"ns:s" + push(b"ns:sfake")  # a key whose bytes look like a whole push
+    stream = push(b"ns:sa") + push(tricky) + push(b"ns:sb")
+    keys: list[bytes] = []
+    used = _one_key_pushes(bytearray(stream), keys)
+    assert keys == [b"ns:sa"] and used == len(push(b"ns:sa"))  # the run stops at the tricky push
+    from llamahome.cache.redis._invalidation import _parse_push
+
+    rest, pos, more = bytearray(stream), used, []
+    while pos < len(rest):
+        reply, pos = _parse_push(rest, pos)
+        more += reply[1]
+    assert more == [tricky, b"ns:sb"]
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Python 3.12+ warns about fork() with threads
+def test_a_forked_child_listens_for_itself(pair: tuple[TieredCache, TieredCache]) -> None:
+    import multiprocessing
+
+    a, b = pair
+    b.set("k", "v1")
+    _settle(a, b)
+    assert a.get("k") == "v1"
+    ctx = multiprocessing.get_context("fork")
+    to_child, from_child = ctx.Queue(), ctx.Queue()
+
+    def child() -> None:
+        ok = a.listener is not None and a.listener.wait_subscribed(5.0)
+        from_child.put(ok)
+        to_child.get(timeout=10)  # B has written v2
+        from_child.put(_wait(lambda: a.get("k") == "v2", timeout=5.0))
+        a.close()
+
+    proc = ctx.Process(target=child)
+    proc.start()
+    try:
+        assert from_child.get(timeout=15) is True  # the child subscribed on its own
+        b.set("k", "v2")
+        to_child.put("written")
+        assert from_child.get(timeout=15) is True  # and saw B's write
+    finally:
+        proc.join(15)
+    assert proc.exitcode == 0
+
+
+def test_a_dead_cluster_primary_leaves_the_others_listened_to(tmp_path: Path) -> None:
+    cluster = RedisClusterNodes(tmp_path / "cluster").start()
+    for node in cluster.nodes:  # the live primaries keep serving their slots while one is down
+        node.command("CONFIG", "SET", "cluster-require-full-coverage", "no")
+    a = TieredCache(*_local_tiers(tmp_path, "a"), RedisCache(cluster.url, namespace="ns", timeout=2.0))
+    b = TieredCache(*_local_tiers(tmp_path, "b"), RedisCache(cluster.url, namespace="ns", timeout=2.0))
+    try:
+        owner = b.tiers[2].client.get_node_from_key(b"ns:sk")  # type: ignore[attr-defined]
+        # not the node the URL names either: a client built after it died could not find the cluster
+        victim = next(node for node in cluster.nodes[1:] if node.port != int(owner.port))
+        b.set("k", "v1")
+        assert a.get("k") == "v1"  # (A's cluster client is built)
+        _settle(a, b)
+        assert a.listener is not None
+        resets = a.listener.resets
+        victim.kill()
+        # dropped everything when the connection went, then listened again on the two live primaries, well
+        # before the cluster itself marks the dead one as failed (node timeout: 2 s)
+        assert _wait(lambda: a.listener.resets >= resets + 2 and a.listener.subscribed, timeout=1.5)
+        assert a.get("k") == "v1"
+        _settle(a, b)
+        assert a.tiers[0].get("k") == "v1"
+        b.set("k", "v2")
+        assert _wait(lambda: a.tiers[0].get("k") is None)
+        assert a.get("k") == "v2"
+    finally:
+        a.close()
+        b.close()
+        cluster.stop()
+
+
+def test_one_redis_tier_cannot_serve_two_listening_tiered_caches(tmp_path: Path, redis_url: str, redis_namespace: str) -> None:
+    from llamahome.errors import ConfigError
+
+    shared = RedisCache(redis_url, namespace=redis_namespace, timeout=2.0)
+    first = TieredCache(*_local_tiers(tmp_path, "a"), shared)
+    try:
+        with pytest.raises(ConfigError, match="its own RedisCache"):
+            TieredCache(MemoryCache(size=4), shared)
+        second = TieredCache(MemoryCache(size=4), shared, listen=False)  # explicit: no coherence needed
+        assert second.listener is None
+    finally:
+        first.close()
