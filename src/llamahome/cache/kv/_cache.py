@@ -30,6 +30,8 @@ _REMOTE_PREFIX = "kv:"
 _REMOTE_TAG = b"LHK1"
 _REMOTE_HEAD = struct.Struct("<4sQ16s16s")
 _MAX_BLOCK_TOKENS = 1 << 20
+#: ``stats`` re-reads the disk's holdings when its last scan is older than this (seconds).
+STATS_MAX_AGE = 1.0
 ModelRef = Any  # a fingerprint (str/bytes) or a transformers model
 
 
@@ -82,9 +84,10 @@ class KVCache:
         self.block_tokens = block_tokens
         self.compression = bool(compression)
         self.cleanup_policy = cleanup_policy
-        self.stats = CacheStats(name=self.name, max_bytes=_size(size, "size"))
+        self._stats = CacheStats(name=self.name, max_bytes=_size(size, "size"))
         kwargs = {} if clock is None else {"clock": clock}
-        self._disk = BlockStore(self.path, self.stats.max_bytes, self.stats, **kwargs)
+        self._disk = BlockStore(self.path, self._stats.max_bytes, self._stats, **kwargs)
+        self._disk.scan()
         mem_bytes = 0 if memory_size in (0, "0") else _size(memory_size, "memory_size")
         self._memory = MemoryCache(size=mem_bytes / MIB, policy="lru") if mem_bytes else None
         self._remote = remote
@@ -147,9 +150,9 @@ class KVCache:
                 break
             found.append(decoded)
         self._disk.touch(blocks[: len(found)])
-        self.stats.add("hits", len(found))
+        self._stats.add("hits", len(found))
         if len(found) < len(blocks):
-            self.stats.add("misses")
+            self._stats.add("misses")
         if not found:
             return empty_prefix()
         prefix = join([d.arrays for d in found], found[0].dtype, self.block_tokens)
@@ -186,15 +189,15 @@ class KVCache:
         tag, checksum, key, parent = _REMOTE_HEAD.unpack_from(item, 0)
         frame = memoryview(item)[_REMOTE_HEAD.size :]
         if tag != _REMOTE_TAG or key != block.key or parent != block.parent or xxhash.xxh3_64_intdigest(frame) != checksum:
-            self.stats.add("corrupt")
+            self._stats.add("corrupt")
             return None
         try:
             decoded = decode(frame)
         except CorruptEntryError:
-            self.stats.add("corrupt")
+            self._stats.add("corrupt")
             return None
         if not np.array_equal(decoded.tokens, block.tokens):
-            self.stats.add("corrupt")
+            self._stats.add("corrupt")
             return None
         # Keep it on this machine's disk too, as it travelled (already compressed and checked).
         self._disk.write([Pending(block, [bytes(frame)], file_size(block, frame.nbytes))], {block.key, block.parent})
@@ -233,14 +236,14 @@ class KVCache:
             lo = block.index * self.block_tokens - start
             part = [a[..., lo : lo + self.block_tokens, :] for a in arrays]
             parts, raw_len, stored_len = encode(block.tokens, part, dtype, self.compression)
-            self.stats.add("raw_bytes", raw_len)
-            self.stats.add("stored_bytes", stored_len)
+            self._stats.add("raw_bytes", raw_len)
+            self._stats.add("stored_bytes", stored_len)
             frame_len = sum(memoryview(p).nbytes for p in parts)
             pending.append(Pending(block, parts, file_size(block, frame_len)))
             if self._memory is not None:
                 self._remember(block, block.tokens, part, dtype)
         written = self._disk.write(pending, keep) if pending else []
-        self.stats.add("sets", len(written))
+        self._stats.add("sets", len(written))
         if self._remote is not None:
             by_key = {p.block.key: p for p in pending}
             for block in written:
@@ -289,10 +292,13 @@ class KVCache:
             self._memory.clear()
         self._disk.clear()
 
-    def refresh_stats(self) -> CacheStats:
-        """Re-read the disk's holdings (``stats.bytes``/``entries``) and return ``stats``."""
-        self._disk.scan()
-        return self.stats
+    @property
+    def stats(self) -> CacheStats:
+        """Counters, and the disk's holdings (``bytes``/``entries``: re-read when over a second old, since
+        other processes write the same directory)."""
+        if not self._closed and self._disk.scan_age() > STATS_MAX_AGE:
+            self._disk.scan()
+        return self._stats
 
     def close(self) -> None:
         if self._closed:
@@ -316,7 +322,7 @@ class KVCache:
         self.close()
 
     def __repr__(self) -> str:
-        return f"KVCache({str(self.path)!r}, size={self.stats.max_bytes}B, block_tokens={self.block_tokens})"
+        return f"KVCache({str(self.path)!r}, size={self._stats.max_bytes}B, block_tokens={self.block_tokens})"
 
 
 def _size(value: object, name: str) -> int:

@@ -95,6 +95,7 @@ class BlockStore:
         self.stats = stats
         self.clock = clock
         self.blocks_dir = root / "blocks"
+        self._scanned = float("-inf")
         self._open_dirs()
 
     # --- layout -------------------------------------------------------------------------------------
@@ -205,7 +206,12 @@ class BlockStore:
                 continue
         self.stats.bytes = sum(e.size for e in entries)
         self.stats.entries = len(entries)
+        self._scanned = time.monotonic()
         return entries
+
+    def scan_age(self) -> float:
+        """Seconds since the last scan."""
+        return time.monotonic() - self._scanned
 
     def _subdirs(self) -> list[str]:
         try:
