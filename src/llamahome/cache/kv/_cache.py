@@ -232,18 +232,20 @@ class KVCache:
         keep = {b.key for b in blocks}
         todo = [b for b in blocks[start // self.block_tokens :] if not self._disk.contains(b)]
         pending: list[Pending] = []
+        slices: dict[bytes, list[np.ndarray]] = {}
         for block in todo:
             lo = block.index * self.block_tokens - start
-            part = [a[..., lo : lo + self.block_tokens, :] for a in arrays]
+            part = slices[block.key] = [a[..., lo : lo + self.block_tokens, :] for a in arrays]
             parts, raw_len, stored_len = encode(block.tokens, part, dtype, self.compression)
             self._stats.add("raw_bytes", raw_len)
             self._stats.add("stored_bytes", stored_len)
             frame_len = sum(memoryview(p).nbytes for p in parts)
             pending.append(Pending(block, parts, file_size(block, frame_len)))
-            if self._memory is not None:
-                self._remember(block, block.tokens, part, dtype)
         written = self._disk.write(pending, keep) if pending else []
         self._stats.add("sets", len(written))
+        if self._memory is not None:
+            for block in written:
+                self._remember(block, block.tokens, slices[block.key], dtype)
         if self._remote is not None:
             by_key = {p.block.key: p for p in pending}
             for block in written:
