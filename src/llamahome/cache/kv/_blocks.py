@@ -76,7 +76,7 @@ def chain(fingerprint: bytes, tokens: np.ndarray, block_tokens: int, max_blocks:
     return blocks
 
 
-def fingerprint_bytes(model_id: str | bytes) -> bytes:
+def fingerprint_bytes(model_id: str | bytes | bytearray) -> bytes:
     """A model identity (a fingerprint string, or bytes) as the bytes that enter every block key."""
     if isinstance(model_id, str):
         if not model_id:

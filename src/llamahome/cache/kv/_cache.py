@@ -20,7 +20,7 @@ from ..stats import CacheStats, CleanupReport
 from ..units import MIB, size_to_bytes
 from ._arrays import KVPrefix, as_numpy, empty_prefix, join
 from ._blocks import Block, as_token_array, chain, fingerprint_bytes
-from ._codec import Decoded, decode, encode
+from ._codec import Decoded, decode, encode, nbytes
 from ._fingerprint import Fingerprinter
 from ._store import BlockStore, Pending, file_size
 
@@ -164,9 +164,9 @@ class KVCache:
         if self._memory is not None:
             frame = self._memory.get(block.name)
             if frame is not None:
-                decoded = decode(memoryview(frame))
-                if np.array_equal(decoded.tokens, block.tokens):
-                    return decoded
+                hot = decode(memoryview(frame))
+                if np.array_equal(hot.tokens, block.tokens):
+                    return hot
         decoded = self._disk.read(block)
         if decoded is None and self._remote is not None:
             decoded = self._fetch_remote(block)
@@ -239,7 +239,7 @@ class KVCache:
             parts, raw_len, stored_len = encode(block.tokens, part, dtype, self.compression)
             self._stats.add("raw_bytes", raw_len)
             self._stats.add("stored_bytes", stored_len)
-            frame_len = sum(memoryview(p).nbytes for p in parts)
+            frame_len = sum(nbytes(p) for p in parts)
             pending.append(Pending(block, parts, file_size(block, frame_len)))
         written = self._disk.write(pending, keep) if pending else []
         self._stats.add("sets", len(written))
@@ -335,7 +335,7 @@ def _size(value: object, name: str) -> int:
 
 
 def _join(parts: Sequence[Any]) -> bytes:
-    return b"".join(memoryview(p).cast("B") for p in parts)
+    return b"".join(np.ascontiguousarray(p).data.cast("B") if isinstance(p, np.ndarray) else p for p in parts)
 
 
 def _compatible(first: Decoded, other: Decoded) -> bool:

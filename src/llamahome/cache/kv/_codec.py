@@ -30,7 +30,7 @@ from llamahome.errors import CorruptEntryError
 
 from .. import compression as cz
 
-__all__ = ["Decoded", "DTYPES", "encode", "decode", "raw_frame"]
+__all__ = ["Decoded", "DTYPES", "encode", "decode", "nbytes", "raw_frame"]
 
 #: The dtypes a block may hold; ``bfloat16`` is carried as its 16 bits (numpy has no bfloat16).
 DTYPES = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
@@ -53,6 +53,11 @@ class Decoded:
     @property
     def nbytes(self) -> int:
         return int(self.payload.nbytes)
+
+
+def nbytes(part: bytes | memoryview | np.ndarray) -> int:
+    """Size in bytes of one frame buffer."""
+    return int(part.nbytes) if isinstance(part, np.ndarray | memoryview) else len(part)
 
 
 def storage_dtype(dtype: str) -> np.dtype:
@@ -80,7 +85,7 @@ def encode(
     codec, payload = "raw", raw_parts
     if compress and raw_len >= cz.MIN_COMPRESS_BYTES:
         joined = np.concatenate(raw_parts) if len(raw_parts) > 1 else raw_parts[0]
-        packed = cz.compress(cz.group_bytes(joined, DTYPES[dtype]), level=_LEVEL)
+        packed = cz.compress(cz.group_bytes(joined, DTYPES[dtype]).data, level=_LEVEL)
         if cz.pays(raw_len, len(packed)):
             codec, payload = "zstd-grouped", [np.frombuffer(packed, dtype=np.uint8)]
     stored_len = sum(p.nbytes for p in payload)
