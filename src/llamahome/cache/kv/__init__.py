@@ -6,7 +6,7 @@
     out = kv.generate(model, input_ids, max_new_tokens=32)   # prefills only what is not cached
 
 See :class:`KVCache`. Internals: ``_blocks`` (hash-chain block keys), ``_fingerprint`` (model identity),
-``_codec`` (block frames, byte-grouped zstd), ``_store`` (the disk tier), ``_hf`` (transformers adapter).
+``_codec`` (block frames, byte planes with zstd), ``_store`` (the disk tier), ``_hf`` (transformers adapter).
 """
 
 from __future__ import annotations

@@ -5,11 +5,12 @@ Layout (inside a checksummed blob file, see :mod:`._store`; the same bytes trave
     u32 meta_len | meta (JSON, UTF-8) | zero padding to a multiple of 8 | tokens (int64) | payload
 
 ``meta`` says ``dtype`` (a numpy dtype name, or ``bfloat16``), ``shapes`` (K then V of every layer, each with
-the token axis second to last), ``codec`` (``raw`` or ``zstd-grouped``), ``raw`` and ``stored`` (payload
-sizes). The raw payload is every array's bytes in that order. ``zstd-grouped`` regroups the payload's bytes
-by position within each value (all high bytes, then all low bytes, for bf16/fp16): the sign/exponent bytes
-of K/V values sit together there and zstd shrinks them well, while the mantissa bytes pass through nearly
-as stored. Compression is kept only when it saves :data:`~llamahome.cache.compression.MIN_SAVING`.
+the token axis second to last), ``codec`` (``raw`` or ``planes``), ``raw`` and ``stored`` (payload sizes).
+The raw payload is every array's bytes in that order. ``planes`` splits it into byte planes (byte 0 of every
+value, then byte 1, ...; for bf16/fp16 the low/mantissa bytes, then the high sign/exponent bytes) and keeps
+each plane zstd-compressed where that saves :data:`~llamahome.cache.compression.MIN_SAVING` (``planes``
+lists ``[codec, stored size]`` per plane): the exponent planes shrink well, the mantissa planes are stored
+as they are and cost nothing to decode. Decoding writes every plane straight into its interleaved place.
 
 Every field is checked on decode (sizes, shapes, dtype, token count), and decompression is bounded by the
 declared raw size, so a damaged or hostile frame raises :class:`CorruptEntryError`, never a wrong array.
@@ -37,6 +38,7 @@ DTYPES = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
 _META_LEN = struct.Struct("<I")
 _MAX_META = 1 << 20
 _LEVEL = 1  # level 1 is nearly as small as 3 on K/V bytes and encodes about twice as fast
+_SAMPLE_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,12 @@ def _header(meta: dict[str, object]) -> bytes:
     return _META_LEN.pack(len(text)) + text + b"\0" * _pad8(_META_LEN.size + len(text))
 
 
+def _plane_pays(plane: np.ndarray) -> bool:
+    """Does zstd shrink this byte plane? Judged on a sample, so incompressible mantissa planes cost no encode."""
+    sample = plane[: _SAMPLE_BYTES]
+    return cz.pays(sample.nbytes, len(cz.compress(sample.data, level=_LEVEL)))
+
+
 def encode(
     tokens: np.ndarray, arrays: Sequence[np.ndarray], dtype: str, compress: bool
 ) -> tuple[list[bytes | memoryview | np.ndarray], int, int]:
@@ -82,22 +90,29 @@ def encode(
         raise ValueError(f"unsupported K/V dtype {dtype!r}")
     raw_parts = [np.ascontiguousarray(a).reshape(-1).view(np.uint8) for a in arrays]
     raw_len = sum(p.nbytes for p in raw_parts)
-    codec, payload = "raw", raw_parts
-    if compress and raw_len >= cz.MIN_COMPRESS_BYTES:
+    meta: dict[str, object] = {"codec": "raw"}
+    payload: list[np.ndarray | bytes] = list(raw_parts)
+    itemsize = DTYPES[dtype]
+    if compress and raw_len >= cz.MIN_COMPRESS_BYTES and raw_len % itemsize == 0:
         joined = np.concatenate(raw_parts) if len(raw_parts) > 1 else raw_parts[0]
-        packed = cz.compress(cz.group_bytes(joined, DTYPES[dtype]).data, level=_LEVEL)
-        if cz.pays(raw_len, len(packed)):
-            codec, payload = "zstd-grouped", [np.frombuffer(packed, dtype=np.uint8)]
-    stored_len = sum(p.nbytes for p in payload)
-    meta = {
-        "v": 1,
-        "dtype": dtype,
-        "tokens": int(tokens.size),
-        "shapes": [list(map(int, a.shape)) for a in arrays],
-        "codec": codec,
-        "raw": raw_len,
-        "stored": stored_len,
-    }
+        planes = cz.group_bytes(joined, itemsize).reshape(itemsize, -1)
+        stored: list[np.ndarray | bytes] = []
+        table = []
+        for plane in planes:
+            packed = cz.compress(plane.data, level=_LEVEL) if _plane_pays(plane) else None
+            if packed is not None and cz.pays(plane.nbytes, len(packed)):
+                stored.append(packed)
+                table.append(["zstd", len(packed)])
+            else:
+                stored.append(plane)
+                table.append(["raw", plane.nbytes])
+        if cz.pays(raw_len, sum(size for _, size in table)):
+            meta, payload = {"codec": "planes", "planes": table}, stored
+    stored_len = sum(nbytes(p) for p in payload)
+    meta.update(
+        v=1, dtype=dtype, tokens=int(tokens.size), shapes=[list(map(int, a.shape)) for a in arrays], raw=raw_len,
+        stored=stored_len,
+    )
     return [_header(meta), np.ascontiguousarray(tokens, dtype="<i8"), *payload], raw_len, stored_len
 
 
@@ -154,6 +169,40 @@ def _shapes(meta: dict[str, object]) -> list[tuple[int, ...]]:
     return out
 
 
+def _planes(meta: dict[str, object], stored: memoryview, raw_len: int, itemsize: int) -> np.ndarray:
+    """Byte planes (each raw or zstd) written straight into their interleaved places: no grouped copy."""
+    table = meta.get("planes")
+    if not isinstance(table, list) or len(table) != itemsize or raw_len % itemsize:
+        raise _bad("the plane table does not match the dtype")
+    count = raw_len // itemsize
+    out = np.empty(raw_len, dtype=np.uint8)
+    grid = out.reshape(count, itemsize)
+    pos = 0
+    for i, entry in enumerate(table):
+        if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[1], int) and entry[1] >= 0):
+            raise _bad("a plane entry is malformed")
+        kind, size = entry
+        chunk = stored[pos : pos + size]
+        pos += size
+        if chunk.nbytes != size:
+            raise _bad("the planes run past the payload")
+        if kind == "zstd":
+            try:
+                plain = cz.decompress(chunk, count)
+            except zstandard.ZstdError as exc:
+                raise _bad(f"a zstd plane does not decompress ({exc})") from exc
+        elif kind == "raw":
+            plain = chunk
+        else:
+            raise _bad(f"unknown plane codec {kind!r}")
+        if len(plain) != count:
+            raise _bad("a plane has the wrong size")
+        grid[:, i] = np.frombuffer(plain, dtype=np.uint8)
+    if pos != stored.nbytes:
+        raise _bad("the planes do not fill the payload")
+    return out
+
+
 def decode(frame: memoryview) -> Decoded:
     """Parse and check a frame; raises :class:`CorruptEntryError` on any inconsistency."""
     frame = frame.cast("B") if frame.format != "B" else frame
@@ -178,14 +227,8 @@ def decode(frame: memoryview) -> Decoded:
         if stored_len != raw_len:
             raise _bad("a raw payload must be stored at its raw size")
         payload = np.frombuffer(stored, dtype=np.uint8)
-    elif codec == "zstd-grouped":
-        try:
-            grouped = cz.decompress(stored, raw_len)
-        except zstandard.ZstdError as exc:
-            raise _bad(f"zstd payload does not decompress ({exc})") from exc
-        if len(grouped) != raw_len:
-            raise _bad("zstd payload has the wrong size")
-        payload = cz.ungroup_bytes(grouped, itemsize)
+    elif codec == "planes":
+        payload = _planes(meta, stored, raw_len, itemsize)
     else:
         raise _bad(f"unknown codec {codec!r}")
     arrays, pos, np_dtype = [], 0, storage_dtype(dtype)
