@@ -9,9 +9,10 @@ where ``forward`` takes it (5.x) and ``past_key_values`` before; a cache's layer
 from __future__ import annotations
 
 import inspect
+import logging
 from typing import TYPE_CHECKING, Any
 
-from llamahome.errors import CacheValueError
+from llamahome.errors import CacheValueError, StorageError
 
 from ._arrays import KVPrefix
 
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 __all__ = ["generate", "prefill", "restore"]
 
 _CACHE_ARGS = ("cache", "past_key_values", "past_key_value")
+log = logging.getLogger("llamahome.cache.kv")
 
 
 def cache_arg(model: Any) -> str:
@@ -109,7 +111,12 @@ def _store_from(kv: KVCache, model: Any, ids: Any, cache: Any, start: int) -> No
     if end <= start or cache.get_seq_length() < end:
         return
     layers = [(k[..., start:end, :], v[..., start:end, :]) for k, v in layers_of(cache)]
-    kv.store(model, ids[0, :end], layers, start=start)
+    try:
+        kv.store(model, ids[0, :end], layers, start=start)
+    except StorageError as exc:
+        # The answer is computed already; a full or read-only disk costs the reuse, not the answer.
+        log.warning("Could not store KV blocks (%s); the prompt's prefix will be computed again next time.", exc)
+        kv.stats.add("errors")
 
 
 def generate(kv: KVCache, model: Any, input_ids: Any, **kwargs: Any) -> Any:
