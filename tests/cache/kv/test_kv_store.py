@@ -298,3 +298,67 @@ def test_the_manager_builds_kv_cache_from_its_block(tmp_path: Path) -> None:
         report = asyncio.run(manager.cleanup())
         assert "kv_cache/disk" in [part.cache for part in report.parts]
     assert kv.closed
+
+
+def test_a_link_in_place_of_a_block_directory_is_never_written_through(tmp_path: Path) -> None:
+    from llamahome.errors import StorageError
+
+    root = tmp_path / "kv"
+    kv = KVCache(root, block_tokens=B)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for i in range(256):
+        (root / "blocks" / f"{i:02x}").symlink_to(outside)
+    tokens = prompt(15, B)
+    with pytest.raises(StorageError, match="not a directory of the KV cache"):
+        kv.store("m", tokens, kv_for(tokens))
+    assert list(outside.iterdir()) == []
+
+
+KILLED_WRITER = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    sys.path.insert(0, sys.argv[2])
+    from helpers import kv_for
+    from llamahome.cache import KVCache
+
+    kv = KVCache(sys.argv[1], size="2MB", block_tokens=16, memory_size=0)
+    rng = np.random.default_rng(0)
+    print("ready", flush=True)
+    while True:
+        tokens = rng.integers(0, 32000, 16 * int(rng.integers(1, 6)))
+        kv.store("m", tokens, kv_for(tokens, layers=8))
+    """
+)
+
+
+@pytest.mark.slow
+def test_kill_9_mid_write_leaves_only_whole_blocks(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    root = tmp_path / "kv"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    for round_ in range(3):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", KILLED_WRITER, str(root), str(Path(__file__).parent)],
+            stdout=subprocess.PIPE,
+            env=env,
+        )
+        assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
+        time.sleep(0.3 + 0.2 * round_)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
+    kv = KVCache(root, size="2MB", block_tokens=B, memory_size=0)
+    kv.cleanup()
+    assert not list((root / "blocks").rglob("*.tmp"))
+    assert disk_bytes(root) <= 2 * 1024 * 1024
+    rng = np.random.default_rng(0)
+    for _ in range(30):  # the writer's prompts, in its order: whatever is found is exact
+        tokens = rng.integers(0, 32000, 16 * int(rng.integers(1, 6)))
+        prefix = kv.lookup("m", tokens)
+        for (k, v), (wk, wv) in zip(prefix.layers, kv_for(tokens[: prefix.tokens], layers=8)):
+            assert np.array_equal(k, wk) and np.array_equal(v, wv)
+    assert kv.stats.corrupt == 0

@@ -31,7 +31,7 @@ from llamahome.errors import CorruptEntryError
 
 from .. import compression as cz
 
-__all__ = ["Decoded", "DTYPES", "encode", "decode", "nbytes", "raw_frame"]
+__all__ = ["Decoded", "DTYPES", "encode", "decode", "nbytes"]
 
 #: The dtypes a block may hold; ``bfloat16`` is carried as its 16 bits (numpy has no bfloat16).
 DTYPES = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
@@ -114,20 +114,6 @@ def encode(
         stored=stored_len,
     )
     return [_header(meta), np.ascontiguousarray(tokens, dtype="<i8"), *payload], raw_len, stored_len
-
-
-def raw_frame(block: Decoded, shapes: Sequence[Sequence[int]]) -> bytes:
-    """An uncompressed frame of ``block`` (what the memory tier keeps: decoding it copies nothing)."""
-    meta = {
-        "v": 1,
-        "dtype": block.dtype,
-        "tokens": int(block.tokens.size),
-        "shapes": [list(s) for s in shapes],
-        "codec": "raw",
-        "raw": block.nbytes,
-        "stored": block.nbytes,
-    }
-    return b"".join([_header(meta), block.tokens.astype("<i8").tobytes(), block.payload.tobytes()])
 
 
 def _bad(why: str) -> CorruptEntryError:

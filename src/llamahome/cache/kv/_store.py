@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import heapq
+import logging
 import os
 import re
 import stat
@@ -47,6 +48,7 @@ from ._codec import Decoded, decode
 
 __all__ = ["BlockStore", "Entry"]
 
+log = logging.getLogger("llamahome.cache.kv")
 MARKER = "KVCACHE"
 _MARKER_TEXT = "llamahome kv cache, format 1\n"
 _BLOB_TAG = b"LHKV"
@@ -171,9 +173,7 @@ class BlockStore:
     def _damaged(self, path: Path, why: str) -> None:
         if not path.exists():
             return  # evicted by another process between our lstat and read: a plain miss
-        import logging
-
-        logging.getLogger("llamahome.cache.kv").warning("Removing damaged KV block %s: %s.", path.name, why)
+        log.warning("Removing damaged KV block %s: %s.", path.name, why)
         self.stats.add("corrupt")
         with contextlib.suppress(OSError):
             os.unlink(path)
@@ -271,7 +271,7 @@ class BlockStore:
                 if total + p.file_size > self.max_bytes:
                     break
                 path = self.path(p.block)
-                path.parent.mkdir(exist_ok=True, mode=0o700)
+                self._subdir(path.parent)
                 now = self.clock()
                 blobfile.write_blob(path, p.parts, created=now, seq=0, key=blob_key(p.block))
                 os.utime(path, (now, now))
@@ -280,6 +280,11 @@ class BlockStore:
             self.stats.bytes = total
             self.stats.entries = len(entries) - evicted + len(stored)
         return stored
+
+    def _subdir(self, sub: Path) -> None:
+        sub.mkdir(exist_ok=True, mode=0o700)
+        if not stat.S_ISDIR(os.lstat(sub).st_mode):  # a link planted in place of a directory: never write through
+            raise StorageError(f"{sub} is not a directory of the KV cache; remove it and retry.")
 
     def delete(self, block: Block) -> bool:
         try:
