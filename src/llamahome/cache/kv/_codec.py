@@ -97,17 +97,17 @@ def encode(
         joined = np.concatenate(raw_parts) if len(raw_parts) > 1 else raw_parts[0]
         planes = cz.group_bytes(joined, itemsize).reshape(itemsize, -1)
         stored: list[np.ndarray | bytes] = []
-        table = []
+        table: list[tuple[str, int]] = []
         for plane in planes:
             packed = cz.compress(plane.data, level=_LEVEL) if _plane_pays(plane) else None
             if packed is not None and cz.pays(plane.nbytes, len(packed)):
                 stored.append(packed)
-                table.append(["zstd", len(packed)])
+                table.append(("zstd", len(packed)))
             else:
                 stored.append(plane)
-                table.append(["raw", plane.nbytes])
+                table.append(("raw", int(plane.nbytes)))
         if cz.pays(raw_len, sum(size for _, size in table)):
-            meta, payload = {"codec": "planes", "planes": table}, stored
+            meta, payload = {"codec": "planes", "planes": [list(entry) for entry in table]}, stored
     stored_len = sum(nbytes(p) for p in payload)
     meta.update(
         v=1, dtype=dtype, tokens=int(tokens.size), shapes=[list(map(int, a.shape)) for a in arrays], raw=raw_len,
@@ -172,6 +172,7 @@ def _planes(meta: dict[str, object], stored: memoryview, raw_len: int, itemsize:
         pos += size
         if chunk.nbytes != size:
             raise _bad("the planes run past the payload")
+        plain: bytes | memoryview
         if kind == "zstd":
             try:
                 plain = cz.decompress(chunk, count)
@@ -181,7 +182,7 @@ def _planes(meta: dict[str, object], stored: memoryview, raw_len: int, itemsize:
             plain = chunk
         else:
             raise _bad(f"unknown plane codec {kind!r}")
-        if len(plain) != count:
+        if nbytes(plain) != count:
             raise _bad("a plane has the wrong size")
         grid[:, i] = np.frombuffer(plain, dtype=np.uint8)
     if pos != stored.nbytes:
