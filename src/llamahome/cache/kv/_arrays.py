@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,13 +78,3 @@ class KVPrefix:
 
 def empty_prefix() -> KVPrefix:
     return KVPrefix(0, 0, "", [])
-
-
-def join(blocks: Sequence[Sequence[np.ndarray]], dtype: str, block_tokens: int) -> KVPrefix:
-    """Concatenate blocks' arrays (K0, V0, K1, V1, ...) along the token axis into one prefix."""
-    if not blocks:
-        return empty_prefix()
-    count = len(blocks[0])
-    joined = [np.concatenate([b[i] for b in blocks], axis=-2) for i in range(count)]
-    layers = [(joined[i], joined[i + 1]) for i in range(0, count, 2)]
-    return KVPrefix(len(blocks) * block_tokens, len(blocks), dtype, layers)

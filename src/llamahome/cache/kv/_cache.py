@@ -18,9 +18,9 @@ from ..base import Store
 from ..memory import MemoryCache
 from ..stats import CacheStats, CleanupReport
 from ..units import MIB, size_to_bytes
-from ._arrays import KVPrefix, as_numpy, empty_prefix, join
+from ._arrays import KVPrefix, as_numpy, empty_prefix
 from ._blocks import Block, as_token_array, chain, fingerprint_bytes
-from ._codec import Decoded, decode, encode, nbytes
+from ._codec import Decoded, decode, encode, nbytes, storage_dtype
 from ._fingerprint import Fingerprinter
 from ._store import BlockStore, Pending, file_size
 
@@ -143,42 +143,65 @@ class KVCache:
     def lookup(self, model: ModelRef, tokens: Any, *, max_tokens: int | None = None) -> KVPrefix:
         """The K/V of the longest cached prefix of ``tokens`` (at most ``max_tokens``), as a :class:`KVPrefix`."""
         blocks = self._chain(model, tokens, max_tokens)
-        found: list[Decoded] = []
+        found: list[tuple[Block, Decoded, bool]] = []
         for block in blocks:
-            decoded = self._fetch(block)
-            if decoded is None or (found and not _compatible(found[0], decoded)):
+            got = self._fetch(block)
+            if got is None or (found and not _compatible(found[0][1], got[0])):
                 break
-            found.append(decoded)
-        self._disk.touch(blocks[: len(found)])
-        self._stats.add("hits", len(found))
-        if len(found) < len(blocks):
+            found.append((block, *got))
+        prefix = self._assemble(found)
+        self._disk.touch(blocks[: prefix.blocks])
+        self._stats.add("hits", prefix.blocks)
+        if prefix.blocks < len(blocks):
             self._stats.add("misses")
-        if not found:
-            return empty_prefix()
-        prefix = join([d.arrays for d in found], found[0].dtype, self.block_tokens)
         with self._lock:
             self.tokens_reused += prefix.tokens
         return prefix
 
-    def _fetch(self, block: Block) -> Decoded | None:
+    def _assemble(self, found: list[tuple[Block, Decoded, bool]]) -> KVPrefix:
+        """Decode the blocks straight into one array per K/V of every layer (one pass over the bytes)."""
+        if not found:
+            return empty_prefix()
+        first, width = found[0][1], self.block_tokens
+        outs = [np.empty(s[:-2] + (len(found) * width, s[-1]), dtype=storage_dtype(first.dtype)) for s in first.shapes]
+        count = 0
+        for block, decoded, hot in found:
+            lo = count * width
+            try:
+                decoded.write_into([o[..., lo : lo + width, :] for o in outs])
+            except CorruptEntryError as exc:
+                self._disk.discard(block, str(exc))
+                if self._memory is not None:
+                    self._memory.delete(block.name)
+                break
+            if not hot and self._memory is not None:
+                self._remember(block, decoded.frame)
+            count += 1
+        if not count:
+            return empty_prefix()
+        arrays = [o[..., : count * width, :] for o in outs] if count < len(found) else outs
+        layers = [(arrays[i], arrays[i + 1]) for i in range(0, len(arrays), 2)]
+        return KVPrefix(count * width, count, first.dtype, layers)
+
+    def _fetch(self, block: Block) -> tuple[Decoded, bool] | None:
+        """The block, checked, and whether it came from the memory tier."""
         if self._memory is not None:
             frame = self._memory.get(block.name)
             if frame is not None:
                 hot = decode(memoryview(frame))
                 if np.array_equal(hot.tokens, block.tokens):
-                    return hot
+                    return hot, True
         decoded = self._disk.read(block)
         if decoded is None and self._remote is not None:
             decoded = self._fetch_remote(block)
-        if decoded is not None and self._memory is not None:
-            self._remember(block, decoded.tokens, decoded.arrays, decoded.dtype)
-        return decoded
+        return None if decoded is None else (decoded, False)
 
-    def _remember(self, block: Block, tokens: np.ndarray, arrays: Sequence[np.ndarray], dtype: str) -> None:
+    def _remember(self, block: Block, frame: Any) -> None:
+        """Keep a block's frame (as stored: compressed where that paid) in the memory tier."""
         assert self._memory is not None
-        frame = _join(encode(tokens, arrays, dtype, compress=False)[0])
-        if len(frame) <= self._memory.stats.max_bytes // 4:  # one block never crowds out the rest
-            self._memory.set(block.name, frame)
+        size = nbytes(frame)
+        if size <= self._memory.stats.max_bytes // 4:  # one block never crowds out the rest
+            self._memory.set(block.name, bytes(frame))
 
     # --- the network tier ---------------------------------------------------------------------------
     def _fetch_remote(self, block: Block) -> Decoded | None:
@@ -203,9 +226,8 @@ class KVCache:
         self._disk.write([Pending(block, [bytes(frame)], file_size(block, frame.nbytes))], {block.key, block.parent})
         return decoded
 
-    def _publish(self, block: Block, parts: Sequence[Any]) -> None:
+    def _publish(self, block: Block, frame: bytes) -> None:
         assert self._remote is not None
-        frame = _join(parts)
         head = _REMOTE_HEAD.pack(_REMOTE_TAG, xxhash.xxh3_64_intdigest(frame), block.key, block.parent)
         self._remote.set(_REMOTE_PREFIX + block.name, head + frame)
 
@@ -232,10 +254,9 @@ class KVCache:
         keep = {b.key for b in blocks}
         todo = [b for b in blocks[start // self.block_tokens :] if not self._disk.contains(b)]
         pending: list[Pending] = []
-        slices: dict[bytes, list[np.ndarray]] = {}
         for block in todo:
             lo = block.index * self.block_tokens - start
-            part = slices[block.key] = [a[..., lo : lo + self.block_tokens, :] for a in arrays]
+            part = [a[..., lo : lo + self.block_tokens, :] for a in arrays]
             parts, raw_len, stored_len = encode(block.tokens, part, dtype, self.compression)
             self._stats.add("raw_bytes", raw_len)
             self._stats.add("stored_bytes", stored_len)
@@ -243,13 +264,13 @@ class KVCache:
             pending.append(Pending(block, parts, file_size(block, frame_len)))
         written = self._disk.write(pending, keep) if pending else []
         self._stats.add("sets", len(written))
-        if self._memory is not None:
-            for block in written:
-                self._remember(block, block.tokens, slices[block.key], dtype)
-        if self._remote is not None:
-            by_key = {p.block.key: p for p in pending}
-            for block in written:
-                self._publish(block, by_key[block.key].parts)
+        by_key = {p.block.key: p for p in pending}
+        for block in written:
+            frame = _join(by_key[block.key].parts) if self._memory is not None or self._remote is not None else b""
+            if self._memory is not None:
+                self._remember(block, frame)
+            if self._remote is not None:
+                self._publish(block, frame)
         stored = len(written) * self.block_tokens
         with self._lock:
             self.tokens_stored += stored
@@ -339,9 +360,9 @@ def _join(parts: Sequence[Any]) -> bytes:
 
 
 def _compatible(first: Decoded, other: Decoded) -> bool:
-    if first.dtype != other.dtype or len(first.arrays) != len(other.arrays):
+    if first.dtype != other.dtype or len(first.shapes) != len(other.shapes):
         return False
-    return all(a.shape[:-2] + a.shape[-1:] == b.shape[:-2] + b.shape[-1:] for a, b in zip(first.arrays, other.arrays))
+    return all(a[:-2] + a[-1:] == b[:-2] + b[-1:] for a, b in zip(first.shapes, other.shapes))
 
 
 def _flatten(layers: Sequence[tuple[Any, Any]]) -> tuple[list[np.ndarray], str]:

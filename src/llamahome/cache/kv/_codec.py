@@ -43,18 +43,69 @@ _SAMPLE_BYTES = 64 * 1024
 
 @dataclass(frozen=True)
 class Decoded:
-    """A decoded block: token ids, the dtype name and the arrays (K0, V0, K1, V1, ...) as numpy views.
+    """A checked frame: token ids, dtype, array shapes (K0, V0, K1, V1, ...) and the stored payload.
 
-    ``bfloat16`` arrays are uint16 views of the raw bits."""
+    The payload is decoded on demand, straight into the caller's arrays (:meth:`write_into`), so a prefix of
+    many blocks is assembled with one pass over its bytes. ``bfloat16`` arrays are uint16 arrays of the bits.
+    """
 
     tokens: np.ndarray
     dtype: str
-    arrays: list[np.ndarray]
-    payload: np.ndarray  # the raw payload the arrays view (uint8)
+    shapes: list[tuple[int, ...]]
+    codec: str
+    planes: list[tuple[str, int]]
+    stored: memoryview
+    frame: memoryview
 
     @property
     def nbytes(self) -> int:
-        return int(self.payload.nbytes)
+        """Size of the decoded arrays, in bytes."""
+        return sum(math.prod(s) for s in self.shapes) * DTYPES[self.dtype]
+
+    @property
+    def arrays(self) -> list[np.ndarray]:
+        """The arrays, decoded into new memory."""
+        out = [np.empty(s, dtype=storage_dtype(self.dtype)) for s in self.shapes]
+        self.write_into(out)
+        return out
+
+    def write_into(self, dests: Sequence[np.ndarray]) -> None:
+        """Decode into ``dests`` (one per shape, storage dtype, last axis contiguous; slices of larger arrays
+        along the token axis are fine). Raises :class:`CorruptEntryError` if a zstd plane is damaged."""
+        itemsize = DTYPES[self.dtype]
+        np_dtype = storage_dtype(self.dtype)
+        if self.codec == "raw":
+            pos = 0
+            for shape, dest in zip(self.shapes, dests):
+                size = math.prod(shape) * itemsize
+                dest[...] = np.frombuffer(self.stored[pos : pos + size], dtype=np_dtype).reshape(shape)
+                pos += size
+            return
+        # One byte plane at a time, written into byte i of every value of every array (no interleaved copy).
+        byte_views = [dest.view(np.uint8) for dest in dests]
+        count = self.nbytes // itemsize
+        pos = 0
+        for i, (kind, size) in enumerate(self.planes):
+            chunk = self.stored[pos : pos + size]
+            pos += size
+            plane = np.frombuffer(_plane(kind, chunk, count), dtype=np.uint8)
+            start = 0
+            for shape, view in zip(self.shapes, byte_views):
+                n = math.prod(shape)
+                view[..., i::itemsize] = plane[start : start + n].reshape(shape)
+                start += n
+
+
+def _plane(kind: str, chunk: memoryview, count: int) -> bytes | memoryview:
+    if kind == "raw":
+        return chunk
+    try:
+        plain = cz.decompress(chunk, count)
+    except zstandard.ZstdError as exc:
+        raise _bad(f"a zstd plane does not decompress ({exc})") from exc
+    if len(plain) != count:
+        raise _bad("a zstd plane has the wrong size")
+    return plain
 
 
 def nbytes(part: bytes | memoryview | np.ndarray) -> int:
@@ -155,37 +206,21 @@ def _shapes(meta: dict[str, object]) -> list[tuple[int, ...]]:
     return out
 
 
-def _planes(meta: dict[str, object], stored: memoryview, raw_len: int, itemsize: int) -> np.ndarray:
-    """Byte planes (each raw or zstd) written straight into their interleaved places: no grouped copy."""
+def _plane_table(meta: dict[str, object], stored_len: int, raw_len: int, itemsize: int) -> list[tuple[str, int]]:
     table = meta.get("planes")
     if not isinstance(table, list) or len(table) != itemsize or raw_len % itemsize:
         raise _bad("the plane table does not match the dtype")
-    count = raw_len // itemsize
-    out = np.empty(raw_len, dtype=np.uint8)
-    grid = out.reshape(count, itemsize)
-    pos = 0
-    for i, entry in enumerate(table):
-        if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[1], int) and entry[1] >= 0):
+    out: list[tuple[str, int]] = []
+    for entry in table:
+        if not (isinstance(entry, list) and len(entry) == 2 and entry[0] in ("raw", "zstd")):
             raise _bad("a plane entry is malformed")
-        kind, size = entry
-        chunk = stored[pos : pos + size]
-        pos += size
-        if chunk.nbytes != size:
-            raise _bad("the planes run past the payload")
-        plain: bytes | memoryview
-        if kind == "zstd":
-            try:
-                plain = cz.decompress(chunk, count)
-            except zstandard.ZstdError as exc:
-                raise _bad(f"a zstd plane does not decompress ({exc})") from exc
-        elif kind == "raw":
-            plain = chunk
-        else:
-            raise _bad(f"unknown plane codec {kind!r}")
-        if nbytes(plain) != count:
-            raise _bad("a plane has the wrong size")
-        grid[:, i] = np.frombuffer(plain, dtype=np.uint8)
-    if pos != stored.nbytes:
+        size = entry[1]
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise _bad("a plane size is not a count")
+        if entry[0] == "raw" and size != raw_len // itemsize:
+            raise _bad("a raw plane has the wrong size")
+        out.append((entry[0], size))
+    if sum(size for _, size in out) != stored_len:
         raise _bad("the planes do not fill the payload")
     return out
 
@@ -208,19 +243,13 @@ def decode(frame: memoryview) -> Decoded:
     if tokens_end + stored_len != frame.nbytes:
         raise _bad("sizes do not add up to the frame length")
     tokens = np.frombuffer(frame[offset:tokens_end], dtype="<i8").astype(np.int64)
-    stored = frame[tokens_end:]
     codec = meta.get("codec")
+    planes: list[tuple[str, int]] = []
     if codec == "raw":
         if stored_len != raw_len:
             raise _bad("a raw payload must be stored at its raw size")
-        payload = np.frombuffer(stored, dtype=np.uint8)
     elif codec == "planes":
-        payload = _planes(meta, stored, raw_len, itemsize)
+        planes = _plane_table(meta, stored_len, raw_len, itemsize)
     else:
         raise _bad(f"unknown codec {codec!r}")
-    arrays, pos, np_dtype = [], 0, storage_dtype(dtype)
-    for shape in shapes:
-        size = math.prod(shape) * itemsize
-        arrays.append(payload[pos : pos + size].view(np_dtype).reshape(shape))
-        pos += size
-    return Decoded(tokens, dtype, arrays, payload)
+    return Decoded(tokens, dtype, shapes, codec, planes, frame[tokens_end:], frame)

@@ -95,8 +95,24 @@ def _fill(model: Any, prefix: KVPrefix) -> Any:
     cache = new_cache(model)
     device = next(model.parameters()).device
     for i, (k, v) in enumerate(prefix.torch(device)):
-        cache.update(k, v, i)
+        _put(cache, i, k, v)
     return cache
+
+
+def _put(cache: Any, index: int, keys: Any, values: Any) -> None:
+    """Hand a layer's restored K/V to ``cache``. A plain ``DynamicLayer`` (transformers 5.x) takes the tensors
+    as they are; ``update`` would concatenate them to an empty tensor, one more copy of the whole prefix."""
+    from transformers import cache_utils
+
+    layer_type = getattr(cache_utils, "DynamicLayer", None)
+    layers = getattr(cache, "layers", None)
+    if layer_type is not None and layers is not None and index < len(layers) and type(layers[index]) is layer_type:
+        layer = layers[index]
+        if not layer.is_initialized:
+            layer.lazy_initialization(keys, values)
+            layer.keys, layer.values = keys, values
+            return
+    cache.update(keys, values, index)
 
 
 def restore(kv: KVCache, model: Any, input_ids: Any, *, max_tokens: int | None = None) -> Any:

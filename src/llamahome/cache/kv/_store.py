@@ -170,6 +170,10 @@ class BlockStore:
             return None
         return decoded
 
+    def discard(self, block: Block, why: str) -> None:
+        """Remove a block found damaged after :meth:`read` (a zstd plane that does not decompress)."""
+        self._damaged(self.path(block), why)
+
     def _damaged(self, path: Path, why: str) -> None:
         if not path.exists():
             return  # evicted by another process between our lstat and read: a plain miss
