@@ -166,13 +166,13 @@ def main() -> None:
         kv.lookup(fp, ids)
         restore_mem = [timed(lambda: kv.lookup(fp, ids))[0] for _ in range(args.trials)]
         # The same K/V in the other 16-bit/32-bit dtypes, through the numpy API, for the compression ratios.
-        ratios, store_s = {}, {}
+        ratios, store_s, store_bytes = {}, {}, {}
         for name in ("float32", "bfloat16", "float16"):
             other = KVCache(os.path.join(work, f"ratio-{name}"), size="8GB", block_tokens=BLOCK)
-            layers = [(torch.from_numpy(k).to(getattr(torch, prefix.dtype) if prefix.dtype != "bfloat16" else torch.float32),
-                       torch.from_numpy(v)) for k, v in prefix.layers] if prefix.dtype != "bfloat16" else prefix.torch()
-            layers = [(k.to(getattr(torch, name)), v.to(getattr(torch, name))) for k, v in layers]
-            store_s[name], _ = timed(lambda other=other, layers=layers: other.store(fp, ids[0, : prefix.tokens], layers))
+            dt = getattr(torch, name)
+            layers = [(k.to(dt), v.to(dt)) for k, v in prefix.torch()]
+            store_bytes[name] = sum(k.numel() * k.element_size() * 2 for k, _ in layers)
+            store_s[name], _ = timed(lambda o=other, layers=layers: o.store(fp, ids[0, : prefix.tokens], layers))
             ratios[name] = other.stats.compression_ratio
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -196,7 +196,7 @@ def main() -> None:
           "saves >= 10%): "
           + ", ".join(f"{k} {v:.3f}" for k, v in ratios.items()))
     print("store (encode + write + evict check) of the same K/V: "
-          + ", ".join(f"{k} {prefix.nbytes * (2 if k != 'float32' else 4) / 4 / v / 1e9:.2f} GB/s" for k, v in store_s.items()))
+          + ", ".join(f"{k} {store_bytes[k] / v / 1e9:.2f} GB/s" for k, v in store_s.items()))
     print(f"restore {prefix.nbytes / 2**20:.1f} MiB: from disk {prefix.nbytes / med(restore_disk) / 1e9:.2f} GB/s "
           f"({med(restore_disk) * 1e3:.0f} ms), from memory {prefix.nbytes / med(restore_mem) / 1e9:.2f} GB/s "
           f"({med(restore_mem) * 1e3:.0f} ms)")

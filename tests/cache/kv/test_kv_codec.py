@@ -13,11 +13,15 @@ from llamahome.errors import CorruptEntryError
 from .helpers import kv_for
 
 
+def joined(parts: list) -> bytes:
+    return b"".join(bytes(memoryview(p).cast("B")) if isinstance(p, np.ndarray) else bytes(p) for p in parts)
+
+
 def frame(dtype: str = "float16", compress: bool = True, n: int = 64) -> bytes:
     tokens = np.arange(n, dtype=np.int64)
     arrays = [a for pair in kv_for(tokens, dtype) for a in pair]
     parts, _, _ = encode(tokens, arrays, dtype, compress)
-    return b"".join(bytes(memoryview(p).cast("B")) if isinstance(p, np.ndarray) else bytes(p) for p in parts)
+    return joined(parts)
 
 
 @pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
@@ -26,7 +30,7 @@ def test_planes_round_trip_exactly_and_only_compressible_planes_are_compressed(d
     arrays = [a for pair in kv_for(tokens, dtype) for a in pair]
     parts, raw, stored = encode(tokens, arrays, dtype, True)
     assert stored < raw and sum(nbytes(p) for p in parts[2:]) == stored
-    got = decode(memoryview(b"".join(bytes(memoryview(p).cast("B")) if isinstance(p, np.ndarray) else bytes(p) for p in parts)))
+    got = decode(memoryview(joined(parts)))
     assert got.dtype == dtype and np.array_equal(got.tokens, tokens)
     for a, b in zip(got.arrays, arrays):
         assert a.dtype == b.dtype and np.array_equal(a.view(np.uint8), b.view(np.uint8))

@@ -185,7 +185,8 @@ def test_a_disk_that_refuses_writes_costs_the_reuse_not_the_answer(tmp_path: Pat
     kv = KVCache(tmp_path / "kv", block_tokens=B)
     monkeypatch.setattr(blobfile, "write_blob", full)  # the disk fills up
     x = ids(10, 2 * B + 1)
-    assert torch.equal(kv.generate(model, x, max_new_tokens=4, do_sample=False), model.generate(x, max_new_tokens=4, do_sample=False))
+    want = model.generate(x, max_new_tokens=4, do_sample=False)
+    assert torch.equal(kv.generate(model, x, max_new_tokens=4, do_sample=False), want)
     assert kv.stats.errors == 1 and kv.match(model, x) == 0
     with pytest.raises(DiskFullError):  # the core API says so directly
         kv.store("m", x[0], [(torch.zeros(1, 2, 2 * B + 1, 16),) * 2])

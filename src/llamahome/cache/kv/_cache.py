@@ -61,7 +61,7 @@ class KVCache:
     def __init__(
         self,
         path: str | os.PathLike[str],
-        size: float | str = 1024,
+        size: float | str = 4096,
         block_tokens: int = 256,
         compression: bool = True,
         cleanup_policy: str = "lru",
@@ -70,7 +70,8 @@ class KVCache:
         remote: Store | None = None,
         clock: Callable[[], float] | None = None,
     ) -> None:
-        if isinstance(block_tokens, bool) or not isinstance(block_tokens, int) or not 1 <= block_tokens <= _MAX_BLOCK_TOKENS:
+        whole = isinstance(block_tokens, int) and not isinstance(block_tokens, bool)
+        if not whole or not 1 <= block_tokens <= _MAX_BLOCK_TOKENS:
             raise ConfigError(
                 f"block_tokens must be a whole number of tokens from 1 to {_MAX_BLOCK_TOKENS}, not {block_tokens!r}; "
                 "256 suits most prompts (smaller blocks reuse more of a prompt, larger ones cost fewer files)."
@@ -211,7 +212,8 @@ class KVCache:
             return None
         tag, checksum, key, parent = _REMOTE_HEAD.unpack_from(item, 0)
         frame = memoryview(item)[_REMOTE_HEAD.size :]
-        if tag != _REMOTE_TAG or key != block.key or parent != block.parent or xxhash.xxh3_64_intdigest(frame) != checksum:
+        intact = tag == _REMOTE_TAG and xxhash.xxh3_64_intdigest(frame) == checksum
+        if not intact or key != block.key or parent != block.parent:
             self._stats.add("corrupt")
             return None
         try:
