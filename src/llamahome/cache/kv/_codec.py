@@ -133,23 +133,36 @@ def _plane_pays(plane: np.ndarray) -> bool:
     return cz.pays(sample.nbytes, len(cz.compress(sample.data, level=_LEVEL)))
 
 
+def _byte_planes(arrays: Sequence[np.ndarray], itemsize: int, count: int) -> np.ndarray:
+    """Byte plane i holds byte i of every value of every array, in order: gathered straight from the arrays
+    (strided slices of a larger cache are fine), without an interleaved copy first."""
+    planes = np.empty((itemsize, count), dtype=np.uint8)
+    start = 0
+    for a in arrays:
+        if a.ndim == 0 or a.strides[-1] != a.itemsize:
+            a = np.ascontiguousarray(a)
+        view = a.view(np.uint8)
+        n = a.size
+        for i in range(itemsize):
+            planes[i, start : start + n].reshape(a.shape)[...] = view[..., i::itemsize]
+        start += n
+    return planes
+
+
 def encode(
     tokens: np.ndarray, arrays: Sequence[np.ndarray], dtype: str, compress: bool
 ) -> tuple[list[bytes | memoryview | np.ndarray], int, int]:
     """The frame of one block as a list of buffers, with the payload's raw and stored sizes."""
     if dtype not in DTYPES:
         raise ValueError(f"unsupported K/V dtype {dtype!r}")
-    raw_parts = [np.ascontiguousarray(a).reshape(-1).view(np.uint8) for a in arrays]
-    raw_len = sum(p.nbytes for p in raw_parts)
-    meta: dict[str, object] = {"codec": "raw"}
-    payload: list[np.ndarray | bytes] = list(raw_parts)
     itemsize = DTYPES[dtype]
-    if compress and raw_len >= cz.MIN_COMPRESS_BYTES and raw_len % itemsize == 0:
-        joined = np.concatenate(raw_parts) if len(raw_parts) > 1 else raw_parts[0]
-        planes = cz.group_bytes(joined, itemsize).reshape(itemsize, -1)
+    raw_len = sum(int(a.size) for a in arrays) * itemsize
+    meta: dict[str, object] = {"codec": "raw"}
+    payload: list[np.ndarray | bytes] | None = None
+    if compress and raw_len >= cz.MIN_COMPRESS_BYTES:
         stored: list[np.ndarray | bytes] = []
         table: list[tuple[str, int]] = []
-        for plane in planes:
+        for plane in _byte_planes(arrays, itemsize, raw_len // itemsize):
             packed = cz.compress(plane.data, level=_LEVEL) if _plane_pays(plane) else None
             if packed is not None and cz.pays(plane.nbytes, len(packed)):
                 stored.append(packed)
@@ -159,6 +172,8 @@ def encode(
                 table.append(("raw", int(plane.nbytes)))
         if cz.pays(raw_len, sum(size for _, size in table)):
             meta, payload = {"codec": "planes", "planes": [list(entry) for entry in table]}, stored
+    if payload is None:
+        payload = [np.ascontiguousarray(a).reshape(-1).view(np.uint8) for a in arrays]
     stored_len = sum(nbytes(p) for p in payload)
     meta.update(
         v=1, dtype=dtype, tokens=int(tokens.size), shapes=[list(map(int, a.shape)) for a in arrays], raw=raw_len,
