@@ -81,9 +81,9 @@ def child(args: argparse.Namespace) -> None:
     t_fp, _ = timed(lambda: kv.fingerprint(model))
     fp = kv.fingerprint(model)
     t_lookup, prefix = timed(lambda: kv.lookup(fp, ids, max_tokens=ids.shape[1] - 1))
-    from llamahome.cache.kv._hf import cache_arg, restore
+    from llamahome.cache.kv._hf import _fill, cache_arg
 
-    t_restore, cache = timed(lambda: restore(kv, model, ids, max_tokens=ids.shape[1] - 1))
+    t_fill, cache = timed(lambda: _fill(model, prefix))
     t_gen, _ = timed(lambda: model.generate(ids, **{cache_arg(model): cache}, max_new_tokens=1))
     print(
         json.dumps(
@@ -93,8 +93,7 @@ def child(args: argparse.Namespace) -> None:
                 "token": out[0, -1].item(),
                 "fingerprint": t_fp,
                 "lookup": t_lookup,
-                "restore": t_restore,
-                "to_torch": t_restore - t_lookup,
+                "to_torch": t_fill,
                 "suffix_prefill": t_gen,
                 "restored_bytes": prefix.nbytes,
                 "reused": prefix.tokens,

@@ -193,3 +193,14 @@ def test_clear_removes_every_block(tmp_path: Path) -> None:
     kv.clear()
     assert kv.match("m", tokens) == 0 and kv.stats.entries == 0 and kv.stats.bytes == 0
     assert (tmp_path / "kv" / "KVCACHE").exists()
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_blocks_read_from_disk_are_kept_in_memory(tmp_path: Path, dtype: str) -> None:
+    tokens = prompt(12, 3 * B)
+    make(tmp_path).store("m", tokens, kv_for(tokens, dtype))
+    kv = make(tmp_path, memory_size=8)  # a new process: empty memory tier
+    assert_prefix_exact(kv.lookup("m", tokens), tokens, dtype)
+    for path in (tmp_path / "kv" / "blocks").rglob("*.kvb"):
+        path.unlink()
+    assert_prefix_exact(kv.lookup("m", tokens), tokens, dtype)  # served from memory now

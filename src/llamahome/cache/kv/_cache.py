@@ -20,7 +20,7 @@ from ..stats import CacheStats, CleanupReport
 from ..units import MIB, size_to_bytes
 from ._arrays import KVPrefix, as_numpy, empty_prefix
 from ._blocks import Block, as_token_array, chain, fingerprint_bytes
-from ._codec import Decoded, decode, encode, nbytes, storage_dtype
+from ._codec import Decoded, decode, encode, nbytes, raw_frame, storage_dtype
 from ._fingerprint import Fingerprinter
 from ._store import BlockStore, Pending, file_size
 
@@ -176,7 +176,7 @@ class KVCache:
                     self._memory.delete(block.name)
                 break
             if not hot and self._memory is not None:
-                self._remember(block, decoded.frame)
+                self._remember(block, raw_frame(block.tokens, [o[..., lo : lo + width, :] for o in outs], first.dtype))
             count += 1
         if not count:
             return empty_prefix()
@@ -197,12 +197,11 @@ class KVCache:
             decoded = self._fetch_remote(block)
         return None if decoded is None else (decoded, False)
 
-    def _remember(self, block: Block, frame: Any) -> None:
-        """Keep a block's frame (as stored: compressed where that paid) in the memory tier."""
+    def _remember(self, block: Block, frame: bytearray) -> None:
+        """Keep a block's uncompressed frame in the memory tier (a hit then costs one copy, no decoding)."""
         assert self._memory is not None
-        size = nbytes(frame)
-        if size <= self._memory.stats.max_bytes // 4:  # one block never crowds out the rest
-            self._memory.set(block.name, bytes(frame))
+        if len(frame) <= self._memory.stats.max_bytes // 4:  # one block never crowds out the rest
+            self._memory.set(block.name, frame)
 
     # --- the network tier ---------------------------------------------------------------------------
     def _fetch_remote(self, block: Block) -> Decoded | None:
@@ -256,9 +255,10 @@ class KVCache:
         keep = {b.key for b in blocks}
         todo = [b for b in blocks[start // self.block_tokens :] if not self._disk.contains(b)]
         pending: list[Pending] = []
+        slices: dict[bytes, list[np.ndarray]] = {}
         for block in todo:
             lo = block.index * self.block_tokens - start
-            part = [a[..., lo : lo + self.block_tokens, :] for a in arrays]
+            part = slices[block.key] = [a[..., lo : lo + self.block_tokens, :] for a in arrays]
             parts, raw_len, stored_len = encode(block.tokens, part, dtype, self.compression)
             self._stats.add("raw_bytes", raw_len)
             self._stats.add("stored_bytes", stored_len)
@@ -268,11 +268,10 @@ class KVCache:
         self._stats.add("sets", len(written))
         by_key = {p.block.key: p for p in pending}
         for block in written:
-            frame = _join(by_key[block.key].parts) if self._memory is not None or self._remote is not None else b""
             if self._memory is not None:
-                self._remember(block, frame)
+                self._remember(block, raw_frame(block.tokens, slices[block.key], dtype))
             if self._remote is not None:
-                self._publish(block, frame)
+                self._publish(block, _join(by_key[block.key].parts))
         stored = len(written) * self.block_tokens
         with self._lock:
             self.tokens_stored += stored

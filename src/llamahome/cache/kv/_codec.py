@@ -31,7 +31,7 @@ from llamahome.errors import CorruptEntryError
 
 from .. import compression as cz
 
-__all__ = ["Decoded", "DTYPES", "encode", "decode", "nbytes"]
+__all__ = ["Decoded", "DTYPES", "encode", "decode", "nbytes", "raw_frame"]
 
 #: The dtypes a block may hold; ``bfloat16`` is carried as its 16 bits (numpy has no bfloat16).
 DTYPES = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
@@ -180,6 +180,28 @@ def encode(
         stored=stored_len,
     )
     return [_header(meta), np.ascontiguousarray(tokens, dtype="<i8"), *payload], raw_len, stored_len
+
+
+def raw_frame(tokens: np.ndarray, arrays: Sequence[np.ndarray], dtype: str) -> bytearray:
+    """An uncompressed frame, built with one copy of each array (what the memory tier keeps: a hit decodes
+    with one copy too)."""
+    itemsize = DTYPES[dtype]
+    raw_len = sum(int(a.size) for a in arrays) * itemsize
+    meta = {
+        "v": 1, "dtype": dtype, "tokens": int(tokens.size), "shapes": [list(map(int, a.shape)) for a in arrays],
+        "codec": "raw", "raw": raw_len, "stored": raw_len,
+    }
+    head = _header(meta)
+    out = bytearray(len(head) + 8 * tokens.size + raw_len)
+    out[: len(head)] = head
+    pos = len(head) + 8 * tokens.size
+    out[len(head) : pos] = np.ascontiguousarray(tokens, dtype="<i8").tobytes()
+    np_dtype = storage_dtype(dtype)
+    for a in arrays:
+        n = a.size * itemsize
+        np.frombuffer(out, dtype=np_dtype, count=a.size, offset=pos).reshape(a.shape)[...] = a
+        pos += n
+    return out
 
 
 def _bad(why: str) -> CorruptEntryError:
