@@ -26,6 +26,8 @@ SEED_DEFAULTS = {
     "model_cache": {"size": 1024, "format": "safetensors", "compression": True, "cleanup_policy": "lru"},
     "training_cache": {"size": 512, "batch_buffer": 32, "prefetch": 4, "cleanup_policy": "fifo"},
     "system_cache": {"size": 256, "temp_dir": ".cache/temp", "max_age": 86400, "cleanup_policy": "time"},
+    # Added in turn 2 (issue 14): not in the seed; its defaults are the KV cache's own.
+    "kv_cache": {"size": 4096, "block_tokens": 256, "compression": True, "cleanup_policy": "lru"},
 }
 
 
@@ -164,7 +166,7 @@ def test_round_trip_through_dict_and_yaml() -> None:
 
 def test_to_yaml_keeps_the_seeds_block_order() -> None:
     lines = [line for line in CacheConfig().to_yaml().splitlines() if not line.startswith(" ")]
-    assert lines == ["cache:", "model_cache:", "training_cache:", "system_cache:"]
+    assert lines == ["cache:", "model_cache:", "training_cache:", "system_cache:", "kv_cache:"]
 
 
 def test_fractional_size_survives_to_dict() -> None:
@@ -475,7 +477,7 @@ def test_top_level_must_be_a_mapping(tmp_path: Path, text: str, kind: str) -> No
     path = tmp_path / "c.yaml"
     path.write_text(text)
     with config_error(
-        rf"^{re.escape(str(path))}: the top level must be a mapping of blocks \(cache, model_cache, training_cache, system_cache\), not a {kind}\.$"
+        rf"^{re.escape(str(path))}: the top level must be a mapping of blocks \(cache, model_cache, training_cache, system_cache, kv_cache\), not a {kind}\.$"
     ):
         CacheConfig.from_yaml(path)
 
@@ -586,7 +588,7 @@ def test_config_pickles_for_worker_processes() -> None:
 
 def test_json_schema_is_available_for_editors() -> None:
     schema = CacheConfig.model_json_schema()
-    assert set(schema["properties"]) == {"cache", "model_cache", "training_cache", "system_cache"}
+    assert set(schema["properties"]) == {"cache", "model_cache", "training_cache", "system_cache", "kv_cache"}
 
 
 def test_key_case_matters_and_the_hint_finds_the_lower_case_key() -> None:

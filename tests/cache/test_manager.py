@@ -70,6 +70,7 @@ def test_builds_every_cache_from_the_config(cfg: CacheConfig, tmp_path: Path) ->
             "model_cache/disk",
             "training_cache/disk",
             "system_cache/disk",
+            "kv_cache/disk",
         ]
         assert (tmp_path / "cache" / "models").is_dir()
         assert (tmp_path / "cache" / "training").is_dir()

@@ -34,7 +34,13 @@ def test_a_healthy_cache_gets_no_advice(manager: CacheManager) -> None:
     assert asyncio.run(monitor.get_cache_recommendations()) == []
     metrics = asyncio.run(monitor.get_metrics())
     assert metrics["memory_usage"] == manager.memory.stats.bytes
-    assert set(metrics["filesystems"]) == {"cache/disk", "model_cache/disk", "training_cache/disk", "system_cache/disk"}
+    assert set(metrics["filesystems"]) == {
+        "cache/disk",
+        "model_cache/disk",
+        "training_cache/disk",
+        "system_cache/disk",
+        "kv_cache/disk",
+    }
 
 
 def test_low_hit_rate_with_evictions_suggests_a_memory_size(manager: CacheManager) -> None:

@@ -31,6 +31,7 @@ _EXPORTS: dict[str, str] = {
     "ModelCache": "model",
     "TrainingCache": "training",
     "SystemCache": "system",
+    "KVCache": "kv",
     "AsyncScheduler": "scheduler",
     "CacheManager": "manager",
     "memoize": "memoizing",
@@ -43,6 +44,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only; `X as X
     from .codecs import decode as decode, encode as encode
     from .config import CacheConfig as CacheConfig
     from .disk import DiskCache as DiskCache
+    from .kv import KVCache as KVCache
     from .manager import CacheManager as CacheManager
     from .memoizing import memoize as memoize
     from .memory import MemoryCache as MemoryCache

@@ -9,6 +9,7 @@ All five blocks live in one file and every block and key is optional; a missing 
     model_cache:    {size: 1024, format: safetensors, compression: true, cleanup_policy: lru}
     training_cache: {size: 512, batch_buffer: 32, prefetch: 4, cleanup_policy: fifo}
     system_cache:   {size: 256, temp_dir: .cache/temp, max_age: 86400, cleanup_policy: time}
+    kv_cache:       {size: 4096, block_tokens: 256, compression: true, cleanup_policy: lru}
 
 Sizes are megabytes as numbers, or strings with a unit (``"512KB"``, ``"4GB"``, ``"1.5GiB"``), always
 stored as float MB; each block with a size has ``size_bytes``. Durations are seconds (``"1h"`` works too).
@@ -57,6 +58,7 @@ __all__ = [
     "NetworkConfig",
     "Policy",
     "SystemCacheConfig",
+    "KVCacheConfig",
     "TrainingCacheConfig",
     "load_config",
 ]
@@ -292,6 +294,33 @@ class SystemCacheConfig(_SizedBlock):
     cleanup_policy: PolicyName = "time"
 
 
+class KVCacheConfig(_SizedBlock):
+    """``kv_cache``: attention keys/values of prompt prefixes, in blocks of ``block_tokens`` tokens."""
+
+    yaml_path: ClassVar[str] = "kv_cache"
+    size: SizeMB = 4096.0
+    block_tokens: Annotated[int, _count(1)] = 256
+    compression: Flag = True
+    cleanup_policy: Literal["lru"] = "lru"
+
+    @field_validator("block_tokens")
+    @classmethod
+    def _check_block_tokens(cls, value: int) -> int:
+        if value > 1 << 20:
+            raise ValueError(f"block_tokens must be at most {1 << 20}, not {value}; 256 suits most prompts.")
+        return value
+
+    @field_validator("cleanup_policy", mode="before")
+    @classmethod
+    def _check_policy(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().lower() == "lru":
+            return "lru"
+        raise ValueError(
+            f"unsupported cleanup_policy {value!r}; the KV cache evicts 'lru' only (least recently used blocks "
+            "first, the last blocks of a prefix before the blocks they extend)."
+        )
+
+
 # ---------------------------------------------------------------------------------------------- the root
 class CacheConfig(_Block):
     """The whole cache configuration: the seed's five YAML blocks, each optional.
@@ -310,6 +339,7 @@ class CacheConfig(_Block):
     model_cache: ModelCacheConfig = Field(default_factory=ModelCacheConfig)
     training_cache: TrainingCacheConfig = Field(default_factory=TrainingCacheConfig)
     system_cache: SystemCacheConfig = Field(default_factory=SystemCacheConfig)
+    kv_cache: KVCacheConfig = Field(default_factory=KVCacheConfig)
 
     _SHORTCUTS: ClassVar[dict[str, tuple[str, str]]] = {
         "memory_size": ("memory", "size"),
@@ -340,7 +370,7 @@ class CacheConfig(_Block):
         except ValidationError as exc:
             raise _translate(exc) from exc
 
-    @field_validator("cache", "model_cache", "training_cache", "system_cache", mode="before")
+    @field_validator("cache", "model_cache", "training_cache", "system_cache", "kv_cache", mode="before")
     @classmethod
     def _empty_block(cls, value: object) -> object:
         # `model_cache:` with every child commented out loads as None; treat it as "all defaults".
@@ -355,7 +385,7 @@ class CacheConfig(_Block):
         if not isinstance(data, Mapping):
             raise ConfigError(
                 f"The configuration must be a mapping of blocks (cache, model_cache, training_cache, "
-                f"system_cache), not {type(data).__name__}."
+                f"system_cache, kv_cache), not {type(data).__name__}."
             )
         for key in data:
             if not isinstance(key, str) or key in cls._SHORTCUTS:
@@ -408,7 +438,7 @@ class CacheConfig(_Block):
         if not isinstance(data, Mapping):
             raise ConfigError(
                 f"{source}: the top level must be a mapping of blocks (cache, model_cache, training_cache, "
-                f"system_cache), not a {_yaml_type(data)}."
+                f"system_cache, kv_cache), not a {_yaml_type(data)}."
             )
         try:
             return cls.from_dict(data)

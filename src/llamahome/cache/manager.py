@@ -12,7 +12,8 @@ What it builds (attribute name == YAML block name):
   composed by ``tiered`` (a :class:`~llamahome.cache.tiered.TieredCache`: memory -> disk -> network). With a
   network tier, ``tiered`` listens for other machines' writes and drops its local copies of those keys.
 - ``model_cache`` at ``<cache.disk.path>/models``, ``training_cache`` at ``<cache.disk.path>/training``,
-  ``system_cache`` at ``system_cache.temp_dir``.
+  ``system_cache`` at ``system_cache.temp_dir``, ``kv_cache`` at ``<cache.disk.path>/kv`` (sharing the network
+  tier when one is configured).
 
 Threads and the event loop. ``get`` asks the memory tier synchronously first: a memory hit never leaves the
 loop. Everything that may block (disk, Redis, a cleanup pass, closing files) runs in a worker thread via
@@ -52,6 +53,7 @@ from .stats import CacheStats, CleanupReport
 
 if TYPE_CHECKING:
     from .disk import DiskCache
+    from .kv import KVCache
     from .memory import MemoryCache
     from .model import ModelCache
     from .system import SystemCache
@@ -103,6 +105,7 @@ class CacheManager:
     model_cache: ModelCache
     training_cache: TrainingCache
     system_cache: SystemCache
+    kv_cache: KVCache
 
     def __init__(self, config: CacheConfig | None = None, monitor: CacheMonitor | None = None) -> None:
         if config is not None and not isinstance(config, CacheConfig):
@@ -169,6 +172,19 @@ class CacheManager:
         self.system_cache = self._own(
             SystemCache(sc.temp_dir, size=sc.size, max_age=sc.max_age, cleanup_policy=sc.cleanup_policy)
         )
+        from .kv import KVCache
+
+        kc = cfg.kv_cache
+        self.kv_cache = self._own(
+            KVCache(
+                root / "kv",
+                size=kc.size,
+                block_tokens=kc.block_tokens,
+                compression=kc.compression,
+                cleanup_policy=kc.cleanup_policy,
+                remote=self.network,
+            )
+        )
 
     def _own(self, store: Any) -> Any:
         self._built.append(store)
@@ -190,6 +206,7 @@ class CacheManager:
             ("model_cache", "disk", self.model_cache),
             ("training_cache", "disk", self.training_cache),
             ("system_cache", "disk", self.system_cache),
+            ("kv_cache", "disk", self.kv_cache),
         ]
         return rows
 
