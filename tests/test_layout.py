@@ -12,11 +12,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
-# Removed once the restructure of issue 12 lands; strict, so a passing check cannot stay marked.
-_IN_PROGRESS = pytest.mark.xfail(reason="issue 12: the restructure into component packages is landing", strict=True)
-
 SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "llamahome"
 
@@ -126,7 +121,6 @@ def test_no_import_cycles_between_modules() -> None:
     assert cycles == [], "\n".join(" -> ".join(c) for c in cycles)
 
 
-@_IN_PROGRESS
 def test_cache_never_imports_monitoring_cli_or_resources() -> None:
     upward = [
         f"{importer} imports {target}"

@@ -49,7 +49,7 @@ def test_two_seed_monitored_managers_each_observe_their_own(tmp_path: Path) -> N
 def test_cache_monitor_gives_recommendations_for_a_thrashing_memory_tier() -> None:
     async def main() -> None:
         # The seed's default: compression on. Random values do not compress, so that advice must come too.
-        async with CacheManager(CacheConfig(memory_size="256KB", disk_size=16)) as cache:
+        async with CacheManager(CacheConfig(memory_size="256KB", disk_size=16), monitor=CacheMonitor()) as cache:
             assert isinstance(cache.monitor, CacheMonitor)
             for _ in range(3):
                 for i in range(60):  # ~1.2 MB cycled through a 256 KB LRU tier: memory hits nothing

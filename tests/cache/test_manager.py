@@ -24,7 +24,7 @@ from llamahome.cache import (
     TrainingCache,
 )
 from llamahome.cache.stats import CleanupReport
-from llamahome.errors import CacheClosedError, CacheError
+from llamahome.errors import CacheClosedError, CacheError, ConfigError
 from llamahome.monitoring import CacheMetricsCollector, CacheMonitor
 
 
@@ -77,8 +77,19 @@ def test_builds_every_cache_from_the_config(cfg: CacheConfig, tmp_path: Path) ->
         assert not (tmp_path / "temp").exists()  # the system cache makes temp_dir on first use
         cache.system_cache.new_temp_file()
         assert (tmp_path / "temp").is_dir()
-        assert isinstance(cache.monitor, CacheMonitor) and cache.monitor.manager is cache
+        assert cache.monitor is None  # monitoring is opt-in: the cache layer never builds one itself
     assert cache.closed
+
+
+def test_a_monitor_passed_or_assigned_is_bound_and_anything_else_is_refused(tmp_path: Path) -> None:
+    monitor = CacheMonitor()
+    with CacheManager(make_config(tmp_path / "a"), monitor=monitor) as cache:
+        assert cache.monitor is monitor and monitor.manager is cache
+        later = CacheMonitor()
+        cache.monitor = later  # assigning binds too (the seed's `self.metrics = ...` pattern)
+        assert later.manager is cache
+    with pytest.raises(ConfigError, match="monitor must be an observer"):
+        CacheManager(make_config(tmp_path / "b"), monitor="yes")  # type: ignore[arg-type]
 
 
 def test_default_config_is_the_seeds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -345,7 +356,7 @@ def test_system_cache_gets_its_own_sweep_when_max_age_is_short(tmp_path: Path) -
 
 def test_stop_pauses_and_close_is_for_good(cfg: CacheConfig) -> None:
     async def main() -> CacheManager:
-        cache = CacheManager(cfg)
+        cache = CacheManager(cfg, monitor=CacheMonitor())  # its snapshot job is the second
         await cache.start()
         await cache.start()  # no second set of jobs
         assert len(cache.cleanup_scheduler.jobs) == 2
@@ -490,7 +501,7 @@ def test_network_tier_is_the_third_store_when_configured(tmp_path: Path, redis_u
 
 
 def test_a_monitor_of_another_manager_is_refused_before_anything_opens(tmp_path: Path) -> None:
-    with CacheManager(make_config(tmp_path / "a")) as first:
+    with CacheManager(make_config(tmp_path / "a"), monitor=CacheMonitor()) as first:
         with pytest.raises(CacheError, match="already observes another"):
             CacheManager(make_config(tmp_path / "b"), monitor=first.monitor)
     assert not (tmp_path / "b").exists()

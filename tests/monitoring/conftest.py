@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from llamahome.cache import CacheConfig, CacheManager
+from llamahome.monitoring import CacheMonitor
 
 
 def small_config(root: Path, memory: Any = 1, disk: Any = 8, compression: bool = False) -> CacheConfig:
@@ -27,5 +28,6 @@ def small_config(root: Path, memory: Any = 1, disk: Any = 8, compression: bool =
 
 @pytest.fixture
 def manager(tmp_path: Path) -> Iterator[CacheManager]:
-    with CacheManager(small_config(tmp_path)) as cache:
+    """A manager with a CacheMonitor, as ``llamahome cache serve`` builds one."""
+    with CacheManager(small_config(tmp_path), monitor=CacheMonitor()) as cache:
         yield cache

@@ -23,11 +23,14 @@ loop. Everything that may block (disk, Redis, a cleanup pass, closing files) run
 Scheduling. ``start()`` schedules ``cleanup`` every ``config.cleanup_interval`` seconds, exactly as the seed
 does. The system cache's files must vanish after ``max_age``; when ``max_age / 4`` is shorter than the cleanup
 interval, its cleanup also runs on its own every ``max_age / 4`` seconds (at least 0.1 s), so no scratch file
-outlives ``max_age`` by more than a quarter of it. The monitor records a snapshot every
-``monitor.snapshot_interval`` seconds into its ring buffer.
+outlives ``max_age`` by more than a quarter of it. A ``monitor`` that keeps a history (a
+:class:`~llamahome.cache.observers.SnapshotRecorder`, e.g. ``llamahome.monitoring.CacheMonitor``) records a
+snapshot every ``monitor.snapshot_interval`` seconds while the manager is started.
 
-Monitoring objects (``CacheMetricsCollector``, ``CacheMonitor``) that are assigned as attributes of a manager
-without a manager of their own are bound to it: that is how the seed's ``MonitoredCacheManager`` works.
+Observers (anything with ``bind(manager)`` and ``bound``: ``CacheMetricsCollector``, ``CacheMonitor``) that
+are passed to a manager or assigned as its attributes are bound to it: that is how the seed's
+``MonitoredCacheManager`` works. The manager knows them only through those protocols, so the cache package
+never imports ``llamahome.monitoring``, which is built on top of it.
 """
 
 from __future__ import annotations
@@ -43,11 +46,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llamahome.errors import CacheClosedError, CacheError, ConfigError, ValueTooLargeError
-from llamahome.monitoring.collector import Bindable
-from llamahome.monitoring.monitor import CacheMonitor
 
 from .base import MISSING, Key, MaintainedCache, Store, validate_key
 from .config import CacheConfig
+from .observers import ManagerObserver, SnapshotRecorder
 from .scheduler import AsyncScheduler, ScheduledJob, is_async_callable
 from .stats import CacheStats, CleanupReport
 
@@ -86,8 +88,9 @@ class _Flight:
 class CacheManager:
     """Every cache the configuration describes, an async facade over the tiers, and scheduled cleanup.
 
-    ``config`` defaults to ``CacheConfig()`` (the seed's values); ``monitor`` to a fresh
-    :class:`~llamahome.monitoring.CacheMonitor` bound to this manager. ``stats`` counts the manager's own
+    ``config`` defaults to ``CacheConfig()`` (the seed's values). ``monitor`` is optional: pass a
+    :class:`~llamahome.monitoring.CacheMonitor` (or assign ``cache.monitor = CacheMonitor()``) for
+    recommendations and a history of snapshots; without one the manager records none. ``stats`` counts the manager's own
     lookups (``get`` and ``get_or_set``): its hit rate is the share that found a value in any tier.
 
     Construction opens every store (directories, the disk index) synchronously, as a constructor must;
@@ -107,7 +110,7 @@ class CacheManager:
     system_cache: SystemCache
     kv_cache: KVCache
 
-    def __init__(self, config: CacheConfig | None = None, monitor: CacheMonitor | None = None) -> None:
+    def __init__(self, config: CacheConfig | None = None, monitor: ManagerObserver | None = None) -> None:
         if config is not None and not isinstance(config, CacheConfig):
             raise ConfigError(
                 f"CacheManager takes a CacheConfig, not {type(config).__name__}; build one with "
@@ -125,7 +128,12 @@ class CacheManager:
         self._started = False
         self._built: list[Store] = []
         # Bound before any store opens, so a monitor already observing another manager fails cleanly.
-        self.monitor = monitor if monitor is not None else CacheMonitor()
+        if monitor is not None and not isinstance(monitor, ManagerObserver):
+            raise ConfigError(
+                f"CacheManager's monitor must be an observer with bind(manager), e.g. "
+                f"llamahome.monitoring.CacheMonitor(), not {type(monitor).__name__}."
+            )
+        self.monitor: ManagerObserver | None = monitor
         try:
             self._build()
         except BaseException:
@@ -193,7 +201,7 @@ class CacheManager:
     def __setattr__(self, name: str, value: Any) -> None:
         # The seed's MonitoredCacheManager does `self.metrics = CacheMetricsCollector()`: bind it to us.
         # One already observing another manager raises (bind() says so) rather than report the wrong numbers.
-        if isinstance(value, Bindable):
+        if isinstance(value, ManagerObserver):
             value.bind(self)
         object.__setattr__(self, name, value)
 
@@ -242,10 +250,10 @@ class CacheManager:
             self.jobs["system_cache"] = await self.cleanup_scheduler.schedule(
                 self._cleanup_system, interval=system_interval, name="system_cache.cleanup"
             )
-        interval = self.monitor.snapshot_interval
-        if interval:
+        monitor = self.monitor
+        if isinstance(monitor, SnapshotRecorder) and monitor.snapshot_interval:
             self.jobs["snapshot"] = await self.cleanup_scheduler.schedule(
-                self.monitor.record_snapshot, interval=interval, name="monitor.record_snapshot"
+                monitor.record_snapshot, interval=monitor.snapshot_interval, name="monitor.record_snapshot"
             )
 
     @property

@@ -86,9 +86,10 @@ def demo_load(manager: Any, stop: threading.Event, rate: float = 400.0) -> None:
 
 async def _serve(cfg: CacheConfig, options: dict[str, Any], demo: bool) -> None:
     from llamahome.cache import CacheManager
-    from llamahome.monitoring import serve_dashboard
+    from llamahome.monitoring import CacheMonitor, serve_dashboard
 
-    async with CacheManager(cfg) as manager:
+    # The monitor keeps the manager's minute snapshots (six hours) for /api/history?source=monitor.
+    async with CacheManager(cfg, monitor=CacheMonitor()) as manager:
         dashboard = serve_dashboard(manager, **options)
         stop = threading.Event()
         worker = None

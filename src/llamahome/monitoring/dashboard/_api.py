@@ -7,7 +7,8 @@ left out too, since they are whatever the application chose to put there.
 History is kept by a :class:`HistorySampler`, a daemon thread that reads the counters every ``interval``
 seconds into a :class:`~llamahome.monitoring.SnapshotRing` of compact rows, so a page opened now can draw the
 last half hour even if nobody was watching. The manager's own minute snapshots (``manager.monitor.history``,
-six hours) are served from the same endpoint in the same shape.
+six hours, kept when the manager was given a ``CacheMonitor``) are served from the same endpoint in the same
+shape.
 """
 
 from __future__ import annotations
@@ -16,15 +17,17 @@ import logging
 import math
 import threading
 import time
+import weakref
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from llamahome.monitoring.monitor import CacheMonitor
 from llamahome.monitoring.snapshots import Snapshot, SnapshotRing
 
 if TYPE_CHECKING:
     from llamahome.cache.manager import CacheManager
 
-__all__ = ["FIELDS", "HistorySampler", "after", "compact", "history_payload", "monitor_history", "stats_payload"]
+__all__ = ["FIELDS", "HistorySampler", "after", "compact", "history_payload", "monitor_history", "monitor_of", "stats_payload"]
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +92,7 @@ class HistorySampler:
         if self.manager.closed:
             return
         try:
-            self.ring.append(compact(self.manager.monitor.collector.snapshot()))
+            self.ring.append(compact(monitor_of(self.manager).collector.snapshot()))
         except Exception:  # a store closing under us must not kill the sampler; the next tick tries again
             logger.debug("Dashboard sample failed", exc_info=True)
 
@@ -146,7 +149,7 @@ def stats_payload(manager: CacheManager, *, started: float, actions: bool, refre
     """Everything the page shows, read now: counters per store, models, datasets, scratch, advice."""
     from llamahome import __version__
 
-    monitor = manager.monitor
+    monitor = monitor_of(manager)
     metrics = monitor.metrics()
     caches = {}
     for label, stats in metrics["caches"].items():
@@ -189,5 +192,24 @@ def after(ring: SnapshotRing, since: float | None) -> list[Snapshot]:
 
 def monitor_history(manager: CacheManager, since: float | None) -> dict[str, Any]:
     """The manager monitor's own snapshots (taken while the manager is started) in the history shape."""
-    rows = [Snapshot(p.time, compact(p.data)) for p in after(manager.monitor.history, since)]
-    return history_payload(rows, manager.monitor.snapshot_interval, "monitor")
+    monitor = manager.monitor
+    if not isinstance(monitor, CacheMonitor):  # a manager without a monitor keeps no history of its own
+        return history_payload([], None, "monitor")
+    rows = [Snapshot(p.time, compact(p.data)) for p in after(monitor.history, since)]
+    return history_payload(rows, monitor.snapshot_interval, "monitor")
+
+
+_MONITORS: weakref.WeakKeyDictionary[CacheManager, CacheMonitor] = weakref.WeakKeyDictionary()
+_MONITORS_LOCK = threading.Lock()
+
+
+def monitor_of(manager: CacheManager) -> CacheMonitor:
+    """The manager's own CacheMonitor, or one the dashboard keeps for a manager made without a monitor."""
+    monitor = manager.monitor
+    if isinstance(monitor, CacheMonitor):
+        return monitor
+    with _MONITORS_LOCK:
+        found = _MONITORS.get(manager)
+        if found is None:
+            found = _MONITORS[manager] = CacheMonitor(manager, snapshot_interval=None)
+        return found
