@@ -846,14 +846,16 @@ def test_model_cache_issue_api(tmp_path: Path) -> None:
 
 def test_model_cache_cleanup_evicts_whole_models_least_recently_used_first(tmp_path: Path, clock: Any) -> None:
     cache = ModelCache(tmp_path / "models", size=4, compression=False, cleanup_policy="lru", clock=clock)
-    block = {"w": np.frombuffer(os.urandom(MiB), dtype=np.uint8)}
+    def block() -> dict[str, np.ndarray]:  # distinct content: identical models would be stored once
+        return {"w": np.frombuffer(os.urandom(MiB), dtype=np.uint8)}
+
     try:
         for name in ("a", "b", "c"):
-            cache.put(name, block)
+            cache.put(name, block())
             clock.advance(10)
         cache.load("a")  # a is now the most recently used
         clock.advance(10)
-        cache.put("d", block)  # over budget: b goes first
+        cache.put("d", block())  # over budget: b goes first
         cache.cleanup()
         names = set(cache.list())
         assert "b" not in names and {"a", "d"} <= names
