@@ -151,6 +151,12 @@ class ModelCache:
     first: ``lru`` (default), ``lfu``, ``fifo`` or ``time`` (oldest added). ``clock`` supplies timestamps
     (inject one in tests); ``threads`` bounds the encode/decode thread pools; ``progress`` forces the import
     progress bar on or off (default: on for imports >= 256 MiB when stderr is a terminal).
+
+    ``path`` must be new, empty, or a model cache already (it carries ``.llamahome-cache.json``; caches made
+    before the marker existed are recognised by their ``.locks``/``.tmp``/``.trash``): any other non-empty
+    directory is refused with ModelCacheError, because the cache must never share a directory with your files.
+    Besides safetensors it keeps whole model directories (``add_dir``, ``add_hf``) and GGUF files, and stores
+    content identical across models once.
     """
 
     def __init__(
