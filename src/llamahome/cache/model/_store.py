@@ -329,7 +329,7 @@ class ModelCache:
         cache_dir: str | os.PathLike[str] | None = None,
         *,
         name: str | None = None,
-        compression: bool | None = None,
+        compression: bool = False,
         link: bool = True,
         allow_pickle: bool = False,
     ) -> str:
@@ -338,7 +338,9 @@ class ModelCache:
         Finds ``models--<org>--<name>/snapshots/<commit>`` for ``revision`` (a branch, tag or commit hash) in
         ``cache_dir`` (default: where huggingface_hub looks: ``$HF_HUB_CACHE``, ``$HF_HOME/hub``,
         ``~/.cache/huggingface/hub``) and adds it as :meth:`add_dir` does. Files are hard-linked (or reflinked)
-        from the hub's blobs where the file system allows, so no bytes are copied when stored uncompressed.
+        from the hub's blobs where the file system allows, so no bytes are copied: that is why ``compression``
+        defaults to False here (compressing writes a new copy; pass ``compression=True`` to trade the hub's
+        copy for a smaller one, e.g. before deleting it from the hub cache).
         The name is ``org--name`` (``/`` is not allowed in names; the hub cache spells it the same way), with
         ``@<revision>`` added for a revision other than ``main``, unless ``name`` is given. A missing repository
         or revision is a ModelCacheError listing what the hub cache has.
@@ -873,7 +875,12 @@ class ModelCache:
                 if not valid_name(entry.name) or not entry.is_dir(follow_symlinks=False):
                     foreign.append(entry.name)
                     continue
-                for leftover in os.scandir(entry.path):  # a get_path() that died mid-decode
+                try:
+                    leftovers = list(os.scandir(entry.path))
+                except OSError:
+                    foreign.append(entry.name)  # unreadable: not something the cache made
+                    continue
+                for leftover in leftovers:  # a get_path() that died mid-decode
                     if (
                         DECODING_NAME.fullmatch(leftover.name) or VERIFIED_TMP.fullmatch(leftover.name)
                     ) and leftover.is_file(follow_symlinks=False):
