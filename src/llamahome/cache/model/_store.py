@@ -449,6 +449,11 @@ class ModelCache:
                 if existing is not None and same_content(existing, manifest):
                     self._stats.add("sets")
                     return self._info_from(name, existing)
+                if existing is None and os.path.lexists(target) and not entry_is_ours(target):
+                    raise ModelCacheError(
+                        f"{target} exists and was not made by the model cache; it is left alone. Choose another "
+                        f"model name or move it out of {self.root}."
+                    )
                 share_content(tmp, manifest, identities, self._holders(exclude=name))
                 # Stamps: the files are as hashed now, so the first mapped load need not hash them again.
                 stamps = {f: [*(identities.get(f) or file_identity(tmp / f)), c] for f, c in stored_files(manifest)}
@@ -459,11 +464,6 @@ class ModelCache:
                         f"Model {name!r} needs {stored:,} bytes but only {self.max_bytes - self._usage(name):,} "
                         f"can be freed: the other models are pinned or being loaded. Unpin them or raise "
                         f"model_cache.size."
-                    )
-                if existing is None and os.path.lexists(target) and not entry_is_ours(target):
-                    raise ModelCacheError(
-                        f"{target} exists and was not made by the model cache; it is left alone. Choose another "
-                        f"model name or move it out of {self.root}."
                     )
                 if existing is not None or os.path.lexists(target):
                     dest = self.root / ".trash" / uuid.uuid4().hex
