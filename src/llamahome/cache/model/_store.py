@@ -556,9 +556,10 @@ class ModelCache:
         raise ModelNotFoundError(f"Model {name!r} kept being replaced while it was read; load it again later.")
 
     def get_path(self, name: str, *, verify: bool | None = None) -> Path:
-        """A path other tools can open: the model's ``.safetensors`` file (decoded into the cache if stored
-        compressed). For a sharded model, the path of its ``*.safetensors.index.json``, with every shard as a
-        plain ``.safetensors`` file beside it. Decoded copies count towards the model's size on disk.
+        """A path other tools can open. For a whole model directory (``add_dir``, ``add_hf``): the directory,
+        which ``transformers`` ``from_pretrained`` loads. Otherwise the model's ``.safetensors`` or ``.gguf``
+        file, or for a sharded model its ``*.safetensors.index.json``. Parts stored compressed are decoded
+        into plain ``.safetensors`` files beside them first; decoded copies count towards the model's size.
 
         The files are checked as ``load(mmap=True)`` checks them (``verify`` has the same meaning): a damaged
         model is a miss (ModelNotFoundError), never a path to bad bytes.
@@ -578,8 +579,11 @@ class ModelCache:
                         decoded_any = True
                         continue
                     self._check_file(directory, self._readable_part(directory, part), verify)
-                for extra in extra_files(manifest):
-                    rp = ReadablePart(directory / extra["file"], False, extra["checksum"], int(extra["size"]))
+                checked = [(f["file"], f["checksum"], int(f["size"])) for f in extra_files(manifest)]
+                if manifest["index"]:
+                    checked.append((manifest["index"], manifest["index_checksum"], 0))
+                for file, checksum, size in checked:  # the small files loaders read: config, tokenizer, index
+                    rp = ReadablePart(directory / file, False, checksum, size)
                     if not regular(rp.path):
                         raise _Damaged(f"{rp.path} is missing or not a regular file the cache wrote")
                     self._check_file(directory, rp, verify)
