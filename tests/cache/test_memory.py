@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llamahome.cache.base import MISSING
-from llamahome.cache.memory import ENTRY_OVERHEAD, MemoryCache
+from llamahome.cache.memory import ENTRY_OVERHEAD, LRUMemoryCache, MemoryCache, PolicyMemoryCache
 from llamahome.cache.policies import LRUPolicy, TimePolicy
 from llamahome.cache.sizing import key_size, sizeof
 from llamahome.errors import CacheClosedError, CacheKeyError, CacheValueError, ConfigError, ValueTooLargeError
@@ -92,6 +92,56 @@ def test_defaults() -> None:
     assert "lru" in repr(cache)
 
 
+@pytest.mark.parametrize(
+    ("policy", "strategy"),
+    [
+        ("lru", LRUMemoryCache),
+        (" LRU ", LRUMemoryCache),
+        (LRUPolicy(), LRUMemoryCache),
+        (_SlowLRU(), PolicyMemoryCache),  # a subclass may change the rules: the policy object decides
+        ("lfu", PolicyMemoryCache),
+        ("fifo", PolicyMemoryCache),
+        ("time", PolicyMemoryCache),
+        (TimePolicy(max_age=5), PolicyMemoryCache),
+    ],
+)
+def test_memory_cache_builds_one_class_per_strategy(policy: Any, strategy: type) -> None:
+    from llamahome.cache import MemoryCache as public
+    from llamahome.cache.base import Store
+
+    cache = MemoryCache(size=1, policy=policy)
+    assert public is MemoryCache
+    assert type(cache) is strategy and isinstance(cache, MemoryCache) and isinstance(cache, Store)
+    cache.set("k", b"v")
+    assert cache.get("k") == b"v" and cache.stats.hits == 1
+
+
+def test_memory_cache_signature_is_the_documented_one() -> None:
+    import inspect
+
+    params = inspect.signature(MemoryCache.__init__).parameters
+    assert list(params) == ["self", "size", "policy", "compression", "clock", "allow_pickle", "name"]
+    assert [params[p].default for p in ("size", "policy", "compression")] == [1000, "lru", False]
+    # The strategies take the same words, positionally too.
+    cache = MemoryCache(2, "fifo", True, name="x")
+    assert (cache.max_bytes, cache.policy.name, cache.compression, cache.name) == (2 * MIB, "fifo", True, "x")
+    assert type(LRUMemoryCache(size=1)) is LRUMemoryCache
+
+
+def test_lock_free_hits_are_counted_exactly_however_often_stats_are_read() -> None:
+    cache = MemoryCache(size=1)
+    cache.set("k", b"v")
+    for i in range(1, 50):
+        for _ in range(i % 4):
+            cache.get("k")
+        cache.get("missing")
+        assert cache.stats.hits == sum(j % 4 for j in range(1, i + 1))
+        assert cache.stats.misses == i
+    repr(cache)
+    cache.cleanup()
+    assert cache.stats.hits == sum(j % 4 for j in range(1, 50))
+
+
 # -------------------------------------------------------------------------------------- honest accounting
 
 
@@ -132,19 +182,19 @@ def test_value_too_large_leaves_an_existing_key_untouched() -> None:
 
 
 def _native_lru_bytes_per_entry() -> float:
-    """What LRUMap's native (Rust) table spends per entry, which tracemalloc cannot see: an RSS difference."""
+    """What the lru strategy's native (Rust) table spends per entry, which tracemalloc cannot see: an RSS
+    difference."""
     import gc
 
+    import cachebox
     import psutil
-
-    from llamahome.cache.lru_map import LRUMap
 
     n = 300_000
     keys = [f"key:{i:08d}" for i in range(n)]
     value = b"v"
     gc.collect()
     before = psutil.Process().memory_info().rss
-    table = LRUMap()
+    table: Any = cachebox.LRUCache(0)
     for k in keys:
         table[k] = value
     spent = (psutil.Process().memory_info().rss - before) / n
@@ -154,7 +204,7 @@ def _native_lru_bytes_per_entry() -> float:
 
 def test_entry_overhead_is_close_to_what_cpython_really_spends() -> None:
     # Structures measured with tracemalloc, plus the key and value object headers (str 49, bytes 33), plus
-    # for lru the native table behind LRUMap (measured from RSS).
+    # for lru the native table behind LRUMemoryCache (measured from RSS).
     native_lru = _native_lru_bytes_per_entry()
     assert 16 <= native_lru <= 200, native_lru
     n = 4000
@@ -226,7 +276,7 @@ def test_byte_bound_and_accounting_under_random_workloads(
         assert 0 <= stats.bytes <= stats.max_bytes
         if not compression:
             # Exact: what is held, charged as documented (values stay the objects stored).
-            held = {k: cache._data[k] for k in cache.keys()}
+            held = {k: cache._peek_raw(k, None) for k in cache.keys()}
             assert stats.bytes == sum(charge(k, v) for k, v in held.items())
         assert stats.entries == len(cache) == len(cache.keys())
         assert sorted(map(repr, cache.eviction_order())) == sorted(map(repr, cache.keys()))
@@ -256,7 +306,7 @@ def test_lru_fast_path_agrees_on_a_long_seeded_workload() -> None:
 def _compare_fast_and_slow_lru(ops: list[tuple[str, int, int]]) -> None:
     fast = MemoryCache(size=4 / 1024, policy="lru")
     slow = MemoryCache(size=4 / 1024, policy=_SlowLRU())
-    assert fast._fast and not slow._fast
+    assert isinstance(fast, LRUMemoryCache) and fast._fast and isinstance(slow, PolicyMemoryCache)
     for op, k, n in ops:
         key = f"k{k:02d}"
         for cache in (fast, slow):
@@ -318,8 +368,7 @@ def test_lru_table_agrees_with_the_policy_object_on_any_value(
         assert fast.stats.snapshot() | {"name": ""} == slow.stats.snapshot() | {"name": ""}
         assert 0 <= fast.stats.bytes <= fast.max_bytes
         if not compression:
-            assert fast.stats.bytes == sum(charge(k, fast._data[k]) for k in fast.keys())
-    assert not fast._sizes  # lru keeps the charges in its native table, not in a dict
+            assert fast.stats.bytes == sum(charge(k, fast._peek_raw(k, None)) for k in fast.keys())
 
 
 def test_overwriting_a_cached_none_is_not_an_eviction() -> None:
@@ -606,7 +655,7 @@ def test_eight_threads_hammering_one_cache(policy: str) -> None:
     assert stats.sets == sum(c[0] for c in counts)
     assert stats.hits + stats.misses == sum(c[1] for c in counts)
     assert stats.deletes == sum(c[2] for c in counts)
-    held = {k: cache._data[k] for k in cache.keys()}
+    held = {k: cache._peek_raw(k, None) for k in cache.keys()}
     assert stats.bytes == sum(charge(k, v) for k, v in held.items()) <= stats.max_bytes
     assert stats.entries == len(held) == len(cache.eviction_order())
     assert stats.evictions > 0
