@@ -14,8 +14,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llamahome.cache.base import MISSING
-from llamahome.cache.memory import ENTRY_OVERHEAD, LRUMemoryCache, MemoryCache, PolicyMemoryCache
-from llamahome.cache.policies import LRUPolicy, TimePolicy
+from llamahome.cache.memory import (
+    ENTRY_OVERHEAD,
+    FIFOMemoryCache,
+    LRUMemoryCache,
+    MemoryCache,
+    PolicyMemoryCache,
+    TimeMemoryCache,
+)
+from llamahome.cache.policies import FIFOPolicy, LFUPolicy, LRUPolicy, TimePolicy
 from llamahome.cache.sizing import key_size, sizeof
 from llamahome.errors import CacheClosedError, CacheKeyError, CacheValueError, ConfigError, ValueTooLargeError
 
@@ -48,7 +55,24 @@ class TestCompressedMemoryContract(StoreContract):
 
 
 class _SlowLRU(LRUPolicy):
-    """LRU through the policy object: a subclass is not given the OrderedDict fast path."""
+    """LRU through the policy object: a subclass is not given a specialised strategy."""
+
+
+class _SlowFIFO(FIFOPolicy):
+    """FIFO through the policy object."""
+
+
+class _SlowTime(TimePolicy):
+    """Oldest write first through the policy object."""
+
+
+class _SlowLFU(LFUPolicy):
+    """LFU through the policy object."""
+
+
+#: Each built-in policy's specialised strategy, and the same rules through the general policy-object one.
+_PAIRS = {"lru": _SlowLRU, "fifo": _SlowFIFO, "time": _SlowTime, "lfu": _SlowLFU}
+_STRATEGIES = {"lru": "LRUMemoryCache", "fifo": "FIFOMemoryCache", "time": "TimeMemoryCache", "lfu": "PolicyMemoryCache"}
 
 
 def charge(key: str | bytes, value: Any) -> int:
@@ -100,9 +124,13 @@ def test_defaults() -> None:
         (LRUPolicy(), LRUMemoryCache),
         (_SlowLRU(), PolicyMemoryCache),  # a subclass may change the rules: the policy object decides
         ("lfu", PolicyMemoryCache),
-        ("fifo", PolicyMemoryCache),
-        ("time", PolicyMemoryCache),
-        (TimePolicy(max_age=5), PolicyMemoryCache),
+        (LFUPolicy(), PolicyMemoryCache),
+        ("fifo", FIFOMemoryCache),
+        (FIFOPolicy(), FIFOMemoryCache),
+        ("Time", TimeMemoryCache),
+        (TimePolicy(), TimeMemoryCache),
+        (TimePolicy(max_age=5), PolicyMemoryCache),  # needs write times: the general strategy keeps them
+        (_SlowFIFO(), PolicyMemoryCache),
     ],
 )
 def test_memory_cache_builds_one_class_per_strategy(policy: Any, strategy: type) -> None:
@@ -248,12 +276,12 @@ _ops = st.lists(
 
 
 @settings(max_examples=120, deadline=None)
-@given(ops=_ops, policy=st.sampled_from([*ALL_POLICIES, "slow-lru"]), compression=st.booleans())
+@given(ops=_ops, policy=st.sampled_from([*ALL_POLICIES, "slow-lru", "slow-fifo", "slow-time"]), compression=st.booleans())
 def test_byte_bound_and_accounting_under_random_workloads(
     ops: list[tuple[Any, ...]], policy: str, compression: bool
 ) -> None:
     clock = FakeClock()
-    pol: Any = _SlowLRU() if policy == "slow-lru" else policy
+    pol: Any = _PAIRS[policy[5:]]() if policy.startswith("slow-") else policy
     cache = MemoryCache(size=8 / 1024, policy=pol, compression=compression, clock=clock)  # 8 KiB
     sets = 0
     for op in ops:
@@ -283,7 +311,7 @@ def test_byte_bound_and_accounting_under_random_workloads(
     assert cache.stats.sets == sets
 
 
-# ------------------------------------------------------------------------------------ the lru fast path
+# ------------------------------------------------------------- the specialised strategies and the policies
 
 
 @settings(max_examples=150, deadline=None)
@@ -291,22 +319,24 @@ def test_byte_bound_and_accounting_under_random_workloads(
     ops=st.lists(
         st.tuples(st.sampled_from(["set", "set", "get", "delete", "peek"]), st.integers(0, 12), st.integers(1, 400)),
         max_size=80,
-    )
+    ),
+    policy=st.sampled_from(ALL_POLICIES),
 )
-def test_lru_fast_path_agrees_with_the_policy_object(ops: list[tuple[str, int, int]]) -> None:
-    _compare_fast_and_slow_lru(ops)
+def test_fast_paths_agree_with_the_policy_objects(ops: list[tuple[str, int, int]], policy: str) -> None:
+    _compare_fast_and_slow(policy, ops)
 
 
-def test_lru_fast_path_agrees_on_a_long_seeded_workload() -> None:
+@pytest.mark.parametrize("policy", ALL_POLICIES)
+def test_fast_paths_agree_on_a_long_seeded_workload(policy: str) -> None:
     rng = random.Random(7)
     kinds = ["set", "set", "get", "get", "delete", "peek"]
-    _compare_fast_and_slow_lru([(rng.choice(kinds), rng.randrange(16), rng.randrange(1, 400)) for _ in range(3000)])
+    _compare_fast_and_slow(policy, [(rng.choice(kinds), rng.randrange(16), rng.randrange(1, 400)) for _ in range(3000)])
 
 
-def _compare_fast_and_slow_lru(ops: list[tuple[str, int, int]]) -> None:
-    fast = MemoryCache(size=4 / 1024, policy="lru")
-    slow = MemoryCache(size=4 / 1024, policy=_SlowLRU())
-    assert isinstance(fast, LRUMemoryCache) and fast._fast and isinstance(slow, PolicyMemoryCache)
+def _compare_fast_and_slow(policy: str, ops: list[tuple[str, int, int]]) -> None:
+    fast = MemoryCache(size=4 / 1024, policy=policy)
+    slow = MemoryCache(size=4 / 1024, policy=_PAIRS[policy]())
+    assert type(fast).__name__ == _STRATEGIES[policy] and isinstance(slow, PolicyMemoryCache)
     for op, k, n in ops:
         key = f"k{k:02d}"
         for cache in (fast, slow):
@@ -342,17 +372,19 @@ def _mixed(kind: str, n: int) -> Any:
         max_size=80,
     ),
     compression=st.booleans(),
+    policy=st.sampled_from(ALL_POLICIES),
 )
-def test_lru_table_agrees_with_the_policy_object_on_any_value(
-    ops: list[tuple[Any, Any, str, int, float | None]], compression: bool
+def test_strategies_agree_with_the_policy_objects_on_any_value(
+    ops: list[tuple[Any, Any, str, int, float | None]], compression: bool, policy: str
 ) -> None:
-    # The native table's own eviction (the fast path, and the general path while no deadline is held) and
-    # MemoryCache's (deadlines held: expired entries first) against LRUPolicy on the general path, with None
-    # values (insert's "no old value" answer is then ambiguous), values whose charge is not len(), non-ASCII
-    # or bytes keys, compression and ttl: the same order, and exactly the same counts and charges.
+    # Each specialised strategy (for lru the native table's own eviction on the fast path, and on the general
+    # path while no deadline is held; its own eviction with deadlines held: expired entries first) against
+    # the policy object on the general strategy, with None values (lru insert's "no old value" answer is then
+    # ambiguous), values whose charge is not len(), non-ASCII or bytes keys, overwrites of the next victim,
+    # compression and ttl: the same order, and exactly the same counts and charges.
     clock = FakeClock()
-    fast = MemoryCache(size=4 / 1024, policy="lru", compression=compression, clock=clock)
-    slow = MemoryCache(size=4 / 1024, policy=_SlowLRU(), compression=compression, clock=clock)
+    fast = MemoryCache(size=4 / 1024, policy=policy, compression=compression, clock=clock)
+    slow = MemoryCache(size=4 / 1024, policy=_PAIRS[policy](), compression=compression, clock=clock)
     for op, key, kind, n, ttl in ops:
         if op == "advance":
             clock.advance(3.0)

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from ._cache import ENTRY_OVERHEAD, MemoryCache
 from ._lru import LRUMemoryCache
+from ._ordered import FIFOMemoryCache, TimeMemoryCache
 from ._policy import PolicyMemoryCache
 
-__all__ = ["MemoryCache", "ENTRY_OVERHEAD", "LRUMemoryCache", "PolicyMemoryCache"]
+__all__ = ["MemoryCache", "ENTRY_OVERHEAD", "LRUMemoryCache", "FIFOMemoryCache", "TimeMemoryCache", "PolicyMemoryCache"]

@@ -21,7 +21,7 @@ from llamahome.errors import CacheClosedError, ConfigError, ValueTooLargeError
 from .. import codecs
 from ..base import Key, Store, validate_key
 from ..compression import MIN_COMPRESS_BYTES
-from ..policies import EvictionPolicy, LRUPolicy, TimePolicy, make_policy
+from ..policies import EvictionPolicy, FIFOPolicy, LRUPolicy, TimePolicy, make_policy
 from ..sizing import key_size, sizeof
 from ..stats import CacheStats, CleanupReport
 from ..units import size_to_bytes
@@ -50,11 +50,33 @@ def _parse_size(size: object) -> int:
         raise ConfigError(f"MemoryCache size: {exc}") from None
 
 
-def _is_plain_lru(policy: object) -> bool:
-    """Exactly LRU's rules: the name, or an ``LRUPolicy`` itself (a subclass may change the rules)."""
+def _strategy(policy: object) -> str:
+    """Which strategy class serves ``policy``: its name for the built-in policies (given by name, or as a
+    fresh object of exactly that class: a subclass may change the rules), else ``"policy"``."""
     if isinstance(policy, str):
-        return policy.strip().lower() == "lru"
-    return type(policy) is LRUPolicy
+        name = policy.strip().lower()
+        return name if name in MemoryCache._strategies else "policy"
+    kind = type(policy)
+    if kind is LRUPolicy:
+        return "lru"
+    if kind is FIFOPolicy:
+        return "fifo"
+    if kind is TimePolicy and policy.max_age is None:  # type: ignore[attr-defined]
+        return "time"  # with max_age, entries need their write times: the general strategy keeps them
+    return "policy"
+
+
+def uncharge(sizes: dict[Key, int], key: Key, value: Any) -> int:
+    """The bytes an entry of a dict-based strategy was charged, forgetting its record in ``sizes``.
+
+    A ``bytes`` value under a ``bytes`` or ASCII key (both immutable) was charged exactly
+    ``len(key) + len(value) + ENTRY_OVERHEAD`` and has no record; every other entry has one.
+    """
+    if sizes:
+        n = sizes.pop(key, None)
+        if n is not None:
+            return n
+    return len(key) + len(value) + ENTRY_OVERHEAD
 
 
 class Closed:
@@ -103,7 +125,8 @@ class MemoryCache(Store):
 
     def __new__(cls, size: float | str = 1000, policy: str | EvictionPolicy = "lru", *args: Any, **kwargs: Any) -> Any:
         if cls is MemoryCache:
-            cls = MemoryCache._strategies["lru" if _is_plain_lru(policy) else "policy"]
+            strategies = MemoryCache._strategies
+            cls = strategies.get(_strategy(policy), strategies["policy"])
         return object.__new__(cls)
 
     def __init__(
@@ -130,6 +153,9 @@ class MemoryCache(Store):
         self._heap: list[tuple[float, int, Key]] = []  # (deadline, seq, key); stale items skipped lazily
         self._seq = itertools.count()
         self._max_age = self.policy.max_age if isinstance(self.policy, TimePolicy) else None
+        # Hits counted without our lock (the strategies' fast gets): next() on an itertools.count is atomic.
+        self._hits = itertools.count()
+        self._last_count = -1  # what the last fold read from it
 
     # ------------------------------------------------------------------------------ what strategies provide
 
@@ -175,7 +201,8 @@ class MemoryCache(Store):
         raise NotImplementedError
 
     def _deadlines_changed(self) -> None:
-        """Called when the last deadline left (strategies may switch to a faster path). Under the lock."""
+        """Called when the first deadline came or the last one left (strategies switch their fast paths on
+        or off). Under the lock."""
 
     # ----------------------------------------------------------------------------------------- reads
 
@@ -208,6 +235,13 @@ class MemoryCache(Store):
         if self.compression and type(value) is memoryview:  # an encoded frame; see _encode
             return codecs.decode(value, allow_pickle=self.allow_pickle)
         return value
+
+    def _fold_hits(self) -> None:
+        """Add the hits counted without the lock to ``stats.hits``. Under the lock."""
+        # Reading the count advances it: every next() returns the hits so far plus one per earlier fold.
+        count = next(self._hits)
+        self._stats.hits += count - self._last_count - 1
+        self._last_count = count
 
     def _miss(self, key: object, default: Any) -> Any:
         validate_key(key)  # a bad key is an error, not a miss
@@ -324,7 +358,10 @@ class MemoryCache(Store):
         return memoryview(frame), len(frame), encoded.raw_size
 
     def _add_deadline(self, key: Key, deadline: float) -> None:
+        first = not self._expires
         self._expires[key] = deadline
+        if first:
+            self._deadlines_changed()
         heapq.heappush(self._heap, (deadline, next(self._seq), key))
         if len(self._heap) > 64 and len(self._heap) > 2 * len(self._expires):
             # Rewritten, deleted and evicted keys leave stale heap items; rebuild before they pile up.

@@ -5,30 +5,34 @@ under cachetools' time while counting stats exactly. An exact LRU in Python pays
 on every hit, whose relinking misses the CPU cache on large tables; cachebox (a maintained Rust library made
 for exactly this) updates the order inside one locked native call. Its table *is* this cache: it holds the
 entries in LRU order (a write or a ``get`` makes a key most recently used; ``peek``, ``in`` and ``delete``
-leave the order alone) and it keeps the byte bound itself. Every insert is charged what cachebox's
-``getsizeof`` hook returns, which is the charge this cache computed just before (``self._next_charge[0]``,
-set under the lock), and cachebox evicts the least recently used entries until the new one fits; evictions
-are counted from the table's length before and after, and ``stats.bytes`` is the table's sum of charges. So
-an evicting write is one native call, and a get-hit is one native call that takes no lock of ours.
-``tests/cache/test_memory.py`` checks this class against ``PolicyMemoryCache`` driving an ``LRUPolicy``
-subclass (the same rules in Python) on random workloads: the same order, counts and charges.
+leave the order alone) and it keeps the byte bound itself, evicting the least recently used entries until a
+new one fits. ``tests/cache/test_memory.py`` checks this class against ``PolicyMemoryCache`` driving an
+``LRUPolicy`` subclass (the same rules in Python) on random workloads: the same order, counts and charges.
 
-The fast paths (``get``/``set`` without compression while no entry has a deadline) skip everything else.
+What the hot paths cost, and why each piece is there:
+
+- ``get`` (no compression, no deadline held): one native lookup-and-promote, which holds the table's own
+  lock, and ``next()`` on an ``itertools.count`` for the hit (atomic under the GIL; folded into ``stats``
+  when it is read). No lock of ours, no key validation (only validated keys ever get in).
+- ``set``: under our lock (the charge hand-off below and the stats need it), one native insert that evicts
+  for room. The charge reaches cachebox without a Python call: its ``getsizeof`` hook is ``dict.pop`` of a
+  dict where ``set`` put ``{key: charge}`` just before, so cachebox calls a C function that returns the
+  charge and forgets it. Evictions are not counted per insert: every key that enters the table is counted
+  (``_new``) and every key this class takes out (``_gone``), so the table's evictions are
+  ``_new - len(table) - _gone``, worked out when ``stats`` is read.
+
 With deadlines held, a write makes room itself (expired entries first, each victim's deadline with it)
 before it inserts, so then the table never evicts on its own.
 """
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Hashable
 from typing import Any
 
 import cachebox
 
-from ..base import Key, validate_ttl
-from ..sizing import sizeof
-from ._cache import ABSENT, ENTRY_OVERHEAD, FAST_KEY_CHARS, Closed, MemoryCache
+from ..base import MAX_KEY_BYTES, Key, validate_ttl
+from ._cache import ABSENT, ENTRY_OVERHEAD, Closed, MemoryCache
 
 __all__ = ["LRUMemoryCache"]
 
@@ -38,19 +42,14 @@ class LRUMemoryCache(MemoryCache, kind="lru"):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # What the next insert is charged, set just before it under the lock. A one-item list, not an
-        # attribute: the hook must not hold `self`, or cache and table would keep each other alive.
-        self._next_charge = charge = [0]
-        # cachebox's getsizeof hook returns that charge (a closure: cheaper to call than a bound method).
-        self._table: Any = cachebox.LRUCache(self.max_bytes, getsizeof=lambda key, value: charge[0])
-        # get's fast path calls the native lookup-and-promote directly (no Python frame in between).
-        self._touch_get = self._table.get
+        # key -> the charge of the insert in flight (set under the lock, popped by cachebox's hook). The
+        # hook is a method of this dict, not of `self`: cache and table must not keep each other alive.
+        self._charges: Any = {}
+        self._table: Any = cachebox.LRUCache(self.max_bytes, getsizeof=self._charges.pop)
+        self._new = 0  # keys that entered the table (an overwrite is not one)
+        self._gone = 0  # keys this class took out of it (delete, expiry, its own evictions, clear)
+        self._evicted = 0  # this class's own evictions (with deadlines held); the table's are derived
         self._none_held = False  # a None value may be held (then insert's return cannot tell new keys)
-        # Hits counted by get's lock-free path: next() on an itertools.count is atomic. Reading it also
-        # advances it, so each fold subtracts its own read (see _fold_stats).
-        self._hit_count = itertools.count()
-        self._count_hit = self._hit_count.__next__
-        self._last_count = -1
         self._fast = False
         self._refresh_fast()
 
@@ -64,16 +63,14 @@ class LRUMemoryCache(MemoryCache, kind="lru"):
 
     def get(self, key: Key, default: Any = None) -> Any:
         """The value under ``key``, or ``default`` on a miss; an expired entry is a miss and is dropped."""
-        # The hot path takes no lock of ours: the lookup and the LRU update are one native call that holds
-        # the table's own lock, and the hit counter is atomic. Keys are not validated on a hit (only
-        # validated keys ever get in); a miss validates the key on the locked path (an unhashable key
-        # raises TypeError here and lands there too). Only exact str/bytes keys take it: their hashing and
-        # comparison run no Python code while the table's lock is held (a str subclass may override
-        # __eq__, and code run there could call this cache and wait on that lock forever).
+        # Only exact str/bytes keys take the lock-free path: their hashing and comparison run no Python code
+        # while the table's lock is held (a str subclass may override __eq__, and code run there could call
+        # this cache and wait on that lock forever). A miss or any other key takes the locked path, which
+        # validates the key (an unhashable one raises TypeError here and lands there too).
         if self._fast and (type(key) is str or type(key) is bytes):
-            value = self._touch_get(key, ABSENT)
+            value = self._table.get(key, ABSENT)
             if value is not ABSENT:
-                self._count_hit()
+                next(self._hits)
                 return value
         return MemoryCache.get(self, key, default)  # the general path, under the lock
 
@@ -84,13 +81,11 @@ class LRUMemoryCache(MemoryCache, kind="lru"):
         return self._table.peek(key, default)
 
     def _fold_stats(self) -> None:
-        st = self._stats
-        # Every next() returns the hits counted so far plus the folds before this one, one each.
-        count = self._count_hit()
-        st.hits += count - self._last_count - 1
-        self._last_count = count
-        st.entries = len(self._table)
-        st.bytes = self._table.current_size()  # the fast path leaves the count to the table
+        st, table = self._stats, self._table
+        self._fold_hits()
+        st.entries = len(table)
+        st.bytes = table.current_size()
+        st.evictions = self._evicted + self._new - st.entries - self._gone
 
     def _keys(self) -> list[Key]:
         return list(self._table.keys())  # least recently used first
@@ -107,40 +102,36 @@ class LRUMemoryCache(MemoryCache, kind="lru"):
 
         A ``ttl`` of zero or less stores nothing and removes any value already there (it would be expired).
         """
-        if ttl is None and self._fast and type(key) is str and len(key) <= FAST_KEY_CHARS and key.isascii():
-            # The fast path: an ASCII key, no ttl, no compression, no deadline held. LRU's rules inside one
-            # native insert (a write moves the key to the back, then victims come off the front until
-            # `need` fits; never the key itself, as need <= max_bytes).
-            need = len(key) + (len(value) if type(value) is bytes else sizeof(value)) + ENTRY_OVERHEAD
+        if type(key) is str and type(value) is bytes and ttl is None and (n := len(key)) <= MAX_KEY_BYTES and key.isascii():
+            # The fast path: bytes under an ASCII key, no ttl; while no compression and no deadline (checked
+            # under the lock), LRU's rules are one native insert: the key becomes most recently used, then
+            # victims come off the front until it fits (never the key itself, as need <= max_bytes).
+            need = n + len(value) + ENTRY_OVERHEAD
             if need <= self.max_bytes:
-                self._lock.acquire()
+                self._lock.acquire()  # not `with`: on 3.11 that costs twice as much
                 try:
-                    if self._fast:  # another thread may have set a deadline meanwhile
-                        self._insert(key, value, need)
+                    if self._fast:
+                        self._charges[key] = need
+                        if self._none_held:
+                            self._insert_ambiguous(key, value)
+                        elif self._table.insert(key, value) is None:
+                            self._new += 1
                         self._stats.sets += 1
                         return
                 finally:
                     self._lock.release()
         MemoryCache.set(self, key, value, ttl)  # the general path
 
-    def _insert(self, key: Key, value: Any, need: int) -> None:
-        """Insert with the table evicting for room, counting its evictions. Under the lock, no deadline held."""
-        table = self._table
-        held = len(table)
-        self._next_charge[0] = need
-        if self._none_held:  # a held None makes insert's "no old value" ambiguous
-            new = table.peek(key, ABSENT) is ABSENT
-            table.insert(key, value)
-        else:
-            new = table.insert(key, value) is None
-        if value is None:
-            self._none_held = True
-        self._stats.evictions += held + new - len(table)
+    def _insert_ambiguous(self, key: Key, value: Any) -> None:
+        """Insert while a None value may be held (insert's None then means "new" or "was None"). Locked."""
+        new = self._table.peek(key, ABSENT) is ABSENT
+        self._table.insert(key, value)
+        self._new += new
 
     def _set_locked(
         self, key: Key, value: Any, need: int, ttl: float | None, raw: int, vsize: int, ksize: int
     ) -> None:
-        """Every other case of ``set``: ttl, compression, deadlines held. Under the lock."""
+        """Every other case of ``set``: ttl, compression, deadlines held, other values. Under the lock."""
         st, table = self._stats, self._table
         ttl = validate_ttl(ttl)
         st.sets += 1
@@ -149,21 +140,24 @@ class LRUMemoryCache(MemoryCache, kind="lru"):
                 self._drop(key)
             return
         now = self._clock() if (ttl is not None or self._expires) else 0.0
-        if not self._expires:
-            self._insert(key, value, need)  # nothing is expired: the table evicts as on the fast path
-        else:
+        if self._expires:
             # Expired entries must leave before live ones, and a victim's deadline with it: room is made
             # here, so the table never evicts on its own. The old value leaves first; the new one comes in
             # as most recently used, where a write moves a key.
             if table.pop(key, ABSENT) is not ABSENT:
+                self._gone += 1
                 self._expires.pop(key, None)
             st.bytes = table.current_size()
             if st.bytes + need > self.max_bytes:
                 self._make_room(need, now)
-            self._next_charge[0] = need
-            table.insert(key, value)
-            if value is None:
-                self._none_held = True
+        # Nothing expired is left to honour first: the table evicts for room as on the fast path.
+        self._charges[key] = need
+        if self._none_held:
+            self._insert_ambiguous(key, value)
+        elif table.insert(key, value) is None:
+            self._new += 1
+        if value is None:
+            self._none_held = True
         st.bytes = table.current_size()
         if raw:
             st.raw_bytes += raw
@@ -178,23 +172,26 @@ class LRUMemoryCache(MemoryCache, kind="lru"):
         limit = self.max_bytes - need
         st.expirations += self._drop_expired(now, limit)
         while st.bytes > limit:
-            victim: Hashable = table.popitem()[0]
+            victim = table.popitem()[0]
             st.bytes = table.current_size()
-            expires.pop(victim, None)  # type: ignore[call-overload]
-            st.evictions += 1
+            expires.pop(victim, None)
+            self._gone += 1
+            self._evicted += 1
 
     def _drop(self, key: Key) -> None:
         self._table.pop(key)
+        self._gone += 1
         self._stats.bytes = self._table.current_size()  # the table forgets the entry's charge with it
         self._forget_deadline(key)
 
     def _clear_entries(self) -> None:
+        self._gone += len(self._table)
         self._table.clear()
         self._none_held = False
 
     def _close_entries(self) -> None:
-        self._table = Closed()
-        self._touch_get = self._table.get  # the fast path now raises CacheClosedError too
+        self._gone += len(self._table)
+        self._table = self._charges = Closed()
 
     def _is_closed(self) -> bool:
         return isinstance(self._table, Closed)

@@ -1,4 +1,4 @@
-"""PolicyMemoryCache: ``MemoryCache`` for every policy but plain ``lru`` (``lfu``, ``fifo``, ``time``, objects).
+"""PolicyMemoryCache: ``MemoryCache`` driven by a policy object: ``lfu``, and any ``EvictionPolicy`` passed in.
 
 Entries live in a dict; the policy object (:mod:`llamahome.cache.policies`) keeps the order and names the
 victims, and this class drops expired entries before asking it. Charges are kept in a dict too, except for a
@@ -7,11 +7,12 @@ victims, and this class drops expired entries before asking it. Charges are kept
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, cast
 
-from ..base import Key, validate_ttl
+from ..base import MAX_KEY_BYTES, Key, validate_ttl
 from ..policies import TimePolicy
-from ._cache import ENTRY_OVERHEAD, Closed, MemoryCache
+from ._cache import ENTRY_OVERHEAD, Closed, MemoryCache, uncharge
 
 __all__ = ["PolicyMemoryCache"]
 
@@ -24,13 +25,49 @@ class PolicyMemoryCache(MemoryCache, kind="policy"):
         self._data: Any = {}  # key -> value (a frame with compression)
         self._sizes: Any = {}  # key -> bytes charged, for entries whose charge cannot be recomputed
         self._needs_now = isinstance(self.policy, TimePolicy)
-        self._reads_matter = self.policy.reads_matter
+        # The policy's hooks, bound once (the hot paths call them directly). What a read hit does to the
+        # order: nothing for fifo and time, so get skips the call.
+        policy = self.policy
+        self._access: Callable[[Key], None] | None = policy.access if policy.reads_matter else None
+        # The policy only ever names keys this cache validated and inserted.
+        self._victim = cast(Callable[[], Key], policy.victim)
+        self._forget, self._track = policy.remove, policy.insert
+        self._fast = False
+        self._refresh_fast()
+
+    def _refresh_fast(self) -> None:
+        # set's fast path serves values kept as they are while no entry has a deadline.
+        self._fast = not self.compression and not self._expires
+
+    _deadlines_changed = _refresh_fast
 
     # ----------------------------------------------------------------------------------------- reads
 
+    def get(self, key: Key, default: Any = None) -> Any:
+        """The value under ``key``, or ``default`` on a miss; an expired entry is a miss and is dropped."""
+        self._lock.acquire()
+        try:
+            try:
+                value = self._data[key]
+            except (KeyError, TypeError):  # TypeError: unhashable; _miss says what a key must be
+                return self._miss(key, default)
+            if (self._expires or self._max_age is not None) and self._expired(key):
+                self._drop(key)
+                self._stats.expirations += 1
+                self._stats.misses += 1
+                return default
+            if self._access is not None:
+                self._access(key)
+            self._stats.hits += 1
+        finally:
+            self._lock.release()
+        if self.compression and type(value) is memoryview:  # an encoded frame; see MemoryCache._encode
+            return self._decoded(value)
+        return value
+
     def _touch(self, key: Key) -> None:
-        if self._reads_matter:  # a read changes nothing for fifo and time
-            self.policy.access(key)
+        if self._access is not None:
+            self._access(key)
 
     def _peek_raw(self, key: Key, default: Any) -> Any:
         return self._data.get(key, default)
@@ -49,6 +86,40 @@ class PolicyMemoryCache(MemoryCache, kind="policy"):
 
     # ----------------------------------------------------------------------------------------- writes
 
+    def set(self, key: Key, value: Any, ttl: float | None = None) -> None:
+        """Store ``value`` under ``key`` for ``ttl`` seconds (None: until evicted), evicting to stay in bounds.
+
+        A ``ttl`` of zero or less stores nothing and removes any value already there (it would be expired).
+        """
+        if type(key) is str and type(value) is bytes and ttl is None and (n := len(key)) <= MAX_KEY_BYTES and key.isascii():
+            # The fast path: a new key, bytes under an ASCII key (its charge is recomputed when it leaves, so
+            # no record is kept), no ttl, no deadline held (so nothing is expired), no compression.
+            need = n + len(value) + ENTRY_OVERHEAD
+            if need <= self.max_bytes:
+                self._lock.acquire()  # not `with`: on 3.11 that costs twice as much
+                try:
+                    data = self._data
+                    if self._fast and key not in data:
+                        st = self._stats
+                        now = self._clock() if self._needs_now else 0.0
+                        limit = self.max_bytes - need
+                        if st.bytes > limit:
+                            sizes, victim, forget = self._sizes, self._victim, self._forget
+                            while st.bytes > limit:
+                                k = victim()
+                                v = data.pop(k)
+                                st.bytes -= sizes.pop(k) if sizes and k in sizes else len(k) + len(v) + ENTRY_OVERHEAD
+                                forget(k)
+                                st.evictions += 1
+                        data[key] = value
+                        self._track(key, now)
+                        st.bytes += need
+                        st.sets += 1
+                        return
+                finally:
+                    self._lock.release()
+        MemoryCache.set(self, key, value, ttl)  # the general path
+
     def _set_locked(
         self, key: Key, value: Any, need: int, ttl: float | None, raw: int, vsize: int, ksize: int
     ) -> None:
@@ -62,7 +133,7 @@ class PolicyMemoryCache(MemoryCache, kind="policy"):
             return
         existing = key in data
         if existing:
-            st.bytes -= self._uncharge(key, data[key])
+            st.bytes -= uncharge(self._sizes, key, data[key])
             if self._expires:
                 self._expires.pop(key, None)
             self.policy.update(key, now)
@@ -79,18 +150,7 @@ class PolicyMemoryCache(MemoryCache, kind="policy"):
             st.stored_bytes += vsize
         if ttl is not None:
             self._add_deadline(key, now + ttl)
-
-    def _uncharge(self, key: Key, value: Any) -> int:
-        """The bytes an entry was charged, forgetting its record. Under the lock.
-
-        A ``bytes`` value under a ``bytes`` or ASCII key (both immutable) was charged exactly
-        ``len(key) + len(value) + ENTRY_OVERHEAD`` and has no record; every other entry has one.
-        """
-        if self._sizes:
-            n = self._sizes.pop(key, None)
-            if n is not None:
-                return int(n)
-        return len(key) + len(value) + ENTRY_OVERHEAD
+        self._refresh_fast()  # the overwritten entry may have held the last deadline
 
     def _make_room(self, need: int, now: float, writing: Key | None) -> bool:
         """Drop expired entries, then victims, until ``need`` more bytes fit. Under the lock.
@@ -118,7 +178,7 @@ class PolicyMemoryCache(MemoryCache, kind="policy"):
         return removed_writing
 
     def _drop(self, key: Key) -> None:
-        self._stats.bytes -= self._uncharge(key, self._data.pop(key))
+        self._stats.bytes -= uncharge(self._sizes, key, self._data.pop(key))
         self.policy.remove(key)
         self._forget_deadline(key)
 
