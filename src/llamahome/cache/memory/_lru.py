@@ -68,10 +68,12 @@ class LRUMemoryCache(MemoryCache, kind="lru"):
         # this cache and wait on that lock forever). A miss or any other key takes the locked path, which
         # validates the key (an unhashable one raises TypeError here and lands there too).
         if self._fast and (type(key) is str or type(key) is bytes):
-            value = self._table.get(key, ABSENT)
-            if value is not ABSENT:
-                next(self._hits)
-                return value
+            try:
+                value = self._table[key]  # cheaper than .get(key, default): no argument parsing
+            except KeyError:
+                return MemoryCache.get(self, key, default)  # a miss: counted and validated under the lock
+            next(self._hits)
+            return value
         return MemoryCache.get(self, key, default)  # the general path, under the lock
 
     def _touch(self, key: Key) -> None:

@@ -20,7 +20,7 @@ from collections import OrderedDict
 from typing import Any, ClassVar
 
 from ..base import MAX_KEY_BYTES, Key, validate_ttl
-from ._cache import ABSENT, ENTRY_OVERHEAD, Closed, MemoryCache, uncharge
+from ._cache import ENTRY_OVERHEAD, Closed, MemoryCache, uncharge
 
 __all__ = ["FIFOMemoryCache", "TimeMemoryCache"]
 
@@ -48,17 +48,17 @@ class _OrderedMemoryCache(MemoryCache):
 
     def get(self, key: Key, default: Any = None) -> Any:
         """The value under ``key``, or ``default`` on a miss; an expired entry is a miss and is dropped."""
+        # A dict lookup is safe without our lock whatever the key (CPython's dict survives a key whose __eq__
+        # runs Python code); a subscript is cheaper than .get(key, default). A miss or an unhashable key
+        # takes the locked path, which counts and validates it.
+        try:
+            value = self._data[key]
+        except (KeyError, TypeError):
+            return MemoryCache.get(self, key, default)
         if self._fast:
-            # A dict lookup is safe without our lock whatever the key (CPython's dict survives a key whose
-            # __eq__ runs Python code); a miss or an unhashable key takes the locked path, which validates it.
-            try:
-                value = self._data.get(key, ABSENT)
-            except TypeError:
-                value = ABSENT
-            if value is not ABSENT:
-                next(self._hits)
-                return value
-        return MemoryCache.get(self, key, default)  # the general path, under the lock
+            next(self._hits)
+            return value
+        return MemoryCache.get(self, key, default)  # deadlines or frames: the general path, under the lock
 
     def _touch(self, key: Key) -> None:
         pass  # a read changes neither order
