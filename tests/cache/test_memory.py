@@ -17,6 +17,7 @@ from llamahome.cache.base import MISSING
 from llamahome.cache.memory import (
     ENTRY_OVERHEAD,
     FIFOMemoryCache,
+    LFUMemoryCache,
     LRUMemoryCache,
     MemoryCache,
     PolicyMemoryCache,
@@ -72,7 +73,7 @@ class _SlowLFU(LFUPolicy):
 
 #: Each built-in policy's specialised strategy, and the same rules through the general policy-object one.
 _PAIRS = {"lru": _SlowLRU, "fifo": _SlowFIFO, "time": _SlowTime, "lfu": _SlowLFU}
-_STRATEGIES = {"lru": "LRUMemoryCache", "fifo": "FIFOMemoryCache", "time": "TimeMemoryCache", "lfu": "PolicyMemoryCache"}
+_STRATEGIES = {"lru": "LRUMemoryCache", "fifo": "FIFOMemoryCache", "time": "TimeMemoryCache", "lfu": "LFUMemoryCache"}
 
 
 def charge(key: str | bytes, value: Any) -> int:
@@ -123,8 +124,9 @@ def test_defaults() -> None:
         (" LRU ", LRUMemoryCache),
         (LRUPolicy(), LRUMemoryCache),
         (_SlowLRU(), PolicyMemoryCache),  # a subclass may change the rules: the policy object decides
-        ("lfu", PolicyMemoryCache),
-        (LFUPolicy(), PolicyMemoryCache),
+        ("lfu", LFUMemoryCache),
+        (LFUPolicy(), LFUMemoryCache),
+        (_SlowLFU(), PolicyMemoryCache),
         ("fifo", FIFOMemoryCache),
         (FIFOPolicy(), FIFOMemoryCache),
         ("Time", TimeMemoryCache),
@@ -276,7 +278,7 @@ _ops = st.lists(
 
 
 @settings(max_examples=120, deadline=None)
-@given(ops=_ops, policy=st.sampled_from([*ALL_POLICIES, "slow-lru", "slow-fifo", "slow-time"]), compression=st.booleans())
+@given(ops=_ops, policy=st.sampled_from([*ALL_POLICIES, "slow-lru", "slow-fifo", "slow-time", "slow-lfu"]), compression=st.booleans())
 def test_byte_bound_and_accounting_under_random_workloads(
     ops: list[tuple[Any, ...]], policy: str, compression: bool
 ) -> None:

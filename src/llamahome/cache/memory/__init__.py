@@ -34,8 +34,17 @@ Inside: ``MemoryCache(...)`` builds one class per strategy, as cachetools has on
 from __future__ import annotations
 
 from ._cache import ENTRY_OVERHEAD, MemoryCache
+from ._lfu import LFUMemoryCache
 from ._lru import LRUMemoryCache
 from ._ordered import FIFOMemoryCache, TimeMemoryCache
 from ._policy import PolicyMemoryCache
 
-__all__ = ["MemoryCache", "ENTRY_OVERHEAD", "LRUMemoryCache", "FIFOMemoryCache", "TimeMemoryCache", "PolicyMemoryCache"]
+__all__ = [
+    "MemoryCache",
+    "ENTRY_OVERHEAD",
+    "LRUMemoryCache",
+    "LFUMemoryCache",
+    "FIFOMemoryCache",
+    "TimeMemoryCache",
+    "PolicyMemoryCache",
+]

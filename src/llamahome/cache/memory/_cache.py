@@ -21,7 +21,7 @@ from llamahome.errors import CacheClosedError, ConfigError, ValueTooLargeError
 from .. import codecs
 from ..base import Key, Store, validate_key
 from ..compression import MIN_COMPRESS_BYTES
-from ..policies import EvictionPolicy, FIFOPolicy, LRUPolicy, TimePolicy, make_policy
+from ..policies import EvictionPolicy, FIFOPolicy, LFUPolicy, LRUPolicy, TimePolicy, make_policy
 from ..sizing import key_size, sizeof
 from ..stats import CacheStats, CleanupReport
 from ..units import size_to_bytes
@@ -61,6 +61,8 @@ def _strategy(policy: object) -> str:
         return "lru"
     if kind is FIFOPolicy:
         return "fifo"
+    if kind is LFUPolicy:
+        return "lfu"
     if kind is TimePolicy and policy.max_age is None:  # type: ignore[attr-defined]
         return "time"  # with max_age, entries need their write times: the general strategy keeps them
     return "policy"
