@@ -17,7 +17,8 @@ moments apart.
 Peers: ``MemoryCache`` (stats always on, thread-safe, byte bound on key + value + per-entry overhead);
 cachetools' ``LRUCache``/``LFUCache``/``FIFOCache``/``TTLCache`` with ``getsizeof=len`` (byte-bounded, no
 stats, no lock); ``cachebox.LRUCache`` with a ``getsizeof`` (Rust; no stats, its own lock); and, for scale,
-cachebox behind a Python lock with exact counters (what any Python layer over that engine pays at least).
+cachebox behind a Python lock with exact counters, and cachebox called from a Python function that does
+nothing else (the floor of any Python layer over that engine: one call frame).
 
 Goals (issue 18): lru set <= 0.5x cachetools on both set workloads (moonshot <= 1.5x cachebox); lru get-hit
 <= 1.2x cachebox; lfu, fifo and time each <= 0.8x their cachetools peer.
@@ -123,6 +124,25 @@ def _item_peer(factory: Callable[[int], Any]) -> dict[str, Any]:
     return {"make": factory, "getter": lambda c: c.get, "setter": lambda c: c.__setitem__}
 
 
+def _in_a_def_get(table: Any) -> Callable[[str], object]:
+    """cachebox's get called from one Python function that does nothing else: the floor of any Python layer."""
+    native = table.get
+
+    def get(k: str, default: object = None) -> object:
+        return native(k, default)
+
+    return get
+
+
+def _in_a_def_set(table: Any) -> Callable[[str, bytes], object]:
+    native = table.__setitem__
+
+    def put(k: str, value: bytes) -> None:
+        native(k, value)
+
+    return put
+
+
 def build_peers() -> list[Peer]:
     def ct(cls: Any, **kw: Any) -> Callable[[int], Any]:
         return lambda n: cls(maxsize=n * VALUE_SIZE, getsizeof=len, **kw)
@@ -133,6 +153,8 @@ def build_peers() -> list[Peer]:
         Peer("cachebox", "lru", **_item_peer(lambda n: cachebox.LRUCache(n * VALUE_SIZE, getsizeof=lambda k, v: len(v)))),
         Peer("cachebox+lock+stats", "lru", make=lambda n: CacheboxWithStats(n * PER_ENTRY),
              getter=lambda c: c.get, setter=lambda c: c.set),
+        Peer("cachebox in a def", "lru", make=lambda n: cachebox.LRUCache(n * VALUE_SIZE, getsizeof=lambda k, v: len(v)),
+             getter=_in_a_def_get, setter=_in_a_def_set),
     ]
     for policy, cls, kw in (
         ("lfu", cachetools.LFUCache, {}),
@@ -177,24 +199,26 @@ def run(peers: list[Peer], trials: int) -> dict[str, dict[str, list[float]]]:
     rng = random.Random(42)
     keys = [key("k", i) for i in range(N)]
     values = [rng.randbytes(VALUE_SIZE) for _ in range(N)]
-    order = keys[:]
+    order = list(range(N))
     rng.shuffle(order)
-    readers = {p.name: _filled(p, keys, values) for p in peers}
-    writers = {p.name: _filled(p, keys, values) for p in peers}
+    # Every peer gets its own key and value objects, so no peer reads memory another one just warmed.
+    own = {p.name: ([k.encode().decode() for k in keys], [bytes(bytearray(v)) for v in values]) for p in peers}
+    readers = {p.name: _filled(p, *own[p.name]) for p in peers}
+    writers = {p.name: _filled(p, *own[p.name]) for p in peers}
     gets = {p.name: p.getter(readers[p.name]) for p in peers}
     sets = {p.name: p.setter(writers[p.name]) for p in peers}
     fill_values = [rng.randbytes(VALUE_SIZE) for _ in range(N)]
     results: dict[str, dict[str, list[float]]] = {op: {p.name: [] for p in peers} for op in OPS}
     for t in range(trials):
         start = (t * BATCH) % N
-        reads = order[start:start + BATCH]
+        reads = {p.name: [own[p.name][0][i] for i in order[start:start + BATCH]] for p in peers}
         fresh = [key(f"s{t}", i) for i in range(BATCH)]
         fill_keys = [key(f"f{t}", i) for i in range(N)]
         shift = t % len(peers)
         rotated = peers[shift:] + peers[:shift]
         # One operation at a time across all peers, so each peer's sample is taken moments from the others'.
         for peer in rotated:
-            results["get-hit"][peer.name].append(_timed(gets[peer.name], reads))
+            results["get-hit"][peer.name].append(_timed(gets[peer.name], reads[peer.name]))
         for peer in rotated:
             results["set-evict"][peer.name].append(_timed(sets[peer.name], fresh, values[t]))
         for peer in rotated:
@@ -255,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
             ("lru set-evict (moonshot)", "set-evict", "MemoryCache", "cachebox", 1.5),
             ("lru set-fill (moonshot)", "set-fill", "MemoryCache", "cachebox", 1.5),
             ("lru get-hit", "get-hit", "MemoryCache", "cachetools", 0.0),
+            ("floor: one Python frame, get-hit", "get-hit", "cachebox in a def", "cachebox", 0.0),
+            ("floor: one Python frame, set-fill", "set-fill", "cachebox in a def", "cachebox", 0.0),
         ]
     for policy, cls in (("lfu", "LFUCache"), ("fifo", "FIFOCache"), ("time", "TTLCache")):
         if policy in groups:
