@@ -705,3 +705,35 @@ def test_a_dropped_cache_is_freed_without_waiting_for_the_garbage_collector(poli
     ref = weakref.ref(cache)
     del cache  # no reference cycle (e.g. through the lru table's size hook) may keep it and its values alive
     assert ref() is None
+
+
+@pytest.mark.parametrize("policy", ["fifo", _SlowFIFO()])
+def test_fifo_overwriting_the_next_victim_with_a_larger_value(policy: Any) -> None:
+    per = charge("a", b"x" * 100)
+    cache = MemoryCache(size=f"{3 * per}B", policy=policy)
+    for key in ("a", "b", "c"):
+        cache.set(key, b"x" * 100)
+    cache.set("a", b"y" * 150)  # "a" is the next victim: its old value leaves (not an eviction), "b" goes
+    assert cache.eviction_order() == ["c", "a"] and cache.get("a") == b"y" * 150
+    assert cache.stats.evictions == 1 and cache.stats.bytes == per + charge("a", b"y" * 150)
+    cache.set("c", b"z" * 100)  # an overwrite that fits keeps its place
+    assert cache.eviction_order() == ["c", "a"]
+
+
+def test_lfu_reads_taken_without_the_lock_count_before_the_next_write() -> None:
+    per = charge("a", b"x" * 100)
+    cache = MemoryCache(size=f"{3 * per}B", policy="lfu")
+    for key in ("a", "b", "c"):
+        cache.set(key, b"x" * 100)
+    for _ in range(600):  # past the buffer's periodic flush, too
+        cache.get("a")
+    cache.get("b")
+    cache.set("d", b"x" * 100)  # "c" has the fewest uses
+    assert "c" not in cache and cache.eviction_order() == ["d", "b", "a"]
+    assert cache.stats.hits == 601 and cache.stats.evictions == 1
+    cache.get("d")
+    for _ in range(3):
+        cache.get("b")  # buffered, then applied to this "b" before delete takes it out
+    cache.delete("b")
+    cache.set("b", b"x" * 100)  # a new "b", one use: the reads of the old one do not count for it
+    assert cache.eviction_order() == ["b", "d", "a"]
