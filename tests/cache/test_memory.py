@@ -733,7 +733,7 @@ def test_lfu_reads_taken_without_the_lock_count_before_the_next_write() -> None:
     assert cache.stats.hits == 601 and cache.stats.evictions == 1
     cache.get("d")
     for _ in range(3):
-        cache.get("b")  # buffered, then applied to this "b" before delete takes it out
+        cache.get("b")  # buffered; delete takes this "b" out before they are applied
     cache.delete("b")
     cache.set("b", b"x" * 100)  # a new "b", one use: the reads of the old one do not count for it
     assert cache.eviction_order() == ["b", "d", "a"]

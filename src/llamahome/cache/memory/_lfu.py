@@ -9,10 +9,11 @@ frame per hook is what made the policy-object strategy slower than cachetools' `
 subclass on random workloads: the same order, counts and charges.
 
 A get-hit takes no lock: the read goes into a buffer (a ``deque``; ``append`` and ``popleft`` are atomic)
-that is applied, in order, under the lock before anything looks at or changes the order: every write,
-delete, expiry, ``eviction_order()``, and every 512 reads so the buffer stays short. One thread alone sees
-exactly the order of applying each read at once. With threads, a read that races a write of the same key may
-be applied after it (to the new value, or not at all if the key left); hits, bytes and the bound stay exact.
+that is applied, in order, under the lock before anything looks at the order or adds a key: every write, a
+get on the locked path, ``eviction_order()``, and every 512 reads so the buffer stays short. A read of a key
+that left before it was applied is dropped, so it never counts for a later value under that key. One thread
+alone sees exactly the order of applying each read at once. With threads, a read that races a write of the
+same key may be applied after it (to the new value); hits, bytes and the bound stay exact.
 
 Charges: a ``bytes`` value under an ASCII ``str`` key (or a ``bytes`` key) was charged exactly
 ``len(key) + len(value) + ENTRY_OVERHEAD``, recomputed when it leaves; every other entry's charge is kept in
@@ -294,8 +295,6 @@ class LFUMemoryCache(MemoryCache, kind="lfu"):
         return removed_writing
 
     def _drop(self, key: Key) -> None:
-        if self._reads:
-            self._apply_reads()  # before the key leaves: a pending read must not count for a later value
         self._stats.bytes -= uncharge(self._sizes, key, self._data.pop(key))
         self._untrack(key)
         self._forget_deadline(key)
