@@ -720,12 +720,12 @@ def test_fifo_overwriting_the_next_victim_with_a_larger_value(policy: Any) -> No
     assert cache.eviction_order() == ["c", "a"]
 
 
-def test_lfu_reads_taken_without_the_lock_count_before_the_next_write() -> None:
+def test_lfu_counts_reads_and_forgets_them_with_the_key() -> None:
     per = charge("a", b"x" * 100)
     cache = MemoryCache(size=f"{3 * per}B", policy="lfu")
     for key in ("a", "b", "c"):
         cache.set(key, b"x" * 100)
-    for _ in range(600):  # past the buffer's periodic flush, too
+    for _ in range(600):
         cache.get("a")
     cache.get("b")
     cache.set("d", b"x" * 100)  # "c" has the fewest uses
@@ -733,7 +733,7 @@ def test_lfu_reads_taken_without_the_lock_count_before_the_next_write() -> None:
     assert cache.stats.hits == 601 and cache.stats.evictions == 1
     cache.get("d")
     for _ in range(3):
-        cache.get("b")  # buffered; delete takes this "b" out before they are applied
+        cache.get("b")
     cache.delete("b")
     cache.set("b", b"x" * 100)  # a new "b", one use: the reads of the old one do not count for it
     assert cache.eviction_order() == ["b", "d", "a"]

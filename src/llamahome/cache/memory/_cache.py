@@ -1,10 +1,13 @@
 """MemoryCache: the public class, the factory that picks a strategy, and what every strategy shares.
 
-``MemoryCache(size, policy, ...)`` builds one of two strategy subclasses (as cachetools has one class per
-policy): :class:`~._lru.LRUMemoryCache` for exactly ``lru``, a thin layer over cachebox's Rust LRU table, and
-:class:`~._policy.PolicyMemoryCache` for every other policy, which keeps its entries in a dict and asks the
-policy object for victims. This base class holds what both share: argument checks, charging a value, ttl
-deadlines, compression, and the methods that only look entries up (``peek``, ``in``, ``delete``).
+``MemoryCache(size, policy, ...)`` builds one strategy subclass per policy, as cachetools has one class per
+policy: ``LRUMemoryCache`` (``_lru.py``, a thin layer over cachebox's Rust LRU table), ``FIFOMemoryCache``
+and ``TimeMemoryCache`` (``_ordered.py``, one ``OrderedDict``), ``LFUMemoryCache`` (``_lfu.py``) and, for a
+policy object passed in (a subclass, ``TimePolicy(max_age=...)``), ``PolicyMemoryCache`` (``_policy.py``),
+which asks the object for victims. Each strategy registers itself (``class X(MemoryCache, kind="lru")``).
+This base class holds what they share: argument checks, charging a value, ttl deadlines, compression, the
+general (locked) ``get`` and ``set``, and the methods that only look entries up (``peek``, ``in``,
+``delete``, ``cleanup``, ``close``); the strategies add their fast paths and their order.
 """
 
 from __future__ import annotations
@@ -117,7 +120,7 @@ class MemoryCache(Store):
     ``close()``. The object built is an instance of a strategy subclass chosen by ``policy``.
     """
 
-    #: The strategy classes, by kind ("lru", "policy"); each registers itself (``class X(MemoryCache, kind=...)``).
+    #: The strategy classes, by kind ("lru", "fifo", ..., "policy"); each registers itself (see the module doc).
     _strategies: ClassVar[dict[str, type[MemoryCache]]] = {}
 
     def __init_subclass__(cls, kind: str = "", **kwargs: Any) -> None:

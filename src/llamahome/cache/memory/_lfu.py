@@ -8,12 +8,10 @@ frame per hook is what made the policy-object strategy slower than cachetools' `
 ``tests/cache/test_memory.py`` checks this class against ``PolicyMemoryCache`` driving an ``LFUPolicy``
 subclass on random workloads: the same order, counts and charges.
 
-A get-hit takes no lock: the read goes into a buffer (a ``deque``; ``append`` and ``popleft`` are atomic)
-that is applied, in order, under the lock before anything looks at the order or adds a key: every write, a
-get on the locked path, ``eviction_order()``, and every 512 reads so the buffer stays short. A read of a key
-that left before it was applied is dropped, so it never counts for a later value under that key. One thread
-alone sees exactly the order of applying each read at once. With threads, a read that races a write of the
-same key may be applied after it (to the new value); hits, bytes and the bound stay exact.
+A get-hit takes the lock and applies the use at once. Buffering reads to apply them later without the lock
+was tried: it is cheaper with every table in the CPU cache, but slower on a large one (100k keys), where the
+deferred update finds the key's entries evicted from the CPU cache again, and it loosens the order under
+threads.
 
 Charges: a ``bytes`` value under an ASCII ``str`` key (or a ``bytes`` key) was charged exactly
 ``len(key) + len(value) + ENTRY_OVERHEAD``, recomputed when it leaves; every other entry's charge is kept in
@@ -22,7 +20,7 @@ Charges: a ``bytes`` value under an ASCII ``str`` key (or a ``bytes`` key) was c
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from typing import Any
 
 from .. import codecs
@@ -42,7 +40,6 @@ class LFUMemoryCache(MemoryCache, kind="lfu"):
         self._uses: dict[Key, int] = {}  # key -> how many uses
         self._buckets: dict[int, OrderedDict[Key, None]] = {}  # uses -> keys in the order they reached it
         self._min = 0  # the lowest count with a bucket; 0: work it out when a victim is needed
-        self._reads: deque[Key] = deque()  # get-hits not applied to the order yet, oldest first
         self._fast = False
         self._refresh_fast()
 
@@ -55,7 +52,7 @@ class LFUMemoryCache(MemoryCache, kind="lfu"):
     # ------------------------------------------------------------------------------------------ order
 
     def _use(self, key: Key) -> None:
-        """A read or an overwrite of a held key: one more use. Under the lock (_apply_reads inlines this)."""
+        """A read or an overwrite of a held key: one more use. Under the lock (get inlines this)."""
         uses, buckets = self._uses, self._buckets
         count = uses[key]
         up = count + 1
@@ -100,29 +97,12 @@ class LFUMemoryCache(MemoryCache, kind="lfu"):
         return next(iter(self._buckets[self._min]))
 
     def _order(self) -> list[Key]:
-        if self._reads:
-            self._apply_reads()
         return [key for count in sorted(self._buckets) for key in self._buckets[count]]
 
     # ----------------------------------------------------------------------------------------- reads
 
     def get(self, key: Key, default: Any = None) -> Any:
         """The value under ``key``, or ``default`` on a miss; an expired entry is a miss and is dropped."""
-        # A dict lookup is safe without our lock whatever the key (CPython's dict survives a key whose __eq__
-        # runs Python code). A miss or an unhashable key takes the locked path, which counts and validates it.
-        try:
-            value = self._data[key]
-        except (KeyError, TypeError):
-            return self._get_locked(key, default)
-        if self._fast:
-            self._reads.append(key)  # one more use, applied under the lock later (see the module docstring)
-            if not next(self._hits) & 511:  # every 512 reads (folds advance the count too: roughly)
-                with self._lock:
-                    self._apply_reads()
-            return value
-        return self._get_locked(key, default)  # deadlines or frames
-
-    def _get_locked(self, key: Key, default: Any) -> Any:
         self._lock.acquire()
         try:
             try:
@@ -134,25 +114,9 @@ class LFUMemoryCache(MemoryCache, kind="lfu"):
                 self._stats.expirations += 1
                 self._stats.misses += 1
                 return default
-            if self._reads:
-                self._apply_reads()
-            self._use(key)
-            self._stats.hits += 1
-        finally:
-            self._lock.release()
-        if self.compression and type(value) is memoryview:  # an encoded frame; see MemoryCache._encode
-            return codecs.decode(value, allow_pickle=self.allow_pickle)
-        return value
-
-    def _apply_reads(self) -> None:
-        """Apply the buffered reads in the order they happened (``_use`` inlined). Under the lock."""
-        reads, uses, buckets = self._reads, self._uses, self._buckets
-        popleft = reads.popleft
-        while reads:
-            key = popleft()
-            count = uses.get(key)
-            if count is None:
-                continue  # it left since (a read that raced its delete or eviction)
+            # One more use: _use, inlined (this is the hot path).
+            uses, buckets = self._uses, self._buckets
+            count = uses[key]
             up = count + 1
             bucket = buckets[count]
             higher = buckets.get(up)
@@ -168,6 +132,12 @@ class LFUMemoryCache(MemoryCache, kind="lfu"):
             uses[key] = up
             if self._min == count and count not in buckets:
                 self._min = up
+            self._stats.hits += 1
+        finally:
+            self._lock.release()
+        if self.compression and type(value) is memoryview:  # an encoded frame; see MemoryCache._encode
+            return codecs.decode(value, allow_pickle=self.allow_pickle)
+        return value
 
     def _touch(self, key: Key) -> None:
         self._use(key)
@@ -176,7 +146,6 @@ class LFUMemoryCache(MemoryCache, kind="lfu"):
         return self._data.get(key, default)
 
     def _fold_stats(self) -> None:
-        self._fold_hits()
         self._stats.entries = len(self._data)
 
     def _keys(self) -> list[Key]:
@@ -201,8 +170,6 @@ class LFUMemoryCache(MemoryCache, kind="lfu"):
                 try:
                     data = self._data
                     if self._fast and key not in data:
-                        if self._reads:
-                            self._apply_reads()
                         st, uses, buckets = self._stats, self._uses, self._buckets
                         limit = self.max_bytes - need
                         if st.bytes > limit:
@@ -241,8 +208,6 @@ class LFUMemoryCache(MemoryCache, kind="lfu"):
     ) -> None:
         st, data = self._stats, self._data
         ttl = validate_ttl(ttl)
-        if self._reads:
-            self._apply_reads()
         st.sets += 1
         if ttl is not None and not ttl > 0:
             if key in data:
@@ -300,7 +265,6 @@ class LFUMemoryCache(MemoryCache, kind="lfu"):
         self._forget_deadline(key)
 
     def _clear_entries(self) -> None:
-        self._reads.clear()
         self._data.clear()
         self._sizes.clear()
         self._uses.clear()
@@ -309,7 +273,6 @@ class LFUMemoryCache(MemoryCache, kind="lfu"):
 
     def _close_entries(self) -> None:
         self._data = self._sizes = Closed()
-        self._reads.clear()
         self._uses.clear()
         self._buckets.clear()
         self._min = 0
