@@ -18,8 +18,10 @@ What the hot paths cost, and why each piece is there:
   for room. The charge reaches cachebox without a Python call: its ``getsizeof`` hook is ``dict.pop`` of a
   dict where ``set`` put ``{key: charge}`` just before, so cachebox calls a C function that returns the
   charge and forgets it. Evictions are not counted per insert: every key that enters the table is counted
-  (``_new``) and every key this class takes out (``_gone``), so the table's evictions are
-  ``_new - len(table) - _gone``, worked out when ``stats`` is read.
+  and every key this class takes out (``_gone``), so the table's evictions are ``entered - len(table) -
+  _gone``, worked out when ``stats`` is read. The fast path counts its sets (``_fast_sets``) and, rarely, the
+  ones that replaced a key (``_fast_old``); keys entered = ``_new`` (the general path's) + ``_fast_sets -
+  _fast_old``. It runs only while no None value is held (insert's None then means "new key").
 
 With deadlines held, a write makes room itself (expired entries first, each victim's deadline with it)
 before it inserts, so then the table never evicts on its own.
@@ -46,16 +48,21 @@ class LRUMemoryCache(MemoryCache, kind="lru"):
         # hook is a method of this dict, not of `self`: cache and table must not keep each other alive.
         self._charges: Any = {}
         self._table: Any = cachebox.LRUCache(self.max_bytes, getsizeof=self._charges.pop)
-        self._new = 0  # keys that entered the table (an overwrite is not one)
+        self._new = 0  # keys that entered the table on the general path (an overwrite is not one)
+        self._sets = 0  # sets on the general path (folded into stats.sets)
+        self._fast_sets = 0  # sets on the fast path (folded into stats.sets)
+        self._fast_old = 0  # ... of which replaced a held key
         self._gone = 0  # keys this class took out of it (delete, expiry, its own evictions, clear)
         self._evicted = 0  # this class's own evictions (with deadlines held); the table's are derived
         self._none_held = False  # a None value may be held (then insert's return cannot tell new keys)
-        self._fast = False
+        self._fast = self._fast_set = False
         self._refresh_fast()
 
     def _refresh_fast(self) -> None:
-        # The fast paths serve values kept as they are while no entry has a deadline.
+        # The fast paths serve values kept as they are while no entry has a deadline; set's also needs no
+        # None value held.
         self._fast = not self.compression and not self._expires
+        self._fast_set = self._fast and not self._none_held
 
     _deadlines_changed = _refresh_fast
 
@@ -87,7 +94,9 @@ class LRUMemoryCache(MemoryCache, kind="lru"):
         self._fold_hits()
         st.entries = len(table)
         st.bytes = table.current_size()
-        st.evictions = self._evicted + self._new - st.entries - self._gone
+        st.sets = self._sets + self._fast_sets
+        entered = self._new + self._fast_sets - self._fast_old
+        st.evictions = self._evicted + entered - st.entries - self._gone
 
     def _keys(self) -> list[Key]:
         return list(self._table.keys())  # least recently used first
@@ -112,13 +121,11 @@ class LRUMemoryCache(MemoryCache, kind="lru"):
             if need <= self.max_bytes:
                 self._lock.acquire()  # not `with`: on 3.11 that costs twice as much
                 try:
-                    if self._fast:
+                    if self._fast_set:
                         self._charges[key] = need
-                        if self._none_held:
-                            self._insert_ambiguous(key, value)
-                        elif self._table.insert(key, value) is None:
-                            self._new += 1
-                        self._stats.sets += 1
+                        if self._table.insert(key, value) is not None:
+                            self._fast_old += 1
+                        self._fast_sets += 1
                         return
                 finally:
                     self._lock.release()
@@ -136,7 +143,7 @@ class LRUMemoryCache(MemoryCache, kind="lru"):
         """Every other case of ``set``: ttl, compression, deadlines held, other values. Under the lock."""
         st, table = self._stats, self._table
         ttl = validate_ttl(ttl)
-        st.sets += 1
+        self._sets += 1
         if ttl is not None and not ttl > 0:
             if table.peek(key, ABSENT) is not ABSENT:
                 self._drop(key)
@@ -189,7 +196,7 @@ class LRUMemoryCache(MemoryCache, kind="lru"):
     def _clear_entries(self) -> None:
         self._gone += len(self._table)
         self._table.clear()
-        self._none_held = False
+        self._none_held = False  # base clear() then calls _deadlines_changed, which refreshes the fast flags
 
     def _close_entries(self) -> None:
         self._gone += len(self._table)
