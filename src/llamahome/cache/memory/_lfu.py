@@ -4,7 +4,8 @@ The rules are :class:`~llamahome.cache.policies.LFUPolicy`'s: an insert counts a
 overwrite as one more, and ties go to the entry that reached its count first. The structure is the same too
 (one ``OrderedDict`` of keys per use count, in the order they reached it), but it lives in this class so that
 a get-hit or an evicting set runs in one Python frame instead of calling the policy object's hooks (that
-frame per hook is what made the policy-object strategy slower than cachetools' ``LFUCache``).
+frame per hook is what made the policy-object strategy slower than cachetools' ``LFUCache``). Each entry is
+one ``[value, uses]`` list, so a hit looks the key up once.
 ``tests/cache/test_memory.py`` checks this class against ``PolicyMemoryCache`` driving an ``LFUPolicy``
 subclass on random workloads: the same order, counts and charges.
 
@@ -35,9 +36,8 @@ class LFUMemoryCache(MemoryCache, kind="lfu"):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._data: Any = {}  # key -> value (a frame with compression)
+        self._entries: Any = {}  # key -> [value (a frame with compression), how many uses]
         self._sizes: Any = {}  # key -> bytes charged, for entries whose charge cannot be recomputed
-        self._uses: dict[Key, int] = {}  # key -> how many uses
         self._buckets: dict[int, OrderedDict[Key, None]] = {}  # uses -> keys in the order they reached it
         self._min = 0  # the lowest count with a bucket; 0: work it out when a victim is needed
         self._fast = False
@@ -51,10 +51,10 @@ class LFUMemoryCache(MemoryCache, kind="lfu"):
 
     # ------------------------------------------------------------------------------------------ order
 
-    def _use(self, key: Key) -> None:
+    def _use(self, entry: list[Any], key: Key) -> None:
         """A read or an overwrite of a held key: one more use. Under the lock (get inlines this)."""
-        uses, buckets = self._uses, self._buckets
-        count = uses[key]
+        buckets = self._buckets
+        count = entry[1]
         up = count + 1
         bucket = buckets[count]
         higher = buckets.get(up)
@@ -67,22 +67,20 @@ class LFUMemoryCache(MemoryCache, kind="lfu"):
             if higher is None:
                 higher = buckets[up] = OrderedDict()
             higher[key] = None
-        uses[key] = up
+        entry[1] = up
         if self._min == count and count not in buckets:
             self._min = up
 
     def _track(self, key: Key) -> None:
-        """A new key: one use. Under the lock."""
-        self._uses[key] = 1
+        """A new key (its entry holds one use). Under the lock."""
         bucket = self._buckets.get(1)
         if bucket is None:
             bucket = self._buckets[1] = OrderedDict()
         bucket[key] = None
         self._min = 1
 
-    def _untrack(self, key: Key) -> None:
-        """``key`` left. Under the lock."""
-        count = self._uses.pop(key)
+    def _untrack(self, key: Key, count: int) -> None:
+        """``key``, which had ``count`` uses, left. Under the lock."""
         bucket = self._buckets[count]
         del bucket[key]
         if not bucket:
@@ -106,7 +104,7 @@ class LFUMemoryCache(MemoryCache, kind="lfu"):
         self._lock.acquire()
         try:
             try:
-                value = self._data[key]
+                entry = self._entries[key]
             except (KeyError, TypeError):  # TypeError: unhashable; _miss says what a key must be
                 return self._miss(key, default)
             if self._expires and self._expired(key):
@@ -115,8 +113,8 @@ class LFUMemoryCache(MemoryCache, kind="lfu"):
                 self._stats.misses += 1
                 return default
             # One more use: _use, inlined (this is the hot path).
-            uses, buckets = self._uses, self._buckets
-            count = uses[key]
+            buckets = self._buckets
+            count = entry[1]
             up = count + 1
             bucket = buckets[count]
             higher = buckets.get(up)
@@ -129,10 +127,11 @@ class LFUMemoryCache(MemoryCache, kind="lfu"):
                 if higher is None:
                     higher = buckets[up] = OrderedDict()
                 higher[key] = None
-            uses[key] = up
+            entry[1] = up
             if self._min == count and count not in buckets:
                 self._min = up
             self._stats.hits += 1
+            value = entry[0]
         finally:
             self._lock.release()
         if self.compression and type(value) is memoryview:  # an encoded frame; see MemoryCache._encode
@@ -140,19 +139,20 @@ class LFUMemoryCache(MemoryCache, kind="lfu"):
         return value
 
     def _touch(self, key: Key) -> None:
-        self._use(key)
+        self._use(self._entries[key], key)
 
     def _peek_raw(self, key: Key, default: Any) -> Any:
-        return self._data.get(key, default)
+        entry = self._entries.get(key)
+        return default if entry is None else entry[0]
 
     def _fold_stats(self) -> None:
-        self._stats.entries = len(self._data)
+        self._stats.entries = len(self._entries)
 
     def _keys(self) -> list[Key]:
-        return list(self._data)
+        return list(self._entries)
 
     def __len__(self) -> int:
-        return len(self._data)
+        return len(self._entries)
 
     # ----------------------------------------------------------------------------------------- writes
 
@@ -168,9 +168,9 @@ class LFUMemoryCache(MemoryCache, kind="lfu"):
             if need <= self.max_bytes:
                 self._lock.acquire()  # not `with`: on 3.11 that costs twice as much
                 try:
-                    data = self._data
-                    if self._fast and key not in data:
-                        st, uses, buckets = self._stats, self._uses, self._buckets
+                    entries = self._entries
+                    if self._fast and key not in entries:
+                        st, buckets = self._stats, self._buckets
                         limit = self.max_bytes - need
                         if st.bytes > limit:
                             sizes = self._sizes
@@ -185,12 +185,10 @@ class LFUMemoryCache(MemoryCache, kind="lfu"):
                                 else:
                                     del buckets[low]
                                     self._min = 0
-                                del uses[k]
-                                v = data.pop(k)
+                                v = entries.pop(k)[0]
                                 st.bytes -= sizes.pop(k) if sizes and k in sizes else len(k) + len(v) + ENTRY_OVERHEAD
                                 st.evictions += 1
-                        data[key] = value
-                        uses[key] = 1
+                        entries[key] = [value, 1]
                         ones = buckets.get(1)
                         if ones is None:
                             ones = buckets[1] = OrderedDict()
@@ -206,27 +204,29 @@ class LFUMemoryCache(MemoryCache, kind="lfu"):
     def _set_locked(
         self, key: Key, value: Any, need: int, ttl: float | None, raw: int, vsize: int, ksize: int
     ) -> None:
-        st, data = self._stats, self._data
+        st, entries = self._stats, self._entries
         ttl = validate_ttl(ttl)
         st.sets += 1
         if ttl is not None and not ttl > 0:
-            if key in data:
+            if key in entries:
                 self._drop(key)
             return
         now = self._clock() if (ttl is not None or self._expires) else 0.0
-        existing = key in data
-        if existing:
-            st.bytes -= uncharge(self._sizes, key, data[key])
+        entry = entries.get(key)
+        if entry is not None:
+            st.bytes -= uncharge(self._sizes, key, entry[0])
             if self._expires:
                 self._expires.pop(key, None)  # its heap item goes stale: _drop_expired will not pick it
-            self._use(key)  # an overwrite is a use
-        if st.bytes + need > self.max_bytes and self._make_room(need, now, key if existing else None):
-            existing = False  # the entry being overwritten was the next victim and is gone
-        data[key] = value
+            self._use(entry, key)  # an overwrite is a use
+        if st.bytes + need > self.max_bytes and self._make_room(need, now, key if entry is not None else None):
+            entry = None  # the entry being overwritten was the next victim and is gone
+        if entry is not None:
+            entry[0] = value
+        else:
+            entries[key] = [value, 1]
+            self._track(key)
         if type(value) is not bytes or ksize != len(key):
             self._sizes[key] = need
-        if not existing:
-            self._track(key)
         st.bytes += need
         if raw:
             st.raw_bytes += raw
@@ -251,8 +251,7 @@ class LFUMemoryCache(MemoryCache, kind="lfu"):
             if k == writing and not removed_writing:
                 # Overwriting the next victim: its old value is already uncharged, so the old entry just
                 # leaves (not an eviction) and the new value comes in as a fresh insert.
-                del self._data[k]
-                self._untrack(k)
+                self._untrack(k, self._entries.pop(k)[1])
                 removed_writing = True
                 continue
             self._drop(k)
@@ -260,22 +259,21 @@ class LFUMemoryCache(MemoryCache, kind="lfu"):
         return removed_writing
 
     def _drop(self, key: Key) -> None:
-        self._stats.bytes -= uncharge(self._sizes, key, self._data.pop(key))
-        self._untrack(key)
+        value, count = self._entries.pop(key)
+        self._stats.bytes -= uncharge(self._sizes, key, value)
+        self._untrack(key, count)
         self._forget_deadline(key)
 
     def _clear_entries(self) -> None:
-        self._data.clear()
+        self._entries.clear()
         self._sizes.clear()
-        self._uses.clear()
         self._buckets.clear()
         self._min = 0
 
     def _close_entries(self) -> None:
-        self._data = self._sizes = Closed()
-        self._uses.clear()
+        self._entries = self._sizes = Closed()
         self._buckets.clear()
         self._min = 0
 
     def _is_closed(self) -> bool:
-        return isinstance(self._data, Closed)
+        return isinstance(self._entries, Closed)
