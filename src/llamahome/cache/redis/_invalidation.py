@@ -3,10 +3,16 @@
 **Mechanism: RESP3 client tracking in broadcast mode.** One dedicated connection per primary runs
 ``CLIENT TRACKING ON BCAST PREFIX <ns>:s PREFIX <ns>:b``; from then on Redis itself pushes an ``invalidate``
 message on it after every change to an entry key of the namespace (SET, DEL, UNLINK, expiry, eviction; a
-FLUSHDB is a "drop everything"). Writers send nothing extra, so a set costs what it cost before, and a write
-by any client (sync, async, another language) is seen. ``benchmarks/bench_coherence.py`` measures the
-alternatives: a PUBLISH per write costs every set an extra command (pipelined or inside a script), and
-sharded pub/sub the same on a cluster, while tracking costs the writer nothing measurable.
+FLUSHDB is a "drop everything"). Writers send nothing extra, and a write by any client (sync, async, another
+language) is seen. ``benchmarks/bench_coherence.py`` measures the alternatives: a PUBLISH or sharded SPUBLISH
+per write, pipelined with it or in one script with it, costs every set an extra command, where tracking only
+costs the server its fan-out (which pub/sub costs too). What is left for the writer is reading the report of
+its own write (~2 us of this thread's CPU per write, batched; see BATCH_WINDOW).
+
+**Races.** Redis sends a report after the write is applied. The owner bumps a per-key counter when it drops a
+copy, and a read copies a value found in Redis into the local tiers only if that counter did not move since
+before the read (see ``TieredCache``): a read that found the old value loses to the report of the new one,
+whichever comes first, so no old value is kept for good.
 
 **Own writes.** Redis also reports this process's own writes. Before a write goes out, its keys are
 *expected* (a count per key); the first report of an expected key is taken as the echo and skipped. A write
