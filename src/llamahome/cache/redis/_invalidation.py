@@ -35,13 +35,14 @@ values are only ever read from Redis through the envelope (signed with ``secret`
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import select
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from redis._parsers import _RESP3Parser
@@ -159,6 +160,7 @@ class _PushReader:
         return out
 
 
+_GETRANGE = b"*4\r\n$8\r\nGETRANGE\r\n$%d\r\n%b\r\n$3\r\n-16\r\n$2\r\n-1\r\n"  # the entry's stamp
 _PUSH_HEAD = b">2\r\n$10\r\ninvalidate\r\n*"
 _ONE_KEY_HEAD = _PUSH_HEAD + b"1\r\n$"
 
@@ -230,8 +232,10 @@ def _parse(buf: bytearray, pos: int) -> tuple[Any, int]:
             raise _Incomplete
         data = bytes(buf[after : after + size])
         return (data[4:] if kind == ord("=") else data), after + size + 2
-    if kind in b"+-":
+    if kind == ord("+"):
         return line, after
+    if kind == ord("-"):
+        return _ErrorReply(line), after
     if kind == ord(":"):
         return int(line), after
     if kind == ord("_"):
@@ -251,6 +255,18 @@ def _parse(buf: bytearray, pos: int) -> tuple[Any, int]:
             after = _parse(buf, after)[1]
         return _parse(buf, after)
     raise RedisConnectionError(f"unexpected RESP3 type byte {kind!r} on the tracking connection")
+
+
+class _ErrorReply(bytes):
+    """An error reply (``-MOVED ...``, say): never equal to a stamp or a ROLE reply."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _ErrorReply) and bytes(self) == bytes(other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    __hash__ = bytes.__hash__
 
 
 class _Resync(Exception):
@@ -382,7 +398,8 @@ class InvalidationListener:
 
     def _start(self) -> None:
         self._lock = threading.Lock()
-        self._echoes: dict[bytes, int] = {}
+        # rkey -> [writes of ours whose report has not come yet, stamp of our latest write (b"": a delete)]
+        self._echoes: dict[bytes, list[Any]] = {}
         self._subscribed = threading.Event()
         self._live = False  # mirrors _subscribed, read without a call on every write
         self._first_try = threading.Event()
@@ -409,8 +426,8 @@ class InvalidationListener:
         self._first_try.wait(timeout)
         return self.subscribed
 
-    def expect(self, rkeys: Iterable[bytes]) -> bool:
-        """Note that this process is about to write ``rkeys``: their next report is our own echo.
+    def expect(self, writes: Iterable[tuple[bytes, bytes]]) -> bool:
+        """Note that this process is about to write these ``(rkey, stamp)``: their reports may be our echoes.
 
         Returns False (nothing noted) while not subscribed: no report of such a write can be relied on.
         """
@@ -418,16 +435,26 @@ class InvalidationListener:
             return False
         with self._lock:
             echoes = self._echoes
-            for rkey in rkeys:
-                echoes[rkey] = echoes.get(rkey, 0) + 1
+            for rkey, stamp in writes:
+                entry = echoes.get(rkey)
+                if entry is None:
+                    echoes[rkey] = [1, stamp]
+                else:
+                    entry[0] += 1
+                    entry[1] = stamp
         return True
 
-    def expect_one(self, rkey: bytes) -> bool:
-        """:meth:`expect` for one key (the set path: no iterator, no Event call)."""
+    def expect_one(self, rkey: bytes, stamp: bytes) -> bool:
+        """:meth:`expect` for one write (the set path: no iterator, no Event call)."""
         if not self._live:
             return False
         with self._lock:
-            self._echoes[rkey] = self._echoes.get(rkey, 0) + 1
+            entry = self._echoes.get(rkey)
+            if entry is None:
+                self._echoes[rkey] = [1, stamp]
+            else:
+                entry[0] += 1
+                entry[1] = stamp
         return True
 
     def withdraw(self, rkeys: Iterable[bytes]) -> None:
@@ -435,11 +462,11 @@ class InvalidationListener:
         with self._lock:
             echoes = self._echoes
             for rkey in rkeys:
-                count = echoes.get(rkey, 0)
-                if count > 1:
-                    echoes[rkey] = count - 1
-                else:
-                    echoes.pop(rkey, None)
+                entry = echoes.get(rkey)
+                if entry is not None:
+                    entry[0] -= 1
+                    if entry[0] <= 0:
+                        del echoes[rkey]
 
     def stop(self) -> None:
         self._stop.set()
@@ -565,6 +592,8 @@ class InvalidationListener:
     def _read(self, conn: Connection, failed: threading.Event) -> None:
         last = time.monotonic()
         check_sent: float | None = None
+        # What each reply we wait for answers, in order: a ROLE health check, or the check of an echo.
+        waiting: collections.deque[tuple[bytes, bytes] | None] = collections.deque()
         try:
             reader = _PushReader(conn)
             next_read = 0.0
@@ -574,32 +603,40 @@ class InvalidationListener:
                     if pause > 0:
                         time.sleep(pause)
                     changed: list[bytes] = []
+                    not_ours: list[bytes] = []
                     flushed = False
                     for reply in reader.read_available(changed):
-                        if not isinstance(reply, list) or not reply:
-                            continue
-                        if reply[0] == b"invalidate":
+                        if isinstance(reply, list) and reply and reply[0] == b"invalidate":
                             keys = reply[1] if len(reply) > 1 else None
                             if keys is None:
                                 flushed = True
                             else:
                                 changed += keys
-                        elif reply[0] in (b"master", b"slave"):  # the health check's ROLE reply
+                            continue
+                        if not waiting:
+                            raise RedisConnectionError(f"an unexpected reply on the tracking connection: {reply!r}")
+                        asked = waiting.popleft()
+                        if asked is None:  # the health check's ROLE reply
                             check_sent = None
-                            if reply[0] != b"master":
+                            if not isinstance(reply, list) or not reply or reply[0] != b"master":
                                 raise _Resync("a tracked node is no longer a primary")
+                        elif reply != asked[1]:  # the entry's stamp is not our latest write's: not ours
+                            not_ours.append(asked[0])
                     last = time.monotonic()
                     next_read = last + BATCH_WINDOW
-                    if changed:
-                        self._report(changed)
                     if flushed:
                         self._report(None)
+                    to_check = self._report(changed, not_ours) if changed or not_ours else []
+                    if to_check:
+                        conn.send_packed_command([b"".join(_GETRANGE % (len(rkey), rkey) for rkey, _ in to_check)])
+                        waiting.extend(to_check)
                     continue
                 now = time.monotonic()
                 if check_sent is not None and now - check_sent > HEALTH_TIMEOUT:
                     raise RedisConnectionError("Redis did not answer the health check")
                 if check_sent is None and now - last > HEALTH_INTERVAL:
                     conn.send_command("ROLE")
+                    waiting.append(None)
                     check_sent = last = now
         except _READ_ERRORS as exc:
             if not self._stop.is_set() and not failed.is_set():
@@ -610,30 +647,40 @@ class InvalidationListener:
         finally:
             failed.set()
 
-    def _report(self, rkeys: list[bytes] | None) -> None:
+    def _report(self, rkeys: list[bytes] | None, not_ours: Sequence[bytes] = ()) -> list[tuple[bytes, bytes]]:
+        """Drop the local copies of keys changed by others (``rkeys`` reported, ``not_ours`` failed their
+        check); return the reports that may be our own echoes, to be checked.
+
+        A report of a key we wrote is most likely our own write, but Redis reports a key once per event-loop
+        cycle however many clients changed it, so another machine may have written it in the same cycle,
+        after us. So an echo is checked: the stamp at the end of the entry must still be our latest write's
+        (``GETRANGE key -16 -1``; our delete expects nothing there), else the key is dropped after all.
+        """
         if rkeys is None:  # FLUSHDB / FLUSHALL: everything changed
             self._reset("Redis flushed the database")
-            return
-        changed: list[bytes] = []
+            return []
+        changed: list[bytes] = list(not_ours)
+        to_check: list[tuple[bytes, bytes]] = []
         with self._lock:
             echoes = self._echoes
             for rkey in rkeys:
-                count = echoes.get(rkey)
-                if count is None:
+                entry = echoes.get(rkey)
+                if entry is None:
                     changed.append(rkey)
-                elif count > 1:
-                    echoes[rkey] = count - 1
-                else:
+                    continue
+                to_check.append((rkey, entry[1]))
+                entry[0] -= 1
+                if entry[0] <= 0:
                     del echoes[rkey]
         n = len(self._prefix)
         keys = [key_from_bytes(rkey[n:]) for rkey in changed if rkey.startswith(self._prefix)]
-        if not keys:
-            return
-        self._stats.add("invalidations", len(keys))
-        try:
-            self._on_keys(keys)
-        except Exception as exc:  # a closed tier, a full disk: the copies stay, say so
-            log.warning("Could not drop %d invalidated local copies: %s: %s", len(keys), type(exc).__name__, exc)
+        if keys:
+            self._stats.add("invalidations", len(keys))
+            try:
+                self._on_keys(keys)
+            except Exception as exc:  # a closed tier, a full disk: the copies stay, say so
+                log.warning("Could not drop %d invalidated local copies: %s: %s", len(keys), type(exc).__name__, exc)
+        return to_check
 
     def _reset(self, why: str) -> None:
         self.resets += 1
