@@ -7,18 +7,21 @@ FLUSHDB is a "drop everything"). Writers send nothing extra, and a write by any 
 language) is seen. ``benchmarks/bench_coherence.py`` measures the alternatives: a PUBLISH or sharded SPUBLISH
 per write, pipelined with it or in one script with it, costs every set an extra command, where tracking only
 costs the server its fan-out (which pub/sub costs too). What is left for the writer is reading the report of
-its own write (~2 us of this thread's CPU per write, batched; see BATCH_WINDOW).
+its own write and checking it (a few us of this thread's CPU per write, batched; see BATCH_WINDOW).
 
 **Races.** Redis sends a report after the write is applied. The owner bumps a per-key counter when it drops a
 copy, and a read copies a value found in Redis into the local tiers only if that counter did not move since
 before the read (see ``TieredCache``): a read that found the old value loses to the report of the new one,
 whichever comes first, so no old value is kept for good.
 
-**Own writes.** Redis also reports this process's own writes. Before a write goes out, its keys are
-*expected* (a count per key); the first report of an expected key is taken as the echo and skipped. A write
-that Redis did not apply (an error, a DEL that removed nothing) withdraws its expectation. Should another
-machine's report be taken for our echo (both wrote the key at once), our own echo arrives after it and drops
-the copy: a miss, never a stale value.
+**Own writes.** Redis also reports this process's own writes, and reports a key once per event-loop cycle
+however many clients changed it in that cycle. So before a write goes out, its key is *expected* with the
+stamp the entry carries (see ``_signing``; a delete expects no entry); a report of an expected key is then
+checked on the tracking connection itself (``GETRANGE key -16 -1``, pipelined per batch): if the entry still
+ends with our latest stamp, the change was ours and the local copy stays; otherwise another machine wrote
+after us and the copy is dropped. A write Redis did not apply (an error, a DEL that removed nothing)
+withdraws its expectation; any other mismatch between expectations and reports only causes a check, or a
+drop.
 
 **Lost messages.** Reports sent while this connection is down are lost. So when the connection drops (Redis
 restarting or failing over included), ``on_reset`` is called at once, and again once tracking is back on every
