@@ -143,6 +143,10 @@ class _PushReader:
         pos = _one_key_pushes(buf, keys)
         head, skip = _ONE_KEY_HEAD, len(_ONE_KEY_HEAD)
         while pos < size:
+            if buf.startswith(b"$16\r\n", pos) and pos + 23 <= size:  # a stamp: the check of an echo
+                out.append(bytes(buf[pos + 5 : pos + 21]))
+                pos += 23
+                continue
             if buf.startswith(head, pos):  # inlined: this loop is the listener's whole cost per write
                 end = buf.find(b"\r\n", pos + skip)
                 if end < 0:
@@ -663,7 +667,7 @@ class InvalidationListener:
             self._reset("Redis flushed the database")
             return []
         changed: list[bytes] = list(not_ours)
-        to_check: list[tuple[bytes, bytes]] = []
+        to_check: dict[bytes, bytes] = {}  # one check per key and batch, against our latest stamp
         with self._lock:
             echoes = self._echoes
             for rkey in rkeys:
@@ -671,7 +675,7 @@ class InvalidationListener:
                 if entry is None:
                     changed.append(rkey)
                     continue
-                to_check.append((rkey, entry[1]))
+                to_check[rkey] = entry[1]
                 entry[0] -= 1
                 if entry[0] <= 0:
                     del echoes[rkey]
@@ -683,7 +687,7 @@ class InvalidationListener:
                 self._on_keys(keys)
             except Exception as exc:  # a closed tier, a full disk: the copies stay, say so
                 log.warning("Could not drop %d invalidated local copies: %s: %s", len(keys), type(exc).__name__, exc)
-        return to_check
+        return list(to_check.items())
 
     def _reset(self, why: str) -> None:
         self.resets += 1
