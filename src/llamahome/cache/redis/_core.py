@@ -335,12 +335,14 @@ class BaseRedisCache:
         found: dict[Key, Any] = {}
         hits = 0  # not len(found): a key asked twice counts twice, as two gets would
         heads, start, cut, unpack = self._plain_heads, self._plain_start, self._plain_key, self._unpack
+        lookup = (heads if heads is not None else {}).get
+        end = -STAMP_SIZE
         for key, rkey, data in zip(keys, rkeys, replies):
             if data is None:
                 continue
             # Plain bytes values, inlined (see _plain_bytes): this loop is most of get_many's own cost.
-            if heads is not None and heads.get(data[:cut]) == len(data):
-                found[key] = data[start:-STAMP_SIZE]
+            if lookup(data[:cut]) == len(data):
+                found[key] = data[start:end]
                 hits += 1
                 continue
             value = unpack(rkey, data)
