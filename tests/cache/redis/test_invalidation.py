@@ -550,3 +550,14 @@ def test_a_write_reported_together_with_ours_is_not_taken_for_our_echo(pair: tup
     assert _wait(lambda: a.tiers[0].get("k") is None)  # the report was checked: the entry is B's, not A's
     assert a.get("k") == "v2"
     assert not shared.listener._echoes
+
+
+def test_pushes_are_told_from_replies() -> None:
+    from llamahome.cache.redis._invalidation import _parse_push, _Push
+
+    buf = bytearray(b">3\r\n$6\r\nMOVING\r\n:1\r\n:2\r\n*1\r\n:1\r\n>2\r\n$10\r\ninvalidate\r\n*1\r\n$1\r\na\r\n")
+    push, pos = _parse_push(buf, 0)
+    reply, pos = _parse_push(buf, pos)
+    report, pos = _parse_push(buf, pos)
+    assert isinstance(push, _Push) and not isinstance(reply, _Push) and isinstance(report, _Push)
+    assert report == [b"invalidate", [b"a"]] and pos == len(buf)

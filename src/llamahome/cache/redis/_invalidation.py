@@ -216,7 +216,7 @@ def _parse_push(buf: bytearray, pos: int) -> tuple[Any, int]:
             raise _Incomplete
         keys.append(bytes(buf[start:stop]))
         at = stop + 2
-    return [b"invalidate", keys], at
+    return _Push((b"invalidate", keys)), at
 
 
 def _parse(buf: bytearray, pos: int) -> tuple[Any, int]:
@@ -226,7 +226,7 @@ def _parse(buf: bytearray, pos: int) -> tuple[Any, int]:
         raise _Incomplete
     kind, line, after = buf[pos], bytes(buf[pos + 1 : end]), end + 2
     if kind in b">*~":  # push, array, set
-        items = []
+        items: list[Any] = _Push() if kind == ord(">") else []
         for _ in range(max(0, int(line))):
             item, after = _parse(buf, after)
             items.append(item)
@@ -262,6 +262,10 @@ def _parse(buf: bytearray, pos: int) -> tuple[Any, int]:
             after = _parse(buf, after)[1]
         return _parse(buf, after)
     raise RedisConnectionError(f"unexpected RESP3 type byte {kind!r} on the tracking connection")
+
+
+class _Push(list):  # type: ignore[type-arg]
+    """A RESP3 push (out-of-band: not the reply to anything we sent)."""
 
 
 class _ErrorReply(bytes):
@@ -619,6 +623,8 @@ class InvalidationListener:
                                 flushed = True
                             else:
                                 changed += keys
+                            continue
+                        if isinstance(reply, _Push):  # another kind of push (none is asked for): not a reply
                             continue
                         if not waiting:
                             raise RedisConnectionError(f"an unexpected reply on the tracking connection: {reply!r}")
