@@ -71,6 +71,19 @@ class _SlowLFU(LFUPolicy):
     """LFU through the policy object."""
 
 
+
+_SLOW = {"lru": _SlowLRU, "fifo": _SlowFIFO, "time": _SlowTime, "lfu": _SlowLFU}
+
+
+class TestPolicyObjectMemoryContract(StoreContract):
+    """The general strategy, which every user-supplied EvictionPolicy object runs on."""
+
+    def make_store(self, tmp_path: Path, clock: Any, size_mb: float = 1.0, policy: str = "lru") -> PolicyMemoryCache:
+        store = MemoryCache(size=size_mb, policy=_SLOW[policy](), clock=clock)
+        assert isinstance(store, PolicyMemoryCache)
+        return store
+
+
 #: Each built-in policy's specialised strategy, and the same rules through the general policy-object one.
 _PAIRS = {"lru": _SlowLRU, "fifo": _SlowFIFO, "time": _SlowTime, "lfu": _SlowLFU}
 _STRATEGIES = {"lru": "LRUMemoryCache", "fifo": "FIFOMemoryCache", "time": "TimeMemoryCache", "lfu": "LFUMemoryCache"}
