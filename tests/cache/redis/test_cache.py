@@ -626,13 +626,11 @@ def test_plugs_into_tiered_cache_as_the_third_tier(tmp_path: Path, redis_url: st
 
     host_a_redis = RedisCache(redis_url, namespace=redis_namespace, timeout=2.0)
     host_a = TieredCache(MemoryCache(size=1), DiskCache(tmp_path / "a", size=4), host_a_redis)
-    host_a.set("k", {"v": 1}, ttl=60)
-    host_a.set_many({"m1": b"1", "m2": b"2"})
-    # Host b starts listening after a's writes: a report of them reaching b's listener after b promoted the
-    # entries would (rightly) drop b's copies, and this test checks the copies themselves.
     host_b_redis = RedisCache(redis_url, namespace=redis_namespace, timeout=2.0)
     host_b_disk = DiskCache(tmp_path / "b", size=4)
     host_b = TieredCache(MemoryCache(size=1), host_b_disk, host_b_redis)
+    host_a.set("k", {"v": 1}, ttl=60)
+    host_a.set_many({"m1": b"1", "m2": b"2"})
     # host b hears of the three writes (a copy made before that would be dropped when it does)
     deadline = time.monotonic() + 5
     while host_b_redis.stats.invalidations < 3 and time.monotonic() < deadline:
