@@ -52,6 +52,7 @@ from .base import Key, Store, validate_ttl
 from ._legacy import remove_old_kv_files
 from .blobfile import TMP_SUFFIX
 from .disk import DiskCache
+from .policies import POLICY_NAMES, Usage, check_policy_name, eviction_order
 from .stats import CacheStats, CleanupReport
 from .units import MIB, parse_duration, parse_size, shown
 
@@ -62,8 +63,9 @@ except ImportError:  # pragma: no cover - non-POSIX: in-use marks hold within th
 
 __all__ = ["SystemCache", "ScratchPath", "POLICIES"]
 
-#: Orders for removing items beyond ``size`` (``time`` and ``fifo``: oldest created first).
-POLICIES = ("time", "fifo", "lru", "lfu")
+#: Orders for removing items beyond ``size`` (``policies.ORDER_KEYS``; a scratch item's ``created`` is reset by
+#: ``touch``, so it is both its first-insertion and its last-write time: ``time`` and ``fifo`` agree here).
+POLICIES = POLICY_NAMES
 
 _META = ".llamahome-system"
 _REGISTRY = "registry"
@@ -93,12 +95,11 @@ class _Record:
         return json.dumps(self.__dict__, separators=(",", ":")).encode()
 
 
-def _policy_key(policy: str, created: float, used: float, uses: int) -> tuple[float, ...]:
-    if policy == "lru":
-        return (used, created)
-    if policy == "lfu":
-        return (uses, used, created)
-    return (created,)
+def _usages(records: list[_Record]) -> dict[str, Usage]:
+    """Usage records for the shared eviction order. Records carry no sequence number (several processes write
+    them), so ``seq`` is the rank by ``(created, name)``: oldest first, and the name makes ties total."""
+    ranked = sorted(records, key=lambda r: (r.created, r.name))
+    return {r.name: Usage(seq=i, written=r.created, last_used=r.used, uses=r.uses) for i, r in enumerate(ranked)}
 
 
 def _check_part(text: str, what: str) -> str:
@@ -191,9 +192,7 @@ class SystemCache(Store):
             self.max_age = parse_duration(max_age)
         except ValueError as exc:
             raise ConfigError(f"system_cache.max_age: {exc}") from exc
-        policy = str(cleanup_policy).strip().lower()
-        if policy not in POLICIES:
-            raise ConfigError(f"system_cache.cleanup_policy: unknown policy {cleanup_policy!r}; use one of {', '.join(POLICIES)}.")
+        policy = check_policy_name(cleanup_policy, "system_cache.cleanup_policy")
         self.size = size_mb
         self.max_bytes = max(1, round(size_mb * MIB))
         self.cleanup_policy = policy
@@ -615,10 +614,8 @@ class SystemCache(Store):
         total = self._item_bytes + store.stats.bytes
         if total <= self.max_bytes:
             return
-        records = sorted(
-            (record for record, _ in items),
-            key=lambda r: _policy_key(self.cleanup_policy, r.created, r.used, r.uses),
-        )
+        usages = _usages([record for record, _ in items])
+        records = eviction_order([record for record, _ in items], self.cleanup_policy, lambda r: usages[r.name])
         for record in records:
             if total <= self.max_bytes:
                 break

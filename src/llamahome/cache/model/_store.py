@@ -22,7 +22,7 @@ import stat
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +37,7 @@ from llamahome.errors import (
     ModelNotFoundError,
 )
 
+from ..policies import POLICY_NAMES, Usage, check_policy_name, eviction_order
 from ..stats import CacheStats, CleanupReport
 from ..units import MIB, size_to_bytes
 from . import _io as model_io
@@ -82,13 +83,16 @@ from ._tensors import check_metadata, tensor_items
 
 __all__ = ["ModelCache", "ModelInfo", "ModelNotFoundError", "POLICIES"]
 
-#: Eviction orders by name: the first model of the sorted list is evicted first.
-POLICIES: dict[str, Callable[[ModelInfo], tuple[float, ...]]] = {
-    "lru": lambda m: (m.last_used, m.created),
-    "lfu": lambda m: (m.hits, m.last_used),
-    "fifo": lambda m: (m.created, m.last_used),
-    "time": lambda m: (m.created, m.last_used),
-}
+#: Eviction policy names (the order itself is ``policies.ORDER_KEYS``, shared by every cache).
+POLICIES: tuple[str, ...] = POLICY_NAMES
+
+
+def _usages(models: Iterable[ModelInfo]) -> dict[str, Usage]:
+    """Usage records for the shared eviction order. A model is written once (a re-put replaces it: a new
+    ``created``), so ``created`` is both its insertion and its last write; ``seq`` is the rank by
+    ``(created, name)``, which makes every tie total and the same on every run."""
+    ranked = sorted(models, key=lambda m: (m.created, m.name))
+    return {m.name: Usage(seq=i, written=m.created, last_used=m.last_used, uses=m.hits) for i, m in enumerate(ranked)}
 
 
 class _Replaced(ModelNotFoundError):
@@ -170,10 +174,7 @@ class ModelCache:
         threads: int | None = None,
         progress: bool | None = None,
     ) -> None:
-        if cleanup_policy not in POLICIES:
-            raise ConfigError(
-                f"model_cache.cleanup_policy must be one of {', '.join(sorted(POLICIES))}, not {cleanup_policy!r}."
-            )
+        cleanup_policy = check_policy_name(cleanup_policy, "model_cache.cleanup_policy")
         self.max_bytes = size_to_bytes(size)
         if self.max_bytes <= 0:
             raise ConfigError(f"model_cache.size must be positive, not {size!r}.")
@@ -1189,8 +1190,8 @@ class ModelCache:
         for model, manifest, inodes in rows:
             shared = sum(size for ino, size in inodes.items() if holders[ino] > 1)
             out.append((self._info_from(model, manifest, inodes=inodes, shared=shared), inodes))
-        policy = POLICIES[self.cleanup_policy]
-        return sorted(out, key=lambda row: policy(row[0]))
+        usages = _usages(info for info, _ in out)
+        return eviction_order(out, self.cleanup_policy, lambda row: usages[row[0].name])
 
     def _remove(self, name: str, trash: builtins.list[Path], write_lock: Any = None) -> int | None:
         """Move a model to the trash if nobody uses it; returns the bytes freed, or None if it is in use."""

@@ -55,6 +55,7 @@ from ..base import Key, Store
 from ..blobfile import HEADER_SIZE, TMP_SUFFIX, read_blob, write_blob
 from ..codecs import decode
 from ..disk import DiskCache
+from ..policies import POLICY_NAMES, Usage, check_policy_name, eviction_order
 from ..stats import CacheStats, CleanupReport
 from ..units import MIB, parse_size, shown
 from ._pass import Cursor, SourceEnd, SyncPass, Writer, count_from, map_tensors, torch_module
@@ -70,7 +71,7 @@ __all__ = ["TrainingCache", "CachedBatches", "BatchTooLargeError", "POLICIES", "
 log = logging.getLogger(__name__)
 
 #: Eviction orders the training cache understands (the config accepts these names for every cache).
-POLICIES = ("fifo", "time", "lru", "lfu")
+POLICIES = POLICY_NAMES
 
 _NS_PREFIX = "ns-"
 _MANIFEST = "manifest.json"
@@ -186,14 +187,10 @@ class _Namespace:
         return index
 
 
-def _policy_key(policy: str, seq: int, created: float, used: float, uses: int) -> tuple[float, ...]:
-    if policy == "lru":
-        return (used, seq)
-    if policy == "lfu":
-        return (uses, used, seq)
-    if policy == "time":
-        return (created, seq)
-    return (seq,)
+def _usage(ns: _Namespace) -> Usage:
+    """A namespace's usage record for the shared eviction order (``policies.ORDER_KEYS``): a namespace is
+    written once, so its creation is its last write; ``used``/``uses`` count passes started."""
+    return Usage(seq=ns.seq, written=ns.created, last_used=ns.used, uses=ns.uses)
 
 
 # ---------------------------------------------------------------------------------------------- the cache
@@ -228,11 +225,7 @@ class TrainingCache(Store):
             size_mb = parse_size(size)
         except ValueError as exc:
             raise ConfigError(f"training_cache.size: {exc}") from exc
-        policy = str(cleanup_policy).strip().lower()
-        if policy not in POLICIES:
-            raise ConfigError(
-                f"training_cache.cleanup_policy: unknown policy {cleanup_policy!r}; use one of {', '.join(POLICIES)}."
-            )
+        policy = check_policy_name(cleanup_policy, "training_cache.cleanup_policy")
         if not isinstance(batch_buffer, int) or batch_buffer < 1:
             raise ConfigError(f"training_cache.batch_buffer: must be a whole number of at least 1, not {batch_buffer!r}.")
         if not isinstance(prefetch, int) or prefetch < 0:
@@ -442,13 +435,10 @@ class TrainingCache(Store):
             os.close(fd)  # closing drops the probe lock
         return False
 
-    def _victims(self, protect: _Namespace | None) -> list[tuple[tuple[float, ...], str, str]]:
-        units: list[tuple[tuple[float, ...], str, str]] = []
-        for ns in self._namespaces.values():
-            if ns is not protect and ns.bytes:
-                units.append((_policy_key(self.cleanup_policy, ns.seq, ns.created, ns.used, ns.uses), "ns", ns.id))
-        units.sort()
-        return units
+    def _victims(self, protect: _Namespace | None) -> list[_Namespace]:
+        """Namespaces holding batches (but ``protect``), first to evict first."""
+        held = [ns for ns in self._namespaces.values() if ns is not protect and ns.bytes]
+        return eviction_order(held, self.cleanup_policy, _usage)
 
     def _make_room(self, nbytes: int, protect: _Namespace | None, report: CleanupReport | None = None) -> bool:
         """Evict whole namespaces in policy order until ``nbytes`` more fit beside everything held.
@@ -459,8 +449,8 @@ class TrainingCache(Store):
         total = self._total_bytes()
         if total + nbytes <= self.max_bytes:
             return True
-        for _, _kind, unit in self._victims(protect):
-            ns = self._namespaces[unit]
+        for ns in self._victims(protect):
+            unit = ns.id
             if self._busy(ns):
                 continue
             removed, freed = self._drop_namespace(ns, keep_manifest=False)
