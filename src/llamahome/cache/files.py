@@ -212,10 +212,11 @@ def sweep(
 
 
 def storage_error(exc: OSError, path: str | os.PathLike[str], action: str) -> StorageError:
-    """The library's error for an OSError met while ``action`` ``path`` (DiskFullError for a full disk)."""
+    """The library's error for an OSError met trying to ``action`` (a verb: "write") ``path``; DiskFullError
+    for a full disk or quota."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return DiskFullError(
-            exc.errno, f"No space left on the device while {action} {path}; free disk space or lower the cache's size."
+            exc.errno, f"No space left on the device to {action} {path}; free disk space or lower the cache's size."
         )
     return StorageError(exc.errno, f"Could not {action} {path} ({exc.strerror}); check the directory's permissions.")
 
@@ -289,13 +290,13 @@ def write_atomic(path: str | os.PathLike[str], parts: Sequence[Any], *, fsync: b
     try:
         tmp = write_temp(directory, name, parts, fsync=fsync)
     except OSError as exc:
-        raise storage_error(exc, path, "writing") from exc
+        raise storage_error(exc, path, "write") from exc
     try:
         os.replace(tmp, path)
     except OSError as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        raise storage_error(exc, path, "writing") from exc
+        raise storage_error(exc, path, "write") from exc
     if fsync:
         _fsync_dir(directory)
     return sum(memoryview(p).nbytes for p in parts)

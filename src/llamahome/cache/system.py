@@ -47,10 +47,9 @@ from typing import Any
 
 from llamahome.errors import CacheClosedError, CacheError, CacheValueError, ConfigError, StorageError, ValueTooLargeError
 
-from ._procs import pid_alive
 from .base import Key, Store, validate_ttl
 from ._legacy import remove_old_kv_files
-from .blobfile import TMP_SUFFIX
+from . import files as cf
 from .disk import DiskCache
 from .policies import POLICY_NAMES, Usage, check_policy_name, eviction_order
 from .stats import CacheStats, CleanupReport
@@ -278,14 +277,7 @@ class SystemCache(Store):
         return os.open(path, os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW | _O_CLOEXEC)
 
     def _write_record(self, record: _Record) -> None:
-        directory = self._meta / _REGISTRY
-        tmp = directory / f".{record.name}.{os.getpid()}.{threading.get_ident()}{TMP_SUFFIX}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, record.as_json())
-        finally:
-            os.close(fd)
-        os.replace(tmp, directory / f"{record.name}.json")
+        cf.write_atomic(self._meta / _REGISTRY / f"{record.name}.json", [record.as_json()])
 
     def _read_record(self, name: str) -> _Record | None:
         try:
@@ -598,7 +590,7 @@ class SystemCache(Store):
                     report.expired += 1
                     report.bytes_freed += freed
                     self._items.expirations += 1
-            report.orphans += _remove_dead_temp_files(self._meta / _REGISTRY) + remove_old_kv_files(self._meta / _OLD_KV)
+            report.orphans += cf.sweep(self._meta / _REGISTRY)[0] + remove_old_kv_files(self._meta / _OLD_KV)
             values = store.cleanup()
             for counter in ("expired", "evicted", "orphans", "missing", "corrupt", "bytes_freed"):
                 setattr(report, counter, getattr(report, counter) + getattr(values, counter))
@@ -718,21 +710,3 @@ def _remove_at(parent_fd: int, name: str) -> int:
         os.rmdir(name, dir_fd=parent_fd)
     return freed
 
-
-def _remove_dead_temp_files(directory: Path) -> int:
-    """Remove temp files left by writers that died (the pid in their name is gone)."""
-    removed = 0
-    with os.scandir(directory) as entries:
-        for entry in entries:
-            if not (entry.name.startswith(".") and entry.name.endswith(TMP_SUFFIX)):
-                continue
-            try:
-                pid = int(entry.name.split(".")[-3])
-            except (IndexError, ValueError):
-                continue
-            if pid == os.getpid() or pid_alive(pid):
-                continue
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(entry.path)
-                removed += 1
-    return removed

@@ -1,7 +1,7 @@
 """The model cache's directory: its marker, the names it gives files, and what it may remove.
 
 A model cache is a directory holding :data:`MARKER` (kind and format version). Everything the cache creates
-has a name of a known shape (temporary writers ``.tmp/<pid>-<hex>``, trash ``.trash/<hex>``, decodes
+has a name of a known shape (temporary writers ``.tmp/.model.<pid>-<hex>.tmp``, trash ``.trash/<hex>``, decodes
 ``.decoding-<pid>-<hex>``), so cleanup can tell its own leftovers from anything a user put there, and only
 ever removes the former, without following symlinks.
 """
@@ -20,6 +20,7 @@ from typing import Any
 from llamahome.errors import ModelCacheError, StorageError
 
 from .._procs import pid_alive
+from ..files import temp_owner
 
 __all__ = [
     "MANIFEST", "ACCESS", "VERIFIED", "MARKER", "SUBDIRS", "TMP_NAME", "TRASH_NAME", "DECODING_NAME",
@@ -106,9 +107,10 @@ def fsync_dir(path: Path) -> None:
 
 
 def owner_alive(tmp_name: str) -> bool:
-    """Is the process that created ``.tmp/<pid>-<id>`` still running?"""
-    pid_text = tmp_name.split("-", 1)[0]
-    return pid_text.isdigit() and pid_alive(int(pid_text))
+    """Is the process that created the temp entry ``tmp_name`` (a :func:`~llamahome.cache.files.temp_name`, or
+    ``<pid>-<hex>`` as earlier versions named them) still running?"""
+    pid = temp_owner(tmp_name)
+    return pid is not None and (pid == os.getpid() or pid_alive(pid))
 
 
 def open_root(root: Path) -> None:

@@ -37,6 +37,7 @@ from llamahome.errors import (
     ModelNotFoundError,
 )
 
+from .. import files as cf
 from ..policies import POLICY_NAMES, Usage, check_policy_name, eviction_order
 from ..stats import CacheStats, CleanupReport
 from ..units import MIB, size_to_bytes
@@ -52,7 +53,6 @@ from ._layout import (
     MANIFEST,
     NAME_MAX,
     PICKLE_SUFFIXES,
-    TMP_NAME,
     TRASH_NAME,
     VERIFIED,
     VERIFIED_TMP,
@@ -1113,12 +1113,14 @@ class ModelCache:
 
         Only entries named as the cache names them; ``.tmp`` and ``.trash`` are checked to be real
         directories first (a symlink put in their place is never scanned)."""
-        for sub, pattern, check_owner in ((".tmp", TMP_NAME, True), (".trash", TRASH_NAME, False)):
+        # Writers' directories are named by the shared temp scheme (files.temp_name: the pid is in the name).
+        is_temp: Callable[[str], object] = cf.temp_owner
+        for sub, ours, check_owner in ((".tmp", is_temp, True), (".trash", TRASH_NAME.fullmatch, False)):
             directory = self.root / sub
             if not real_dir(directory):
                 continue
             for entry in os.scandir(directory):
-                if not pattern.fullmatch(entry.name):
+                if ours(entry.name) is None:
                     continue
                 if check_owner and owner_alive(entry.name):
                     continue
@@ -1264,7 +1266,7 @@ class ModelCache:
         return str(self.root / ".lock")
 
     def _new_tmp(self) -> Path:
-        path = self.root / ".tmp" / f"{os.getpid()}-{uuid.uuid4().hex}"
+        path = self.root / ".tmp" / cf.temp_name("model")
         path.mkdir(mode=0o700, parents=True)
         return path
 

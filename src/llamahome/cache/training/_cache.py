@@ -50,9 +50,8 @@ from llamahome.errors import (
 )
 
 from .._legacy import remove_old_kv_files
-from .._procs import pid_alive
 from ..base import Key, Store
-from ..blobfile import HEADER_SIZE, TMP_SUFFIX, read_blob, write_blob
+from .. import files as cf
 from ..codecs import decode
 from ..disk import DiskCache
 from ..policies import POLICY_NAMES, Usage, check_policy_name, eviction_order
@@ -87,6 +86,11 @@ _ORPHAN_GRACE = 60.0
 
 class BatchTooLargeError(TrainingCacheError, ValueTooLargeError):
     """A batch larger than the training cache's whole ``size``: raise ``training_cache.size``."""
+
+
+def _batch_key(ns_id: str, index: int) -> bytes:
+    """The key a batch file is bound to (namespace and index): a file copied or moved to another slot is a miss."""
+    return f"{ns_id}/{index}".encode()
 
 
 def _batch_name(index: int) -> str:
@@ -374,16 +378,7 @@ class TrainingCache(Store):
 
     def _write_manifest(self, ns: _Namespace) -> None:
         data = json.dumps(ns.manifest(), default=str, indent=1).encode()
-        tmp = ns.dir / f".{_MANIFEST}.{os.getpid()}.{threading.get_ident()}{TMP_SUFFIX}"
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.chmod(tmp, 0o600)
-            os.replace(tmp, ns.dir / _MANIFEST)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise StorageError(exc.errno, f"Cannot write the manifest of {ns.dir} ({exc.strerror}).") from exc
+        cf.write_atomic(ns.dir / _MANIFEST, [data])
 
     def _next_seq(self) -> int:
         self._seq += 1
@@ -487,7 +482,7 @@ class TrainingCache(Store):
                 for entry in entries:
                     if entry.is_dir(follow_symlinks=False):
                         continue
-                    if _BATCH_RE.match(entry.name) or entry.name in (_MANIFEST, _LOCK) or entry.name.endswith(TMP_SUFFIX):
+                    if _BATCH_RE.match(entry.name) or entry.name in (_MANIFEST, _LOCK) or cf.temp_owner(entry.name) is not None:
                         with contextlib.suppress(FileNotFoundError):
                             os.unlink(entry.path)
             with contextlib.suppress(OSError):
@@ -503,7 +498,8 @@ class TrainingCache(Store):
 
     def _store_batch(self, ns: _Namespace, index: int, parts: list[Any], raw: int) -> bool:
         """Write batch ``index`` of ``ns``; False if the namespace cannot fit in the budget (overflow)."""
-        nbytes = HEADER_SIZE + sum(memoryview(p).nbytes for p in parts)
+        key = _batch_key(ns.id, index)
+        nbytes = cf.file_size(len(key), sum(memoryview(p).nbytes for p in parts))
         if nbytes > self.max_bytes:
             raise self._too_large(nbytes, f"Batch {index} of dataset {ns.dataset_id!r}")
         with self._lock:
@@ -518,7 +514,7 @@ class TrainingCache(Store):
                 ns.dir.mkdir(exist_ok=True, mode=0o700)
                 self._write_manifest(ns)
                 self._namespaces[ns.id] = ns
-            size = write_blob(ns.dir / _batch_name(index), parts, created=self.clock(), seq=self._next_seq())
+            size = cf.write_value(ns.dir / _batch_name(index), key, parts, created=self.clock(), seq=self._next_seq())
             ns.batches[index] = size
             ns.bytes += size
             self._bytes += size
@@ -526,7 +522,7 @@ class TrainingCache(Store):
             self._own.entries += 1
             self._own.sets += 1
             self._own.raw_bytes += raw
-            self._own.stored_bytes += size - HEADER_SIZE
+            self._own.stored_bytes += size - cf.frame_offset(len(key))
             return True
 
     def _overflow(self, ns: _Namespace) -> None:
@@ -548,7 +544,10 @@ class TrainingCache(Store):
 
     def _read_batch(self, ns: _Namespace, index: int) -> Any:
         """Batch ``index`` of ``ns`` from disk, or None if it is missing or damaged (counted, then dropped)."""
-        blob = read_blob(ns.dir / _batch_name(index))
+        key = _batch_key(ns.id, index)
+        blob = cf.read_value_file(ns.dir / _batch_name(index), None)
+        if blob is not None and blob.header.key != key and not (blob.header.legacy_blob and blob.header.key == b""):
+            blob = None  # another slot's batch (batch files of earlier versions name no key: still read)
         value: Any = None
         if blob is not None:
             try:
@@ -826,7 +825,7 @@ class TrainingCache(Store):
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(orphan)
             for directory in [self.path / _OLD_KV_DIR, *(ns.dir for ns in self._namespaces.values())]:
-                report.orphans += _remove_stale_temp_files(directory)
+                report.orphans += cf.sweep(directory)[0]
             report.orphans += remove_old_kv_files(self.path / _OLD_KV_DIR)
         values = self._values.cleanup()
         for counter in ("expired", "evicted", "orphans", "missing", "corrupt", "bytes_freed"):
@@ -973,27 +972,6 @@ class _Shelf:
 
     def count(self, counter: str, amount: int = 1) -> None:
         self._cache._count(counter, amount)
-
-
-def _remove_stale_temp_files(directory: Path) -> int:
-    """Remove temp files of writers that died (their pid is gone); live writers' files are left alone."""
-    removed = 0
-    with contextlib.suppress(FileNotFoundError):
-        with os.scandir(directory) as entries:
-            for entry in entries:
-                if not (entry.name.startswith(".") and entry.name.endswith(TMP_SUFFIX)):
-                    continue
-                parts = entry.name.split(".")
-                try:
-                    pid = int(parts[-3])
-                except (IndexError, ValueError):
-                    continue
-                if pid == os.getpid() or pid_alive(pid):
-                    continue
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(entry.path)
-                    removed += 1
-    return removed
 
 
 def _reopen(kwargs: dict[str, Any]) -> TrainingCache:
