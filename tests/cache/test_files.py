@@ -240,3 +240,18 @@ def test_sweep_removes_dead_writers_temp_files_only(tmp_path: Path) -> None:
 def test_pid_alive_tells_running_from_exited_processes() -> None:
     assert pid_alive(os.getpid()) is True
     assert pid_alive(_dead_pid()) is False
+
+
+def test_the_model_cache_names_and_sweeps_its_writers_by_the_shared_scheme(tmp_path: Path) -> None:
+    from llamahome.cache.model import ModelCache
+
+    cache = ModelCache(tmp_path, size=4)
+    live = cache._new_tmp()
+    assert files.temp_owner(live.name) == os.getpid()
+    dead = tmp_path / ".tmp" / f".model.{_dead_pid()}-{'e' * 32}.tmp"
+    dead.mkdir()
+    (dead / "model.safetensors").write_bytes(b"x" * 100)
+    foreign = tmp_path / ".tmp" / "not-ours"
+    foreign.mkdir()
+    assert cache.cleanup().orphans == 1
+    assert sorted(os.listdir(tmp_path / ".tmp")) == sorted([live.name, "not-ours"])
