@@ -20,6 +20,7 @@ On a self-started redis-server (loopback, persistence off):
 from __future__ import annotations
 
 import argparse
+import itertools
 import multiprocessing as mp
 import os
 import random
@@ -221,6 +222,7 @@ def cost(url: str, workdir: str, trials: int, ops: int) -> dict[str, list[float]
     on = tiered(url, "tiered-on", Path(workdir) / "on", listen=True)
     for cache in (off, on):
         cache.set("hot", value)
+    keys = itertools.cycle([f"k{i}" for i in range(1000)])  # distinct keys: each write's report is checked
 
     def quiet(fn: Callable[[], float]) -> Callable[[], float]:
         def run() -> float:
@@ -230,10 +232,10 @@ def cost(url: str, workdir: str, trials: int, ops: int) -> dict[str, list[float]
 
     results = interleaved(
         {
-            "RedisCache.set, no listener": quiet(lambda: per_op(lambda: plain.set("k", value), ops)),
-            "RedisCache.set, listening": quiet(lambda: per_op(lambda: listening.set("k", value), ops)),
-            "TieredCache.set, listen=False": quiet(lambda: per_op(lambda: off.set("k", value), ops)),
-            "TieredCache.set, listen=True": quiet(lambda: per_op(lambda: on.set("k", value), ops)),
+            "RedisCache.set, no listener": quiet(lambda: per_op(lambda: plain.set(next(keys), value), ops)),
+            "RedisCache.set, listening": quiet(lambda: per_op(lambda: listening.set(next(keys), value), ops)),
+            "TieredCache.set, listen=False": quiet(lambda: per_op(lambda: off.set(next(keys), value), ops)),
+            "TieredCache.set, listen=True": quiet(lambda: per_op(lambda: on.set(next(keys), value), ops)),
         },
         trials,
     )

@@ -9,6 +9,10 @@ Peers side by side in one process, trials interleaved, medians printed with the 
 Integrity checks (issue 11): copies and compressed loads hash what they read every time; mapped loads hash a
 file once per identity (recorded at write time, so never here). The ``verify=False`` rows are the same loads
 without any hashing: the difference is what the checks cost; ``verify=True`` is a mapped load that re-hashes.
+Measured (medians of 15, this 2-core box at load average 5-9, so absolute times are noisy): before the checks
+a copy load took 56 ms; with them 70-100 ms (verify=False: 42-56 ms); a mapped load 0.96 ms before, 0.99-1.04 ms
+after (the write-time stamp makes it free), 11-25 ms with verify=True; a compressed fp32 copy load 218-232 ms
+without the check, 246-261 ms with it.
 
     .venv/bin/python benchmarks/bench_model.py [--quick] [--trials N]
 """

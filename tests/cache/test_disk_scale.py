@@ -127,13 +127,15 @@ def test_a_set_that_must_evict_evicts_a_batch_down_to_the_low_water_mark(tmp_pat
         while c.stats.evictions == 0:
             c.set(f"k{i}", os.urandom(KIB))
             i += 1
-        batch = c.stats.evictions
-        assert batch >= 10  # 1/64 of the bound (16 KiB) of 1 KiB entries at once, not one victim per set
-        assert c.stats.bytes <= c.max_bytes - c.max_bytes // 64 + KIB + 64
-        for j in range(batch - 2):  # the room the batch made takes the next sets without evicting
+        assert c.stats.evictions >= 10  # 1/64 of the bound (16 KiB) of 1 KiB entries at once, not one per set
+        evicting_sets = 0
+        for j in range(300):
+            before = c.stats.evictions
             c.set(f"more{j}", os.urandom(KIB))
-        assert c.stats.evictions == batch
-        assert f"k{i - 1}" in c and "k0" not in c  # still in lru order
+            evicting_sets += c.stats.evictions > before
+        assert evicting_sets <= 300 // 8  # one evicting transaction serves many sets
+        assert c.stats.bytes <= c.max_bytes
+        assert "more299" in c and "k0" not in c  # still in lru order
 
 
 def test_the_batch_never_evicts_a_large_entry_only_for_its_slack(tmp_path: Path) -> None:
@@ -144,3 +146,24 @@ def test_the_batch_never_evicts_a_large_entry_only_for_its_slack(tmp_path: Path)
         c.set("d", os.urandom(size))
         assert ["a" in c, "b" in c, "c" in c, "d" in c] == [False, True, True, True]
         assert c.stats.evictions == 1
+
+
+def _du(root: Path) -> int:
+    total = os.lstat(root).st_blocks * 512
+    for folder, dirs, files in os.walk(root):
+        total += sum(os.lstat(os.path.join(folder, n)).st_blocks * 512 for n in dirs + files)
+    return total
+
+
+@pytest.mark.parametrize(("value", "mb"), [(KIB, 6), (100 * KIB, 8)], ids=["inline", "files"])
+def test_du_of_a_closed_cache_stays_within_a_tenth_over_the_bound(tmp_path: Path, value: int, mb: int) -> None:
+    """The bound covers the index's pages beyond the inline values, the folders and the value files' last
+    blocks (beyond an allowance of 1/16), so `du` is what the bound says (before: 1.29x for 1 KiB values).
+    Outside it: the reserve (1/64 of the bound, at least 128 KiB: small caches keep to issue 11's 1.5x)."""
+    root = tmp_path / "c"
+    with DiskCache(root, size=mb) as c:
+        for i in range(2 * mb * 1024 * KIB // value):
+            c.set(f"key-{i:07d}", os.urandom(value))
+        assert c.stats.evictions > 0
+        assert c.stats.bytes >= 0.7 * c.max_bytes  # the entries still get most of it
+    assert _du(root) <= 1.1 * mb * 1024 * KIB

@@ -12,7 +12,9 @@ from llamahome.cache.disk import _files as disk_files
 from llamahome.cache.disk import DiskCache
 
 MIB = 1024 * 1024
-TENTH = MIB // 10 - 4096  # ten entries fill a 1 MB cache
+# Ten entries fill a 1 MB cache (the room left is what the directory's folders and index pages take beyond
+# the bound's allowance: the bound covers them, see Index.measure).
+TENTH = MIB // 11
 
 
 def _spy(cache: DiskCache) -> sqlite3.Connection:
@@ -132,6 +134,8 @@ def _downgrade_to_version_1(path: Path) -> None:
         db.execute("DROP INDEX entries_lru")
         db.execute("CREATE INDEX entries_lru ON entries(accessed)")
         db.execute("ALTER TABLE meta DROP COLUMN pending")
+        db.execute("ALTER TABLE meta DROP COLUMN file_bytes")  # version 3's value-file totals
+        db.execute("ALTER TABLE meta DROP COLUMN file_slack")
         db.execute("UPDATE meta SET version = 1")
         db.execute("""CREATE TRIGGER entries_ins AFTER INSERT ON entries BEGIN
             UPDATE meta SET bytes = bytes + NEW.size, entries = entries + 1 WHERE id = 0; END""")

@@ -14,8 +14,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llamahome.cache.base import MISSING
-from llamahome.cache.memory import ENTRY_OVERHEAD, MemoryCache
-from llamahome.cache.policies import LRUPolicy, TimePolicy
+from llamahome.cache.memory import (
+    ENTRY_OVERHEAD,
+    FIFOMemoryCache,
+    LFUMemoryCache,
+    LRUMemoryCache,
+    MemoryCache,
+    PolicyMemoryCache,
+    TimeMemoryCache,
+)
+from llamahome.cache.policies import FIFOPolicy, LFUPolicy, LRUPolicy, TimePolicy
 from llamahome.cache.sizing import key_size, sizeof
 from llamahome.errors import CacheClosedError, CacheKeyError, CacheValueError, ConfigError, ValueTooLargeError
 
@@ -48,7 +56,37 @@ class TestCompressedMemoryContract(StoreContract):
 
 
 class _SlowLRU(LRUPolicy):
-    """LRU through the policy object: a subclass is not given the OrderedDict fast path."""
+    """LRU through the policy object: a subclass is not given a specialised strategy."""
+
+
+class _SlowFIFO(FIFOPolicy):
+    """FIFO through the policy object."""
+
+
+class _SlowTime(TimePolicy):
+    """Oldest write first through the policy object."""
+
+
+class _SlowLFU(LFUPolicy):
+    """LFU through the policy object."""
+
+
+
+_SLOW = {"lru": _SlowLRU, "fifo": _SlowFIFO, "time": _SlowTime, "lfu": _SlowLFU}
+
+
+class TestPolicyObjectMemoryContract(StoreContract):
+    """The general strategy, which every user-supplied EvictionPolicy object runs on."""
+
+    def make_store(self, tmp_path: Path, clock: Any, size_mb: float = 1.0, policy: str = "lru") -> PolicyMemoryCache:
+        store = MemoryCache(size=size_mb, policy=_SLOW[policy](), clock=clock)
+        assert isinstance(store, PolicyMemoryCache)
+        return store
+
+
+#: Each built-in policy's specialised strategy, and the same rules through the general policy-object one.
+_PAIRS = {"lru": _SlowLRU, "fifo": _SlowFIFO, "time": _SlowTime, "lfu": _SlowLFU}
+_STRATEGIES = {"lru": "LRUMemoryCache", "fifo": "FIFOMemoryCache", "time": "TimeMemoryCache", "lfu": "LFUMemoryCache"}
 
 
 def charge(key: str | bytes, value: Any) -> int:
@@ -92,6 +130,61 @@ def test_defaults() -> None:
     assert "lru" in repr(cache)
 
 
+@pytest.mark.parametrize(
+    ("policy", "strategy"),
+    [
+        ("lru", LRUMemoryCache),
+        (" LRU ", LRUMemoryCache),
+        (LRUPolicy(), LRUMemoryCache),
+        (_SlowLRU(), PolicyMemoryCache),  # a subclass may change the rules: the policy object decides
+        ("lfu", LFUMemoryCache),
+        (LFUPolicy(), LFUMemoryCache),
+        (_SlowLFU(), PolicyMemoryCache),
+        ("fifo", FIFOMemoryCache),
+        (FIFOPolicy(), FIFOMemoryCache),
+        ("Time", TimeMemoryCache),
+        (TimePolicy(), TimeMemoryCache),
+        (TimePolicy(max_age=5), PolicyMemoryCache),  # needs write times: the general strategy keeps them
+        (_SlowFIFO(), PolicyMemoryCache),
+    ],
+)
+def test_memory_cache_builds_one_class_per_strategy(policy: Any, strategy: type) -> None:
+    from llamahome.cache import MemoryCache as public
+    from llamahome.cache.base import Store
+
+    cache = MemoryCache(size=1, policy=policy)
+    assert public is MemoryCache
+    assert type(cache) is strategy and isinstance(cache, MemoryCache) and isinstance(cache, Store)
+    cache.set("k", b"v")
+    assert cache.get("k") == b"v" and cache.stats.hits == 1
+
+
+def test_memory_cache_signature_is_the_documented_one() -> None:
+    import inspect
+
+    params = inspect.signature(MemoryCache.__init__).parameters
+    assert list(params) == ["self", "size", "policy", "compression", "clock", "allow_pickle", "name"]
+    assert [params[p].default for p in ("size", "policy", "compression")] == [1000, "lru", False]
+    # The strategies take the same words, positionally too.
+    cache = MemoryCache(2, "fifo", True, name="x")
+    assert (cache.max_bytes, cache.policy.name, cache.compression, cache.name) == (2 * MIB, "fifo", True, "x")
+    assert type(LRUMemoryCache(size=1)) is LRUMemoryCache
+
+
+def test_lock_free_hits_are_counted_exactly_however_often_stats_are_read() -> None:
+    cache = MemoryCache(size=1)
+    cache.set("k", b"v")
+    for i in range(1, 50):
+        for _ in range(i % 4):
+            cache.get("k")
+        cache.get("missing")
+        assert cache.stats.hits == sum(j % 4 for j in range(1, i + 1))
+        assert cache.stats.misses == i
+    repr(cache)
+    cache.cleanup()
+    assert cache.stats.hits == sum(j % 4 for j in range(1, 50))
+
+
 # -------------------------------------------------------------------------------------- honest accounting
 
 
@@ -132,7 +225,7 @@ def test_value_too_large_leaves_an_existing_key_untouched() -> None:
 
 
 def _native_lru_bytes_per_entry() -> float:
-    """What LRUMap's native (Rust) table spends per entry, which tracemalloc cannot see: an RSS difference.
+    """What the lru strategy's native (Rust) table (cachebox.LRUCache) spends per entry, which tracemalloc cannot see: an RSS difference.
 
     Measured in a fresh interpreter: in this one, pages freed by earlier tests are still resident and the
     table reuses them, so RSS grows less than the table takes (after tests/acceptance ran first, lru came
@@ -147,14 +240,14 @@ def _native_lru_bytes_per_entry() -> float:
     code = """
 import gc, sys
 import psutil
-from llamahome.cache.lru_map import LRUMap
+import cachebox
 
 n = 300_000
 keys = [f"key:{i:08d}" for i in range(n)]
 value = b"v"
 gc.collect()
 before = psutil.Process().memory_info().rss
-table = LRUMap()
+table = cachebox.LRUCache(0)
 for k in keys:
     table[k] = value
 print((psutil.Process().memory_info().rss - before) / n)
@@ -168,7 +261,7 @@ print((psutil.Process().memory_info().rss - before) / n)
 
 def test_entry_overhead_is_close_to_what_cpython_really_spends() -> None:
     # Structures measured with tracemalloc, plus the key and value object headers (str 49, bytes 33), plus
-    # for lru the native table behind LRUMap (measured from RSS).
+    # for lru the native table behind LRUMemoryCache (measured from RSS).
     native_lru = _native_lru_bytes_per_entry()
     assert 16 <= native_lru <= 200, native_lru
     n = 4000
@@ -212,12 +305,12 @@ _ops = st.lists(
 
 
 @settings(max_examples=120, deadline=None)
-@given(ops=_ops, policy=st.sampled_from([*ALL_POLICIES, "slow-lru"]), compression=st.booleans())
+@given(ops=_ops, policy=st.sampled_from([*ALL_POLICIES, "slow-lru", "slow-fifo", "slow-time", "slow-lfu"]), compression=st.booleans())
 def test_byte_bound_and_accounting_under_random_workloads(
     ops: list[tuple[Any, ...]], policy: str, compression: bool
 ) -> None:
     clock = FakeClock()
-    pol: Any = _SlowLRU() if policy == "slow-lru" else policy
+    pol: Any = _PAIRS[policy[5:]]() if policy.startswith("slow-") else policy
     cache = MemoryCache(size=8 / 1024, policy=pol, compression=compression, clock=clock)  # 8 KiB
     sets = 0
     for op in ops:
@@ -240,14 +333,14 @@ def test_byte_bound_and_accounting_under_random_workloads(
         assert 0 <= stats.bytes <= stats.max_bytes
         if not compression:
             # Exact: what is held, charged as documented (values stay the objects stored).
-            held = {k: cache._data[k] for k in cache.keys()}
+            held = {k: cache._peek_raw(k, None) for k in cache.keys()}
             assert stats.bytes == sum(charge(k, v) for k, v in held.items())
         assert stats.entries == len(cache) == len(cache.keys())
         assert sorted(map(repr, cache.eviction_order())) == sorted(map(repr, cache.keys()))
     assert cache.stats.sets == sets
 
 
-# ------------------------------------------------------------------------------------ the lru fast path
+# ------------------------------------------------------------- the specialised strategies and the policies
 
 
 @settings(max_examples=150, deadline=None)
@@ -255,22 +348,24 @@ def test_byte_bound_and_accounting_under_random_workloads(
     ops=st.lists(
         st.tuples(st.sampled_from(["set", "set", "get", "delete", "peek"]), st.integers(0, 12), st.integers(1, 400)),
         max_size=80,
-    )
+    ),
+    policy=st.sampled_from(ALL_POLICIES),
 )
-def test_lru_fast_path_agrees_with_the_policy_object(ops: list[tuple[str, int, int]]) -> None:
-    _compare_fast_and_slow_lru(ops)
+def test_fast_paths_agree_with_the_policy_objects(ops: list[tuple[str, int, int]], policy: str) -> None:
+    _compare_fast_and_slow(policy, ops)
 
 
-def test_lru_fast_path_agrees_on_a_long_seeded_workload() -> None:
+@pytest.mark.parametrize("policy", ALL_POLICIES)
+def test_fast_paths_agree_on_a_long_seeded_workload(policy: str) -> None:
     rng = random.Random(7)
     kinds = ["set", "set", "get", "get", "delete", "peek"]
-    _compare_fast_and_slow_lru([(rng.choice(kinds), rng.randrange(16), rng.randrange(1, 400)) for _ in range(3000)])
+    _compare_fast_and_slow(policy, [(rng.choice(kinds), rng.randrange(16), rng.randrange(1, 400)) for _ in range(3000)])
 
 
-def _compare_fast_and_slow_lru(ops: list[tuple[str, int, int]]) -> None:
-    fast = MemoryCache(size=4 / 1024, policy="lru")
-    slow = MemoryCache(size=4 / 1024, policy=_SlowLRU())
-    assert fast._fast and not slow._fast
+def _compare_fast_and_slow(policy: str, ops: list[tuple[str, int, int]]) -> None:
+    fast = MemoryCache(size=4 / 1024, policy=policy)
+    slow = MemoryCache(size=4 / 1024, policy=_PAIRS[policy]())
+    assert type(fast).__name__ == _STRATEGIES[policy] and isinstance(slow, PolicyMemoryCache)
     for op, k, n in ops:
         key = f"k{k:02d}"
         for cache in (fast, slow):
@@ -306,17 +401,19 @@ def _mixed(kind: str, n: int) -> Any:
         max_size=80,
     ),
     compression=st.booleans(),
+    policy=st.sampled_from(ALL_POLICIES),
 )
-def test_lru_table_agrees_with_the_policy_object_on_any_value(
-    ops: list[tuple[Any, Any, str, int, float | None]], compression: bool
+def test_strategies_agree_with_the_policy_objects_on_any_value(
+    ops: list[tuple[Any, Any, str, int, float | None]], compression: bool, policy: str
 ) -> None:
-    # The native table's own eviction (the fast path, and the general path while no deadline is held) and
-    # MemoryCache's (deadlines held: expired entries first) against LRUPolicy on the general path, with None
-    # values (insert's "no old value" answer is then ambiguous), values whose charge is not len(), non-ASCII
-    # or bytes keys, compression and ttl: the same order, and exactly the same counts and charges.
+    # Each specialised strategy (for lru the native table's own eviction on the fast path, and on the general
+    # path while no deadline is held; its own eviction with deadlines held: expired entries first) against
+    # the policy object on the general strategy, with None values (lru insert's "no old value" answer is then
+    # ambiguous), values whose charge is not len(), non-ASCII or bytes keys, overwrites of the next victim,
+    # compression and ttl: the same order, and exactly the same counts and charges.
     clock = FakeClock()
-    fast = MemoryCache(size=4 / 1024, policy="lru", compression=compression, clock=clock)
-    slow = MemoryCache(size=4 / 1024, policy=_SlowLRU(), compression=compression, clock=clock)
+    fast = MemoryCache(size=4 / 1024, policy=policy, compression=compression, clock=clock)
+    slow = MemoryCache(size=4 / 1024, policy=_PAIRS[policy](), compression=compression, clock=clock)
     for op, key, kind, n, ttl in ops:
         if op == "advance":
             clock.advance(3.0)
@@ -332,8 +429,7 @@ def test_lru_table_agrees_with_the_policy_object_on_any_value(
         assert fast.stats.snapshot() | {"name": ""} == slow.stats.snapshot() | {"name": ""}
         assert 0 <= fast.stats.bytes <= fast.max_bytes
         if not compression:
-            assert fast.stats.bytes == sum(charge(k, fast._data[k]) for k in fast.keys())
-    assert not fast._sizes  # lru keeps the charges in its native table, not in a dict
+            assert fast.stats.bytes == sum(charge(k, fast._peek_raw(k, None)) for k in fast.keys())
 
 
 def test_overwriting_a_cached_none_is_not_an_eviction() -> None:
@@ -620,7 +716,7 @@ def test_eight_threads_hammering_one_cache(policy: str) -> None:
     assert stats.sets == sum(c[0] for c in counts)
     assert stats.hits + stats.misses == sum(c[1] for c in counts)
     assert stats.deletes == sum(c[2] for c in counts)
-    held = {k: cache._data[k] for k in cache.keys()}
+    held = {k: cache._peek_raw(k, None) for k in cache.keys()}
     assert stats.bytes == sum(charge(k, v) for k, v in held.items()) <= stats.max_bytes
     assert stats.entries == len(held) == len(cache.eviction_order())
     assert stats.evictions > 0
@@ -636,3 +732,35 @@ def test_a_dropped_cache_is_freed_without_waiting_for_the_garbage_collector(poli
     ref = weakref.ref(cache)
     del cache  # no reference cycle (e.g. through the lru table's size hook) may keep it and its values alive
     assert ref() is None
+
+
+@pytest.mark.parametrize("policy", ["fifo", _SlowFIFO()])
+def test_fifo_overwriting_the_next_victim_with_a_larger_value(policy: Any) -> None:
+    per = charge("a", b"x" * 100)
+    cache = MemoryCache(size=f"{3 * per}B", policy=policy)
+    for key in ("a", "b", "c"):
+        cache.set(key, b"x" * 100)
+    cache.set("a", b"y" * 150)  # "a" is the next victim: its old value leaves (not an eviction), "b" goes
+    assert cache.eviction_order() == ["c", "a"] and cache.get("a") == b"y" * 150
+    assert cache.stats.evictions == 1 and cache.stats.bytes == per + charge("a", b"y" * 150)
+    cache.set("c", b"z" * 100)  # an overwrite that fits keeps its place
+    assert cache.eviction_order() == ["c", "a"]
+
+
+def test_lfu_counts_reads_and_forgets_them_with_the_key() -> None:
+    per = charge("a", b"x" * 100)
+    cache = MemoryCache(size=f"{3 * per}B", policy="lfu")
+    for key in ("a", "b", "c"):
+        cache.set(key, b"x" * 100)
+    for _ in range(600):
+        cache.get("a")
+    cache.get("b")
+    cache.set("d", b"x" * 100)  # "c" has the fewest uses
+    assert "c" not in cache and cache.eviction_order() == ["d", "b", "a"]
+    assert cache.stats.hits == 601 and cache.stats.evictions == 1
+    cache.get("d")
+    for _ in range(3):
+        cache.get("b")
+    cache.delete("b")
+    cache.set("b", b"x" * 100)  # a new "b", one use: the reads of the old one do not count for it
+    assert cache.eviction_order() == ["b", "d", "a"]

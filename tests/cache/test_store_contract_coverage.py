@@ -25,7 +25,13 @@ OPT_OUTS: dict[str, str] = {
     "TieredCache": "composite; accounting sums its tiers (tests/cache/test_tiered.py)",
     # Needs a redis-server per test and has no injectable clock (Redis expires keys on its own time);
     # test_network.py runs the contract's semantics against a real server. Owned by the Redis work.
-    "RedisCache": "needs a live redis-server and Redis's own clock (tests/cache/test_network.py)",
+    "RedisCache": "needs a live redis-server and Redis's own clock (tests/cache/redis/test_cache.py)",
+    # MemoryCache(policy=...) is a factory: it returns one of these per policy name, so the MemoryCache contract
+    # (run over every policy name, plain and compressed) runs each of them; PolicyMemoryCache has its own class.
+    "LRUMemoryCache": "built by MemoryCache(policy='lru'); runs TestMemoryContract",
+    "LFUMemoryCache": "built by MemoryCache(policy='lfu'); runs TestMemoryContract",
+    "FIFOMemoryCache": "built by MemoryCache(policy='fifo'); runs TestMemoryContract",
+    "TimeMemoryCache": "built by MemoryCache(policy='time'); runs TestMemoryContract",
 }
 
 

@@ -199,7 +199,8 @@ def test_scan_dedupe_links_only_read_only_files(tmp_path: Path, monkeypatch: pyt
     hub, models, data = _machine(tmp_path, monkeypatch)
     cached = models / "m" / "model.safetensors"
     torch_file = tmp_path / "torch" / "hub" / "checkpoints" / "m.safetensors"
-    dry = json.loads(run("cache", "scan", "--llamahome", str(models), "--dedupe", "--dry-run", "--json").stdout)
+    # The LlamaHome location may be the model cache or a directory above it (the disk path the manager uses).
+    dry = json.loads(run("cache", "scan", "--llamahome", str(models.parent), "--dedupe", "--dry-run", "--json").stdout)
     assert [item["path"] for item in dry["linked"]] == [str(cached)]  # torch's checkpoint is not read-only
     assert cached.stat().st_nlink == 1  # nothing changed
     real = json.loads(run("cache", "scan", "--llamahome", str(models), "--dedupe", "--json").stdout)

@@ -115,7 +115,11 @@ def ls(directory: str | None, config_file: str | None, as_json: bool) -> None:
 @click.option("--revision", default="main", show_default=True, help="With --hf: a branch, tag or commit hash.")
 @click.option("--hf-cache", type=click.Path(file_okay=False, path_type=str), help="With --hf: the hub cache directory.")
 @click.option("--name", help="The name to cache it under (default: the file or directory name, or org--name).")
-@click.option("--compress/--no-compress", default=None, help="Store compressed (default: model_cache.compression).")
+@click.option(
+    "--compress/--no-compress",
+    default=None,
+    help="Store compressed (default: model_cache.compression; with --hf: linked, not compressed).",
+)
 @click.option("--copy", is_flag=True, help="Copy instead of hard-linking the files.")
 @click.option("--allow-pickle", is_flag=True, help="Accept a directory whose only weights are pickled (.bin/.pt).")
 @_dir_option
@@ -142,7 +146,7 @@ def add(
     cache = open_model_cache(directory, config_file, create=True)
     start = time.perf_counter()
     if repo_id is not None:
-        name = cache.add_hf(repo_id, revision, hf_cache, name=name, compression=compress, link=not copy,
+        name = cache.add_hf(repo_id, revision, hf_cache, name=name, compression=bool(compress), link=not copy,
                             allow_pickle=allow_pickle)  # fmt: skip
     else:
         source = Path(path)  # type: ignore[arg-type]  # checked above

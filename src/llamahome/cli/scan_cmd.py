@@ -123,11 +123,10 @@ def _immutable(loc: Location, path: Path) -> bool:
     rel = path.relative_to(loc.path).parts
     if loc.kind == "huggingface hub":
         return len(rel) == 3 and rel[0].startswith("models--") and rel[1] == "blobs"
-    if loc.kind == "llamahome":
+    if loc.kind == "llamahome":  # <model cache>/<model>/<data file>, at any depth under the location
         return (
-            len(rel) == 2
-            and not rel[0].startswith(".")
-            and (loc.path / _MODEL_MARKER).is_file()
+            not path.parent.name.startswith(".")
+            and (path.parent.parent / _MODEL_MARKER).is_file()
             and path.name.endswith((".safetensors", ".lhz", ".gguf"))
         )
     return False

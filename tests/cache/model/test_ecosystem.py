@@ -165,7 +165,7 @@ def test_add_hf_imports_a_hub_snapshot_without_copying(
     root, expected = tiny_llama
     hub = _hub_cache(tmp_path, root, "tiny-org/tiny-llama")
     monkeypatch.setenv("HF_HUB_CACHE", str(hub))
-    cache = ModelCache(tmp_path / "models", size=64, compression=False)
+    cache = ModelCache(tmp_path / "models", size=64)  # compression on, yet add_hf links by default
     name = cache.add_hf("tiny-org/tiny-llama")  # the default cache dir comes from HF_HUB_CACHE
     assert name == "tiny-org--tiny-llama"
     path = cache.get_path(name)

@@ -378,3 +378,21 @@ def test_import_progress_moves_by_bytes_and_leaves_a_summary(
     quiet.put("m", big)
     quiet.load("m")
     assert capsys.readouterr().err == ""
+
+
+def test_get_path_checks_the_shard_index_too(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    weight_map = {}
+    for i in range(2):
+        file = f"model-0000{i + 1}-of-00002.safetensors"
+        save_file({f"t{i}": np.full(16, i, dtype=np.float32)}, str(src / file))
+        weight_map[f"t{i}"] = file
+    (src / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    cache = ModelCache(tmp_path / "models", compression=False)
+    cache.add_dir("m", src)
+    assert cache.get_path("m").is_dir()
+    index = tmp_path / "models" / "m" / "model.safetensors.index.json"
+    index.write_text(index.read_text().replace("t1", "t9"))
+    with pytest.raises(ModelNotFoundError, match="damaged"):
+        cache.get_path("m")

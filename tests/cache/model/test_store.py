@@ -16,7 +16,6 @@ from safetensors.numpy import load_file, save_file
 
 from llamahome.cache.model import _io as model_io
 from llamahome.cache.model import ModelCache, ModelNotFoundError
-from llamahome.cache.model._codec import decode_chunk, encode_chunk, word_of
 from llamahome.errors import CacheError, CacheClosedError, ConfigError, ModelCacheError
 
 torch = pytest.importorskip("torch")
@@ -92,26 +91,6 @@ def test_empty_and_odd_shapes_round_trip(tmp_path: Path) -> None:
             for key, value in tensors.items():
                 got = out[key].numpy() if framework == "torch" else out[key]
                 assert got.shape == value.shape and got.dtype == value.dtype and np.array_equal(got, value)
-
-
-def test_codec_streams_are_a_bit_permutation() -> None:
-    raw = (np.random.default_rng(0).standard_normal(5000) * 0.02).astype(np.float32).view(np.uint8)
-    word, rotate = word_of("F32")
-    assert (word, rotate) == (4, True)
-    chunk = encode_chunk(raw, word, rotate)
-    assert [compressed for _, compressed in chunk.streams][3] is True  # the exponent stream pays
-    assert chunk.stored < raw.nbytes * 0.9
-    # Lay the streams out as a container would and decode them back.
-    blob = b"".join(p if isinstance(p, bytes) else p.tobytes() for p, _ in chunk.streams)
-    offsets, at = [], 0
-    for payload, compressed in chunk.streams:
-        size = len(payload) if isinstance(payload, bytes) else payload.nbytes
-        offsets.append([at, size, int(compressed)])
-        at += size
-    entry = {"word": word, "rotate": rotate, "chunks": [[raw.nbytes, offsets]]}
-    out = np.empty(raw.nbytes, dtype=np.uint8)
-    decode_chunk(entry, 0, np.frombuffer(blob, dtype=np.uint8), out)
-    assert out.tobytes() == raw.tobytes()
 
 
 def test_writes_into_loaded_tensors_never_reach_the_cache(tmp_path: Path) -> None:
@@ -362,15 +341,6 @@ def test_put_replaces_and_identical_add_keeps_one_copy(tmp_path: Path) -> None:
     cache.put("m", {"w": np.zeros(10, dtype=np.float32)})  # identical content: the existing copy stays
     assert cache.info("m").created == first and cache.info("m").hits == 1
     assert os.listdir(tmp_path / ".trash") == [] and os.listdir(tmp_path / ".tmp") == []
-
-
-def test_read_to_device_stages_in_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = tmp_path / "blob"
-    data = np.random.default_rng(0).integers(0, 256, 10_000, dtype=np.uint8)
-    path.write_bytes(b"hdr" + data.tobytes())
-    monkeypatch.setattr(model_io, "STAGE_BYTES", 4096)  # several blocks through both staging buffers
-    out = model_io.read_to_device(path, 3, data.nbytes, "cpu")
-    assert out.dtype == torch.uint8 and bytes(out.numpy()) == data.tobytes()
 
 
 def test_misaligned_tensors_in_imported_files(tmp_path: Path) -> None:

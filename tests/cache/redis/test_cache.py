@@ -631,6 +631,11 @@ def test_plugs_into_tiered_cache_as_the_third_tier(tmp_path: Path, redis_url: st
     host_b = TieredCache(MemoryCache(size=1), host_b_disk, host_b_redis)
     host_a.set("k", {"v": 1}, ttl=60)
     host_a.set_many({"m1": b"1", "m2": b"2"})
+    # host b hears of the three writes (a copy made before that would be dropped when it does)
+    deadline = time.monotonic() + 5
+    while host_b_redis.stats.invalidations < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert host_b_redis.stats.invalidations == 3
     assert host_b.get("k") == {"v": 1}  # found in Redis, promoted into host b's local tiers
     assert host_b.get_many(["m1", "m2", "none"]) == {"m1": b"1", "m2": b"2"}
     assert (host_b_redis.stats.hits, host_b_redis.stats.misses) == (3, 1)

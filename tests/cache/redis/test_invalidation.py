@@ -379,7 +379,7 @@ def test_over_tls(tmp_path: Path, redis_namespace: str) -> None:
 
 
 def test_the_push_reader_parses_every_reply_however_the_bytes_are_split() -> None:
-    from llamahome.cache.redis._invalidation import _Incomplete, _parse_push
+    from llamahome.cache.redis._invalidation import _ErrorReply, _Incomplete, _parse_push
 
     stream = (
         b">2\r\n$10\r\ninvalidate\r\n*2\r\n$4\r\nns:a\r\n$6\r\nns:b\r\n\r\n"  # a key holding CR LF
@@ -390,8 +390,9 @@ def test_the_push_reader_parses_every_reply_however_the_bytes_are_split() -> Non
     )
     expected = [
         [b"invalidate", [b"ns:a", b"ns:b\r\n"]], [b"invalidate", None], [b"master", 42, []],
-        [b"invalidate", [b""]], b"abcd", {b"k": 1}, 5, b"ERR no",
+        [b"invalidate", [b""]], b"abcd", {b"k": 1}, 5, _ErrorReply(b"ERR no"),
     ]
+    assert _ErrorReply(b"ERR no") != b"ERR no"  # an error never passes for a stamp
     for cut in range(len(stream) + 1):  # the first `cut` bytes arrive, then the rest
         buf, pos, got = bytearray(stream[:cut]), 0, []
         for more in (b"", stream[cut:]):
@@ -530,3 +531,33 @@ def test_one_redis_tier_cannot_serve_two_listening_tiered_caches(tmp_path: Path,
         assert second.listener is None
     finally:
         first.close()
+
+
+def test_a_write_reported_together_with_ours_is_not_taken_for_our_echo(pair: tuple[TieredCache, TieredCache]) -> None:
+    """Redis reports a key once per event-loop cycle, however many clients wrote it: when another machine's
+    write lands in the same cycle as ours, after it, the one report must not count as our echo alone."""
+    a, b = pair
+    b.set("k", "v1")
+    _settle(a, b)
+    assert a.get("k") == "v1"
+    _settle(a, b)
+    assert a.tiers[0].get("k") == "v1"
+    shared = a.tiers[2]
+    assert isinstance(shared, RedisCache) and shared.listener is not None
+    # as if A had just written k too, with B's write after it in the same cycle: one report for both
+    assert shared.listener.expect_one(shared._rkey("k"), b"A-stamp-0000000.")
+    b.set("k", "v2")
+    assert _wait(lambda: a.tiers[0].get("k") is None)  # the report was checked: the entry is B's, not A's
+    assert a.get("k") == "v2"
+    assert not shared.listener._echoes
+
+
+def test_pushes_are_told_from_replies() -> None:
+    from llamahome.cache.redis._invalidation import _parse_push, _Push
+
+    buf = bytearray(b">3\r\n$6\r\nMOVING\r\n:1\r\n:2\r\n*1\r\n:1\r\n>2\r\n$10\r\ninvalidate\r\n*1\r\n$1\r\na\r\n")
+    push, pos = _parse_push(buf, 0)
+    reply, pos = _parse_push(buf, pos)
+    report, pos = _parse_push(buf, pos)
+    assert isinstance(push, _Push) and not isinstance(reply, _Push) and isinstance(report, _Push)
+    assert report == [b"invalidate", [b"a"]] and pos == len(buf)

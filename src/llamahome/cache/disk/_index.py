@@ -84,6 +84,11 @@ class Index:
         #: A set that has to evict evicts this much more (1/64 of the bound, at most 1 MiB): one evicting
         #: transaction then serves many sets, instead of every set at the bound deleting one victim.
         self.slack = min(max_bytes // 64, 1024 * 1024)
+        #: What the entries (keys, inline values, value files) may take: the bound less what the directory
+        #: needs around them (the index's pages beyond the inline values, the folders and the marker) beyond
+        #: an allowance of 1/16 of the bound, so that ``du`` of a closed cache stays within 1.07 x the bound
+        #: plus the reserve. Set by :meth:`measure`.
+        self.limit = max_bytes
         self.closed = False
         # The first of the data/ fan-out folders the next cleanup checks (a slice at a time, see _upkeep);
         # a random start so that processes sharing the directory check different slices.
@@ -103,6 +108,7 @@ class Index:
             self._db = self._open_once(None)
         if not reserve_used:  # a reserve just given up to open stays free for what comes next
             dm.ensure_reserve(root, self.reserve)
+        self.measure()
 
     # ------------------------------------------------------------------------------------------ connection
 
@@ -261,6 +267,34 @@ class Index:
             done = False
         # Not done (other processes held the lock or stayed in the WAL): try again after a quarter as much.
         self.wal_frames = 0 if done else self.wal_limit * 3 // 4
+        if done:
+            self.measure()
+
+    def measure(self) -> None:
+        """Set :attr:`limit` from what the directory holds besides the entries: the index's pages in use less
+        the inline bytes in them, the ``data/`` folders, the value files' last blocks and the marker, beyond an
+        allowance of 1/16 of the bound. Outside: the reserve (1/64 of the bound, 128 KiB to 1 MiB), the WAL (at most 1/8 of the bound;
+        gone once the last process closes) and the index's free pages (reused by the next writes; the file
+        does not shrink). Never below half the bound. Called on open and after each checkpoint (never
+        raises)."""
+        conn = self._db
+        if conn is None:
+            return
+        try:
+            pages = conn.execute("PRAGMA page_count").fetchone()[0] - conn.execute(
+                "PRAGMA freelist_count").fetchone()[0]
+            page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+            total, file_bytes, file_slack = conn.execute(
+                "SELECT bytes, file_bytes, file_slack FROM meta WHERE id = 0").fetchone()
+        except sqlite3.Error:
+            return
+        try:
+            folders = len(os.listdir(self.data_dir)) + 3  # the fan-out folders, data/, tmp/ and the root
+        except OSError:
+            folders = 3
+        # + the marker's block; value files take whole 4 KiB blocks (file_slack: what their last ones leave).
+        around = max(0, pages * page_size - (total - file_bytes)) + folders * 4096 + 4096 + file_slack
+        self.limit = max(self.max_bytes // 2, self.max_bytes - max(0, around - self.max_bytes // 16))
 
     # ------------------------------------------------------------------------------------------ uses
 
@@ -341,11 +375,11 @@ class Index:
         evict). Returns the value files to unlink after the commit."""
         if total is None:
             total = conn.execute("SELECT bytes FROM meta WHERE id = 0").fetchone()[0]
-        if total <= self.max_bytes:
+        if total <= self.limit:
             return []
         # So this process's own uses count in the order; _sqlite.evict settles other unsettled rows itself.
         self.flush_access(conn, settle=False)
-        files, n_expired, n_evicted = dx.evict(conn, self.policy, total - self.max_bytes, now, keep, fresh, limit,
+        files, n_expired, n_evicted = dx.evict(conn, self.policy, total - self.limit, now, keep, fresh, limit,
                                                self.slack if batch else 0)
         self._stats.expirations += n_expired
         self._stats.evictions += n_evicted

@@ -12,7 +12,7 @@ disk cache marker of a format this version reads, or holds an index written by a
 yet: the index's schema is recognised and the marker is added). The bound and the policy are stored in the
 marker too, so ``llamahome cache stats|cleanup --dir`` use the cache's own bound rather than a default.
 
-The reserve (``<dir>/reserve``, at most 1 MiB) is space the cache holds so that it can free space on a full
+The reserve (``<dir>/reserve``, 1/64 of the bound, 128 KiB to 1 MiB) is space the cache holds so that it can free space on a full
 disk: deleting entries writes to the index, which needs a little room; the reserve file is removed to make
 that room and put back once there is space again.
 """
@@ -163,8 +163,9 @@ def claim(root: str, max_bytes: int | None, policy: str | None, default_bytes: i
 
 
 def reserve_bytes(max_bytes: int) -> int:
-    """The space held in reserve: 1/16 of the bound, between 64 KiB and 1 MiB."""
-    return max(64 * 1024, min(1024 * 1024, max_bytes // 16))
+    """The space held in reserve: 1/64 of the bound, between 128 KiB (room to open the index and delete a
+    few rows at a time: its shared-memory file and a few WAL pages) and 1 MiB."""
+    return max(128 * 1024, min(1024 * 1024, max_bytes // 64))
 
 
 def ensure_reserve(root: str, size: int) -> None:

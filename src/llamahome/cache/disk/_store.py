@@ -116,8 +116,10 @@ class DiskCache(Store):
     """A size-bounded, persistent, multi-process key-value store in a directory.
 
     ``size`` is the bound in MB (1 MB = 1 MiB; strings such as ``"4GB"`` work too; None: the bound stored in
-    the directory's marker, else 10000) over what the entries occupy: key bytes, inline values and value
-    files (SQLite's page overhead and its WAL are not counted). It holds across every process sharing
+    the directory's marker, else 10000) over the directory: the entries (key bytes, inline values, value
+    files) and what the index's pages take around them, so ``du`` of a closed cache stays within about
+    1.08 x the bound (the WAL of an open cache is outside; see the package docs). It holds across every
+    process sharing
     ``path`` (each enforces its own ``size`` when it writes: open the directory with the same size
     everywhere; the last one given is stored). ``policy`` (None: the stored one, else ``lru``) picks what to
     evict: ``lru``, ``lfu`` (reads are recorded in memory and written in batches), ``fifo`` (first insertion)
@@ -466,7 +468,7 @@ class DiskCache(Store):
         total, old_id, old_file, old_size, old_used, old_created = conn.execute(_BEFORE, (key,)).fetchone()
         if old_id is None:
             # A set that evicts pays for settling anyway (before victims are chosen): insert settled.
-            used = self._index.new_used if total + size <= self.max_bytes else None
+            used = self._index.new_used if total + size <= self._index.limit else None
             conn.execute(_INSERT, (key, value, name, size, frame_size, digest, now, expires,
                                    now if used is None else used))
             return total + size, None, used is not None
@@ -479,7 +481,7 @@ class DiskCache(Store):
         """Inside the same transaction, after :meth:`_put_row` for ``keys``: evict to the bound (never those
         keys), let a due batch of uses ride along, and note unsettled inserts. Returns the victims' files."""
         index = self._index
-        victims = index.evict(conn, now, keys, total, fresh, batch=True) if total > self.max_bytes else []
+        victims = index.evict(conn, now, keys, total, fresh, batch=True) if total > index.limit else []
         if index.flush_due():
             index.flush_access(conn)  # the batched uses ride along in this transaction
         if fresh:

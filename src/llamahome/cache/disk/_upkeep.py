@@ -186,6 +186,7 @@ class Upkeep:
             kept = conn.execute("SELECT bytes, entries FROM meta WHERE id = 0").fetchone()
             if tuple(real) != tuple(kept):
                 conn.execute("UPDATE meta SET bytes = ?, entries = ? WHERE id = 0", tuple(real))
+            conn.execute(dx.FILE_TOTALS)
             return real, kept
 
         try:
@@ -196,6 +197,7 @@ class Upkeep:
             report.details["disk_full"] = True
         with index.lock:
             index.checkpoint()
+            index.measure()
         self.stats.bytes, self.stats.entries = real
         report.details["bytes"] = real[0]
         report.details["entries"] = real[1]

@@ -10,9 +10,15 @@
 
 This module is the component's public face. Inside, one private module per job:
 
-- ``_store``: :class:`ModelCache` itself: locking, publishing, reading, eviction, cleanup.
-- ``_layout``: the cache directory: its marker, the names the cache gives files, what it may remove.
-- ``_manifest``: the manifest beside each model (validated before use) and verification stamps.
+- ``_store``: :class:`ModelCache` itself: locking, publishing, reading, eviction, cleanup, pruning.
+- ``_layout``: the cache directory: its marker, the names the cache gives files, what it may remove, bytes.
+- ``_manifest``: the manifest beside each model: built, validated before use, compared.
+- ``_stamps``: verification stamps (which files were hashed at which identity): mapped loads skip re-hashing.
+- ``_share``: identical content across models stored once (hard links).
+- ``_importer``: bringing existing files in (link or copy, hash; or compress).
+- ``_dir``: what to keep of a model directory (weights, config, tokenizer) and what to refuse (pickles).
+- ``_hub``: finding a model in the Hugging Face hub cache, offline.
+- ``_gguf``: validating and describing GGUF files.
 - ``_format``: the safetensors format and the compressed container's layout.
 - ``_codec``: lossless per-tensor compression (byte streams + zstd).
 - ``_io``: reading and writing one file: streaming writes, hashing, linking, maps, device loads.

@@ -14,6 +14,7 @@ import re
 import shutil
 import stat
 import uuid
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from ..files import temp_owner
 __all__ = [
     "MANIFEST", "ACCESS", "VERIFIED", "MARKER", "SUBDIRS", "TMP_NAME", "TRASH_NAME", "DECODING_NAME",
     "VERIFIED_TMP", "NAME_MAX", "SUPPORT_SUFFIXES", "PICKLE_SUFFIXES", "valid_name", "open_root", "real_dir", "regular", "purge", "entry_is_ours",
-    "is_cache_file_name", "dir_bytes", "data_inodes", "write_json", "fsync_dir", "owner_alive",
+    "is_cache_file_name", "dir_bytes", "data_inodes", "union_bytes", "write_json", "fsync_dir", "owner_alive",
 ]  # fmt: skip
 
 MANIFEST = "manifest.json"
@@ -239,3 +240,11 @@ def regular(path: Path) -> bool:
         return stat.S_ISREG(os.lstat(path).st_mode)
     except OSError:
         return False
+
+
+def union_bytes(groups: Sequence[Mapping[tuple[int, int], int]]) -> int:
+    """Bytes of the union of several ``{inode: size}`` maps: a file shared by several counts once."""
+    seen: dict[tuple[int, int], int] = {}
+    for group in groups:
+        seen.update(group)
+    return sum(seen.values())

@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from llamahome.errors import ModelCacheError
 
-from ._layout import ACCESS, MANIFEST, PICKLE_SUFFIXES, SUPPORT_SUFFIXES, VERIFIED, valid_name
+from ._io import PartResult
+
+from ._layout import ACCESS, MANIFEST, PICKLE_SUFFIXES, SUPPORT_SUFFIXES, valid_name
 
 __all__ = [
     "check_manifest",
@@ -20,8 +22,9 @@ __all__ = [
     "same_content",
     "manifest_bytes",
     "read_index",
-    "file_identity",
-    "read_verified",
+    "build_manifest",
+    "stored_files",
+    "check_loadable",
 ]
 
 
@@ -133,20 +136,56 @@ def read_index(index_path: Path) -> list[str]:
     return shards
 
 
-def file_identity(path: Path) -> tuple[int, ...]:
-    """What changes whenever a file is changed through the file system (ctime cannot be set back by utime)."""
-    st = os.lstat(path)
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+def build_manifest(
+    name: str,
+    parts: list[tuple[str, PartResult]],
+    metadata: Mapping[str, str],
+    *,
+    source: str,
+    index: str | None = None,
+    created: float,
+) -> dict[str, Any]:
+    """The manifest of a model written from ``parts`` (file name, what was written for it)."""
+    return {
+        "version": 1,
+        "name": name,
+        "created": created,
+        "source": source,
+        "metadata": dict(metadata),
+        "index": index,
+        "parts": [
+            {
+                "file": file_name,
+                "stored": p.stored,
+                "compressed": p.compressed,
+                "raw_size": p.raw_size,
+                "stored_size": p.stored_size,
+                "checksum": p.checksum,
+                "raw_checksum": p.raw_checksum,
+                "tensors": p.tensors,
+                "compressed_tensors": p.compressed_tensors,
+            }  # fmt: skip
+            for file_name, p in parts
+        ],
+    }
 
 
-def read_verified(directory: Path) -> dict[str, Any]:
-    try:
-        fd = os.open(directory / VERIFIED, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return {}
-    try:
-        with open(fd, "rb") as f:
-            doc = json.loads(f.read(1 << 20))
-    except (OSError, ValueError):
-        return {}
-    return doc if isinstance(doc, dict) else {}
+def stored_files(manifest: dict[str, Any]) -> list[tuple[str, str]]:
+    """(file name, xxh3-128) of every file a manifest stores: weights as stored, and support files."""
+    files = [(p["stored"], p["checksum"]) for p in manifest["parts"]]
+    return files + [(f["file"], f["checksum"]) for f in extra_files(manifest)]
+
+
+def check_loadable(name: str, manifest: dict[str, Any]) -> None:
+    """load() reads safetensors weights; GGUF and pickled models are handed out by path instead."""
+    formats = {p.get("format", "safetensors") for p in manifest["parts"]}
+    if "gguf" in formats:
+        raise ModelCacheError(
+            f"Model {name!r} is a GGUF file, which llama.cpp-style runtimes read themselves: pass get_path({name!r}) "
+            f"to them (for example llama_cpp.Llama(model_path=...))."
+        )
+    if not manifest["parts"]:
+        raise ModelCacheError(
+            f"Model {name!r} holds pickled weights, which the cache never unpickles: load get_path({name!r}) with "
+            f"transformers or torch.load(..., weights_only=True) yourself."
+        )

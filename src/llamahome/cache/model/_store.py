@@ -65,19 +65,24 @@ from ._layout import (
     purge,
     real_dir,
     regular,
+    union_bytes,
     valid_name,
     write_json,
 )
 from ._locks import FileLock
+from ._importer import import_part, link_and_hash
 from ._manifest import (
+    build_manifest,
+    check_loadable,
     check_manifest,
     extra_files,
-    file_identity,
     manifest_bytes,
     read_index,
-    read_verified,
     same_content,
+    stored_files,
 )
+from ._share import share_content
+from ._stamps import ReadablePart, file_identity, needs_check, record_verified
 from ._progress import PROGRESS_MIN_BYTES, Progress
 from ._tensors import check_metadata, tensor_items
 
@@ -101,16 +106,6 @@ class _Replaced(ModelNotFoundError):
 
 class _Damaged(Exception):
     """A model's file failed its checksum or is not what the cache wrote (turned into a counted miss)."""
-
-
-@dataclass(frozen=True)
-class _ReadablePart:
-    """One file a read opens: where, whether it is a container, its expected xxh3-128 and raw size."""
-
-    path: Path
-    compressed: bool
-    checksum: str
-    raw_size: int
 
 
 @dataclass(frozen=True)
@@ -160,6 +155,12 @@ class ModelCache:
     first: ``lru`` (default), ``lfu``, ``fifo`` or ``time`` (oldest added). ``clock`` supplies timestamps
     (inject one in tests); ``threads`` bounds the encode/decode thread pools; ``progress`` forces the import
     progress bar on or off (default: on for imports >= 256 MiB when stderr is a terminal).
+
+    ``path`` must be new, empty, or a model cache already (it carries ``.llamahome-cache.json``; caches made
+    before the marker existed are recognised by their ``.locks``/``.tmp``/``.trash``): any other non-empty
+    directory is refused with ModelCacheError, because the cache must never share a directory with your files.
+    Besides safetensors it keeps whole model directories (``add_dir``, ``add_hf``) and GGUF files, and stores
+    content identical across models once.
     """
 
     def __init__(
@@ -231,7 +232,9 @@ class ModelCache:
                 part = model_io.write_part(
                     tmp, "model.safetensors", prefix, items, compress=compress, threads=self.threads, progress=bar
                 )
-                manifest = self._manifest(name, [("model.safetensors", part)], meta, source="put")
+                manifest = build_manifest(
+                    name, [("model.safetensors", part)], meta, source="put", created=self._clock()
+                )
                 info = self._commit(name, tmp, manifest)
                 bar.summary(info.raw_size, info.stored_size)
             return info
@@ -327,7 +330,7 @@ class ModelCache:
         cache_dir: str | os.PathLike[str] | None = None,
         *,
         name: str | None = None,
-        compression: bool | None = None,
+        compression: bool = False,
         link: bool = True,
         allow_pickle: bool = False,
     ) -> str:
@@ -336,7 +339,9 @@ class ModelCache:
         Finds ``models--<org>--<name>/snapshots/<commit>`` for ``revision`` (a branch, tag or commit hash) in
         ``cache_dir`` (default: where huggingface_hub looks: ``$HF_HUB_CACHE``, ``$HF_HOME/hub``,
         ``~/.cache/huggingface/hub``) and adds it as :meth:`add_dir` does. Files are hard-linked (or reflinked)
-        from the hub's blobs where the file system allows, so no bytes are copied when stored uncompressed.
+        from the hub's blobs where the file system allows, so no bytes are copied: that is why ``compression``
+        defaults to False here (compressing writes a new copy; pass ``compression=True`` to trade the hub's
+        copy for a smaller one, e.g. before deleting it from the hub cache).
         The name is ``org--name`` (``/`` is not allowed in names; the hub cache spells it the same way), with
         ``@<revision>`` added for a revision other than ``main``, unless ``name`` is given. A missing repository
         or revision is a ModelCacheError listing what the hub cache has.
@@ -373,13 +378,13 @@ class ModelCache:
             with self._progress_bar(raw_total, f"caching {name}") as bar:
                 for file_name, src, header in parts:
                     if fmt == "gguf":  # stored as it is: link (or copy) and hash
-                        digest, size = self._link_and_hash(tmp, file_name, src, header.file_size, bar, link,
+                        digest, size = link_and_hash(tmp, file_name, src, header.file_size, bar, link,
                                                            identities)  # fmt: skip
                         written.append((file_name, PartResult(file_name, False, size, size, digest, digest,
                                                               header.tensors, 0)))  # fmt: skip
                         continue
                     try:
-                        part = self._import_part(tmp, file_name, src, header, compress, bar, link, identities)
+                        part = import_part(tmp, file_name, src, header, compress, bar, link, identities, self.threads)
                     except FileNotFoundError:
                         raise ModelCacheError(f"{src} disappeared while it was being added; try again.") from None
                     written.append((file_name, part))
@@ -387,7 +392,7 @@ class ModelCache:
                     # Small support files are copied (editing your config.json must not edit the cached one);
                     # opted-in pickled weights are large and linked like safetensors files.
                     small = not src.name.endswith(PICKLE_SUFFIXES)
-                    digest, size = self._link_and_hash(tmp, src.name, src, support_sizes[src.name], bar,
+                    digest, size = link_and_hash(tmp, src.name, src, support_sizes[src.name], bar,
                                                        link and not small, identities)  # fmt: skip
                     files.append({"file": src.name, "size": size, "checksum": digest})
                 index_name = None
@@ -396,7 +401,9 @@ class ModelCache:
                     model_io.link_or_copy(index_path, tmp / index_name, hard_link=False)
                 if metadata is None:
                     metadata = parts[0][2].metadata if len(parts) == 1 else {}
-                manifest = self._manifest(name, written, metadata, source=source, index=index_name)
+                manifest = build_manifest(
+                    name, written, metadata, source=source, index=index_name, created=self._clock()
+                )
                 if fmt != "safetensors":
                     for part in manifest["parts"]:
                         part["format"] = fmt
@@ -408,89 +415,6 @@ class ModelCache:
             return info
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-
-    def _link_and_hash(
-        self,
-        tmp: Path,
-        file_name: str,
-        src: Path,
-        expected_size: int,
-        bar: Any,
-        link: bool,
-        identities: dict[str, tuple[int, ...]],
-    ) -> tuple[str, int]:
-        """Link (or copy) ``src`` into the model being written and hash it; (xxh3-128, size)."""
-        dst = tmp / file_name
-        try:
-            how = model_io.link_or_copy(src, dst, progress=bar, hard_link=link)
-        except FileNotFoundError:
-            raise ModelCacheError(f"{src} disappeared while it was being added; try again.") from None
-        # The identity before the hash: a change while hashing (a shared hard link written by its owner) then
-        # shows as a different identity below, and is refused instead of being recorded as checked.
-        before = file_identity(dst)
-        digest = model_io.hash_file(dst, None if how == "copy" else bar, follow=False)
-        if file_identity(dst) != before or before[2] != expected_size:
-            raise ModelCacheError(f"{src} changed while it was being added; try again.")
-        identities[file_name] = before
-        return digest, before[2]
-
-    def _import_part(
-        self,
-        tmp: Path,
-        file_name: str,
-        src: Path,
-        header: Any,
-        compress: bool,
-        bar: Any,
-        link: bool,
-        identities: dict[str, tuple[int, ...]],
-    ) -> PartResult:
-        if compress and header.data_len:
-            data, _ = model_io.map_file(src)
-            if data.nbytes != header.file_size:
-                raise ModelCacheError(f"{src} changed while it was being added; try again.")
-            prefix = bytes(data[: header.data_start])
-            items = model_io.tensor_items_from_header(header, data[header.data_start :])
-            part = model_io.write_part(tmp, file_name, prefix, items, compress=True, threads=self.threads,
-                                       progress=bar, write_plain=False)  # fmt: skip
-            if part is not None:
-                part.raw_checksum = model_io.hash_file(src)
-                return part
-            bar.update(-header.data_len)
-        digest, size = self._link_and_hash(tmp, file_name, src, header.file_size, bar, link, identities)
-        return PartResult(file_name, False, size, size, digest, digest, len(header.tensors), 0)
-
-    def _manifest(
-        self,
-        name: str,
-        parts: list[tuple[str, PartResult]],
-        metadata: Mapping[str, str],
-        *,
-        source: str,
-        index: str | None = None,
-    ) -> dict[str, Any]:
-        return {
-            "version": 1,
-            "name": name,
-            "created": self._clock(),
-            "source": source,
-            "metadata": dict(metadata),
-            "index": index,
-            "parts": [
-                {
-                    "file": file_name,
-                    "stored": p.stored,
-                    "compressed": p.compressed,
-                    "raw_size": p.raw_size,
-                    "stored_size": p.stored_size,
-                    "checksum": p.checksum,
-                    "raw_checksum": p.raw_checksum,
-                    "tensors": p.tensors,
-                    "compressed_tensors": p.compressed_tensors,
-                }  # fmt: skip
-                for file_name, p in parts
-            ],
-        }
 
     def _commit(
         self, name: str, tmp: Path, manifest: dict[str, Any], identities: Mapping[str, tuple[int, ...]] | None = None
@@ -526,9 +450,14 @@ class ModelCache:
                 if existing is not None and same_content(existing, manifest):
                     self._stats.add("sets")
                     return self._info_from(name, existing)
-                self._share_content(tmp, manifest, identities, exclude=name)
+                if existing is None and os.path.lexists(target) and not entry_is_ours(target):
+                    raise ModelCacheError(
+                        f"{target} exists and was not made by the model cache; it is left alone. Choose another "
+                        f"model name or move it out of {self.root}."
+                    )
+                share_content(tmp, manifest, identities, self._holders(exclude=name))
                 # Stamps: the files are as hashed now, so the first mapped load need not hash them again.
-                stamps = {f: [*(identities.get(f) or file_identity(tmp / f)), c] for f, c in _stored_files(manifest)}
+                stamps = {f: [*(identities.get(f) or file_identity(tmp / f)), c] for f, c in stored_files(manifest)}
                 write_json(tmp / VERIFIED, stamps)
                 _, room = self._make_room(0, exclude=name, trash=trash, extra=data_inodes(tmp))
                 if not room:
@@ -536,11 +465,6 @@ class ModelCache:
                         f"Model {name!r} needs {stored:,} bytes but only {self.max_bytes - self._usage(name):,} "
                         f"can be freed: the other models are pinned or being loaded. Unpin them or raise "
                         f"model_cache.size."
-                    )
-                if existing is None and os.path.lexists(target) and not entry_is_ours(target):
-                    raise ModelCacheError(
-                        f"{target} exists and was not made by the model cache; it is left alone. Choose another "
-                        f"model name or move it out of {self.root}."
                     )
                 if existing is not None or os.path.lexists(target):
                     dest = self.root / ".trash" / uuid.uuid4().hex
@@ -556,58 +480,6 @@ class ModelCache:
             write_lock.release()
             for path in trash:
                 purge(path)
-
-    def _share_content(
-        self, tmp: Path, manifest: dict[str, Any], identities: dict[str, tuple[int, ...]], *, exclude: str
-    ) -> None:
-        """Store content once: replace each new file that another model already holds (same checksum and size,
-        and that model's copy unchanged since it was hashed) by a hard link to that model's file.
-
-        Caller holds the index lock, so the other model cannot be removed meanwhile (and if its file is gone, we
-        simply keep our copy). Linking changes the shared inode's ctime, so the holders' stamps are updated.
-        """
-        wanted = {checksum: file for file, checksum in _stored_files(manifest)}
-        sizes = {file: os.lstat(tmp / file).st_size for file in wanted.values()}
-        for model in self.list():
-            if model == exclude or not wanted:
-                continue
-            other = self._read_manifest(model)
-            if other is None:
-                continue
-            directory = self._dir(model)
-            stamps = read_verified(directory)
-            for their_file, checksum in _stored_files(other):
-                ours = wanted.get(checksum)
-                path = directory / their_file
-                if ours is None or not regular(path):
-                    continue
-                try:
-                    before = file_identity(path)
-                except OSError:
-                    continue
-                if before[2] != sizes[ours] or stamps.get(their_file) != [*before, checksum]:
-                    continue  # changed since it was hashed (or never stamped): do not spread it
-                link = tmp / f".share-{uuid.uuid4().hex}"
-                try:
-                    os.link(path, link)
-                    os.replace(link, tmp / ours)
-                except OSError:
-                    link.unlink(missing_ok=True)
-                    continue
-                after = file_identity(tmp / ours)
-                identities[ours] = after
-                self._restamp_holders(before, after, checksum)
-                del wanted[checksum]
-
-    def _restamp_holders(self, before: tuple[int, ...], after: tuple[int, ...], checksum: str) -> None:
-        """A shared inode changed identity (a new link): move every model's stamp of it along (index lock held)."""
-        for model in self.list():
-            directory = self._dir(model)
-            stamps = read_verified(directory)
-            for file, stamp in stamps.items():
-                if stamp == [*before, checksum]:
-                    rp = _ReadablePart(directory / file, False, checksum, after[2])
-                    self._record_verified(directory, [rp], after)
 
     # --- reading ---------------------------------------------------------------------------------------------
 
@@ -660,13 +532,13 @@ class ModelCache:
             try:
                 with self._reading(name) as manifest:
                     directory = self._dir(name)
-                    _check_loadable(name, manifest)
+                    check_loadable(name, manifest)
                     parts = [self._readable_part(directory, part) for part in manifest["parts"]]
                     to_decode = sum(p.raw_size for p in parts if p.compressed)
                     out: dict[str, Any] = {}
                     with self._progress_bar(to_decode, f"loading {name}") as bar:
                         for rp in parts:
-                            check = self._needs_check(directory, rp, mapped and not rp.compressed, verify)
+                            check = needs_check(directory, rp, mapped and not rp.compressed, verify)
                             try:
                                 out.update(model_io.load_part(
                                     rp.path, compressed=rp.compressed, framework=framework, device=device,
@@ -675,7 +547,7 @@ class ModelCache:
                             except CorruptEntryError as exc:
                                 raise _Damaged(str(exc)) from None
                             if check and not rp.compressed:
-                                self._record_verified(directory, [rp])
+                                record_verified(directory, [rp])
                     return out
             except _Replaced:
                 continue  # a put() of the same name swapped the files under us: read the new model
@@ -685,9 +557,10 @@ class ModelCache:
         raise ModelNotFoundError(f"Model {name!r} kept being replaced while it was read; load it again later.")
 
     def get_path(self, name: str, *, verify: bool | None = None) -> Path:
-        """A path other tools can open: the model's ``.safetensors`` file (decoded into the cache if stored
-        compressed). For a sharded model, the path of its ``*.safetensors.index.json``, with every shard as a
-        plain ``.safetensors`` file beside it. Decoded copies count towards the model's size on disk.
+        """A path other tools can open. For a whole model directory (``add_dir``, ``add_hf``): the directory,
+        which ``transformers`` ``from_pretrained`` loads. Otherwise the model's ``.safetensors`` or ``.gguf``
+        file, or for a sharded model its ``*.safetensors.index.json``. Parts stored compressed are decoded
+        into plain ``.safetensors`` files beside them first; decoded copies count towards the model's size.
 
         The files are checked as ``load(mmap=True)`` checks them (``verify`` has the same meaning): a damaged
         model is a miss (ModelNotFoundError), never a path to bad bytes.
@@ -707,8 +580,11 @@ class ModelCache:
                         decoded_any = True
                         continue
                     self._check_file(directory, self._readable_part(directory, part), verify)
-                for extra in extra_files(manifest):
-                    rp = _ReadablePart(directory / extra["file"], False, extra["checksum"], int(extra["size"]))
+                checked = [(f["file"], f["checksum"], int(f["size"])) for f in extra_files(manifest)]
+                if manifest["index"]:
+                    checked.append((manifest["index"], manifest["index_checksum"], 0))
+                for file, checksum, size in checked:  # the small files loaders read: config, tokenizer, index
+                    rp = ReadablePart(directory / file, False, checksum, size)
                     if not regular(rp.path):
                         raise _Damaged(f"{rp.path} is missing or not a regular file the cache wrote")
                     self._check_file(directory, rp, verify)
@@ -722,13 +598,13 @@ class ModelCache:
             self._enforce_budget(keep=name)
         return path
 
-    def _check_file(self, directory: Path, rp: _ReadablePart, verify: bool | None) -> None:
+    def _check_file(self, directory: Path, rp: ReadablePart, verify: bool | None) -> None:
         """Hash a file handed out by path, once per identity (see ``load``); _Damaged if it does not match."""
-        if self._needs_check(directory, rp, True, verify):
+        if needs_check(directory, rp, True, verify):
             identity = file_identity(rp.path)
             if model_io.hash_file(rp.path, follow=False) != rp.checksum:
                 raise _Damaged(f"{rp.path} does not match the checksum taken when it was stored")
-            self._record_verified(directory, [rp], identity)
+            record_verified(directory, [rp], identity)
 
     def _decode_copy(self, name: str, directory: Path, part: dict[str, Any]) -> None:
         """Decode a compressed part into its plain file beside it (checked against the raw checksum)."""
@@ -746,8 +622,8 @@ class ModelCache:
                 raise _Damaged(f"{source} decoded to different bytes than were stored")
             identity = file_identity(tmp)
             os.rename(tmp, directory / part["file"])
-            rp = _ReadablePart(directory / part["file"], False, part["raw_checksum"], int(part["raw_size"]))
-            self._record_verified(directory, [rp], identity)
+            rp = ReadablePart(directory / part["file"], False, part["raw_checksum"], int(part["raw_size"]))
+            record_verified(directory, [rp], identity)
         finally:
             tmp.unlink(missing_ok=True)
 
@@ -774,44 +650,6 @@ class ModelCache:
             write_lock.release(unlink=not os.path.lexists(self._dir(name)))
             for path in trash:
                 purge(path)
-
-    def _needs_check(self, directory: Path, rp: _ReadablePart, mapped: bool, verify: bool | None) -> bool:
-        """Whether this read must hash the file: always for copies and decodes, once per identity for maps."""
-        if verify is not None:
-            return verify
-        if not mapped or rp.compressed:
-            return True
-        stamp = read_verified(directory).get(rp.path.name)
-        return stamp is None or stamp != [*file_identity(rp.path), rp.checksum]
-
-    def _record_verified(
-        self, directory: Path, parts: builtins.list[_ReadablePart], identity: tuple[int, ...] | None = None
-    ) -> None:
-        """Remember that these files matched their checksums at their current identity (see ``load``).
-
-        ``identity`` is the one taken before the hash, when given: a change during the hash then leaves a
-        stale stamp, which only costs a re-hash next time.
-        """
-        stamps = read_verified(directory)
-        changed = False
-        for rp in parts:
-            try:
-                ident = identity if identity is not None else file_identity(rp.path)
-            except OSError:
-                continue
-            stamp = [*ident, rp.checksum]
-            changed |= stamps.get(rp.path.name) != stamp
-            stamps[rp.path.name] = stamp
-        if not changed:
-            return  # already recorded: a copy load that checked the file writes nothing
-        tmp = directory / f"{VERIFIED}.{os.getpid()}-{uuid.uuid4().hex}"
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-            with open(fd, "w", encoding="utf-8") as f:
-                json.dump(stamps, f)
-            os.replace(tmp, directory / VERIFIED)
-        except OSError:
-            tmp.unlink(missing_ok=True)  # a stamp is an optimisation: without it the next map hashes again
 
     @contextmanager
     def pin(self, name: str) -> Iterator[ModelInfo]:
@@ -857,7 +695,7 @@ class ModelCache:
         finally:
             lock.release()
 
-    def _readable_part(self, directory: Path, part: dict[str, Any]) -> _ReadablePart:
+    def _readable_part(self, directory: Path, part: dict[str, Any]) -> ReadablePart:
         """The file a read should open for ``part``: a decoded plain copy if ``get_path`` left one, else the
         stored file. Files that are not regular (a symlink put there, a FIFO) are damage, never followed."""
         if part["compressed"]:
@@ -865,10 +703,10 @@ class ModelCache:
             if os.path.lexists(decoded):
                 if not regular(decoded):
                     raise _Damaged(f"{decoded} is not a regular file the cache wrote")
-                return _ReadablePart(decoded, False, part["raw_checksum"], int(part["raw_size"]))
-            rp = _ReadablePart(directory / part["stored"], True, part["checksum"], int(part["raw_size"]))
+                return ReadablePart(decoded, False, part["raw_checksum"], int(part["raw_size"]))
+            rp = ReadablePart(directory / part["stored"], True, part["checksum"], int(part["raw_size"]))
         else:
-            rp = _ReadablePart(directory / part["stored"], False, part["checksum"], int(part["raw_size"]))
+            rp = ReadablePart(directory / part["stored"], False, part["checksum"], int(part["raw_size"]))
         if not os.path.lexists(rp.path):
             raise FileNotFoundError(rp.path)  # replaced under us (or deleted): the caller retries
         if not regular(rp.path):
@@ -935,10 +773,10 @@ class ModelCache:
                 raise ModelNotFoundError(f"Model {name!r} is not in the model cache.")
             directory = self._dir(name)
             ok = True
-            good: list[_ReadablePart] = []
+            good: list[ReadablePart] = []
             try:
                 for part in manifest["parts"]:
-                    stored = _ReadablePart(directory / part["stored"], part["compressed"], part["checksum"],
+                    stored = ReadablePart(directory / part["stored"], part["compressed"], part["checksum"],
                                            int(part["raw_size"]))  # fmt: skip
                     identity = file_identity(stored.path) if regular(stored.path) else None
                     if identity is None or model_io.hash_file(stored.path, follow=False) != part["checksum"]:
@@ -963,7 +801,7 @@ class ModelCache:
             except (FileNotFoundError, ModelCacheError):
                 ok = False
             if ok and good:
-                self._record_verified(directory, good)
+                record_verified(directory, good)
             if not ok:
                 self._stats.add("corrupt")
             return ok
@@ -975,7 +813,7 @@ class ModelCache:
         """Counters of this process (hits = loads and get_paths that found the model) plus current holdings."""
         inventory = self._inventory() if not self._closed else []
         with self._stats._lock:
-            self._stats.bytes = _union_bytes([inodes for _, inodes in inventory])
+            self._stats.bytes = union_bytes([inodes for _, inodes in inventory])
             self._stats.entries = len(inventory)
         return self._stats
 
@@ -1042,7 +880,12 @@ class ModelCache:
                 if not valid_name(entry.name) or not entry.is_dir(follow_symlinks=False):
                     foreign.append(entry.name)
                     continue
-                for leftover in os.scandir(entry.path):  # a get_path() that died mid-decode
+                try:
+                    leftovers = list(os.scandir(entry.path))
+                except OSError:
+                    foreign.append(entry.name)  # unreadable: not something the cache made
+                    continue
+                for leftover in leftovers:  # a get_path() that died mid-decode
                     if (
                         DECODING_NAME.fullmatch(leftover.name) or VERIFIED_TMP.fullmatch(leftover.name)
                     ) and leftover.is_file(follow_symlinks=False):
@@ -1085,7 +928,7 @@ class ModelCache:
         trash: list[Path] = []
         with FileLock(self._index_lock_path()):
             remaining = self._inventory()
-            usage = _union_bytes([inodes for _, inodes in remaining])
+            usage = union_bytes([inodes for _, inodes in remaining])
             report.details["bytes_before"] = usage
             evicted: list[str] = []
             for info, _ in list(remaining):
@@ -1094,7 +937,7 @@ class ModelCache:
                 if info.pinned:
                     continue
                 rest = [row for row in remaining if row[0].name != info.name]
-                after = _union_bytes([inodes for _, inodes in rest])
+                after = union_bytes([inodes for _, inodes in rest])
                 if not dry_run and self._remove(info.name, trash) is None:
                     continue  # taken for a load meanwhile
                 evicted.append(info.name)
@@ -1156,12 +999,12 @@ class ModelCache:
         busy: set[str] = set()
         while True:
             inventory = self._inventory(exclude)
-            usage = _union_bytes([inodes for _, inodes in inventory] + [extra])
+            usage = union_bytes([inodes for _, inodes in inventory] + [extra])
             if usage + needed <= self.max_bytes:
                 return evicted, True
             candidates = [i for i, _ in inventory if i.name != keep and not i.pinned and i.name not in busy]
             if not evicted:
-                floor = _union_bytes(
+                floor = union_bytes(
                     [inodes for i, inodes in inventory if i.name == keep or i.pinned or i.name in busy] + [extra]
                 )
                 if floor + needed > self.max_bytes:
@@ -1296,9 +1139,18 @@ class ModelCache:
         checked = check_manifest(doc)
         return checked, checked is None
 
+    def _holders(self, exclude: str) -> builtins.list[tuple[Path, dict[str, Any]]]:
+        """(directory, manifest) of every cached model but ``exclude``: where shared content may come from."""
+        found = []
+        for model in self.list():
+            manifest = self._read_manifest(model) if model != exclude else None
+            if manifest is not None:
+                found.append((self._dir(model), manifest))
+        return found
+
     def _usage(self, exclude: str | None) -> int:
         """Bytes on disk of every model but ``exclude``, each shared file counted once."""
-        return _union_bytes([inodes for _, inodes in self._inventory(exclude)])
+        return union_bytes([inodes for _, inodes in self._inventory(exclude)])
 
     def _touch(self, name: str) -> None:
         # One appended byte per use: O_APPEND writes need no lock across processes, the size counts the hits
@@ -1374,35 +1226,6 @@ class ModelCache:
 
 
 # --- verification stamps -------------------------------------------------------------------------------------
-
-
-def _union_bytes(groups: Sequence[Mapping[tuple[int, int], int]]) -> int:
-    """Bytes of the union of several ``{inode: size}`` maps: a file shared by several counts once."""
-    seen: dict[tuple[int, int], int] = {}
-    for group in groups:
-        seen.update(group)
-    return sum(seen.values())
-
-
-def _stored_files(manifest: dict[str, Any]) -> builtins.list[tuple[str, str]]:
-    """(file name, xxh3-128) of every file a manifest stores: weights as stored, and support files."""
-    files = [(p["stored"], p["checksum"]) for p in manifest["parts"]]
-    return files + [(f["file"], f["checksum"]) for f in extra_files(manifest)]
-
-
-def _check_loadable(name: str, manifest: dict[str, Any]) -> None:
-    """load() reads safetensors weights; GGUF and pickled models are handed out by path instead."""
-    formats = {p.get("format", "safetensors") for p in manifest["parts"]}
-    if "gguf" in formats:
-        raise ModelCacheError(
-            f"Model {name!r} is a GGUF file, which llama.cpp-style runtimes read themselves: pass get_path({name!r}) "
-            f"to them (for example llama_cpp.Llama(model_path=...))."
-        )
-    if not manifest["parts"]:
-        raise ModelCacheError(
-            f"Model {name!r} holds pickled weights, which the cache never unpickles: load get_path({name!r}) with "
-            f"transformers or torch.load(..., weights_only=True) yourself."
-        )
 
 
 def open_regular_source(src: Path) -> int:

@@ -7,7 +7,9 @@ No I/O happens here; ``_sync.RedisCache`` and ``_async.AsyncRedisCache`` subclas
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -31,7 +33,7 @@ from ..base import MISSING, Key, key_to_bytes, validate_key
 from ..codecs import HEADER_SIZE, decode, encode_parts, plain_bytes_header
 from ..stats import CacheStats
 from ._circuit import CircuitBreaker
-from ._signing import UNSIGNED, Envelope, EnvelopeError
+from ._signing import STAMP_SIZE, UNSIGNED, Envelope, EnvelopeError
 
 __all__ = ["BaseRedisCache", "CALL_ERRORS", "DEFAULT_TIMEOUT", "MAX_VALUE_BYTES", "TAKE_OVER"]
 
@@ -174,9 +176,12 @@ class BaseRedisCache:
         self._envelope = Envelope(secret)
         self._prefix = namespace.encode("utf-8") + b":"
         self._str_prefix = self._prefix + key_to_bytes("")
+        # Every write is stamped (see _signing): this cache's id and a counter.
+        self._origin = os.urandom(STAMP_SIZE - 8)
+        self._writes = itertools.count()
         # Plain bytes values (unsigned, uncompressed: the commonest entries) are sliced out of the reply
         # without a decode call: such an entry is the envelope marker, the codec's header for its size
-        # (codecs.plain_bytes_header), then the value. The heads seen so far map to the entry length they
+        # (codecs.plain_bytes_header), the value, then the stamp. The heads seen so far map to the entry length they
         # imply, so one dict lookup on the first bytes of a reply recognises it: the marker and the header's
         # HEADER_SIZE bytes, where the size is (the rest of the head is padding, checked when a head is first
         # seen). Signed entries must be verified first, so they always take the full path.
@@ -265,7 +270,8 @@ class BaseRedisCache:
                 raise ValueTooLargeError(message)
             self._log_limited("too-large", logging.WARNING, "%s", message)
             return None
-        return self._envelope.seal(rkey, encoded.parts), encoded.raw_size
+        stamp = self._origin + next(self._writes).to_bytes(8, "big")
+        return self._envelope.seal(rkey, encoded.parts, stamp), encoded.raw_size
 
     def _count_sets(self, packed: list[tuple[bytes, tuple[bytes, int]]]) -> None:
         with self.stats._lock:
@@ -282,12 +288,14 @@ class BaseRedisCache:
         head = data[: self._plain_key]
         size = heads.get(head)
         if size is None:
-            if not data.startswith(UNSIGNED + plain_bytes_header(len(data) - start)):
+            if len(data) < start + STAMP_SIZE:
+                return None
+            if not data.startswith(UNSIGNED + plain_bytes_header(len(data) - start - STAMP_SIZE)):
                 return None
             size = len(data)
             if len(heads) < _HEADS_MAX:
                 heads[head] = size
-        return data[start:] if size == len(data) else None
+        return data[start:-STAMP_SIZE] if size == len(data) else None
 
     def _unpack(self, rkey: bytes, data: bytes) -> Any:
         """The value in ``data`` read from ``rkey``, or MISSING (counted in ``stats.corrupt``) if untrusted."""
@@ -327,12 +335,14 @@ class BaseRedisCache:
         found: dict[Key, Any] = {}
         hits = 0  # not len(found): a key asked twice counts twice, as two gets would
         heads, start, cut, unpack = self._plain_heads, self._plain_start, self._plain_key, self._unpack
+        lookup = (heads if heads is not None else {}).get
+        end = -STAMP_SIZE
         for key, rkey, data in zip(keys, rkeys, replies):
             if data is None:
                 continue
             # Plain bytes values, inlined (see _plain_bytes): this loop is most of get_many's own cost.
-            if heads is not None and heads.get(data[:cut]) == len(data):
-                found[key] = data[start:]
+            if lookup(data[:cut]) == len(data):
+                found[key] = data[start:end]
                 hits += 1
                 continue
             value = unpack(rkey, data)

@@ -3,16 +3,25 @@
 **Mechanism: RESP3 client tracking in broadcast mode.** One dedicated connection per primary runs
 ``CLIENT TRACKING ON BCAST PREFIX <ns>:s PREFIX <ns>:b``; from then on Redis itself pushes an ``invalidate``
 message on it after every change to an entry key of the namespace (SET, DEL, UNLINK, expiry, eviction; a
-FLUSHDB is a "drop everything"). Writers send nothing extra, so a set costs what it cost before, and a write
-by any client (sync, async, another language) is seen. ``benchmarks/bench_coherence.py`` measures the
-alternatives: a PUBLISH per write costs every set an extra command (pipelined or inside a script), and
-sharded pub/sub the same on a cluster, while tracking costs the writer nothing measurable.
+FLUSHDB is a "drop everything"). Writers send nothing extra, and a write by any client (sync, async, another
+language) is seen. ``benchmarks/bench_coherence.py`` measures the alternatives: a PUBLISH or sharded SPUBLISH
+per write, pipelined with it or in one script with it, costs every set an extra command, where tracking only
+costs the server its fan-out (which pub/sub costs too). What is left for the writer is reading the report of
+its own write and checking it (a few us of this thread's CPU per write, batched; see BATCH_WINDOW).
 
-**Own writes.** Redis also reports this process's own writes. Before a write goes out, its keys are
-*expected* (a count per key); the first report of an expected key is taken as the echo and skipped. A write
-that Redis did not apply (an error, a DEL that removed nothing) withdraws its expectation. Should another
-machine's report be taken for our echo (both wrote the key at once), our own echo arrives after it and drops
-the copy: a miss, never a stale value.
+**Races.** Redis sends a report after the write is applied. The owner bumps a per-key counter when it drops a
+copy, and a read copies a value found in Redis into the local tiers only if that counter did not move since
+before the read (see ``TieredCache``): a read that found the old value loses to the report of the new one,
+whichever comes first, so no old value is kept for good.
+
+**Own writes.** Redis also reports this process's own writes, and reports a key once per event-loop cycle
+however many clients changed it in that cycle. So before a write goes out, its key is *expected* with the
+stamp the entry carries (see ``_signing``; a delete expects no entry); a report of an expected key is then
+checked on the tracking connection itself (``GETRANGE key -16 -1``, pipelined per batch): if the entry still
+ends with our latest stamp, the change was ours and the local copy stays; otherwise another machine wrote
+after us and the copy is dropped. A write Redis did not apply (an error, a DEL that removed nothing)
+withdraws its expectation; any other mismatch between expectations and reports only causes a check, or a
+drop.
 
 **Lost messages.** Reports sent while this connection is down are lost. So when the connection drops (Redis
 restarting or failing over included), ``on_reset`` is called at once, and again once tracking is back on every
@@ -29,13 +38,14 @@ values are only ever read from Redis through the envelope (signed with ``secret`
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import select
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from redis._parsers import _RESP3Parser
@@ -133,6 +143,10 @@ class _PushReader:
         pos = _one_key_pushes(buf, keys)
         head, skip = _ONE_KEY_HEAD, len(_ONE_KEY_HEAD)
         while pos < size:
+            if buf.startswith(b"$16\r\n", pos) and pos + 23 <= size:  # a stamp: the check of an echo
+                out.append(bytes(buf[pos + 5 : pos + 21]))
+                pos += 23
+                continue
             if buf.startswith(head, pos):  # inlined: this loop is the listener's whole cost per write
                 end = buf.find(b"\r\n", pos + skip)
                 if end < 0:
@@ -153,6 +167,7 @@ class _PushReader:
         return out
 
 
+_GETRANGE = b"*4\r\n$8\r\nGETRANGE\r\n$%d\r\n%b\r\n$3\r\n-16\r\n$2\r\n-1\r\n"  # the entry's stamp
 _PUSH_HEAD = b">2\r\n$10\r\ninvalidate\r\n*"
 _ONE_KEY_HEAD = _PUSH_HEAD + b"1\r\n$"
 
@@ -201,7 +216,7 @@ def _parse_push(buf: bytearray, pos: int) -> tuple[Any, int]:
             raise _Incomplete
         keys.append(bytes(buf[start:stop]))
         at = stop + 2
-    return [b"invalidate", keys], at
+    return _Push((b"invalidate", keys)), at
 
 
 def _parse(buf: bytearray, pos: int) -> tuple[Any, int]:
@@ -211,7 +226,7 @@ def _parse(buf: bytearray, pos: int) -> tuple[Any, int]:
         raise _Incomplete
     kind, line, after = buf[pos], bytes(buf[pos + 1 : end]), end + 2
     if kind in b">*~":  # push, array, set
-        items = []
+        items: list[Any] = _Push() if kind == ord(">") else []
         for _ in range(max(0, int(line))):
             item, after = _parse(buf, after)
             items.append(item)
@@ -224,8 +239,10 @@ def _parse(buf: bytearray, pos: int) -> tuple[Any, int]:
             raise _Incomplete
         data = bytes(buf[after : after + size])
         return (data[4:] if kind == ord("=") else data), after + size + 2
-    if kind in b"+-":
+    if kind == ord("+"):
         return line, after
+    if kind == ord("-"):
+        return _ErrorReply(line), after
     if kind == ord(":"):
         return int(line), after
     if kind == ord("_"):
@@ -245,6 +262,22 @@ def _parse(buf: bytearray, pos: int) -> tuple[Any, int]:
             after = _parse(buf, after)[1]
         return _parse(buf, after)
     raise RedisConnectionError(f"unexpected RESP3 type byte {kind!r} on the tracking connection")
+
+
+class _Push(list):  # type: ignore[type-arg]
+    """A RESP3 push (out-of-band: not the reply to anything we sent)."""
+
+
+class _ErrorReply(bytes):
+    """An error reply (``-MOVED ...``, say): never equal to a stamp or a ROLE reply."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _ErrorReply) and bytes(self) == bytes(other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    __hash__ = bytes.__hash__
 
 
 class _Resync(Exception):
@@ -376,7 +409,8 @@ class InvalidationListener:
 
     def _start(self) -> None:
         self._lock = threading.Lock()
-        self._echoes: dict[bytes, int] = {}
+        # rkey -> [writes of ours whose report has not come yet, stamp of our latest write (b"": a delete)]
+        self._echoes: dict[bytes, list[Any]] = {}
         self._subscribed = threading.Event()
         self._live = False  # mirrors _subscribed, read without a call on every write
         self._first_try = threading.Event()
@@ -403,8 +437,8 @@ class InvalidationListener:
         self._first_try.wait(timeout)
         return self.subscribed
 
-    def expect(self, rkeys: Iterable[bytes]) -> bool:
-        """Note that this process is about to write ``rkeys``: their next report is our own echo.
+    def expect(self, writes: Iterable[tuple[bytes, bytes]]) -> bool:
+        """Note that this process is about to write these ``(rkey, stamp)``: their reports may be our echoes.
 
         Returns False (nothing noted) while not subscribed: no report of such a write can be relied on.
         """
@@ -412,16 +446,26 @@ class InvalidationListener:
             return False
         with self._lock:
             echoes = self._echoes
-            for rkey in rkeys:
-                echoes[rkey] = echoes.get(rkey, 0) + 1
+            for rkey, stamp in writes:
+                entry = echoes.get(rkey)
+                if entry is None:
+                    echoes[rkey] = [1, stamp]
+                else:
+                    entry[0] += 1
+                    entry[1] = stamp
         return True
 
-    def expect_one(self, rkey: bytes) -> bool:
-        """:meth:`expect` for one key (the set path: no iterator, no Event call)."""
+    def expect_one(self, rkey: bytes, stamp: bytes) -> bool:
+        """:meth:`expect` for one write (the set path: no iterator, no Event call)."""
         if not self._live:
             return False
         with self._lock:
-            self._echoes[rkey] = self._echoes.get(rkey, 0) + 1
+            entry = self._echoes.get(rkey)
+            if entry is None:
+                self._echoes[rkey] = [1, stamp]
+            else:
+                entry[0] += 1
+                entry[1] = stamp
         return True
 
     def withdraw(self, rkeys: Iterable[bytes]) -> None:
@@ -429,11 +473,11 @@ class InvalidationListener:
         with self._lock:
             echoes = self._echoes
             for rkey in rkeys:
-                count = echoes.get(rkey, 0)
-                if count > 1:
-                    echoes[rkey] = count - 1
-                else:
-                    echoes.pop(rkey, None)
+                entry = echoes.get(rkey)
+                if entry is not None:
+                    entry[0] -= 1
+                    if entry[0] <= 0:
+                        del echoes[rkey]
 
     def stop(self) -> None:
         self._stop.set()
@@ -559,6 +603,8 @@ class InvalidationListener:
     def _read(self, conn: Connection, failed: threading.Event) -> None:
         last = time.monotonic()
         check_sent: float | None = None
+        # What each reply we wait for answers, in order: a ROLE health check, or the check of an echo.
+        waiting: collections.deque[tuple[bytes, bytes] | None] = collections.deque()
         try:
             reader = _PushReader(conn)
             next_read = 0.0
@@ -568,32 +614,42 @@ class InvalidationListener:
                     if pause > 0:
                         time.sleep(pause)
                     changed: list[bytes] = []
+                    not_ours: list[bytes] = []
                     flushed = False
                     for reply in reader.read_available(changed):
-                        if not isinstance(reply, list) or not reply:
-                            continue
-                        if reply[0] == b"invalidate":
+                        if isinstance(reply, list) and reply and reply[0] == b"invalidate":
                             keys = reply[1] if len(reply) > 1 else None
                             if keys is None:
                                 flushed = True
                             else:
                                 changed += keys
-                        elif reply[0] in (b"master", b"slave"):  # the health check's ROLE reply
+                            continue
+                        if isinstance(reply, _Push):  # another kind of push (none is asked for): not a reply
+                            continue
+                        if not waiting:
+                            raise RedisConnectionError(f"an unexpected reply on the tracking connection: {reply!r}")
+                        asked = waiting.popleft()
+                        if asked is None:  # the health check's ROLE reply
                             check_sent = None
-                            if reply[0] != b"master":
+                            if not isinstance(reply, list) or not reply or reply[0] != b"master":
                                 raise _Resync("a tracked node is no longer a primary")
+                        elif reply != asked[1]:  # the entry's stamp is not our latest write's: not ours
+                            not_ours.append(asked[0])
                     last = time.monotonic()
                     next_read = last + BATCH_WINDOW
-                    if changed:
-                        self._report(changed)
                     if flushed:
                         self._report(None)
+                    to_check = self._report(changed, not_ours) if changed or not_ours else []
+                    if to_check:
+                        conn.send_packed_command([b"".join(_GETRANGE % (len(rkey), rkey) for rkey, _ in to_check)])
+                        waiting.extend(to_check)
                     continue
                 now = time.monotonic()
                 if check_sent is not None and now - check_sent > HEALTH_TIMEOUT:
                     raise RedisConnectionError("Redis did not answer the health check")
                 if check_sent is None and now - last > HEALTH_INTERVAL:
                     conn.send_command("ROLE")
+                    waiting.append(None)
                     check_sent = last = now
         except _READ_ERRORS as exc:
             if not self._stop.is_set() and not failed.is_set():
@@ -604,30 +660,40 @@ class InvalidationListener:
         finally:
             failed.set()
 
-    def _report(self, rkeys: list[bytes] | None) -> None:
+    def _report(self, rkeys: list[bytes] | None, not_ours: Sequence[bytes] = ()) -> list[tuple[bytes, bytes]]:
+        """Drop the local copies of keys changed by others (``rkeys`` reported, ``not_ours`` failed their
+        check); return the reports that may be our own echoes, to be checked.
+
+        A report of a key we wrote is most likely our own write, but Redis reports a key once per event-loop
+        cycle however many clients changed it, so another machine may have written it in the same cycle,
+        after us. So an echo is checked: the stamp at the end of the entry must still be our latest write's
+        (``GETRANGE key -16 -1``; our delete expects nothing there), else the key is dropped after all.
+        """
         if rkeys is None:  # FLUSHDB / FLUSHALL: everything changed
             self._reset("Redis flushed the database")
-            return
-        changed: list[bytes] = []
+            return []
+        changed: list[bytes] = list(not_ours)
+        to_check: dict[bytes, bytes] = {}  # one check per key and batch, against our latest stamp
         with self._lock:
             echoes = self._echoes
             for rkey in rkeys:
-                count = echoes.get(rkey)
-                if count is None:
+                entry = echoes.get(rkey)
+                if entry is None:
                     changed.append(rkey)
-                elif count > 1:
-                    echoes[rkey] = count - 1
-                else:
+                    continue
+                to_check[rkey] = entry[1]
+                entry[0] -= 1
+                if entry[0] <= 0:
                     del echoes[rkey]
         n = len(self._prefix)
         keys = [key_from_bytes(rkey[n:]) for rkey in changed if rkey.startswith(self._prefix)]
-        if not keys:
-            return
-        self._stats.add("invalidations", len(keys))
-        try:
-            self._on_keys(keys)
-        except Exception as exc:  # a closed tier, a full disk: the copies stay, say so
-            log.warning("Could not drop %d invalidated local copies: %s: %s", len(keys), type(exc).__name__, exc)
+        if keys:
+            self._stats.add("invalidations", len(keys))
+            try:
+                self._on_keys(keys)
+            except Exception as exc:  # a closed tier, a full disk: the copies stay, say so
+                log.warning("Could not drop %d invalidated local copies: %s: %s", len(keys), type(exc).__name__, exc)
+        return list(to_check.items())
 
     def _reset(self, why: str) -> None:
         self.resets += 1

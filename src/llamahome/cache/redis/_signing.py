@@ -1,13 +1,17 @@
-"""The envelope around values the network tier stores: a marker, and an optional HMAC-SHA256 signature.
+"""The envelope around values the network tier stores: a marker, an optional HMAC-SHA256 signature, a stamp.
 
 Entries read back from Redis are untrusted: anyone who can reach the server can write under our namespace.
 Each value is wrapped as::
 
-    b"LHR" + b"\\x00" + codec frame                      unsigned
-    b"LHR" + b"\\x01" + HMAC-SHA256(secret, key + frame) + codec frame   signed (32-byte tag)
+    b"LHR" + b"\\x02" + codec frame + stamp                                          unsigned
+    b"LHR" + b"\\x03" + HMAC-SHA256(secret, key + frame + stamp) + codec frame + stamp   signed (32-byte tag)
 
 The marker tells our entries from foreign data; the signature covers the full Redis key too, so a valid
-entry cannot be replayed under another key. The codec frame is decoded with the safe codecs only.
+entry cannot be replayed under another key. The codec frame is decoded with the safe codecs only. The
+16-byte stamp (the writer's id and a counter) names the write: a writer that hears "key changed" can ask
+Redis for the last 16 bytes of the entry (``GETRANGE key -16 -1``) to learn whether the change was its own
+(see ``_invalidation``). Entries written before stamps existed (``\\x00`` unsigned, ``\\x01`` signed, no stamp)
+are still read.
 """
 
 from __future__ import annotations
@@ -16,12 +20,15 @@ import hashlib
 import hmac
 from collections.abc import Sequence
 
-__all__ = ["Envelope", "EnvelopeError", "MARKER", "SIGNED", "UNSIGNED", "TAG_SIZE"]
+__all__ = ["Envelope", "EnvelopeError", "MARKER", "SIGNED", "UNSIGNED", "STAMP_SIZE", "TAG_SIZE"]
 
 MARKER = b"LHR"
-UNSIGNED = MARKER + b"\x00"
-SIGNED = MARKER + b"\x01"
+UNSIGNED = MARKER + b"\x02"
+SIGNED = MARKER + b"\x03"
+LEGACY_UNSIGNED = MARKER + b"\x00"
+LEGACY_SIGNED = MARKER + b"\x01"
 TAG_SIZE = 32
+STAMP_SIZE = 16
 _HEAD = len(UNSIGNED)
 _ONE_SHOT_MAX = 256 * 1024
 
@@ -62,18 +69,21 @@ class Envelope:
         mac.update(frame)
         return mac.digest()
 
-    def seal(self, key: bytes, frame_parts: Sequence[Buffer]) -> bytes:
+    def seal(self, key: bytes, frame_parts: Sequence[Buffer], stamp: bytes) -> bytes:
         """The bytes to store under ``key`` for a codec frame given as parts (joined once, here)."""
+        if len(stamp) != STAMP_SIZE:
+            raise ValueError(f"a stamp is {STAMP_SIZE} bytes")
         if self._secret is None:
-            return b"".join((UNSIGNED, *frame_parts))
+            return b"".join((UNSIGNED, *frame_parts, stamp))
         size = sum(memoryview(p).nbytes for p in frame_parts)
         if size <= _ONE_SHOT_MAX:
-            frame = b"".join(frame_parts)
-            return b"".join((SIGNED, self._tag(key, frame), frame))
+            signed = b"".join((*frame_parts, stamp))
+            return b"".join((SIGNED, self._tag(key, signed), signed))
         mac = hmac.new(self._secret, key, hashlib.sha256)  # large values: no extra copy of the frame
         for part in frame_parts:
             mac.update(part)
-        return b"".join((SIGNED, mac.digest(), *frame_parts))
+        mac.update(stamp)
+        return b"".join((SIGNED, mac.digest(), *frame_parts, stamp))
 
     def open(self, key: bytes, data: Buffer) -> memoryview:
         """The codec frame inside ``data`` stored under ``key``; :class:`EnvelopeError` if it fails a check.
@@ -83,17 +93,20 @@ class Envelope:
         """
         view = memoryview(data)
         head = bytes(view[:_HEAD])
-        if head == UNSIGNED:
+        stamp = STAMP_SIZE if head in (UNSIGNED, SIGNED) else 0
+        if head in (UNSIGNED, LEGACY_UNSIGNED):
             if self._secret is not None:
                 raise EnvelopeError("the entry is not signed but this cache requires signatures")
-            return view[_HEAD:]
-        if head == SIGNED:
-            if len(view) < _HEAD + TAG_SIZE:
+            if len(view) < _HEAD + stamp:
                 raise EnvelopeError("the entry is truncated")
-            frame = view[_HEAD + TAG_SIZE :]
+            return view[_HEAD : len(view) - stamp]
+        if head in (SIGNED, LEGACY_SIGNED):
+            if len(view) < _HEAD + TAG_SIZE + stamp:
+                raise EnvelopeError("the entry is truncated")
+            signed = view[_HEAD + TAG_SIZE :]
             if self._secret is not None:
                 tag = bytes(view[_HEAD : _HEAD + TAG_SIZE])
-                if not hmac.compare_digest(tag, self._tag(key, frame)):
+                if not hmac.compare_digest(tag, self._tag(key, signed)):
                     raise EnvelopeError("the signature does not match (another secret, or tampered data)")
-            return frame
+            return signed[: len(signed) - stamp]
         raise EnvelopeError("the value was not written by LlamaHome", foreign=True)

@@ -19,6 +19,7 @@ from ..base import MISSING, Key, Store
 from ..stats import CleanupReport
 from ._core import CALL_ERRORS, DEFAULT_TIMEOUT, TAKE_OVER, BaseRedisCache
 from ._invalidation import ConnectionRecipe, InvalidationListener
+from ._signing import STAMP_SIZE
 
 _log = logging.getLogger("llamahome.cache.redis")
 
@@ -160,7 +161,7 @@ class RedisCache(BaseRedisCache, Store):
         if packed is None or not self._allow("SET", write=True):
             return False
         listener = self._listener
-        expected = listener is not None and listener.expect_one(rkey)
+        expected = listener is not None and listener.expect_one(rkey, packed[0][-STAMP_SIZE:])
         try:
             self.client.set(rkey, packed[0], px=px)
         except CALL_ERRORS as exc:
@@ -177,7 +178,7 @@ class RedisCache(BaseRedisCache, Store):
         if not self._allow("DEL", write=True):
             return False
         listener = self._listener
-        expected = listener is not None and listener.expect_one(rkey)
+        expected = listener is not None and listener.expect_one(rkey, b"")  # deleted: no stamp left
         removed = 0
         try:
             removed = self.client.delete(rkey)
@@ -305,7 +306,8 @@ class RedisCache(BaseRedisCache, Store):
             return False
         listener = self._listener
         rkeys = [rkey for rkey, _ in packed]
-        expected = listener is not None and listener.expect(rkeys)
+        stamps = [(rkey, payload[-STAMP_SIZE:]) for rkey, (payload, _) in packed]
+        expected = listener is not None and listener.expect(stamps)
         try:
             pipe = self._pipeline()
             for rkey, (payload, _) in packed:
