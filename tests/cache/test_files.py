@@ -253,5 +253,18 @@ def test_the_model_cache_names_and_sweeps_its_writers_by_the_shared_scheme(tmp_p
     (dead / "model.safetensors").write_bytes(b"x" * 100)
     foreign = tmp_path / ".tmp" / "not-ours"
     foreign.mkdir()
-    assert cache.cleanup().orphans == 1
+    cache.put("ok", {"w": np.arange(1024, dtype=np.uint8)})
+    before = sorted(os.listdir(tmp_path / "ok"))
+    pid = _dead_pid()
+    decode_left = tmp_path / "ok" / f".decoding.{pid}-{'f' * 32}.tmp"  # a get_path() killed mid-decode
+    decode_left.write_bytes(b"z" * 10)
+    stamp_left = tmp_path / "ok" / f"..verified.{pid}-{'f' * 32}.tmp"  # a stamp file being written
+    stamp_left.write_bytes(b"{}")
+    assert cache.cleanup().orphans == 3
     assert sorted(os.listdir(tmp_path / ".tmp")) == sorted([live.name, "not-ours"])
+    assert sorted(os.listdir(tmp_path / "ok")) == before and cache.list() == ["ok"]
+    # Another process's marker being written is not "someone else's file": the directory is still a cache.
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / files.temp_name(".llamahome-cache.json")).write_bytes(b"{}")
+    ModelCache(fresh, size=4)

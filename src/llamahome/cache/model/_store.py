@@ -49,13 +49,12 @@ from ._gguf import GGUF_MAGIC, read_gguf
 from ._io import PartResult
 from ._layout import (
     ACCESS,
-    DECODING_NAME,
     MANIFEST,
     NAME_MAX,
     PICKLE_SUFFIXES,
     TRASH_NAME,
     VERIFIED,
-    VERIFIED_TMP,
+    is_model_temp,
     data_inodes,
     dir_bytes,
     entry_is_ours,
@@ -608,7 +607,7 @@ class ModelCache:
 
     def _decode_copy(self, name: str, directory: Path, part: dict[str, Any]) -> None:
         """Decode a compressed part into its plain file beside it (checked against the raw checksum)."""
-        tmp = directory / f".decoding-{os.getpid()}-{uuid.uuid4().hex}"
+        tmp = directory / cf.temp_name("decoding")
         source = directory / part["stored"]
         if not regular(source):
             raise _Damaged(f"{source} is missing or not a regular file")
@@ -886,10 +885,10 @@ class ModelCache:
                     foreign.append(entry.name)  # unreadable: not something the cache made
                     continue
                 for leftover in leftovers:  # a get_path() that died mid-decode
-                    if (
-                        DECODING_NAME.fullmatch(leftover.name) or VERIFIED_TMP.fullmatch(leftover.name)
-                    ) and leftover.is_file(follow_symlinks=False):
-                        if not owner_alive(leftover.name.split(".")[-1].removeprefix("decoding-")):
+                    if is_model_temp(leftover.name) and leftover.is_file(follow_symlinks=False):
+                        old = cf.temp_owner(leftover.name) is None  # a name from before cache.files
+                        owner = leftover.name.split(".")[-1].removeprefix("decoding-") if old else leftover.name
+                        if not owner_alive(owner):
                             os.unlink(leftover.path)
                             report.orphans += 1
                 manifest, damaged = self._manifest_state(entry.name)
