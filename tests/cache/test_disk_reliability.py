@@ -251,6 +251,30 @@ def test_missing_value_file(tmp_path: Path, caplog: pytest.LogCaptureFixture) ->
         assert cache.stats.entries == 0 and cache.stats.bytes == 0
 
 
+def test_value_files_written_before_cache_files_still_read(tmp_path: Path) -> None:
+    # Value files of the LHDV v1 format (the disk tier's own, before the shared cache.files header) stay
+    # readable: an upgrade must not turn a warm disk cache into misses.
+    import math
+    import struct
+
+    from llamahome.cache import files
+
+    with DiskCache(tmp_path / "c", size=4) as cache:
+        cache.set("big", b"b" * 100_000)
+        path = _only_file(tmp_path / "c")
+        header = files.read_header(path)
+        assert header is not None and path.read_bytes()[:4] == b"LHVF"
+        rest = path.read_bytes()[64:]
+        old = struct.pack("<4sB3xI4xddQQ", b"LHDV", 1, len(header.key), math.nan, header.created, header.checksum,
+                          header.frame_len)
+        path.write_bytes(old + b"\0" * (64 - len(old)) + rest)
+        assert cache.get("big") == b"b" * 100_000
+        assert cache.cleanup(full=True).corrupt == 0
+    (tmp_path / "c" / "index.sqlite3").unlink()  # and a lost index is rebuilt from them
+    with DiskCache(tmp_path / "c", size=4) as cache:
+        assert cache.get("big") == b"b" * 100_000
+
+
 def _fill(root: Path) -> None:
     with DiskCache(root, size=4) as cache:
         cache.set("small", b"s" * 100)

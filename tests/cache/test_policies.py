@@ -345,3 +345,38 @@ def test_eviction_order_and_policy_names() -> None:
     assert check_policy_name(" LRU ") == "lru"
     with pytest.raises(ConfigError, match="Did you mean 'lru'"):
         check_policy_name("lruu", "model_cache.cleanup_policy")
+
+
+# ------------------------------------------------------------------ every cache uses the one table (issue 12)
+
+
+def test_every_cache_names_the_same_policies_and_the_disk_tier_orders_by_order_sql() -> None:
+    from llamahome.cache import config, system
+    from llamahome.cache.disk import POLICIES as disk_policies
+    from llamahome.cache.disk import _sqlite
+    from llamahome.cache.model import POLICIES as model_policies
+    from llamahome.cache.policies import ORDER_SQL, POLICY_NAMES
+    from llamahome.cache.training import POLICIES as training_policies
+
+    for names in (config.POLICIES, system.POLICIES, disk_policies, model_policies, training_policies):
+        assert tuple(names) == POLICY_NAMES
+    assert _sqlite.POLICY_ORDER is ORDER_SQL
+
+
+def test_model_cache_fifo_ignores_reads_and_breaks_ties_by_name() -> None:
+    # The model cache used to order fifo by (created, last_used): a read changed which of two models put in
+    # the same clock tick went first. With the shared ORDER_KEYS fifo is insertion order only (seq = rank by
+    # (created, name)), as FIFOPolicy says: reads never change it.
+    from llamahome.cache.model._store import ModelInfo, _usages
+    from llamahome.cache.policies import POLICY_NAMES, eviction_order
+
+    def info(name: str, created: float, used: float, hits: int) -> ModelInfo:
+        return ModelInfo(name=name, size=1, raw_size=1, stored_size=1, ratio=1.0, compressed=False, files=(),
+                         tensors=0, created=created, last_used=used, hits=hits, pinned=False, sharded=False)
+
+    models = [info("b", 1.0, 1.0, 1), info("a", 1.0, 9.0, 5), info("c", 0.5, 0.5, 1)]
+    usages = _usages(models)
+    order = {p: [m.name for m in eviction_order(models, p, lambda m: usages[m.name])] for p in POLICY_NAMES}
+    assert order["fifo"] == order["time"] == ["c", "a", "b"]  # "a" was read later; fifo does not care
+    assert order["lru"] == ["c", "b", "a"]
+    assert order["lfu"] == ["c", "b", "a"]  # one use each for b and c: the least recently used first

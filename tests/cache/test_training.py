@@ -298,6 +298,38 @@ def test_a_missing_or_damaged_batch_is_served_from_the_source(cache: TrainingCac
     assert cache.wrap(Source(), "ds").complete  # repaired: both batches were stored again
 
 
+def test_a_batch_file_moved_to_another_slot_is_a_miss_not_the_wrong_batch(cache: TrainingCache) -> None:
+    # Batch files are bound to (namespace, index) by the value-file key (cache.files): a file copied over
+    # another batch's name (a botched restore, a sync tool) must not be served as that batch.
+    list(cache.wrap(Source(), "ds"))
+    ns_dir = cache.path / namespace_id("ds")
+    (ns_dir / "b000000004.lhb").write_bytes((ns_dir / "b000000002.lhb").read_bytes())
+    out = list(cache.wrap(Source(), "ds"))
+    np.testing.assert_array_equal(out[4]["input_ids"], make_batch(4)["input_ids"])
+    assert cache.stats.corrupt == 1
+
+
+def test_batch_files_of_the_blob_format_before_cache_files_still_read(cache: TrainingCache) -> None:
+    import struct
+
+    import xxhash
+
+    from llamahome.cache import files
+
+    list(cache.wrap(Source(), "ds"))
+    path = cache.path / namespace_id("ds") / "b000000003.lhb"
+    got = files.read_value_file(path, None)
+    assert got is not None
+    frame = bytes(got.frame)
+    # LHB1, as blobfile.write_blob wrote batches: no key, checksum over key + frame.
+    head = struct.pack("<4sBBHQQdQId", b"LHB1", 1, 0, 0, xxhash.xxh3_64_intdigest(frame), len(frame), 1.0, 3, 0, 0.0)
+    path.write_bytes(head + b"\0" * (64 - len(head)) + frame)
+    src = Source()
+    out = list(cache.wrap(src, "ds"))
+    np.testing.assert_array_equal(out[3]["input_ids"], make_batch(3)["input_ids"])
+    assert cache.stats.corrupt == 0
+
+
 def test_a_batch_mutated_by_the_consumer_is_stored_as_produced(cache: TrainingCache) -> None:
     for batch in cache.wrap(Source(), "ds"):
         batch["input_ids"][:] = -100  # a training step editing its batch in place

@@ -46,6 +46,7 @@ from pydantic import (
 
 from llamahome.errors import ConfigError
 
+from .policies import POLICY_NAMES
 from .units import MIB, parse_duration, parse_size, shown
 
 __all__ = [
@@ -64,7 +65,7 @@ __all__ = [
 ]
 
 #: Eviction policies every store understands ("time" = oldest first; past max age or ttl goes first).
-POLICIES: tuple[str, ...] = ("lru", "lfu", "fifo", "time")
+POLICIES: tuple[str, ...] = POLICY_NAMES
 Policy = Literal["lru", "lfu", "fifo", "time"]
 
 

@@ -47,11 +47,11 @@ from typing import Any
 
 from llamahome.errors import CacheClosedError, CacheError, CacheValueError, ConfigError, StorageError, ValueTooLargeError
 
-from ._procs import pid_alive
 from .base import Key, Store, validate_ttl
 from ._legacy import remove_old_kv_files
-from .blobfile import TMP_SUFFIX
+from . import files as cf
 from .disk import DiskCache
+from .policies import POLICY_NAMES, Usage, check_policy_name, eviction_order
 from .stats import CacheStats, CleanupReport
 from .units import MIB, parse_duration, parse_size, shown
 
@@ -62,8 +62,9 @@ except ImportError:  # pragma: no cover - non-POSIX: in-use marks hold within th
 
 __all__ = ["SystemCache", "ScratchPath", "POLICIES"]
 
-#: Orders for removing items beyond ``size`` (``time`` and ``fifo``: oldest created first).
-POLICIES = ("time", "fifo", "lru", "lfu")
+#: Orders for removing items beyond ``size`` (``policies.ORDER_KEYS``; a scratch item's ``created`` is reset by
+#: ``touch``, so it is both its first-insertion and its last-write time: ``time`` and ``fifo`` agree here).
+POLICIES = POLICY_NAMES
 
 _META = ".llamahome-system"
 _REGISTRY = "registry"
@@ -93,12 +94,11 @@ class _Record:
         return json.dumps(self.__dict__, separators=(",", ":")).encode()
 
 
-def _policy_key(policy: str, created: float, used: float, uses: int) -> tuple[float, ...]:
-    if policy == "lru":
-        return (used, created)
-    if policy == "lfu":
-        return (uses, used, created)
-    return (created,)
+def _usages(records: list[_Record]) -> dict[str, Usage]:
+    """Usage records for the shared eviction order. Records carry no sequence number (several processes write
+    them), so ``seq`` is the rank by ``(created, name)``: oldest first, and the name makes ties total."""
+    ranked = sorted(records, key=lambda r: (r.created, r.name))
+    return {r.name: Usage(seq=i, written=r.created, last_used=r.used, uses=r.uses) for i, r in enumerate(ranked)}
 
 
 def _check_part(text: str, what: str) -> str:
@@ -191,9 +191,7 @@ class SystemCache(Store):
             self.max_age = parse_duration(max_age)
         except ValueError as exc:
             raise ConfigError(f"system_cache.max_age: {exc}") from exc
-        policy = str(cleanup_policy).strip().lower()
-        if policy not in POLICIES:
-            raise ConfigError(f"system_cache.cleanup_policy: unknown policy {cleanup_policy!r}; use one of {', '.join(POLICIES)}.")
+        policy = check_policy_name(cleanup_policy, "system_cache.cleanup_policy")
         self.size = size_mb
         self.max_bytes = max(1, round(size_mb * MIB))
         self.cleanup_policy = policy
@@ -279,14 +277,7 @@ class SystemCache(Store):
         return os.open(path, os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW | _O_CLOEXEC)
 
     def _write_record(self, record: _Record) -> None:
-        directory = self._meta / _REGISTRY
-        tmp = directory / f".{record.name}.{os.getpid()}.{threading.get_ident()}{TMP_SUFFIX}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, record.as_json())
-        finally:
-            os.close(fd)
-        os.replace(tmp, directory / f"{record.name}.json")
+        cf.write_atomic(self._meta / _REGISTRY / f"{record.name}.json", [record.as_json()])
 
     def _read_record(self, name: str) -> _Record | None:
         try:
@@ -599,7 +590,7 @@ class SystemCache(Store):
                     report.expired += 1
                     report.bytes_freed += freed
                     self._items.expirations += 1
-            report.orphans += _remove_dead_temp_files(self._meta / _REGISTRY) + remove_old_kv_files(self._meta / _OLD_KV)
+            report.orphans += cf.sweep(self._meta / _REGISTRY)[0] + remove_old_kv_files(self._meta / _OLD_KV)
             values = store.cleanup()
             for counter in ("expired", "evicted", "orphans", "missing", "corrupt", "bytes_freed"):
                 setattr(report, counter, getattr(report, counter) + getattr(values, counter))
@@ -615,10 +606,8 @@ class SystemCache(Store):
         total = self._item_bytes + store.stats.bytes
         if total <= self.max_bytes:
             return
-        records = sorted(
-            (record for record, _ in items),
-            key=lambda r: _policy_key(self.cleanup_policy, r.created, r.used, r.uses),
-        )
+        usages = _usages([record for record, _ in items])
+        records = eviction_order([record for record, _ in items], self.cleanup_policy, lambda r: usages[r.name])
         for record in records:
             if total <= self.max_bytes:
                 break
@@ -721,21 +710,3 @@ def _remove_at(parent_fd: int, name: str) -> int:
         os.rmdir(name, dir_fd=parent_fd)
     return freed
 
-
-def _remove_dead_temp_files(directory: Path) -> int:
-    """Remove temp files left by writers that died (the pid in their name is gone)."""
-    removed = 0
-    with os.scandir(directory) as entries:
-        for entry in entries:
-            if not (entry.name.startswith(".") and entry.name.endswith(TMP_SUFFIX)):
-                continue
-            try:
-                pid = int(entry.name.split(".")[-3])
-            except (IndexError, ValueError):
-                continue
-            if pid == os.getpid() or pid_alive(pid):
-                continue
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(entry.path)
-                removed += 1
-    return removed

@@ -176,14 +176,14 @@ def test_misuse_is_a_clear_error(tmp_path: Path, model) -> None:
 
 
 def test_a_disk_that_refuses_writes_costs_the_reuse_not_the_answer(tmp_path: Path, model, monkeypatch) -> None:
-    from llamahome.cache import blobfile
+    from llamahome.cache import files
     from llamahome.errors import DiskFullError
 
     def full(*args, **kwargs):
         raise DiskFullError(28, "No space left on the device")
 
     kv = KVCache(tmp_path / "kv", block_tokens=B)
-    monkeypatch.setattr(blobfile, "write_blob", full)  # the disk fills up
+    monkeypatch.setattr(files, "write_value", full)  # the disk fills up
     x = ids(10, 2 * B + 1)
     want = model.generate(x, max_new_tokens=4, do_sample=False)
     assert torch.equal(kv.generate(model, x, max_new_tokens=4, do_sample=False), want)

@@ -5,7 +5,7 @@ Layout of the cache directory (0700; files 0600)::
     .llamahome-cache               the marker: kind, format, bound and policy (see _marker)
     index.sqlite3 (+ -wal, -shm)   SQLite in WAL mode: one row per entry, small values inline
     data/ab/<32 hex>               one file per large value (random names: never derived from the key)
-    tmp/<pid>-<32 hex>.tmp         values being written
+    tmp/.value.<pid>-<hex>.tmp     values being written (cache.files temp names: the writer's pid)
     lock                           held only while opening (one process repairs at a time)
     reserve                        space given up to free entries on a full disk (see _marker)
 

@@ -1,16 +1,8 @@
-"""Value files of the disk tier: names, atomic writes in large chunks, checked reads.
+"""Value files of the disk tier: names, where they live, checked reads.
 
-A value file holds one large entry::
-
-    0   magic b"LHDV", version u8, 3 reserved bytes
-    8   key_len u32, 4 reserved bytes
-    16  expires f64 (NaN: no expiry)
-    24  created f64
-    32  checksum u64 (xxh3_64 of the frame)
-    40  frame_len u64
-    48  reserved up to 64
-    64  key bytes, zero padding to a multiple of 64
-        frame (see codecs.py): 64-byte aligned in the file, so arrays mapped with mmap stay aligned
+A value file holds one large entry in the shared value-file format of :mod:`llamahome.cache.files` (checked
+header, key, frame 64-byte aligned so arrays mapped with mmap stay aligned); files written before that module
+(``LHDV`` version 1) still read. Temp files are written and swept by ``files`` too.
 
 The index row is the authority; the header (key, times, checksum) lets a lost index be rebuilt from the files.
 File names are random hex and never derive from the key, so no key can name a path.
@@ -20,19 +12,18 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import math
 import mmap as _mmap
 import os
 import re
 import stat
-import struct
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import xxhash
 
-from llamahome.errors import StorageError
+from .. import codecs
+from .. import files as cf
 
 __all__ = [
     "ValueFiles",
@@ -56,15 +47,12 @@ __all__ = [
     "value_files",
 ]
 
-FILE_MAGIC = b"LHDV"
-FILE_VERSION = 1
-_HEAD = struct.Struct("<4sB3xI4xddQQ")
-_KEY_LEN = struct.Struct("<I")
-FILE_HEADER_SIZE = 64
+FILE_HEADER_SIZE = cf.HEADER_SIZE
 _NAME_RE = re.compile(r"\A[0-9a-f]{32}\Z")
 # Linux moves at most about 2 GiB per read/write call, and writev takes at most IOV_MAX buffers.
 _MAX_IO = 0x7FFFF000
-_IOV_MAX = 1024
+#: The length of the codec's header before a plain bytes value (a read fetches it with the file header).
+_PLAIN = len(codecs.plain_bytes_header(0))
 _U64 = 1 << 64
 
 
@@ -94,10 +82,7 @@ def checksum_parts(parts: Sequence[Any]) -> int:
     return _signed(h.intdigest())
 
 
-def frame_offset(key_len: int) -> int:
-    """Where the frame starts in a value file whose key is ``key_len`` bytes long."""
-    end = FILE_HEADER_SIZE + key_len
-    return end + (-end % 64)
+frame_offset = cf.frame_offset
 
 
 def new_name() -> str:
@@ -115,23 +100,7 @@ def file_path(data_dir: str, name: str) -> str:
     return os.path.join(data_dir, name[:2], name)
 
 
-def ensure_real_dir(path: str) -> None:
-    """Make ``path`` a private directory if it is missing; refuse a symlink or anything but a directory, so the
-    cache never writes, reads or deletes through a link out of its directory."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        try:
-            os.mkdir(path, 0o700)
-        except FileExistsError:
-            pass
-        st = os.lstat(path)
-    if not stat.S_ISDIR(st.st_mode):
-        what = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "not a directory"
-        raise StorageError(
-            f"{path} is {what}; the disk cache never follows links out of its directory. Remove it (the cache "
-            "makes a new one) or point the cache at another directory."
-        )
+ensure_real_dir = cf.ensure_private_dir
 
 
 def inside(data_dir: str, name: str) -> bool:
@@ -178,12 +147,12 @@ def own_file(path: str) -> bool:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             return False
-        head = os.pread(fd, 5, 0)
+        head = os.pread(fd, 5, 0)  # magic and version
     except OSError:
         return False
     finally:
         os.close(fd)
-    return head == FILE_MAGIC + bytes([FILE_VERSION]) or (st.st_size == 0 and head == b"")
+    return cf.is_value_file_head(head) or (st.st_size == 0 and head == b"")
 
 
 @dataclass
@@ -200,35 +169,7 @@ class FileHeader:
 
 
 def _header_bytes(key: bytes, expires: float | None, created: float, digest: int, frame_len: int) -> bytes:
-    exp = math.nan if expires is None else float(expires)
-    head = _HEAD.pack(FILE_MAGIC, FILE_VERSION, len(key), exp, created, digest % _U64, frame_len)
-    head += b"\0" * (FILE_HEADER_SIZE - len(head))
-    return head + key + b"\0" * (frame_offset(len(key)) - FILE_HEADER_SIZE - len(key))
-
-
-def _write_all(fd: int, buffers: Sequence[Any]) -> None:
-    """Write every buffer, in as few large writev calls as the kernel allows, handling short writes."""
-    views = [memoryview(b).cast("B") for b in buffers if len(memoryview(b).cast("B"))]
-    i = 0
-    while i < len(views):
-        batch: list[memoryview] = []
-        total = 0
-        j = i
-        while j < len(views) and len(batch) < _IOV_MAX and total < _MAX_IO:
-            take = views[j][: _MAX_IO - total]
-            batch.append(take)
-            total += len(take)
-            j += 1
-        written = os.writev(fd, batch)
-        # Advance past what was written (a short write leaves part of a buffer).
-        while written and i < len(views):
-            n = len(views[i])
-            if written >= n:
-                written -= n
-                i += 1
-            else:
-                views[i] = views[i][written:]
-                written = 0
+    return cf.value_header(key, frame_len=frame_len, checksum=digest, created=created, expires=expires)
 
 
 def write_value_file(
@@ -243,51 +184,20 @@ def write_value_file(
 ) -> str:
     """Write a complete value file under ``tmp_dir`` and return its path; the caller renames it into place.
 
-    The name carries our pid so cleanup can tell a dead writer's leftovers from a live writer's work.
-    Raises OSError (ENOSPC, EROFS, EACCES, ...) after removing the partial file.
+    The temp name (:func:`llamahome.cache.files.temp_name`) carries our pid so cleanup can tell a dead writer's
+    leftovers from a live writer's work. Raises OSError (ENOSPC, EROFS, EACCES, ...) after removing the
+    partial file.
     """
-    path = os.path.join(tmp_dir, f"{os.getpid()}-{new_name()}.tmp")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
-    try:
-        try:
-            _write_all(fd, [_header_bytes(key, expires, created, digest, frame_len), *parts])
-            if sync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-    except BaseException:
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
-        raise
-    return path
+    head = _header_bytes(key, expires, created, digest, frame_len)
+    return cf.write_temp(tmp_dir, "value", [head, *parts], fsync=sync)
 
 
 def read_header(path: str) -> FileHeader | None:
     """The header of a value file, or None if it is not a complete value file (used to rebuild the index)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except OSError:
+    header = cf.read_header(path)
+    if header is None or header.legacy_blob:
         return None
-    try:
-        head = os.pread(fd, FILE_HEADER_SIZE, 0)
-        if len(head) < _HEAD.size:
-            return None
-        magic, version, key_len, exp, created, digest, frame_len = _HEAD.unpack_from(head)
-        if magic != FILE_MAGIC or version != FILE_VERSION or key_len > 1 << 20:
-            return None
-        key = os.pread(fd, key_len, FILE_HEADER_SIZE)
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            return None
-        size = st.st_size
-    finally:
-        os.close(fd)
-    header = FileHeader(key, None if math.isnan(exp) else exp, created, _signed(digest), frame_len)
-    if len(key) != key_len or size != header.file_size:
-        return None
-    return header
+    return FileHeader(header.key, header.expires, header.created, _signed(header.checksum), header.frame_len)
 
 
 class DamagedFile(Exception):
@@ -320,17 +230,17 @@ def read_frame(path: str, key: bytes, frame_len: int, digest: int, use_mmap: boo
                 mm.close()
                 raise DamagedFile("checksum")
             return view, False
-        # The header (magic, key) and the frame's own 64-byte header in one read.
-        head = os.pread(fd, offset + 64, 0)
+        # The header (magic, key) and the frame's own header in one read.
+        head = os.pread(fd, offset + _PLAIN, 0)
         if not _names(head, key):
             raise DamagedFile("key")
         head = head[offset:]
-        # A plain uncompressed bytes frame: 64-byte header (kind 0, flags 0, no metadata), then the payload.
-        if len(head) == 64 and head[:6] == b"LHC1\0\0" and frame_len - 64 <= _MAX_IO:
-            payload = os.pread(fd, frame_len - 64, offset + 64)
+        # A plain uncompressed bytes frame: the codec's fixed header for it, then the payload.
+        if len(head) == _PLAIN and head == codecs.plain_bytes_header(frame_len - _PLAIN) and frame_len - _PLAIN <= _MAX_IO:
+            payload = os.pread(fd, frame_len - _PLAIN, offset + _PLAIN)
             h = xxhash.xxh3_64(head)
             h.update(payload)
-            if len(payload) != frame_len - 64 or _signed(h.intdigest()) != digest:
+            if len(payload) != frame_len - _PLAIN or _signed(h.intdigest()) != digest:
                 raise DamagedFile("checksum")
             return payload, True
         buf = bytearray(frame_len)
@@ -349,10 +259,8 @@ def read_frame(path: str, key: bytes, frame_len: int, digest: int, use_mmap: boo
 
 
 def _names(head: Any, key: bytes) -> bool:
-    """True if the file header at the start of ``head`` is a value file's and names ``key``."""
-    return (head[:5] == FILE_MAGIC + bytes([FILE_VERSION])
-            and _KEY_LEN.unpack_from(head, 8)[0] == len(key)
-            and head[FILE_HEADER_SIZE : FILE_HEADER_SIZE + len(key)] == key)
+    """True if the file header at the start of ``head`` is an intact value file header and names ``key``."""
+    return cf.names_key(head, key)
 
 
 def is_no_space(exc: BaseException) -> bool:

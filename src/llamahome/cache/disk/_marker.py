@@ -28,6 +28,7 @@ from typing import Any
 
 from llamahome.errors import NotACacheError
 
+from .. import files as cf
 from ._log import log
 
 __all__ = [
@@ -73,24 +74,17 @@ def read_marker(root: str) -> Marker | None:
 
 
 def write_marker(root: str, max_bytes: int, policy: str) -> None:
-    """Write the marker atomically (a temp file renamed over it). Raises OSError."""
+    """Write the marker atomically (``files.write_atomic``: a temp file renamed over it). Raises OSError
+    (StorageError)."""
     body = json.dumps({"kind": KIND, "format": FORMAT, "max_bytes": max_bytes, "policy": policy}).encode()
-    tmp = os.path.join(root, f"{_MARKER_TMP_PREFIX}{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o600)
-    try:
-        try:
-            os.write(fd, body)
-        finally:
-            os.close(fd)
-        os.rename(tmp, os.path.join(root, MARKER_NAME))
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    cf.write_atomic(os.path.join(root, MARKER_NAME), [body])
 
 
 def _is_own_temp(name: str) -> bool:
-    return name.startswith(_MARKER_TMP_PREFIX) and name.endswith(".tmp")
+    """The marker's temp file: ``files.temp_name(MARKER_NAME)``, or ``<MARKER_NAME>.<pid>.tmp`` before that."""
+    if name.startswith(_MARKER_TMP_PREFIX) and name.endswith(".tmp"):
+        return True
+    return name.startswith(f".{MARKER_NAME}.") and cf.temp_owner(name) is not None
 
 
 def _legacy_index(root: str) -> bool:

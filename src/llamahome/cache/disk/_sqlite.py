@@ -27,6 +27,7 @@ from typing import TypeVar
 
 from llamahome.errors import DiskFullError, NotACacheError, StorageError
 
+from ..policies import ORDER_SQL
 from . import _files as df
 from ._log import log
 
@@ -114,13 +115,8 @@ CREATE INDEX IF NOT EXISTS entries_expires ON entries(expires) WHERE expires IS 
 {";".join(_TRIGGERS)};
 """
 
-#: Eviction order per policy (after expired entries, which always go first).
-POLICY_ORDER = {
-    "lru": "accessed, id",
-    "lfu": "hits, accessed, id",
-    "fifo": "id",
-    "time": "created, id",
-}
+#: Eviction order per policy (after expired entries, which always go first): the one table in ``policies``.
+POLICY_ORDER = ORDER_SQL
 _POLICY_INDEX = {
     "lru": "(accessed) WHERE accessed >= 0",  # partial: unsettled rows (see settle()) are not in it
     "lfu": "(hits, accessed)",

@@ -23,6 +23,7 @@ from llamahome.errors import (
 )
 
 from .. import codecs
+from ..policies import POLICY_NAMES
 from ..base import MISSING, Key, Store, key_to_bytes, validate_key, validate_ttl
 from ..stats import CacheStats, CleanupReport
 from ..units import size_to_bytes
@@ -34,7 +35,7 @@ from ._log import log
 
 __all__ = ["DiskCache", "POLICIES", "INLINE_MAX"]
 
-POLICIES = tuple(dx.POLICY_ORDER)
+POLICIES = POLICY_NAMES
 #: The bound and policy of a new cache opened without them (an existing one keeps its stored ones).
 DEFAULT_BYTES = 10000 * 1024 * 1024
 DEFAULT_POLICY = "lru"

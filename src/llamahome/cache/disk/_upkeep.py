@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import sqlite3
-import time
 from typing import Any
 
 from llamahome.errors import DiskFullError
 
-from .._procs import pid_alive
+from .. import files as cf
 from ..stats import CacheStats, CleanupReport
 from . import _files as df
 from . import _sqlite as dx
@@ -33,8 +31,6 @@ SLICE = 16
 #: Temp files older than this are removed by cleanup() even if their writer's pid looks alive.
 TMP_MAX_AGE = 3600.0
 
-# What df.write_value_file names its temp files: <pid>-<32 hex>.tmp
-_TMP_NAME = re.compile(r"\A([0-9]{1,10})-[0-9a-f]{32}\.tmp\Z")
 
 
 class Upkeep:
@@ -166,22 +162,11 @@ class Upkeep:
                 os.unlink(path)
                 freed += size
                 report.orphans += 1
-        temps = 0
-        now = time.time()
-        for name in _listdir(files.tmp_dir):
-            path = os.path.join(files.tmp_dir, name)
-            match = _TMP_NAME.match(name)
-            if match is None or not df.own_file(path):
-                foreign += 1
-                continue
-            pid = int(match.group(1))
-            with contextlib.suppress(OSError):
-                st = os.lstat(path)
-                dead = pid != os.getpid() and not pid_alive(pid)
-                if dead or now - st.st_mtime > TMP_MAX_AGE:
-                    os.unlink(path)
-                    temps += 1
-                    freed += st.st_size
+        # Temp files of dead writers (or older than TMP_MAX_AGE), by the shared scheme of cache.files.
+        temps, temp_bytes = cf.sweep(files.tmp_dir, max_age=TMP_MAX_AGE, is_ours=df.own_file)
+        freed += temp_bytes
+        foreign += sum(1 for name in _listdir(files.tmp_dir)
+                       if cf.temp_owner(name) is None or not df.own_file(os.path.join(files.tmp_dir, name)))
         report.orphans += temps
         report.bytes_freed += freed
         if temps:

@@ -4,9 +4,9 @@ Layout (directories 0700, files 0600)::
 
     <root>/KVCACHE                              marker: this directory is a KV cache (format version)
     <root>/lock                                 flock held while a writer makes room and renames blocks in
-    <root>/blocks/<2 hex>/<key>-<parent>.kvb    one block: a blob (see ``blobfile``) whose key is
+    <root>/blocks/<2 hex>/<key>-<parent>.kvb    one block: a value file (see ``cache.files``) whose key is
                                                 b"LHKV" + key + parent and whose frame is ``_codec``'s
-    <root>/blocks/<2 hex>/.<name>.<pid>.<tid>.tmp   a block being written (renamed into place when whole)
+    <root>/blocks/<2 hex>/.<name>.<pid>-<hex>.tmp   a block being written (``files.temp_name``; renamed in whole)
 
 Why files and not :class:`DiskCache`: eviction here must take *leaves of the chain* first (a block whose
 descendants are kept is never evicted before them, or they could never be reached again), which needs the
@@ -14,10 +14,10 @@ parent of every block; the file name carries it, so one directory scan sees the 
 a file. Last use is the file's mtime (set by ``touch`` on every hit), so every process sees every other's use.
 
 Writes and the bound: a writer encodes its blocks outside any lock, then under ``lock`` scans the directory
-(sizes, mtimes, parents), evicts until the new blocks fit, and renames them in (``blobfile.write_blob``
+(sizes, mtimes, parents), evicts until the new blocks fit, and renames them in (``files.write_value``
 writes a temp file and renames it). The bound therefore holds across processes; temp files being written
 are the only bytes outside it. Readers take no lock: a block deleted under a reader's open file is still read
-whole, and a missing one is a miss. Every read checks the blob checksum, the key and parent in the blob and
+whole, and a missing one is a miss. Every read checks the file's checksum, the key and parent in the blob and
 the token ids against the prompt's, so a damaged, truncated or foreign file is a miss (and is removed).
 """
 
@@ -40,8 +40,7 @@ import numpy as np
 
 from llamahome.errors import CorruptEntryError, StorageError
 
-from .. import blobfile
-from .._procs import pid_alive
+from .. import files as cf
 from ..stats import CacheStats, CleanupReport
 from ._blocks import Block
 from ._codec import Decoded, decode
@@ -53,7 +52,6 @@ MARKER = "KVCACHE"
 _MARKER_TEXT = "llamahome kv cache, format 1\n"
 _BLOB_TAG = b"LHKV"
 _NAME_RE = re.compile(r"^([0-9a-f]{32})-([0-9a-f]{32})\.kvb$")
-_TMP_RE = re.compile(r"^\.[0-9a-f]{32}-[0-9a-f]{32}\.kvb\.(\d+)\.\d+" + re.escape(blobfile.TMP_SUFFIX) + "$")
 #: Temp files older than this are swept even when their writer's pid looks alive (pids are reused).
 TMP_MAX_AGE = 3600.0
 
@@ -83,9 +81,8 @@ def blob_key(block: Block) -> bytes:
 
 
 def file_size(block: Block, frame_len: int) -> int:
-    """The size of the blob file a frame of ``frame_len`` bytes makes (blob header and padded key included)."""
-    key_len = len(blob_key(block))
-    return blobfile.HEADER_SIZE + key_len + (-key_len % 64) + frame_len
+    """The size of the value file a frame of ``frame_len`` bytes makes (header and padded key included)."""
+    return cf.file_size(len(blob_key(block)), frame_len)
 
 
 class BlockStore:
@@ -156,8 +153,8 @@ class BlockStore:
                 return None  # never follow a link planted in the cache
         except OSError:
             return None
-        blob = blobfile.read_blob(path)
-        if blob is None or blob.header.key != blob_key(block):
+        blob = cf.read_value_file(path, blob_key(block))
+        if blob is None:
             self._damaged(path, "failed its checksum or is truncated")
             return None
         try:
@@ -277,7 +274,7 @@ class BlockStore:
                 path = self.path(p.block)
                 self._subdir(path.parent)
                 now = self.clock()
-                blobfile.write_blob(path, p.parts, created=now, seq=0, key=blob_key(p.block))
+                cf.write_value(path, blob_key(p.block), p.parts, created=now)
                 os.utime(path, (now, now))
                 total += p.file_size
                 stored.append(p.block)
@@ -323,19 +320,5 @@ class BlockStore:
         return report
 
     def _sweep_tmp(self, sub: str, now: float) -> int:
-        removed = 0
-        with contextlib.suppress(OSError), os.scandir(sub) as it:
-            for item in it:
-                m = _TMP_RE.match(item.name)
-                if m is None or not item.is_file(follow_symlinks=False):
-                    continue
-                pid = int(m.group(1))
-                try:
-                    age = now - item.stat(follow_symlinks=False).st_mtime
-                except OSError:
-                    continue
-                if (pid != os.getpid() and not pid_alive(pid)) or age > TMP_MAX_AGE:
-                    with contextlib.suppress(OSError):
-                        os.unlink(item.path)
-                        removed += 1
-        return removed
+        """Remove temp files of dead writers, or older than TMP_MAX_AGE (``files.sweep``)."""
+        return cf.sweep(sub, max_age=TMP_MAX_AGE, now=now)[0]

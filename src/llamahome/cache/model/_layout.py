@@ -1,9 +1,9 @@
 """The model cache's directory: its marker, the names it gives files, and what it may remove.
 
 A model cache is a directory holding :data:`MARKER` (kind and format version). Everything the cache creates
-has a name of a known shape (temporary writers ``.tmp/<pid>-<hex>``, trash ``.trash/<hex>``, decodes
-``.decoding-<pid>-<hex>``), so cleanup can tell its own leftovers from anything a user put there, and only
-ever removes the former, without following symlinks.
+has a name of a known shape (writers ``.tmp/.model.<pid>-<hex>.tmp`` and decodes ``.decoding.<pid>-<hex>.tmp``:
+``cache.files`` temp names; trash ``.trash/<hex>``), so cleanup can tell its own leftovers from anything a user
+put there, and only ever removes the former, without following symlinks.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import stat
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,11 +20,12 @@ from typing import Any
 from llamahome.errors import ModelCacheError, StorageError
 
 from .._procs import pid_alive
+from ..files import temp_owner, write_atomic
 
 __all__ = [
     "MANIFEST", "ACCESS", "VERIFIED", "MARKER", "SUBDIRS", "TMP_NAME", "TRASH_NAME", "DECODING_NAME",
     "VERIFIED_TMP", "NAME_MAX", "SUPPORT_SUFFIXES", "PICKLE_SUFFIXES", "valid_name", "open_root", "real_dir", "regular", "purge", "entry_is_ours",
-    "is_cache_file_name", "dir_bytes", "data_inodes", "union_bytes", "write_json", "fsync_dir", "owner_alive",
+    "is_cache_file_name", "is_model_temp", "dir_bytes", "data_inodes", "union_bytes", "write_json", "fsync_dir", "owner_alive",
 ]  # fmt: skip
 
 MANIFEST = "manifest.json"
@@ -47,9 +47,18 @@ TMP_NAME = re.compile(r"[0-9]+-[0-9a-f]{32}")
 
 TRASH_NAME = re.compile(r"[0-9a-f]{32}")
 
-DECODING_NAME = re.compile(r"\.decoding-[0-9]+-[0-9a-f]{32}")
+DECODING_NAME = re.compile(r"\.decoding-[0-9]+-[0-9a-f]{32}")  # before cache.files: now temp_name("decoding")
 
-VERIFIED_TMP = re.compile(r"\.verified\.[0-9]+-[0-9a-f]{32}")
+VERIFIED_TMP = re.compile(r"\.verified\.[0-9]+-[0-9a-f]{32}")  # before cache.files: now temp_name(VERIFIED)
+#: The bases of the temp files a model directory may hold (``files.temp_name(base)``).
+_TEMP_BASES = ("decoding", VERIFIED)
+
+
+def is_model_temp(name: str) -> bool:
+    """A temp file the cache writes inside a model directory (a decode or a stamp file being written)."""
+    if DECODING_NAME.fullmatch(name) or VERIFIED_TMP.fullmatch(name):
+        return True
+    return temp_owner(name) is not None and name.startswith(tuple(f".{base}." for base in _TEMP_BASES))
 
 NAME_MAX = 200
 
@@ -75,7 +84,7 @@ def data_inodes(directory: Path) -> dict[tuple[int, int], int]:
     found: dict[tuple[int, int], int] = {}
     try:
         for entry in os.scandir(directory):
-            if entry.name in (MANIFEST, ACCESS, VERIFIED) or entry.name.startswith((".decoding-", ".verified.")):
+            if entry.name in (MANIFEST, ACCESS, VERIFIED) or is_model_temp(entry.name):
                 continue
             if entry.is_file(follow_symlinks=False):
                 st = entry.stat(follow_symlinks=False)
@@ -107,9 +116,10 @@ def fsync_dir(path: Path) -> None:
 
 
 def owner_alive(tmp_name: str) -> bool:
-    """Is the process that created ``.tmp/<pid>-<id>`` still running?"""
-    pid_text = tmp_name.split("-", 1)[0]
-    return pid_text.isdigit() and pid_alive(int(pid_text))
+    """Is the process that created the temp entry ``tmp_name`` (a :func:`~llamahome.cache.files.temp_name`, or
+    ``<pid>-<hex>`` as earlier versions named them) still running?"""
+    pid = temp_owner(tmp_name)
+    return pid is not None and (pid == os.getpid() or pid_alive(pid))
 
 
 def open_root(root: Path) -> None:
@@ -130,7 +140,7 @@ def open_root(root: Path) -> None:
                 names = {entry.name for entry in it}
             legacy = all(name in names and real_dir(root / name) for name in SUBDIRS)
             # Another process creating the same cache right now leaves only these behind for a moment.
-            starting = {n for n in names if n in SUBDIRS or n.startswith(MARKER + ".")}
+            starting = {n for n in names if n in SUBDIRS or _marker_temp(n)}
             if names - starting and not legacy and read_marker(root) is None:
                 raise ModelCacheError(
                     f"{root} is not empty and is not a LlamaHome model cache (it has no {MARKER}); the cache "
@@ -182,10 +192,13 @@ def read_marker(root: Path) -> dict[str, Any] | None:
     return doc
 
 
+def _marker_temp(name: str) -> bool:
+    """The marker being written by another process: ``files.temp_name(MARKER)`` (``<MARKER>.<pid>-<hex>`` before)."""
+    return name.startswith(MARKER + ".") or (name.startswith(f".{MARKER}.") and temp_owner(name) is not None)
+
+
 def write_marker(root: Path) -> None:
-    tmp = root / f"{MARKER}.{os.getpid()}-{uuid.uuid4().hex}"
-    write_json(tmp, {"kind": KIND, "format": FORMAT})
-    os.replace(tmp, root / MARKER)
+    write_atomic(root / MARKER, [json.dumps({"kind": KIND, "format": FORMAT}, indent=1).encode()], fsync=True)
 
 
 def real_dir(path: Path) -> bool:
@@ -213,7 +226,7 @@ def is_cache_file_name(name: str) -> bool:
         name in (MANIFEST, ACCESS, VERIFIED)
         or name.endswith((".safetensors", ".safetensors.lhz", ".gguf", *SUPPORT_SUFFIXES, *PICKLE_SUFFIXES))
         and valid_name(name)
-        or bool(DECODING_NAME.fullmatch(name) or VERIFIED_TMP.fullmatch(name))
+        or is_model_temp(name)
     )
 
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..files import temp_name
 from ._layout import VERIFIED
 
 __all__ = ["ReadablePart", "file_identity", "read_verified", "needs_check", "record_verified"]
@@ -77,7 +77,7 @@ def record_verified(directory: Path, parts: list[ReadablePart], identity: tuple[
         stamps[rp.path.name] = stamp
     if not changed:
         return  # already recorded: a copy load that checked the file writes nothing
-    tmp = directory / f"{VERIFIED}.{os.getpid()}-{uuid.uuid4().hex}"
+    tmp = directory / temp_name(VERIFIED)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         with open(fd, "w", encoding="utf-8") as f:

@@ -22,7 +22,7 @@ import stat
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +37,8 @@ from llamahome.errors import (
     ModelNotFoundError,
 )
 
+from .. import files as cf
+from ..policies import POLICY_NAMES, Usage, check_policy_name, eviction_order
 from ..stats import CacheStats, CleanupReport
 from ..units import MIB, size_to_bytes
 from . import _io as model_io
@@ -47,14 +49,12 @@ from ._gguf import GGUF_MAGIC, read_gguf
 from ._io import PartResult
 from ._layout import (
     ACCESS,
-    DECODING_NAME,
     MANIFEST,
     NAME_MAX,
     PICKLE_SUFFIXES,
-    TMP_NAME,
     TRASH_NAME,
     VERIFIED,
-    VERIFIED_TMP,
+    is_model_temp,
     data_inodes,
     dir_bytes,
     entry_is_ours,
@@ -87,13 +87,16 @@ from ._tensors import check_metadata, tensor_items
 
 __all__ = ["ModelCache", "ModelInfo", "ModelNotFoundError", "POLICIES"]
 
-#: Eviction orders by name: the first model of the sorted list is evicted first.
-POLICIES: dict[str, Callable[[ModelInfo], tuple[float, ...]]] = {
-    "lru": lambda m: (m.last_used, m.created),
-    "lfu": lambda m: (m.hits, m.last_used),
-    "fifo": lambda m: (m.created, m.last_used),
-    "time": lambda m: (m.created, m.last_used),
-}
+#: Eviction policy names (the order itself is ``policies.ORDER_KEYS``, shared by every cache).
+POLICIES: tuple[str, ...] = POLICY_NAMES
+
+
+def _usages(models: Iterable[ModelInfo]) -> dict[str, Usage]:
+    """Usage records for the shared eviction order. A model is written once (a re-put replaces it: a new
+    ``created``), so ``created`` is both its insertion and its last write; ``seq`` is the rank by
+    ``(created, name)``, which makes every tie total and the same on every run."""
+    ranked = sorted(models, key=lambda m: (m.created, m.name))
+    return {m.name: Usage(seq=i, written=m.created, last_used=m.last_used, uses=m.hits) for i, m in enumerate(ranked)}
 
 
 class _Replaced(ModelNotFoundError):
@@ -171,10 +174,7 @@ class ModelCache:
         threads: int | None = None,
         progress: bool | None = None,
     ) -> None:
-        if cleanup_policy not in POLICIES:
-            raise ConfigError(
-                f"model_cache.cleanup_policy must be one of {', '.join(sorted(POLICIES))}, not {cleanup_policy!r}."
-            )
+        cleanup_policy = check_policy_name(cleanup_policy, "model_cache.cleanup_policy")
         self.max_bytes = size_to_bytes(size)
         if self.max_bytes <= 0:
             raise ConfigError(f"model_cache.size must be positive, not {size!r}.")
@@ -607,7 +607,7 @@ class ModelCache:
 
     def _decode_copy(self, name: str, directory: Path, part: dict[str, Any]) -> None:
         """Decode a compressed part into its plain file beside it (checked against the raw checksum)."""
-        tmp = directory / f".decoding-{os.getpid()}-{uuid.uuid4().hex}"
+        tmp = directory / cf.temp_name("decoding")
         source = directory / part["stored"]
         if not regular(source):
             raise _Damaged(f"{source} is missing or not a regular file")
@@ -885,10 +885,10 @@ class ModelCache:
                     foreign.append(entry.name)  # unreadable: not something the cache made
                     continue
                 for leftover in leftovers:  # a get_path() that died mid-decode
-                    if (
-                        DECODING_NAME.fullmatch(leftover.name) or VERIFIED_TMP.fullmatch(leftover.name)
-                    ) and leftover.is_file(follow_symlinks=False):
-                        if not owner_alive(leftover.name.split(".")[-1].removeprefix("decoding-")):
+                    if is_model_temp(leftover.name) and leftover.is_file(follow_symlinks=False):
+                        old = cf.temp_owner(leftover.name) is None  # a name from before cache.files
+                        owner = leftover.name.split(".")[-1].removeprefix("decoding-") if old else leftover.name
+                        if not owner_alive(owner):
                             os.unlink(leftover.path)
                             report.orphans += 1
                 manifest, damaged = self._manifest_state(entry.name)
@@ -955,12 +955,14 @@ class ModelCache:
 
         Only entries named as the cache names them; ``.tmp`` and ``.trash`` are checked to be real
         directories first (a symlink put in their place is never scanned)."""
-        for sub, pattern, check_owner in ((".tmp", TMP_NAME, True), (".trash", TRASH_NAME, False)):
+        # Writers' directories are named by the shared temp scheme (files.temp_name: the pid is in the name).
+        is_temp: Callable[[str], object] = cf.temp_owner
+        for sub, ours, check_owner in ((".tmp", is_temp, True), (".trash", TRASH_NAME.fullmatch, False)):
             directory = self.root / sub
             if not real_dir(directory):
                 continue
             for entry in os.scandir(directory):
-                if not pattern.fullmatch(entry.name):
+                if ours(entry.name) is None:
                     continue
                 if check_owner and owner_alive(entry.name):
                     continue
@@ -1032,8 +1034,8 @@ class ModelCache:
         for model, manifest, inodes in rows:
             shared = sum(size for ino, size in inodes.items() if holders[ino] > 1)
             out.append((self._info_from(model, manifest, inodes=inodes, shared=shared), inodes))
-        policy = POLICIES[self.cleanup_policy]
-        return sorted(out, key=lambda row: policy(row[0]))
+        usages = _usages(info for info, _ in out)
+        return eviction_order(out, self.cleanup_policy, lambda row: usages[row[0].name])
 
     def _remove(self, name: str, trash: builtins.list[Path], write_lock: Any = None) -> int | None:
         """Move a model to the trash if nobody uses it; returns the bytes freed, or None if it is in use."""
@@ -1106,7 +1108,7 @@ class ModelCache:
         return str(self.root / ".lock")
 
     def _new_tmp(self) -> Path:
-        path = self.root / ".tmp" / f"{os.getpid()}-{uuid.uuid4().hex}"
+        path = self.root / ".tmp" / cf.temp_name("model")
         path.mkdir(mode=0o700, parents=True)
         return path
 

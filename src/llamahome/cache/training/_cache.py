@@ -50,11 +50,11 @@ from llamahome.errors import (
 )
 
 from .._legacy import remove_old_kv_files
-from .._procs import pid_alive
 from ..base import Key, Store
-from ..blobfile import HEADER_SIZE, TMP_SUFFIX, read_blob, write_blob
+from .. import files as cf
 from ..codecs import decode
 from ..disk import DiskCache
+from ..policies import POLICY_NAMES, Usage, check_policy_name, eviction_order
 from ..stats import CacheStats, CleanupReport
 from ..units import MIB, parse_size, shown
 from ._pass import Cursor, SourceEnd, SyncPass, Writer, count_from, map_tensors, torch_module
@@ -70,7 +70,7 @@ __all__ = ["TrainingCache", "CachedBatches", "BatchTooLargeError", "POLICIES", "
 log = logging.getLogger(__name__)
 
 #: Eviction orders the training cache understands (the config accepts these names for every cache).
-POLICIES = ("fifo", "time", "lru", "lfu")
+POLICIES = POLICY_NAMES
 
 _NS_PREFIX = "ns-"
 _MANIFEST = "manifest.json"
@@ -86,6 +86,11 @@ _ORPHAN_GRACE = 60.0
 
 class BatchTooLargeError(TrainingCacheError, ValueTooLargeError):
     """A batch larger than the training cache's whole ``size``: raise ``training_cache.size``."""
+
+
+def _batch_key(ns_id: str, index: int) -> bytes:
+    """The key a batch file is bound to (namespace and index): a file copied or moved to another slot is a miss."""
+    return f"{ns_id}/{index}".encode()
 
 
 def _batch_name(index: int) -> str:
@@ -186,14 +191,10 @@ class _Namespace:
         return index
 
 
-def _policy_key(policy: str, seq: int, created: float, used: float, uses: int) -> tuple[float, ...]:
-    if policy == "lru":
-        return (used, seq)
-    if policy == "lfu":
-        return (uses, used, seq)
-    if policy == "time":
-        return (created, seq)
-    return (seq,)
+def _usage(ns: _Namespace) -> Usage:
+    """A namespace's usage record for the shared eviction order (``policies.ORDER_KEYS``): a namespace is
+    written once, so its creation is its last write; ``used``/``uses`` count passes started."""
+    return Usage(seq=ns.seq, written=ns.created, last_used=ns.used, uses=ns.uses)
 
 
 # ---------------------------------------------------------------------------------------------- the cache
@@ -228,11 +229,7 @@ class TrainingCache(Store):
             size_mb = parse_size(size)
         except ValueError as exc:
             raise ConfigError(f"training_cache.size: {exc}") from exc
-        policy = str(cleanup_policy).strip().lower()
-        if policy not in POLICIES:
-            raise ConfigError(
-                f"training_cache.cleanup_policy: unknown policy {cleanup_policy!r}; use one of {', '.join(POLICIES)}."
-            )
+        policy = check_policy_name(cleanup_policy, "training_cache.cleanup_policy")
         if not isinstance(batch_buffer, int) or batch_buffer < 1:
             raise ConfigError(f"training_cache.batch_buffer: must be a whole number of at least 1, not {batch_buffer!r}.")
         if not isinstance(prefetch, int) or prefetch < 0:
@@ -381,16 +378,7 @@ class TrainingCache(Store):
 
     def _write_manifest(self, ns: _Namespace) -> None:
         data = json.dumps(ns.manifest(), default=str, indent=1).encode()
-        tmp = ns.dir / f".{_MANIFEST}.{os.getpid()}.{threading.get_ident()}{TMP_SUFFIX}"
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.chmod(tmp, 0o600)
-            os.replace(tmp, ns.dir / _MANIFEST)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise StorageError(exc.errno, f"Cannot write the manifest of {ns.dir} ({exc.strerror}).") from exc
+        cf.write_atomic(ns.dir / _MANIFEST, [data])
 
     def _next_seq(self) -> int:
         self._seq += 1
@@ -442,13 +430,10 @@ class TrainingCache(Store):
             os.close(fd)  # closing drops the probe lock
         return False
 
-    def _victims(self, protect: _Namespace | None) -> list[tuple[tuple[float, ...], str, str]]:
-        units: list[tuple[tuple[float, ...], str, str]] = []
-        for ns in self._namespaces.values():
-            if ns is not protect and ns.bytes:
-                units.append((_policy_key(self.cleanup_policy, ns.seq, ns.created, ns.used, ns.uses), "ns", ns.id))
-        units.sort()
-        return units
+    def _victims(self, protect: _Namespace | None) -> list[_Namespace]:
+        """Namespaces holding batches (but ``protect``), first to evict first."""
+        held = [ns for ns in self._namespaces.values() if ns is not protect and ns.bytes]
+        return eviction_order(held, self.cleanup_policy, _usage)
 
     def _make_room(self, nbytes: int, protect: _Namespace | None, report: CleanupReport | None = None) -> bool:
         """Evict whole namespaces in policy order until ``nbytes`` more fit beside everything held.
@@ -459,8 +444,8 @@ class TrainingCache(Store):
         total = self._total_bytes()
         if total + nbytes <= self.max_bytes:
             return True
-        for _, _kind, unit in self._victims(protect):
-            ns = self._namespaces[unit]
+        for ns in self._victims(protect):
+            unit = ns.id
             if self._busy(ns):
                 continue
             removed, freed = self._drop_namespace(ns, keep_manifest=False)
@@ -497,7 +482,7 @@ class TrainingCache(Store):
                 for entry in entries:
                     if entry.is_dir(follow_symlinks=False):
                         continue
-                    if _BATCH_RE.match(entry.name) or entry.name in (_MANIFEST, _LOCK) or entry.name.endswith(TMP_SUFFIX):
+                    if _BATCH_RE.match(entry.name) or entry.name in (_MANIFEST, _LOCK) or cf.temp_owner(entry.name) is not None:
                         with contextlib.suppress(FileNotFoundError):
                             os.unlink(entry.path)
             with contextlib.suppress(OSError):
@@ -513,7 +498,8 @@ class TrainingCache(Store):
 
     def _store_batch(self, ns: _Namespace, index: int, parts: list[Any], raw: int) -> bool:
         """Write batch ``index`` of ``ns``; False if the namespace cannot fit in the budget (overflow)."""
-        nbytes = HEADER_SIZE + sum(memoryview(p).nbytes for p in parts)
+        key = _batch_key(ns.id, index)
+        nbytes = cf.file_size(len(key), sum(memoryview(p).nbytes for p in parts))
         if nbytes > self.max_bytes:
             raise self._too_large(nbytes, f"Batch {index} of dataset {ns.dataset_id!r}")
         with self._lock:
@@ -528,7 +514,7 @@ class TrainingCache(Store):
                 ns.dir.mkdir(exist_ok=True, mode=0o700)
                 self._write_manifest(ns)
                 self._namespaces[ns.id] = ns
-            size = write_blob(ns.dir / _batch_name(index), parts, created=self.clock(), seq=self._next_seq())
+            size = cf.write_value(ns.dir / _batch_name(index), key, parts, created=self.clock(), seq=self._next_seq())
             ns.batches[index] = size
             ns.bytes += size
             self._bytes += size
@@ -536,7 +522,7 @@ class TrainingCache(Store):
             self._own.entries += 1
             self._own.sets += 1
             self._own.raw_bytes += raw
-            self._own.stored_bytes += size - HEADER_SIZE
+            self._own.stored_bytes += size - cf.frame_offset(len(key))
             return True
 
     def _overflow(self, ns: _Namespace) -> None:
@@ -558,7 +544,10 @@ class TrainingCache(Store):
 
     def _read_batch(self, ns: _Namespace, index: int) -> Any:
         """Batch ``index`` of ``ns`` from disk, or None if it is missing or damaged (counted, then dropped)."""
-        blob = read_blob(ns.dir / _batch_name(index))
+        key = _batch_key(ns.id, index)
+        blob = cf.read_value_file(ns.dir / _batch_name(index), None)
+        if blob is not None and blob.header.key != key and not (blob.header.legacy_blob and blob.header.key == b""):
+            blob = None  # another slot's batch (batch files of earlier versions name no key: still read)
         value: Any = None
         if blob is not None:
             try:
@@ -836,7 +825,7 @@ class TrainingCache(Store):
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(orphan)
             for directory in [self.path / _OLD_KV_DIR, *(ns.dir for ns in self._namespaces.values())]:
-                report.orphans += _remove_stale_temp_files(directory)
+                report.orphans += cf.sweep(directory)[0]
             report.orphans += remove_old_kv_files(self.path / _OLD_KV_DIR)
         values = self._values.cleanup()
         for counter in ("expired", "evicted", "orphans", "missing", "corrupt", "bytes_freed"):
@@ -983,27 +972,6 @@ class _Shelf:
 
     def count(self, counter: str, amount: int = 1) -> None:
         self._cache._count(counter, amount)
-
-
-def _remove_stale_temp_files(directory: Path) -> int:
-    """Remove temp files of writers that died (their pid is gone); live writers' files are left alone."""
-    removed = 0
-    with contextlib.suppress(FileNotFoundError):
-        with os.scandir(directory) as entries:
-            for entry in entries:
-                if not (entry.name.startswith(".") and entry.name.endswith(TMP_SUFFIX)):
-                    continue
-                parts = entry.name.split(".")
-                try:
-                    pid = int(parts[-3])
-                except (IndexError, ValueError):
-                    continue
-                if pid == os.getpid() or pid_alive(pid):
-                    continue
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(entry.path)
-                    removed += 1
-    return removed
 
 
 def _reopen(kwargs: dict[str, Any]) -> TrainingCache:
