@@ -155,11 +155,12 @@ def _du(root: Path) -> int:
     return total
 
 
-@pytest.mark.parametrize(("value", "mb"), [(KIB, 6), (100 * KIB, 8)], ids=["inline", "files"])
+@pytest.mark.parametrize(("value", "mb"), [(KIB, 6), (256 * KIB, 16)], ids=["inline", "files"])
 def test_du_of_a_closed_cache_stays_within_a_tenth_over_the_bound(tmp_path: Path, value: int, mb: int) -> None:
     """The bound covers the index's pages beyond the inline values, the folders and the value files' last
-    blocks (beyond an allowance of 1/16), so `du` is what the bound says (before: 1.29x for 1 KiB values).
-    Outside it: the reserve (1/64 of the bound, at least 128 KiB: small caches keep to issue 11's 1.5x)."""
+    blocks (beyond an allowance of 1/20), so `du` is what the bound says (before: 1.29x for 1 KiB values).
+    Outside it: the reserve (1/64 of the bound, at least 128 KiB: small caches keep to issue 11's 1.5x) and
+    the folders (up to 256 fan-out folders of 4 KiB: small caches of large values come closest to 1.1x)."""
     root = tmp_path / "c"
     with DiskCache(root, size=mb) as c:
         for i in range(2 * mb * 1024 * KIB // value):

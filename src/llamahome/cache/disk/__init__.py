@@ -57,10 +57,11 @@ start over (``RESTART``) once its own commits have written about ``wal_pages()``
 ``_sqlite.checkpoint`` for why: with two writing processes the automatic one fsynced on every commit).
 
 The bound covers the directory, not only the entries: eviction keeps the entries within the bound less what
-the index's pages take beyond the inline values, the folders and the value files' last blocks (beyond an
-allowance of 1/16 of the bound; see ``Index.measure``), so ``du`` of a closed cache stays within about
-1.08 x the bound. Outside it: the reserve (1/64 of the bound, 128 KiB to 1 MiB), the WAL while the cache is
-open (1/8 of the bound between checkpoints, at most about 40 MiB per writing process) and free index pages.
+the index's pages take beyond the inline values and the value files' last blocks (beyond an allowance of
+1/20 of the bound; see ``Index.measure``), so ``du`` of a closed cache stays within about 1.1 x the bound.
+Outside it: the reserve (1/64 of the bound, 128 KiB to 1 MiB), the folders (up to 256 fan-out folders of
+4 KiB), free index pages and, while the cache is open, the WAL (1/8 of the bound between checkpoints, at
+most about 40 MiB per writing process).
 A set that has to evict evicts a batch, down to 1/64 of the bound (at most 1 MiB) under the limit.
 POSIX only (fcntl locks, fork handling).
 

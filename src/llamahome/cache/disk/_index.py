@@ -85,8 +85,8 @@ class Index:
         #: transaction then serves many sets, instead of every set at the bound deleting one victim.
         self.slack = min(max_bytes // 64, 1024 * 1024)
         #: What the entries (keys, inline values, value files) may take: the bound less what the directory
-        #: needs around them (the index's pages beyond the inline values, the folders and the marker) beyond
-        #: an allowance of 1/16 of the bound, so that ``du`` of a closed cache stays within 1.07 x the bound
+        #: needs around them (the index's pages beyond the inline values, the files' last blocks) beyond
+        #: an allowance of 1/20 of the bound, so that ``du`` of a closed cache stays within 1.05 x the bound
         #: plus the reserve. Set by :meth:`measure`.
         self.limit = max_bytes
         self.closed = False
@@ -272,8 +272,8 @@ class Index:
 
     def measure(self) -> None:
         """Set :attr:`limit` from what the directory holds besides the entries: the index's pages in use less
-        the inline bytes in them, the ``data/`` folders, the value files' last blocks and the marker, beyond an
-        allowance of 1/16 of the bound. Outside: the reserve (1/64 of the bound, 128 KiB to 1 MiB), the WAL (at most 1/8 of the bound;
+        the inline bytes in them, the value files' last blocks and the marker, beyond an allowance of 1/20 of
+        the bound (the folders are outside: up to 259 blocks of 4 KiB). Outside: the reserve (1/64 of the bound, 128 KiB to 1 MiB), the WAL (at most 1/8 of the bound;
         gone once the last process closes) and the index's free pages (reused by the next writes; the file
         does not shrink). Never below half the bound. Called on open and after each checkpoint (never
         raises)."""
@@ -288,13 +288,10 @@ class Index:
                 "SELECT bytes, file_bytes, file_slack FROM meta WHERE id = 0").fetchone()
         except sqlite3.Error:
             return
-        try:
-            folders = len(os.listdir(self.data_dir)) + 3  # the fan-out folders, data/, tmp/ and the root
-        except OSError:
-            folders = 3
         # + the marker's block; value files take whole 4 KiB blocks (file_slack: what their last ones leave).
-        around = max(0, pages * page_size - (total - file_bytes)) + folders * 4096 + 4096 + file_slack
-        self.limit = max(self.max_bytes // 2, self.max_bytes - max(0, around - self.max_bytes // 16))
+        # The folders are left out (up to 259 blocks: data/, tmp/, the root and 256 fan-out folders).
+        around = max(0, pages * page_size - (total - file_bytes)) + 4096 + file_slack
+        self.limit = max(self.max_bytes // 2, self.max_bytes - max(0, around - self.max_bytes // 20))
 
     # ------------------------------------------------------------------------------------------ uses
 

@@ -118,7 +118,7 @@ class DiskCache(Store):
     ``size`` is the bound in MB (1 MB = 1 MiB; strings such as ``"4GB"`` work too; None: the bound stored in
     the directory's marker, else 10000) over the directory: the entries (key bytes, inline values, value
     files) and what the index's pages take around them, so ``du`` of a closed cache stays within about
-    1.08 x the bound (the WAL of an open cache is outside; see the package docs). It holds across every
+    1.1 x the bound (the WAL of an open cache is outside; see the package docs). It holds across every
     process sharing
     ``path`` (each enforces its own ``size`` when it writes: open the directory with the same size
     everywhere; the last one given is stored). ``policy`` (None: the stored one, else ``lru``) picks what to
