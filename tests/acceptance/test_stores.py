@@ -395,6 +395,12 @@ from llamahome.cache import DiskCache
 cache = DiskCache(sys.argv[1], size="256KB")
 for i in range(60):
     cache.set(f"child-{i}", os.urandom(10_000))
+# The last write of all, so no later set evicts it: wait (at most 30 s) until the parent has written its share
+# (the parent says so with a file beside the cache: an entry could itself be evicted).
+import time
+deadline = time.monotonic() + 30
+while not os.path.exists(sys.argv[2]) and time.monotonic() < deadline:
+    time.sleep(0.01)
 cache.set("from-child", b"hello parent")
 cache.close()
 """
@@ -404,9 +410,11 @@ def test_disk_two_processes_share_one_directory_and_the_bound_holds(tmp_path: Pa
     path = tmp_path / "shared"
     parent = DiskCache(path, size="256KB")
     try:
-        child = subprocess.Popen([sys.executable, "-c", CHILD, str(path)], env=child_env())
+        done = tmp_path / "parent-done"
+        child = subprocess.Popen([sys.executable, "-c", CHILD, str(path), str(done)], env=child_env())
         for i in range(60):
             parent.set(f"parent-{i}", os.urandom(10_000))
+        done.touch()
         assert child.wait(timeout=60) == 0
         assert parent.get("from-child") == b"hello parent"
         assert parent.stats.bytes <= 256 * KiB

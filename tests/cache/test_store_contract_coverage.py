@@ -24,7 +24,7 @@ OPT_OUTS: dict[str, str] = {
     # (test_tiered.py) cover reads, promotion and writes through. Owned by the tiered/Redis work.
     "TieredCache": "composite; accounting sums its tiers (tests/cache/test_tiered.py)",
     # Needs a redis-server per test and has no injectable clock (Redis expires keys on its own time);
-    # test_network.py runs the contract's semantics against a real server. Owned by the Redis work.
+    # tests/cache/redis/test_cache.py runs the contract's semantics against a real server. Owned by the Redis work.
     "RedisCache": "needs a live redis-server and Redis's own clock (tests/cache/redis/test_cache.py)",
     # MemoryCache(policy=...) is a factory: it returns one of these per policy name, so the MemoryCache contract
     # (run over every policy name, plain and compressed) runs each of them; PolicyMemoryCache has its own class.
@@ -52,7 +52,7 @@ def store_classes() -> dict[str, type]:
 
 def covered_by_contract() -> dict[str, list[str]]:
     covered: dict[str, list[str]] = {}
-    for path in sorted(HERE.glob("test_*.py")):
+    for path in sorted(HERE.rglob("test_*.py")):
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in ast.walk(tree):
             if not isinstance(node, ast.ClassDef):

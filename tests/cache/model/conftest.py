@@ -18,7 +18,7 @@ def _give_freed_memory_back() -> Iterator[None]:
 
     These tests allocate and free arrays of tens of megabytes. Freeing a large mmapped block makes glibc raise
     its mmap threshold (up to 32 MiB), so later allocations land in the heap and freed heap stays in the
-    process: a later test that measures a native table's cost from RSS growth (tests/cache/test_memory.py)
+    process: a later test that measures a native table's cost from RSS growth (tests/cache/memory/test_cache.py)
     then reads 0. This puts the allocator back as a fresh process has it.
     """
     yield

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.redis
 
 MACHINE = Path(__file__).with_name("machine.py")
 SRC = Path(__file__).resolve().parents[3] / "src"
-BOUND = 1.0  # seconds: generous for a loaded test box; the benchmark measures the real distribution
+BOUND = 2.0  # seconds: generous for a loaded test box (p99 is ~2-7 ms); the benchmark measures the real distribution
 
 
 class Machine:

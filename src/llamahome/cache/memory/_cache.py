@@ -34,7 +34,7 @@ __all__ = ["MemoryCache", "ENTRY_OVERHEAD"]
 #: Bytes charged per entry on top of key and value, for the bookkeeping: the table slots, the order links
 #: (cachebox's native lru table, or the policy tables) and the key and value object headers. Measured 150-275
 #: bytes per entry (tracemalloc for Python structures, RSS for the native lru table) for short keys and bytes
-#: values; ``tests/cache/test_memory.py`` keeps this figure within that range.
+#: values; ``tests/cache/memory/test_cache.py`` keeps this figure within that range.
 ENTRY_OVERHEAD = 256
 
 ABSENT: Any = object()  # "no entry", distinct from a cached None

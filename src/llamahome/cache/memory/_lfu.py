@@ -6,7 +6,7 @@ overwrite as one more, and ties go to the entry that reached its count first. Th
 a get-hit or an evicting set runs in one Python frame instead of calling the policy object's hooks (that
 frame per hook is what made the policy-object strategy slower than cachetools' ``LFUCache``). Each entry is
 one ``[value, uses]`` list, so a hit looks the key up once.
-``tests/cache/test_memory.py`` checks this class against ``PolicyMemoryCache`` driving an ``LFUPolicy``
+``tests/cache/memory/test_cache.py`` checks this class against ``PolicyMemoryCache`` driving an ``LFUPolicy``
 subclass on random workloads: the same order, counts and charges.
 
 A get-hit takes the lock and applies the use at once. Buffering reads to apply them later without the lock

@@ -6,7 +6,7 @@ on every hit, whose relinking misses the CPU cache on large tables; cachebox (a 
 for exactly this) updates the order inside one locked native call. Its table *is* this cache: it holds the
 entries in LRU order (a write or a ``get`` makes a key most recently used; ``peek``, ``in`` and ``delete``
 leave the order alone) and it keeps the byte bound itself, evicting the least recently used entries until a
-new one fits. ``tests/cache/test_memory.py`` checks this class against ``PolicyMemoryCache`` driving an
+new one fits. ``tests/cache/memory/test_cache.py`` checks this class against ``PolicyMemoryCache`` driving an
 ``LRUPolicy`` subclass (the same rules in Python) on random workloads: the same order, counts and charges.
 
 What the hot paths cost, and why each piece is there:

@@ -5,7 +5,7 @@ Neither policy changes the order on a read, so a get-hit needs no lock of ours: 
 call, atomic under the GIL) and ``next()`` on the hit counter. A write appends a new key at the back and
 evicts from the front; the two policies differ only on an overwrite: ``fifo`` keeps the key's place, ``time``
 (oldest write first) moves it to the back. ``TimePolicy(max_age=...)`` needs write times, so it takes the
-general ``PolicyMemoryCache``. ``tests/cache/test_memory.py`` checks both classes against
+general ``PolicyMemoryCache``. ``tests/cache/memory/test_cache.py`` checks both classes against
 ``PolicyMemoryCache`` driving the policy objects of :mod:`llamahome.cache.policies` (the one statement of the
 rules): the same order, counts and charges on random workloads.
 

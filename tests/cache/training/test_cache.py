@@ -21,7 +21,7 @@ from llamahome.cache.prefetch import THREAD_PREFIX, live_pipelines, read_ahead
 from llamahome.cache.training import TrainingCache, namespace_id
 from llamahome.errors import CacheClosedError, ConfigError, TrainingCacheError, ValueTooLargeError
 
-from .store_contract import StoreContract
+from ..store_contract import StoreContract
 
 N = 12
 

@@ -115,7 +115,7 @@ def test_importing_the_disk_cache_loads_no_heavy_module() -> None:
         "print(sorted(m for m in ('numpy', 'zstandard', 'torch', 'logging', 'secrets', 'pydantic', 'yaml')"
         " if m in sys.modules))\n"
     )
-    src = str(Path(__file__).resolve().parents[2] / "src")
+    src = str(Path(__file__).resolve().parents[3] / "src")
     env = dict(os.environ, PYTHONPATH=src + os.pathsep + os.environ.get("PYTHONPATH", ""))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -13,7 +13,7 @@ import pytest
 from llamahome.cache.disk import DiskCache
 from llamahome.errors import CacheClosedError, CacheValueError, ConfigError
 
-from .store_contract import MIB, StoreContract
+from ..store_contract import MIB, StoreContract
 
 
 class TestDiskContract(StoreContract):

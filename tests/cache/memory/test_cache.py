@@ -27,7 +27,7 @@ from llamahome.cache.policies import FIFOPolicy, LFUPolicy, LRUPolicy, TimePolic
 from llamahome.cache.sizing import key_size, sizeof
 from llamahome.errors import CacheClosedError, CacheKeyError, CacheValueError, ConfigError, ValueTooLargeError
 
-from .store_contract import ALL_POLICIES, StoreContract
+from ..store_contract import ALL_POLICIES, StoreContract
 
 MIB = 1024 * 1024
 
