@@ -15,7 +15,7 @@ else
 fi
 # shellcheck disable=SC1091
 . .venv/bin/activate
-step "installing llamahome-cache in editable mode with the dev extra (pytest, hypothesis, redis, cachetools, diskcache)"
+step "installing llamahome-cache in editable mode with the dev extra (pytest, hypothesis, redis, cachetools, diskcache, transformers, tokenizers, gguf)"
 python -m pip install -q -e ".[dev]"
 # torch is an optional extra; the tests cover tensors, so install the CPU-sized release the suite is tested on.
 if python -c "import torch" 2>/dev/null; then
