@@ -625,11 +625,9 @@ def test_docstring_examples_run() -> None:
     import doctest
 
     import llamahome.cache.config as config_module
-    import llamahome.cache.units as units_module
 
-    for module in (config_module, units_module):
-        result = doctest.testmod(module)
-        assert result.attempted > 0 and result.failed == 0
+    result = doctest.testmod(config_module)  # units.py's examples: test_units.py
+    assert result.attempted > 0 and result.failed == 0
 
 
 # ------------------------------------------------------------------------------- absurd and hostile values
