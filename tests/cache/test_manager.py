@@ -471,6 +471,31 @@ def test_close_during_get_or_set_returns_the_value_uncached(cfg: CacheConfig) ->
         run(cache.get_or_set("k", slow))
 
 
+def test_close_during_a_lookup_speaks_of_the_manager(cfg: CacheConfig) -> None:
+    """A get whose lower tiers are asked after close() began hears "CacheManager is closed", not the tier's words."""
+    cache = CacheManager(cfg)
+    entered, release = threading.Event(), threading.Event()
+    below = cache.tiered.get_below
+
+    def slow_get_below(key: Any, index: int, default: Any = None) -> Any:  # the real tiers, reached late
+        entered.set()
+        release.wait(10)
+        return below(key, index, default)
+
+    cache.tiered.get_below = slow_get_below  # type: ignore[method-assign]
+
+    async def main() -> None:
+        call = asyncio.create_task(cache.get("k"))
+        await asyncio.to_thread(entered.wait, 10)
+        await asyncio.to_thread(cache.close)
+        release.set()
+        with pytest.raises(CacheClosedError, match="This CacheManager is closed") as info:
+            await call
+        assert "DiskCache" not in str(info.value)
+
+    run(main())
+
+
 # --- monitoring objects bind to the manager they are assigned to ---------------------------------------
 def test_assigned_collector_binds_to_its_manager(cfg: CacheConfig, tmp_path: Path) -> None:
     with CacheManager(cfg) as cache:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from llamahome.cache import DiskCache, MemoryCache, SystemCache
+from llamahome.cache import DiskCache, MemoryCache, SystemCache, TrainingCache
 from llamahome.cache.base import Store, validate_ttl
 from llamahome.errors import CacheError, CacheValueError
 
@@ -26,6 +26,7 @@ MAKERS: dict[str, Callable[[Path, Any], Store]] = {
     "memory": lambda path, clock: MemoryCache(size=1, clock=clock),
     "disk": lambda path, clock: DiskCache(path / "disk", size=1, clock=clock),
     "system": lambda path, clock: SystemCache(path / "system", size=1, clock=clock),
+    "training": lambda path, clock: TrainingCache(path / "training", size=1, clock=clock),
 }
 
 

@@ -68,6 +68,8 @@ logger = logging.getLogger(__name__)
 
 Factory = Callable[[], Any] | Callable[[], Awaitable[Any]]
 
+_CLOSED = "This CacheManager is closed; create a new one to keep caching."
+
 #: Shortest period of the system cache's own cleanup job, in seconds.
 MIN_SYSTEM_INTERVAL = 0.1
 
@@ -315,7 +317,17 @@ class CacheManager:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise CacheClosedError("This CacheManager is closed; create a new one to keep caching.")
+            raise CacheClosedError(_CLOSED)
+
+    def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` on the tiers; a store closed because the manager closed meanwhile says so in the
+        manager's words (not "open a new DiskCache", which the caller never opened)."""
+        try:
+            return fn(*args)
+        except CacheClosedError as exc:
+            if self._closed:
+                raise CacheClosedError(_CLOSED) from exc
+            raise
 
     # --- async facade -------------------------------------------------------------------------------
     async def get(self, key: Key, default: Any = None) -> Any:
@@ -331,14 +343,14 @@ class CacheManager:
         """Store ``value`` in every tier (``ttl`` seconds, None: no expiry)."""
         self._check_open()
         validate_key(key)
-        await asyncio.to_thread(self.tiered.set, key, value, ttl)
+        await asyncio.to_thread(self._call, self.tiered.set, key, value, ttl)
         self.stats.add("sets")
 
     async def delete(self, key: Key) -> bool:
         """Remove ``key`` from every tier; True if any tier had it."""
         self._check_open()
         validate_key(key)
-        found = bool(await asyncio.to_thread(self.tiered.delete, key))
+        found = bool(await asyncio.to_thread(self._call, self.tiered.delete, key))
         if found:
             self.stats.add("deletes")
         return found
@@ -348,7 +360,7 @@ class CacheManager:
         self._check_open()
         if key in self.memory:
             return True
-        return bool(await asyncio.to_thread(self.tiered.__contains__, key))
+        return bool(await asyncio.to_thread(self._call, self.tiered.__contains__, key))
 
     async def get_or_set(self, key: Key, factory: Factory, ttl: float | None = None) -> Any:
         """The cached value, or ``factory()``'s result stored under ``key``.
@@ -399,7 +411,7 @@ class CacheManager:
     def get_sync(self, key: Key, default: Any = None) -> Any:
         """Blocking :meth:`get`, for threads without an event loop."""
         self._check_open()
-        value = self.tiered.get(key, MISSING)
+        value = self._call(self.tiered.get, key, MISSING)
         if value is MISSING:
             self.stats.add("misses")
             return default
@@ -409,13 +421,13 @@ class CacheManager:
     def set_sync(self, key: Key, value: Any, ttl: float | None = None) -> None:
         """Blocking :meth:`set`."""
         self._check_open()
-        self.tiered.set(key, value, ttl)
+        self._call(self.tiered.set, key, value, ttl)
         self.stats.add("sets")
 
     def delete_sync(self, key: Key) -> bool:
         """Blocking :meth:`delete`."""
         self._check_open()
-        found = bool(self.tiered.delete(key))
+        found = bool(self._call(self.tiered.delete, key))
         if found:
             self.stats.add("deletes")
         return found
@@ -429,7 +441,7 @@ class CacheManager:
                 f"get_or_set_sync needs a factory to call on a miss (a function), not {type(factory).__name__}; "
                 "to store a value you already have, use set_sync()."
             )
-        value = self.tiered.get(key, MISSING)
+        value = self._call(self.tiered.get, key, MISSING)
         if value is not MISSING:
             self.stats.add("hits")
             return value
@@ -442,7 +454,7 @@ class CacheManager:
                 except _LeaderGone:
                     continue
             try:
-                value = self.tiered.get(key, MISSING)
+                value = self._call(self.tiered.get, key, MISSING)
                 if value is MISSING:
                     value = factory()
                     if inspect.isawaitable(value):
@@ -488,10 +500,15 @@ class CacheManager:
         """Memory synchronously (a hit never leaves the loop), then the lower tiers in a worker thread."""
         self._check_open()
         validate_key(key)
-        value = self.memory.get(key, MISSING)
+        try:
+            value = self.memory.get(key, MISSING)
+        except CacheClosedError as exc:
+            if self._closed:
+                raise CacheClosedError(_CLOSED) from exc
+            raise
         if value is not MISSING:
             return value
-        return await asyncio.to_thread(self._lookup_below_memory, key)
+        return await asyncio.to_thread(self._call, self._lookup_below_memory, key)
 
     def _lookup_below_memory(self, key: Key) -> Any:
         # Memory already missed: ask only the tiers below it (a hit is promoted with its remaining ttl).

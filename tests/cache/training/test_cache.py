@@ -554,21 +554,6 @@ def test_an_unfinished_pass_does_not_hold_up_interpreter_exit(tmp_path: Path) ->
     assert time.monotonic() - started < 20
 
 
-def test_read_ahead_helper_forwards_items_and_errors() -> None:
-    assert list(read_ahead(range(100), prefetch=3)) == list(range(100))
-
-    def broken() -> Iterator[int]:
-        yield 1
-        raise OSError("disk gone")
-
-    it = read_ahead(broken(), prefetch=2)
-    assert next(it) == 1
-    with pytest.raises(OSError, match="disk gone"):
-        next(it)
-    with pytest.raises(StopIteration):
-        next(it)
-
-
 # ------------------------------------------------------------------------------------------ torch integration
 
 
