@@ -24,10 +24,7 @@ import itertools
 import multiprocessing as mp
 import os
 import random
-import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,54 +35,8 @@ import redis
 
 from llamahome.cache import DiskCache, MemoryCache, RedisCache, TieredCache
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start_server(workdir: str) -> tuple[subprocess.Popen[bytes], int]:
-    exe = shutil.which("redis-server")
-    if exe is None:
-        print("redis-server is not installed; install it (apt-get install redis-server) to run this benchmark.")
-        sys.exit(0)
-    port = free_port()
-    proc = subprocess.Popen(
-        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", workdir],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    client = redis.Redis(port=port)
-    for _ in range(500):
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.01)
-    client.close()
-    return proc, port
-
-
-def per_op(fn: Callable[[], object], ops: int) -> float:
-    start = time.perf_counter()
-    for _ in range(ops):
-        fn()
-    return (time.perf_counter() - start) / ops
-
-
-def interleaved(peers: dict[str, Callable[[], float]], trials: int) -> dict[str, list[float]]:
-    """Each peer's figure over ``trials`` short rounds, alternating the order every round."""
-    results: dict[str, list[float]] = {name: [] for name in peers}
-    names = list(peers)
-    for trial in range(trials):
-        for name in names if trial % 2 == 0 else reversed(names):
-            results[name].append(peers[name]())
-    return results
-
-
-def paired(a: list[float], b: list[float]) -> float:
-    """Median over rounds of a/b (each round's peers ran back to back)."""
-    return statistics.median(x / y for x, y in zip(a, b))
+# The server and timing helpers are bench_redis.py's (this script's folder is on sys.path when it runs).
+from bench_redis import interleaved, paired, per_op, start_server
 
 
 def tiered(url: str, namespace: str, disk: Path, listen: bool = True) -> TieredCache:
