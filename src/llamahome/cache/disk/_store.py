@@ -539,10 +539,7 @@ class DiskCache(Store):
             if pending:
                 self._commit(pending, now)
         except BaseException:
-            for p in pending:
-                if p.tmp:
-                    with contextlib.suppress(OSError):
-                        os.unlink(p.tmp)
+            _discard_temps(pending)
             raise
 
     def _commit(self, items: list[_Pending], now: float) -> None:
@@ -572,10 +569,7 @@ class DiskCache(Store):
         try:
             replaced, victims = self._index.write(body, undo, sum(p.size for p in items if p.value is not None))
         except BaseException:
-            for p in items:
-                if p.tmp:
-                    with contextlib.suppress(OSError):
-                        os.unlink(p.tmp)
+            _discard_temps(items)
             raise
         self._files.unlink(replaced)
         self._files.unlink(victims)
@@ -685,3 +679,11 @@ class DiskCache(Store):
 
     def __repr__(self) -> str:
         return f"DiskCache({self.path!r}, size={self.max_bytes / _MB:g}, policy={self.policy!r})"
+
+
+def _discard_temps(items: list[_Pending]) -> None:
+    """Remove the temp files of writes that will not be published (a failed or interrupted commit)."""
+    for p in items:
+        if p.tmp:
+            with contextlib.suppress(OSError):
+                os.unlink(p.tmp)
