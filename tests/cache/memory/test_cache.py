@@ -764,3 +764,36 @@ def test_lfu_counts_reads_and_forgets_them_with_the_key() -> None:
     cache.delete("b")
     cache.set("b", b"x" * 100)  # a new "b", one use: the reads of the old one do not count for it
     assert cache.eviction_order() == ["b", "d", "a"]
+
+
+def test_lfu_ties_go_to_the_entry_that_reached_its_count_first() -> None:
+    # cachebox's native LFUCache breaks this tie by first insertion (it would evict b, a, c): the reason
+    # LFUMemoryCache keeps its own order.
+    cache = MemoryCache(size=1, policy="lfu")
+    for key in ("a", "b", "c"):
+        cache.set(key, b"x")
+    cache.get("c")
+    cache.get("a")
+    assert cache.eviction_order() == ["b", "c", "a"]
+
+
+def test_lfu_stale_bucket_items_stay_bounded_and_leave_the_order_exact() -> None:
+    # A use leaves a stale item in the old count's deque; a read-only workload must not pile them up.
+    from llamahome.cache.memory._lfu import _SLACK
+
+    cache = MemoryCache(size=1, policy="lfu")
+    slow = MemoryCache(size=1, policy=_SlowLFU())
+    rng = random.Random(3)
+    for cache_ in (cache, slow):
+        for i in range(50):
+            cache_.set(f"k{i}", b"v")
+    for _ in range(20_000):
+        key = f"k{min(rng.randrange(50), rng.randrange(50))}"  # skewed: counts spread over many levels
+        cache.get(key)
+        slow.get(key)
+    items = sum(len(bucket) for bucket in cache._buckets.values())  # type: ignore[attr-defined]
+    assert items == cache._items <= 2 * len(cache) + _SLACK + 1  # type: ignore[attr-defined]
+    assert cache.eviction_order() == slow.eviction_order()
+    cache.set("new", b"v")
+    slow.set("new", b"v")
+    assert cache.eviction_order() == slow.eviction_order()

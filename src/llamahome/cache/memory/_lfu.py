@@ -1,18 +1,25 @@
 """LFUMemoryCache: ``MemoryCache(policy="lfu")``, least frequently used first, with the order kept inline.
 
 The rules are :class:`~llamahome.cache.policies.LFUPolicy`'s: an insert counts as one use, every read or
-overwrite as one more, and ties go to the entry that reached its count first. The structure is the same too
-(one ``OrderedDict`` of keys per use count, in the order they reached it), but it lives in this class so that
-a get-hit or an evicting set runs in one Python frame instead of calling the policy object's hooks (that
-frame per hook is what made the policy-object strategy slower than cachetools' ``LFUCache``). Each entry is
-one ``[value, uses]`` list, so a hit looks the key up once.
-``tests/cache/memory/test_cache.py`` checks this class against ``PolicyMemoryCache`` driving an ``LFUPolicy``
-subclass on random workloads: the same order, counts and charges.
+overwrite as one more, and ties go to the entry that reached its count first. Each entry is one
+``_Entry`` (value, uses, key); ``_buckets`` holds, per use count, a ``deque`` of the entries in the order they
+reached that count. ``tests/cache/memory/test_cache.py`` checks this class against ``PolicyMemoryCache``
+driving an ``LFUPolicy`` subclass on random workloads: the same order, counts and charges.
 
-A get-hit takes the lock and applies the use at once. Buffering reads to apply them later without the lock
-was tried: it is cheaper with every table in the CPU cache, but slower on a large one (100k keys), where the
-deferred update finds the key's entries evicted from the CPU cache again, and it loosens the order under
-threads.
+Why lazy buckets: a use only appends the entry to the next count's deque (its tail is in the CPU cache) and
+leaves a stale item behind in the old one, instead of unlinking the key from an ``OrderedDict`` (which
+touches its two neighbours, two cache misses on a large table: that unlink was half the cost of a get-hit,
+and made it slower than cachetools' ``LFUCache``). An item is live when its entry's count is its deque's
+count (an entry reaches each count once; a removed entry's count is set to 0). The victim search pops stale
+items off the front of the lowest deques, so each is dropped once; and when stale items outnumber the live
+entries (plus a slack), the deques are rebuilt without them, so memory stays bounded on read-only workloads
+(amortised O(1) per use; the same trick as the ttl heap in ``_cache.py``).
+
+cachebox's native ``LFUCache`` was measured too (one native call per get): its ties go by first insertion
+instead (insert a, b, c; read c, then a: it evicts b, a, c where the contract says b, c, a), so it cannot
+serve this policy without changing the contract every tier shares (``policies.ORDER_KEYS``).
+
+A get-hit takes the lock: a use is two steps (count, then deque), and a lost use would bend the order.
 
 Charges: a ``bytes`` value under an ASCII ``str`` key (or a ``bytes`` key) was charged exactly
 ``len(key) + len(value) + ENTRY_OVERHEAD``, recomputed when it leaves; every other entry's charge is kept in
@@ -21,7 +28,7 @@ Charges: a ``bytes`` value under an ASCII ``str`` key (or a ``bytes`` key) was c
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import deque
 from typing import Any
 
 from .. import codecs
@@ -30,16 +37,32 @@ from ._cache import ENTRY_OVERHEAD, Closed, MemoryCache, uncharge
 
 __all__ = ["LFUMemoryCache"]
 
+# Stale items allowed beyond one per live entry before the deques are rebuilt.
+_SLACK = 1024
+
+
+class _Entry:
+    """One held key: its value, its uses (0 once removed) and the key. Slots keep all three in the object
+    itself (a list would keep them in a second allocation: one more cache miss per get-hit)."""
+
+    __slots__ = ("value", "uses", "key")
+
+    value: Any
+    uses: int
+    key: Key
+
 
 class LFUMemoryCache(MemoryCache, kind="lfu"):
     """``MemoryCache`` with exactly the ``lfu`` policy; build it through ``MemoryCache(policy="lfu")``."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._entries: Any = {}  # key -> [value (a frame with compression), how many uses]
+        self._entries: Any = {}  # key -> _Entry (its value is a frame with compression)
         self._sizes: Any = {}  # key -> bytes charged, for entries whose charge cannot be recomputed
-        self._buckets: dict[int, OrderedDict[Key, None]] = {}  # uses -> keys in the order they reached it
-        self._min = 0  # the lowest count with a bucket; 0: work it out when a victim is needed
+        self._buckets: dict[int, deque[_Entry]] = {}  # uses -> entries in the order they reached it (+ stale)
+        self._min = 0  # no live entry has fewer uses than this; 0: work it out when a victim is needed
+        self._items = 0  # items in all the deques, live and stale
+        self._compact_at = _SLACK  # check for stale items once _items passes this
         self._fast = False
         self._refresh_fast()
 
@@ -51,51 +74,69 @@ class LFUMemoryCache(MemoryCache, kind="lfu"):
 
     # ------------------------------------------------------------------------------------------ order
 
-    def _use(self, entry: list[Any], key: Key) -> None:
-        """A read or an overwrite of a held key: one more use. Under the lock (get inlines this)."""
-        buckets = self._buckets
-        count = entry[1]
-        up = count + 1
-        bucket = buckets[count]
-        higher = buckets.get(up)
-        if higher is None and len(bucket) == 1:
-            buckets[up] = buckets.pop(count)  # alone at its count, none above: the bucket moves up with it
-        else:
-            del bucket[key]
-            if not bucket:
-                del buckets[count]
-            if higher is None:
-                higher = buckets[up] = OrderedDict()
-            higher[key] = None
-        entry[1] = up
-        if self._min == count and count not in buckets:
-            self._min = up
+    def _use(self, entry: _Entry) -> None:
+        """A read or an overwrite of a held entry: one more use. Under the lock (get inlines this)."""
+        up = entry.uses + 1
+        entry.uses = up
+        bucket = self._buckets.get(up)
+        if bucket is None:
+            bucket = self._buckets[up] = deque()
+        bucket.append(entry)
+        self._items += 1
+        if self._items > self._compact_at:
+            self._compact()
 
-    def _track(self, key: Key) -> None:
-        """A new key (its entry holds one use). Under the lock."""
+    def _track(self, entry: _Entry) -> None:
+        """A new entry (it holds one use). Under the lock."""
         bucket = self._buckets.get(1)
         if bucket is None:
-            bucket = self._buckets[1] = OrderedDict()
-        bucket[key] = None
+            bucket = self._buckets[1] = deque()
+        bucket.append(entry)
         self._min = 1
+        self._items += 1
+        if self._items > self._compact_at:
+            self._compact()
 
-    def _untrack(self, key: Key, count: int) -> None:
-        """``key``, which had ``count`` uses, left. Under the lock."""
-        bucket = self._buckets[count]
-        del bucket[key]
-        if not bucket:
-            del self._buckets[count]
-            if self._min == count:
-                self._min = 0
+    def _first_live(self) -> _Entry:
+        """The next victim's entry, left in place; stale items before it are dropped. Under the lock; the
+        cache holds something."""
+        buckets = self._buckets
+        low = self._min
+        while True:
+            bucket = buckets.get(low) if low else None
+            while bucket:
+                entry = bucket[0]
+                if entry.uses == low:
+                    self._min = low
+                    return entry
+                bucket.popleft()
+                self._items -= 1
+            if bucket is not None:
+                del buckets[low]
+            low = min(buckets)
 
     def _victim(self) -> Key:
         """The next key to evict (not removed). Under the lock; the cache holds something."""
-        if not self._min:
-            self._min = min(self._buckets)
-        return next(iter(self._buckets[self._min]))
+        key: Key = self._first_live().key
+        return key
+
+    def _compact(self) -> None:
+        """Rebuild the deques without their stale items if those outnumber the live entries. Under the lock."""
+        live = len(self._entries)
+        if self._items - live > live + _SLACK:
+            buckets: dict[int, deque[_Entry]] = {}
+            for count in sorted(self._buckets):
+                kept = deque(entry for entry in self._buckets[count] if entry.uses == count)
+                if kept:
+                    buckets[count] = kept
+            self._buckets = buckets
+            self._items = live
+            self._min = min(buckets, default=0)
+        self._compact_at = self._items + live + _SLACK
 
     def _order(self) -> list[Key]:
-        return [key for count in sorted(self._buckets) for key in self._buckets[count]]
+        buckets = self._buckets
+        return [entry.key for count in sorted(buckets) for entry in buckets[count] if entry.uses == count]
 
     # ----------------------------------------------------------------------------------------- reads
 
@@ -113,25 +154,17 @@ class LFUMemoryCache(MemoryCache, kind="lfu"):
                 self._stats.misses += 1
                 return default
             # One more use: _use, inlined (this is the hot path).
-            buckets = self._buckets
-            count = entry[1]
-            up = count + 1
-            bucket = buckets[count]
-            higher = buckets.get(up)
-            if higher is None and len(bucket) == 1:
-                buckets[up] = buckets.pop(count)
-            else:
-                del bucket[key]
-                if not bucket:
-                    del buckets[count]
-                if higher is None:
-                    higher = buckets[up] = OrderedDict()
-                higher[key] = None
-            entry[1] = up
-            if self._min == count and count not in buckets:
-                self._min = up
+            up = entry.uses + 1
+            entry.uses = up
+            bucket = self._buckets.get(up)
+            if bucket is None:
+                bucket = self._buckets[up] = deque()
+            bucket.append(entry)
+            self._items += 1
+            if self._items > self._compact_at:
+                self._compact()
             self._stats.hits += 1
-            value = entry[0]
+            value = entry.value
         finally:
             self._lock.release()
         if self.compression and type(value) is memoryview:  # an encoded frame; see MemoryCache._encode
@@ -139,11 +172,11 @@ class LFUMemoryCache(MemoryCache, kind="lfu"):
         return value
 
     def _touch(self, key: Key) -> None:
-        self._use(self._entries[key], key)
+        self._use(self._entries[key])
 
     def _peek_raw(self, key: Key, default: Any) -> Any:
         entry = self._entries.get(key)
-        return default if entry is None else entry[0]
+        return default if entry is None else entry.value
 
     def _fold_stats(self) -> None:
         self._stats.entries = len(self._entries)
@@ -170,30 +203,37 @@ class LFUMemoryCache(MemoryCache, kind="lfu"):
                 try:
                     entries = self._entries
                     if self._fast and key not in entries:
-                        st, buckets = self._stats, self._buckets
+                        st = self._stats
                         limit = self.max_bytes - need
                         if st.bytes > limit:
-                            sizes = self._sizes
+                            sizes, buckets = self._sizes, self._buckets
                             while st.bytes > limit:
-                                # The victim: the first key to reach the lowest count (_victim and
-                                # _untrack, inlined).
-                                low = self._min or min(buckets)
-                                bucket = buckets[low]
-                                k = bucket.popitem(last=False)[0]
-                                if bucket:
-                                    self._min = low
+                                # The victim: the front of the lowest deque when it is live (the common
+                                # case, inlined), else _first_live drops the stale items before it.
+                                low = self._min
+                                bucket = buckets.get(low)
+                                if bucket and bucket[0].uses == low:
+                                    victim = bucket.popleft()
                                 else:
-                                    del buckets[low]
-                                    self._min = 0
-                                v = entries.pop(k)[0]
-                                st.bytes -= sizes.pop(k) if sizes and k in sizes else len(k) + len(v) + ENTRY_OVERHEAD
+                                    victim = self._first_live()
+                                    buckets[victim.uses].popleft()
+                                self._items -= 1
+                                victim.uses = 0
+                                k = victim.key
+                                del entries[k]
+                                st.bytes -= sizes.pop(k) if sizes and k in sizes else len(k) + len(victim.value) + ENTRY_OVERHEAD
                                 st.evictions += 1
-                        entries[key] = [value, 1]
-                        ones = buckets.get(1)
+                        entry = entries[key] = _Entry()
+                        entry.value, entry.uses, entry.key = value, 1, key
+                        # _track, inlined.
+                        ones = self._buckets.get(1)
                         if ones is None:
-                            ones = buckets[1] = OrderedDict()
-                        ones[key] = None
+                            ones = self._buckets[1] = deque()
+                        ones.append(entry)
                         self._min = 1
+                        self._items += 1
+                        if self._items > self._compact_at:
+                            self._compact()
                         st.bytes += need
                         st.sets += 1
                         return
@@ -214,17 +254,18 @@ class LFUMemoryCache(MemoryCache, kind="lfu"):
         now = self._clock() if (ttl is not None or self._expires) else 0.0
         entry = entries.get(key)
         if entry is not None:
-            st.bytes -= uncharge(self._sizes, key, entry[0])
+            st.bytes -= uncharge(self._sizes, key, entry.value)
             if self._expires:
                 self._expires.pop(key, None)  # its heap item goes stale: _drop_expired will not pick it
-            self._use(entry, key)  # an overwrite is a use
+            self._use(entry)  # an overwrite is a use
         if st.bytes + need > self.max_bytes and self._make_room(need, now, key if entry is not None else None):
             entry = None  # the entry being overwritten was the next victim and is gone
         if entry is not None:
-            entry[0] = value
+            entry.value = value
         else:
-            entries[key] = [value, 1]
-            self._track(key)
+            entry = entries[key] = _Entry()
+            entry.value, entry.uses, entry.key = value, 1, key
+            self._track(entry)
         if type(value) is not bytes or ksize != len(key):
             self._sizes[key] = need
         st.bytes += need
@@ -251,7 +292,7 @@ class LFUMemoryCache(MemoryCache, kind="lfu"):
             if k == writing and not removed_writing:
                 # Overwriting the next victim: its old value is already uncharged, so the old entry just
                 # leaves (not an eviction) and the new value comes in as a fresh insert.
-                self._untrack(k, self._entries.pop(k)[1])
+                self._entries.pop(k).uses = 0
                 removed_writing = True
                 continue
             self._drop(k)
@@ -259,21 +300,22 @@ class LFUMemoryCache(MemoryCache, kind="lfu"):
         return removed_writing
 
     def _drop(self, key: Key) -> None:
-        value, count = self._entries.pop(key)
-        self._stats.bytes -= uncharge(self._sizes, key, value)
-        self._untrack(key, count)
+        entry = self._entries.pop(key)
+        entry.uses = 0  # its deque item goes stale
+        self._stats.bytes -= uncharge(self._sizes, key, entry.value)
         self._forget_deadline(key)
 
     def _clear_entries(self) -> None:
         self._entries.clear()
         self._sizes.clear()
         self._buckets.clear()
-        self._min = 0
+        self._min = self._items = 0
+        self._compact_at = _SLACK
 
     def _close_entries(self) -> None:
         self._entries = self._sizes = Closed()
         self._buckets.clear()
-        self._min = 0
+        self._min = self._items = 0
 
     def _is_closed(self) -> bool:
         return isinstance(self._entries, Closed)
