@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
@@ -28,6 +27,7 @@ from ..policies import EvictionPolicy, FIFOPolicy, LFUPolicy, LRUPolicy, TimePol
 from ..sizing import key_size, sizeof
 from ..stats import CacheStats, CleanupReport
 from ..units import size_to_bytes
+from ._mutex import Mutex
 
 __all__ = ["MemoryCache", "ENTRY_OVERHEAD"]
 
@@ -152,7 +152,8 @@ class MemoryCache(Store):
         self.compression = bool(compression)
         self.allow_pickle = bool(allow_pickle)
         self._clock = clock
-        self._lock = threading.Lock()
+        self._lock = Mutex()
+        self._token, self._waiters = self._lock.token, self._lock.waiters  # its inlined halves (hot paths)
         self._stats = CacheStats(name=name, max_bytes=self.max_bytes)
         self._expires: dict[Key, float] = {}  # deadlines on self._clock, for keys set with a ttl only
         self._heap: list[tuple[float, int, Key]] = []  # (deadline, seq, key); stale items skipped lazily
@@ -220,7 +221,10 @@ class MemoryCache(Store):
 
     def get(self, key: Key, default: Any = None) -> Any:
         """The value under ``key``, or ``default`` on a miss; an expired entry is a miss and is dropped."""
-        self._lock.acquire()
+        try:
+            self._token.pop()  # acquire the lock (see _mutex.py)
+        except IndexError:
+            self._lock.wait()
         try:
             try:
                 value = self._peek_raw(key, ABSENT)
@@ -236,7 +240,9 @@ class MemoryCache(Store):
             self._touch(key)
             self._stats.hits += 1
         finally:
-            self._lock.release()
+            self._token.append(True)  # release the lock
+            if self._waiters:
+                self._lock.wake()
         if self.compression and type(value) is memoryview:  # an encoded frame; see _encode
             return codecs.decode(value, allow_pickle=self.allow_pickle)
         return value
@@ -318,11 +324,16 @@ class MemoryCache(Store):
         A ``ttl`` of zero or less stores nothing and removes any value already there (it would be expired).
         """
         key, value, need, raw, vsize, ksize = self._charge(key, value)
-        self._lock.acquire()
+        try:
+            self._token.pop()  # acquire the lock (see _mutex.py)
+        except IndexError:
+            self._lock.wait()
         try:
             self._set_locked(key, value, need, ttl, raw, vsize, ksize)
         finally:
-            self._lock.release()
+            self._token.append(True)  # release the lock
+            if self._waiters:
+                self._lock.wake()
 
     def _charge(self, key: Key, value: Any) -> tuple[Key, Any, int, int, int, int]:
         """``(key, what to store, bytes charged, raw size, stored value size, key size)`` for a write.

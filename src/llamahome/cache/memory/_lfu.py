@@ -142,7 +142,10 @@ class LFUMemoryCache(MemoryCache, kind="lfu"):
 
     def get(self, key: Key, default: Any = None) -> Any:
         """The value under ``key``, or ``default`` on a miss; an expired entry is a miss and is dropped."""
-        self._lock.acquire()
+        try:
+            self._token.pop()  # acquire the lock (see _mutex.py)
+        except IndexError:
+            self._lock.wait()
         try:
             try:
                 entry = self._entries[key]
@@ -166,7 +169,9 @@ class LFUMemoryCache(MemoryCache, kind="lfu"):
             self._stats.hits += 1
             value = entry.value
         finally:
-            self._lock.release()
+            self._token.append(True)  # release the lock
+            if self._waiters:
+                self._lock.wake()
         if self.compression and type(value) is memoryview:  # an encoded frame; see MemoryCache._encode
             return codecs.decode(value, allow_pickle=self.allow_pickle)
         return value
@@ -199,7 +204,10 @@ class LFUMemoryCache(MemoryCache, kind="lfu"):
             # no record is kept), no ttl, no deadline held (so nothing is expired), no compression.
             need = n + len(value) + ENTRY_OVERHEAD
             if need <= self.max_bytes:
-                self._lock.acquire()  # not `with`: on 3.11 that costs twice as much
+                try:
+                    self._token.pop()  # acquire the lock (see _mutex.py)
+                except IndexError:
+                    self._lock.wait()
                 try:
                     entries = self._entries
                     if self._fast and key not in entries:
@@ -238,7 +246,9 @@ class LFUMemoryCache(MemoryCache, kind="lfu"):
                         st.sets += 1
                         return
                 finally:
-                    self._lock.release()
+                    self._token.append(True)  # release the lock
+                    if self._waiters:
+                        self._lock.wake()
         MemoryCache.set(self, key, value, ttl)  # the general path
 
     def _set_locked(

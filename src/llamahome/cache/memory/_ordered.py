@@ -90,7 +90,10 @@ class _OrderedMemoryCache(MemoryCache):
             # no record is kept), no ttl, no deadline held, no compression.
             need = n + len(value) + ENTRY_OVERHEAD
             if need <= self.max_bytes:
-                self._lock.acquire()  # not `with`: on 3.11 that costs twice as much
+                try:
+                    self._token.pop()  # acquire the lock (see _mutex.py)
+                except IndexError:
+                    self._lock.wait()
                 try:
                     data = self._data
                     if self._fast and key not in data:
@@ -107,7 +110,9 @@ class _OrderedMemoryCache(MemoryCache):
                         st.sets += 1
                         return
                 finally:
-                    self._lock.release()
+                    self._token.append(True)  # release the lock
+                    if self._waiters:
+                        self._lock.wake()
         MemoryCache.set(self, key, value, ttl)  # the general path
 
     def _set_locked(

@@ -45,7 +45,10 @@ class PolicyMemoryCache(MemoryCache, kind="policy"):
 
     def get(self, key: Key, default: Any = None) -> Any:
         """The value under ``key``, or ``default`` on a miss; an expired entry is a miss and is dropped."""
-        self._lock.acquire()
+        try:
+            self._token.pop()  # acquire the lock (see _mutex.py)
+        except IndexError:
+            self._lock.wait()
         try:
             try:
                 value = self._data[key]
@@ -60,7 +63,9 @@ class PolicyMemoryCache(MemoryCache, kind="policy"):
                 self._access(key)
             self._stats.hits += 1
         finally:
-            self._lock.release()
+            self._token.append(True)  # release the lock
+            if self._waiters:
+                self._lock.wake()
         if self.compression and type(value) is memoryview:  # an encoded frame; see MemoryCache._encode
             return self._decoded(value)
         return value
@@ -96,7 +101,10 @@ class PolicyMemoryCache(MemoryCache, kind="policy"):
             # no record is kept), no ttl, no deadline held (so nothing is expired), no compression.
             need = n + len(value) + ENTRY_OVERHEAD
             if need <= self.max_bytes:
-                self._lock.acquire()  # not `with`: on 3.11 that costs twice as much
+                try:
+                    self._token.pop()  # acquire the lock (see _mutex.py)
+                except IndexError:
+                    self._lock.wait()
                 try:
                     data = self._data
                     if self._fast and key not in data:
@@ -117,7 +125,9 @@ class PolicyMemoryCache(MemoryCache, kind="policy"):
                         st.sets += 1
                         return
                 finally:
-                    self._lock.release()
+                    self._token.append(True)  # release the lock
+                    if self._waiters:
+                        self._lock.wake()
         MemoryCache.set(self, key, value, ttl)  # the general path
 
     def _set_locked(
