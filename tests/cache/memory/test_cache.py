@@ -797,3 +797,18 @@ def test_lfu_stale_bucket_items_stay_bounded_and_leave_the_order_exact() -> None
     cache.set("new", b"v")
     slow.set("new", b"v")
     assert cache.eviction_order() == slow.eviction_order()
+
+
+@pytest.mark.parametrize("policy", ALL_POLICIES)
+def test_entries_past_the_fast_paths_limit_are_stored_and_charged_exactly(policy: str) -> None:
+    # lru's fast set takes charges up to min(max_bytes, MAX_KEY_BYTES) in one comparison; a larger entry (or
+    # a key at the key limit) takes the general path and must come out the same.
+    cache = MemoryCache(size=1, policy=policy)
+    big, edge = b"b" * (100 * 1024), "k" * (64 * 1024)
+    cache.set("big", big)
+    cache.set(edge, b"v")
+    assert cache.get("big") is big and cache.get(edge) == b"v"
+    assert cache.stats.bytes == charge("big", big) + charge(edge, b"v") and cache.stats.sets == 2
+    with pytest.raises(ValueTooLargeError):
+        cache.set("huge", b"h" * (2 * MIB))
+    assert cache.stats.entries == 2
