@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 from llamahome.errors import CacheClosedError, ConfigError, ValueTooLargeError
 
 from .. import codecs
-from ..base import Key, Store, validate_key
+from ..base import MAX_KEY_BYTES, Key, Store, validate_key
 from ..compression import MIN_COMPRESS_BYTES
 from ..policies import EvictionPolicy, FIFOPolicy, LFUPolicy, LRUPolicy, TimePolicy, make_policy
 from ..sizing import key_size, sizeof
@@ -159,6 +159,11 @@ class MemoryCache(Store):
         self._heap: list[tuple[float, int, Key]] = []  # (deadline, seq, key); stale items skipped lazily
         self._seq = itertools.count()
         self._max_age = self.policy.max_age if isinstance(self.policy, TimePolicy) else None
+        # The largest charge the strategies' fast sets take: one comparison then checks both bounds, the entry
+        # fits the tier and (as len(key) < charge) the key is within MAX_KEY_BYTES; a larger entry takes the
+        # general path, which checks each. On that path every check costs: together they were a fifth of an
+        # evicting lru set.
+        self._fast_limit = min(self.max_bytes, MAX_KEY_BYTES)
         # Hits counted without our lock (the strategies' fast gets): next() on an itertools.count is atomic.
         self._hits = itertools.count()
         self._last_count = -1  # what the last fold read from it

@@ -32,7 +32,7 @@ from collections import deque
 from typing import Any
 
 from .. import codecs
-from ..base import MAX_KEY_BYTES, Key, validate_ttl
+from ..base import Key, validate_ttl
 from ._cache import ENTRY_OVERHEAD, Closed, MemoryCache, uncharge
 
 __all__ = ["LFUMemoryCache"]
@@ -199,11 +199,11 @@ class LFUMemoryCache(MemoryCache, kind="lfu"):
 
         A ``ttl`` of zero or less stores nothing and removes any value already there (it would be expired).
         """
-        if type(key) is str and type(value) is bytes and ttl is None and (n := len(key)) <= MAX_KEY_BYTES and key.isascii():
+        if ttl is None and type(value) is bytes and type(key) is str and key.isascii():
             # The fast path: a new key, bytes under an ASCII key (its charge is recomputed when it leaves, so
             # no record is kept), no ttl, no deadline held (so nothing is expired), no compression.
-            need = n + len(value) + ENTRY_OVERHEAD
-            if need <= self.max_bytes:
+            need = len(key) + len(value) + ENTRY_OVERHEAD
+            if need <= self._fast_limit:  # both bounds: see MemoryCache._fast_limit
                 try:
                     self._token.pop()  # acquire the lock (see _mutex.py)
                 except IndexError:

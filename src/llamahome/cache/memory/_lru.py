@@ -33,7 +33,7 @@ from typing import Any
 
 import cachebox
 
-from ..base import MAX_KEY_BYTES, Key, validate_ttl
+from ..base import Key, validate_ttl
 from ._cache import ABSENT, ENTRY_OVERHEAD, Closed, MemoryCache
 
 __all__ = ["LRUMemoryCache"]
@@ -56,7 +56,6 @@ class LRUMemoryCache(MemoryCache, kind="lru"):
         self._evicted = 0  # this class's own evictions (with deadlines held); the table's are derived
         self._none_held = False  # a None value may be held (then insert's return cannot tell new keys)
         self._fast = self._fast_set = False
-        self._fast_limit = min(self.max_bytes, MAX_KEY_BYTES)  # the largest charge set's fast path takes
         self._refresh_fast()
 
     def _refresh_fast(self) -> None:
@@ -118,9 +117,7 @@ class LRUMemoryCache(MemoryCache, kind="lru"):
             # The fast path: bytes under an ASCII key, no ttl; while no compression and no deadline (checked
             # under the lock), LRU's rules are one native insert: the key becomes most recently used, then
             # victims come off the front until it fits (never the key itself, as need <= max_bytes).
-            # One comparison checks both bounds: the entry fits the tier, and (as len(key) < need) the key
-            # is within MAX_KEY_BYTES; a larger entry takes the general path, which checks each. On this
-            # path every check costs: together they were a fifth of an evicting set.
+            # One comparison checks both bounds (see MemoryCache._fast_limit).
             need = len(key) + len(value) + ENTRY_OVERHEAD
             if need <= self._fast_limit:
                 try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, cast
 
-from ..base import MAX_KEY_BYTES, Key, validate_ttl
+from ..base import Key, validate_ttl
 from ..policies import TimePolicy
 from ._cache import ENTRY_OVERHEAD, Closed, MemoryCache, uncharge
 
@@ -96,11 +96,11 @@ class PolicyMemoryCache(MemoryCache, kind="policy"):
 
         A ``ttl`` of zero or less stores nothing and removes any value already there (it would be expired).
         """
-        if type(key) is str and type(value) is bytes and ttl is None and (n := len(key)) <= MAX_KEY_BYTES and key.isascii():
+        if ttl is None and type(value) is bytes and type(key) is str and key.isascii():
             # The fast path: a new key, bytes under an ASCII key (its charge is recomputed when it leaves, so
             # no record is kept), no ttl, no deadline held (so nothing is expired), no compression.
-            need = n + len(value) + ENTRY_OVERHEAD
-            if need <= self.max_bytes:
+            need = len(key) + len(value) + ENTRY_OVERHEAD
+            if need <= self._fast_limit:  # both bounds: see MemoryCache._fast_limit
                 try:
                     self._token.pop()  # acquire the lock (see _mutex.py)
                 except IndexError:
