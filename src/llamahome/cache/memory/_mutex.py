@@ -3,8 +3,7 @@
 Why: every write (and an lfu get-hit) takes the lock, and on CPython 3.11 ``Lock.acquire()`` parses keyword
 arguments: an acquire/release pair costs about 80 ns, a sixth of an evicting ``set``. Here the lock is a
 one-item list: whoever pops the item holds the lock, and putting it back releases it. ``list.pop()`` and
-``list.append()`` are single C calls, atomic under the GIL (and under free-threaded CPython's per-object
-locks), and cost about 17 ns a pair. Only a thread that finds the list empty pays for more: it queues a
+``list.append()`` are single C calls, atomic under the GIL, and cost about 17 ns a pair. Only a thread that finds the list empty pays for more: it queues a
 private ``threading.Lock`` as its gate and sleeps on it (no spinning), and a release that sees a queued gate
 opens it.
 
@@ -26,6 +25,7 @@ thread may take it before a woken one, which then queues again).
 
 No wake-up is lost: a waiter queues its gate *before* its last try at the token, and a release puts the
 token back *before* it looks for gates; so either that try finds the token, or the release finds the gate.
+(That argument takes the GIL's one order of all operations; a free-threaded build would need it re-checked.)
 """
 
 from __future__ import annotations
