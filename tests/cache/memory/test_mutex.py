@@ -6,6 +6,8 @@ import sys
 import threading
 import time
 
+import pytest
+
 from llamahome.cache.memory._mutex import Mutex
 
 
@@ -82,3 +84,31 @@ def test_many_threads_never_overlap_and_no_wake_up_is_lost() -> None:
         sys.setswitchinterval(old)
     assert overlaps[0] == 0 and count[0] == 8 * 3000
     assert not mutex.locked() and not mutex.waiters
+
+
+def test_an_interrupted_waiter_leaves_the_queue(monkeypatch: pytest.MonkeyPatch) -> None:
+    import llamahome.cache.memory._mutex as mutex_module
+
+    class InterruptedGate:
+        """A gate whose sleep is interrupted (as by Ctrl-C)."""
+
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def acquire(self) -> bool:
+            self.calls += 1
+            if self.calls > 1:  # the first acquire closes the gate; the second is the sleep
+                raise KeyboardInterrupt
+            return True
+
+        def release(self) -> None:
+            pass
+
+    monkeypatch.setattr(mutex_module, "_Gate", InterruptedGate)
+    mutex = Mutex()
+    _hold(mutex)
+    with pytest.raises(KeyboardInterrupt):
+        mutex.wait()
+    assert not mutex.waiters and mutex.locked()  # not queued any more; the holder still holds it
+    _drop(mutex)
+    assert not mutex.locked()

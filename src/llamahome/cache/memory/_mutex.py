@@ -36,6 +36,8 @@ from types import TracebackType
 
 __all__ = ["Mutex"]
 
+_Gate = threading.Lock  # what a waiter sleeps on (a name of its own, so tests can interrupt the sleep)
+
 
 class Mutex:
     """A non-reentrant lock; see the module docstring for the inlined form of acquire and release."""
@@ -48,7 +50,7 @@ class Mutex:
 
     def wait(self) -> None:
         """Block until this thread holds the lock (after its ``token.pop()`` found it taken)."""
-        gate = threading.Lock()
+        gate = _Gate()
         gate.acquire()  # held: the thread sleeps on it until a release opens it
         while True:
             self.waiters.append(gate)
