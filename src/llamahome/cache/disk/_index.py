@@ -89,6 +89,7 @@ class Index:
         # The first of the data/ fan-out folders the next cleanup checks (a slice at a time, see _upkeep);
         # a random start so that processes sharing the directory check different slices.
         self.upkeep_cursor = random.randrange(16) * 16
+        self._mapped = False  # whether the connection reads the index through a memory map (see measure)
         self._db: sqlite3.Connection | None = None
         self._stale: list[sqlite3.Connection] = []
         self._ino: int | None = None
@@ -113,6 +114,7 @@ class Index:
             conn = dx.open_index(self.root, self.data_dir, self.policy, self._sync,
                                  self._check_on_open if check is None else check, self.max_bytes)
             self._ino = os.stat(os.path.join(self.root, dx.INDEX_NAME)).st_ino
+            self._mapped = False
             return conn
         except StorageError:
             raise
@@ -282,6 +284,8 @@ class Index:
             page_size = conn.execute("PRAGMA page_size").fetchone()[0]
             total, file_bytes, file_slack = conn.execute(
                 "SELECT bytes, file_bytes, file_slack FROM meta WHERE id = 0").fetchone()
+            if not self._mapped:
+                self._mapped = dx.map_if_large(conn, pages * page_size)
         except sqlite3.Error:
             return
         # + the marker's block; value files take whole 4 KiB blocks (file_slack: what their last ones leave).
