@@ -168,3 +168,46 @@ def test_du_of_a_closed_cache_stays_within_a_tenth_over_the_bound(tmp_path: Path
         assert c.stats.evictions > 0
         assert c.stats.bytes >= 0.7 * c.max_bytes  # the entries still get most of it
     assert _du(root) <= 1.1 * mb * 1024 * KIB
+
+
+def test_wal_frames_reads_what_the_wal_holds(tmp_path: Path) -> None:
+    """The checkpoint trigger looks at the real WAL (the wal-index header) before paying for a checkpoint."""
+    import sqlite3
+
+    with DiskCache(tmp_path / "c", size=64) as c:
+        for i in range(50):
+            c.set(f"k{i}", os.urandom(1024))
+        db_path = str(tmp_path / "c" / _sqlite.INDEX_NAME)
+        frames = _sqlite.wal_frames(db_path)
+        spy = sqlite3.connect(db_path)
+        try:
+            # PASSIVE reports the frames in the WAL (and copies what it can; harmless here).
+            _, in_wal, _ = spy.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        finally:
+            spy.close()
+        assert frames == in_wal and frames > 0
+    assert _sqlite.wal_frames(db_path) is None  # the last connection closed: no -shm file to read
+
+
+@pytest.mark.parametrize("wal_readable", [True, False])
+def test_a_batch_of_uses_checkpoints_only_when_the_wal_is_really_full(
+    tmp_path: Path, clock: Any, monkeypatch: pytest.MonkeyPatch, wal_readable: bool
+) -> None:
+    """A batch counts each changed row as a page; 1,000 uses rewrite a dozen pages of the narrow uses table.
+    The checkpoint comes when the WAL really holds its threshold, not because of the estimate (with the WAL
+    unreadable, the estimate decides: that case shows the test can tell the two apart)."""
+    if not wal_readable:
+        monkeypatch.setattr(_sqlite, "wal_frames", lambda db_path: None)
+    with DiskCache(tmp_path / "c", size=8, clock=clock) as c:
+        c.set_many({f"k{i}": os.urandom(1000) for i in range(1000)})
+        index = c._index
+        index.checkpoint()
+        calls: list[int] = []
+        real_checkpoint = index.checkpoint
+        monkeypatch.setattr(index, "checkpoint", lambda *a, **k: (calls.append(1), real_checkpoint(*a, **k))[1])
+        clock.advance(60)
+        for i in range(1000):
+            assert c.get(f"k{i}") is not None
+        index.write(index.flush_access)  # the batch of 1,000 uses
+        assert index.wal_limit < 1000
+        assert calls == ([] if wal_readable else [1])
