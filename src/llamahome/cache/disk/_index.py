@@ -251,14 +251,7 @@ class Index:
                 pages = min(pages, 2 + self._db.execute("PRAGMA page_count").fetchone()[0])
         self.wal_frames += pages
         if self.wal_frames >= self.wal_limit:
-            # The estimate counts every changed row as a page; a batch (an eviction deletes rows that share
-            # pages, and its triggers count too) writes far fewer. Before paying for a checkpoint, look at
-            # what the WAL really holds (of every process), and go on counting from there if it is below.
-            real = dx.wal_frames(os.path.join(self.root, dx.INDEX_NAME))
-            if real is not None and real < self.wal_limit:
-                self.wal_frames = real
-            else:
-                self.checkpoint()
+            self.checkpoint()
 
     def checkpoint(self, wait_s: float = CHECKPOINT_WAIT_S) -> None:
         """Copy the WAL into the index and let it start over (never raises: the next operation reports damage)."""

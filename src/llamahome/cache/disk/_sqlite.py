@@ -21,7 +21,6 @@ import fcntl
 import os
 import random
 import sqlite3
-import struct
 import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
@@ -33,7 +32,7 @@ from . import _files as df
 from ._log import log
 
 __all__ = [
-    "POLICY_ORDER", "USES_RECONCILE", "checkpoint", "map_if_large", "wal_frames", "evict", "open_index", "retry_busy", "is_busy", "is_damaged",
+    "POLICY_ORDER", "USES_RECONCILE", "checkpoint", "map_if_large", "evict", "open_index", "retry_busy", "is_busy", "is_damaged",
     "storage_error",
 ]
 
@@ -339,32 +338,6 @@ def wal_pages(max_bytes: int) -> int:
     directory within ``max(1.5 x size, size + 1 MiB)``. The price: a small cache checkpoints (two fsyncs)
     more often than a large one."""
     return max(16, min(WAL_CHECKPOINT_PAGES, max_bytes // (8 * 4096)))
-
-
-# The wal-index header at the start of the -shm file (https://www.sqlite.org/walformat.html, stable since
-# SQLite 3.7.0): iVersion, unused, iChange, isInit, bigEndCksum, szPage, mxFrame (the frames in the WAL), ...
-# in native byte order, written twice (48 bytes each) so a reader can tell a header being rewritten.
-_WAL_INDEX_HEADER = struct.Struct("=IIIBBHI")
-_WAL_INDEX_VERSION = 3007000
-
-
-def wal_frames(db_path: str) -> int | None:
-    """The frames now in the WAL of every process, read from the wal-index header; None if it cannot be read
-    (no -shm file, a header being rewritten, an unknown version): the caller then keeps its own estimate."""
-    try:
-        fd = os.open(db_path + "-shm", os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0))
-    except OSError:
-        return None
-    try:
-        data = os.pread(fd, 96, 0)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    if len(data) < 96 or data[:48] != data[48:96]:
-        return None
-    version, _, _, is_init, _, _, frames = _WAL_INDEX_HEADER.unpack_from(data, 0)
-    return int(frames) if version == _WAL_INDEX_VERSION and is_init else None
 
 
 def checkpoint(conn: sqlite3.Connection, wait_s: float) -> bool:
