@@ -71,6 +71,8 @@ class Index:
         #: the entries' age span, so every use is recorded until then.
         self.resolution = 0.0
         self._access: dict[int, list[Any]] = {}
+        # Rows a batch of uses changed beyond the pages it can have written (see flush_access and wrote).
+        self._uses_pages_saved = 0
         self._last_flush = time.monotonic()
         # WAL pages this process's commits wrote since its last checkpoint (an upper estimate, see wrote());
         # at wal_pages() it checkpoints (SQLite's automatic checkpoint is off, see _sqlite.checkpoint).
@@ -242,7 +244,8 @@ class Index:
     def wrote(self, changes: int, inline_bytes: int) -> None:
         """After a commit that changed ``changes`` rows and wrote ``inline_bytes`` of values into the index:
         checkpoint once this process's commits have written about ``wal_pages()`` pages to the WAL."""
-        pages = 2 + changes
+        pages = 2 + changes - self._uses_pages_saved
+        self._uses_pages_saved = 0
         if inline_bytes > 4096:  # values over a page take overflow pages
             pages += (inline_bytes + 4095) // 4096
         if changes > 256 and self._db is not None:
@@ -325,6 +328,11 @@ class Index:
         wrote = bool(self._access)
         if wrote:
             conn.executemany(_FLUSH, [(t, n, i) for i, (t, n) in sorted(self._access.items())])
+            # wrote() counts each changed row as a page; uses rows are narrow (~150 a page, and as many in
+            # the policy's index), so a batch rewrites at most about two pages per 150 entries.
+            entries = conn.execute("SELECT entries FROM meta WHERE id = 0").fetchone()[0]
+            pages = 4 + 2 * (entries // 150)
+            self._uses_pages_saved += max(0, len(self._access) - pages)
             self._access.clear()
         if wrote and self.policy == "lru":
             # Finer than 1/64 of the age span of the entries cannot change which entries go first.
