@@ -168,3 +168,22 @@ def test_du_of_a_closed_cache_stays_within_a_tenth_over_the_bound(tmp_path: Path
         assert c.stats.evictions > 0
         assert c.stats.bytes >= 0.7 * c.max_bytes  # the entries still get most of it
     assert _du(root) <= 1.1 * mb * 1024 * KIB
+
+
+def test_a_batch_of_uses_does_not_force_a_checkpoint(tmp_path: Path, clock: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The checkpoint trigger counts each changed row as a page; 1,000 uses rewrite about a dozen pages of the
+    narrow uses table and its index, so the batch alone must not force a checkpoint (it did: a checkpoint
+    after every batch of a 90% read load)."""
+    with DiskCache(tmp_path / "c", size=8, clock=clock) as c:
+        c.set_many({f"k{i}": os.urandom(1000) for i in range(1000)})
+        index = c._index
+        index.checkpoint()
+        assert index.wal_limit < 1000
+        calls: list[int] = []
+        real_checkpoint = index.checkpoint
+        monkeypatch.setattr(index, "checkpoint", lambda *a, **k: (calls.append(1), real_checkpoint(*a, **k))[1])
+        clock.advance(60)
+        for i in range(1000):
+            assert c.get(f"k{i}") is not None
+        index.write(index.flush_access)  # the batch of 1,000 uses
+        assert calls == [] and index.wal_frames < index.wal_limit

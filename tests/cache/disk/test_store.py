@@ -194,10 +194,10 @@ def test_lru_reads_are_batched_not_written(cache: DiskCache, clock: Any) -> None
         for _ in range(200):
             assert cache.get("a") == b"1"
         assert wal.stat().st_size == size_before  # no write per read
-        # An lru insert leaves its use (its creation) to the next batch: the row is unsettled until then.
-        assert spy.execute("SELECT accessed, hits FROM entries").fetchone() == (-1.0, 1)
+        # The insert's use is its creation; reads wait for the next batch.
+        assert spy.execute("SELECT accessed, hits FROM uses").fetchone() == (set_at, 1)
         cache.close()  # the batch is written on close (and at most a second after reads, and before evicting)
-        assert spy.execute("SELECT accessed, hits FROM entries").fetchone() == (set_at + 5, 201)
+        assert spy.execute("SELECT accessed, hits FROM uses").fetchone() == (set_at + 5, 201)
     finally:
         spy.close()
 
@@ -212,9 +212,9 @@ def test_lru_rewrite_of_a_cold_key_is_batched_and_lands_before_eviction(tmp_path
             for i in range(8):
                 c.set(f"k{i}", os.urandom(size))
                 clock.advance(1)
-            first_used = spy.execute("SELECT accessed FROM entries WHERE key = ?", (b"sk0",)).fetchone()[0]
+            first_used = spy.execute("SELECT u.accessed FROM uses AS u JOIN entries AS e ON e.id = u.id WHERE e.key = ?", (b"sk0",)).fetchone()[0]
             c.set("k0", b"new")  # k0's last use is 8 s old: the set leaves its lru place to the batch
-            assert spy.execute("SELECT accessed FROM entries WHERE key = ?", (b"sk0",)).fetchone()[0] == first_used
+            assert spy.execute("SELECT u.accessed FROM uses AS u JOIN entries AS e ON e.id = u.id WHERE e.key = ?", (b"sk0",)).fetchone()[0] == first_used
             clock.advance(1)
             for i in range(4):  # these sets evict: the pending use of k0 is written first, so k1 goes
                 c.set(f"n{i}", os.urandom(size))

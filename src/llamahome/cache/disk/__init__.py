@@ -39,9 +39,9 @@ same batch as reads (a write transaction that is due anyway carries the batch al
 index entry inside every set would cost a third of a small set. Other processes see this process's uses after
 its next flush (at most about a second); each process's own evictions always see them, since the batch is
 written in the evicting transaction before victims are chosen, and the keys being set are never victims.
-An lru insert does not enter the lru index either: the row is written "unsettled" (``accessed = -1``, out of
-the partial lru index) and its use, its creation time, is written with the next batch of any process, and
-always before an eviction chooses victims (see ``_sqlite.settle``); that saves a quarter of a small insert.
+Uses live in a narrow table of their own (``uses``: id, last use, count; index version 4), not in the entry's
+row beside its inline value: a batch of uses then rewrites a few hundred small pages instead of one page of
+the whole table per use (about 3.5 us a use instead of 14-17 us at 100k entries; see ``_sqlite``).
 
 Several processes: every write is one ``BEGIN IMMEDIATE`` transaction; a process that finds the write lock
 taken retries after short jittered sleeps (from 50 us) for up to 60 s and only then raises StorageError, so

@@ -44,7 +44,7 @@ CHECKPOINT_WAIT_S = 0.05
 #: Rows deleted per transaction when the disk is full (each writes a few pages to the WAL).
 FULL_DISK_STEP = 4
 
-_FLUSH = "UPDATE entries SET accessed = max(accessed, ?), hits = hits + ? WHERE id = ?"
+_FLUSH = "UPDATE uses SET accessed = max(accessed, ?), hits = hits + ? WHERE id = ?"
 
 
 class Index:
@@ -71,10 +71,8 @@ class Index:
         #: the entries' age span, so every use is recorded until then.
         self.resolution = 0.0
         self._access: dict[int, list[Any]] = {}
-        # lru inserts leave their use to the next flush (_sqlite.settle); set when this process did so.
-        self._unsettled = False
-        #: ``accessed`` of a new row: unsettled for lru (see _sqlite.settle), else None (its creation time).
-        self.new_used: float | None = dx.UNSETTLED if policy == "lru" else None
+        # Rows a batch of uses changed beyond the pages it can have written (see flush_access and wrote).
+        self._uses_pages_saved = 0
         self._last_flush = time.monotonic()
         # WAL pages this process's commits wrote since its last checkpoint (an upper estimate, see wrote());
         # at wal_pages() it checkpoints (SQLite's automatic checkpoint is off, see _sqlite.checkpoint).
@@ -93,6 +91,7 @@ class Index:
         # The first of the data/ fan-out folders the next cleanup checks (a slice at a time, see _upkeep);
         # a random start so that processes sharing the directory check different slices.
         self.upkeep_cursor = random.randrange(16) * 16
+        self._mapped = False  # whether the connection reads the index through a memory map (see measure)
         self._db: sqlite3.Connection | None = None
         self._stale: list[sqlite3.Connection] = []
         self._ino: int | None = None
@@ -117,6 +116,7 @@ class Index:
             conn = dx.open_index(self.root, self.data_dir, self.policy, self._sync,
                                  self._check_on_open if check is None else check, self.max_bytes)
             self._ino = os.stat(os.path.join(self.root, dx.INDEX_NAME)).st_ino
+            self._mapped = False
             return conn
         except StorageError:
             raise
@@ -168,7 +168,7 @@ class Index:
             if self.closed:
                 return
             if self._db is not None:
-                if self._access or self._unsettled:
+                if self._access:
                     with contextlib.suppress(Exception):
                         self.write(lambda conn: self.flush_access(conn))
                 if self.wal_frames:
@@ -244,7 +244,8 @@ class Index:
     def wrote(self, changes: int, inline_bytes: int) -> None:
         """After a commit that changed ``changes`` rows and wrote ``inline_bytes`` of values into the index:
         checkpoint once this process's commits have written about ``wal_pages()`` pages to the WAL."""
-        pages = 2 + changes
+        pages = 2 + changes - self._uses_pages_saved
+        self._uses_pages_saved = 0
         if inline_bytes > 4096:  # values over a page take overflow pages
             pages += (inline_bytes + 4095) // 4096
         if changes > 256 and self._db is not None:
@@ -286,6 +287,8 @@ class Index:
             page_size = conn.execute("PRAGMA page_size").fetchone()[0]
             total, file_bytes, file_slack = conn.execute(
                 "SELECT bytes, file_bytes, file_slack FROM meta WHERE id = 0").fetchone()
+            if not self._mapped:
+                self._mapped = dx.map_if_large(conn, pages * page_size)
         except sqlite3.Error:
             return
         # + the marker's block; value files take whole 4 KiB blocks (file_slack: what their last ones leave).
@@ -313,31 +316,27 @@ class Index:
                 self._flush_soon()
 
     def flush_due(self) -> bool:
-        return (self._unsettled or bool(self._access)) and (
+        return bool(self._access) and (
             len(self._access) >= ACCESS_BUFFER_MAX or time.monotonic() - self._last_flush >= ACCESS_FLUSH_INTERVAL
         )
-
-    def inserted_unsettled(self) -> None:
-        """This process committed (or tried to) rows whose use is not yet in the lru index."""
-        self._unsettled = True
 
     def forget_uses(self) -> None:
         self._access.clear()
 
-    def flush_access(self, conn: sqlite3.Connection, settle: bool = True) -> None:
-        """Write the buffered access times/counts and settle unsettled lru inserts (inside a write transaction;
-        ``settle=False`` leaves the rows inserted since the last flush unsettled, for eviction's own use)."""
+    def flush_access(self, conn: sqlite3.Connection) -> None:
+        """Write the buffered access times/counts into ``uses`` (inside a write transaction)."""
         wrote = bool(self._access)
         if wrote:
             conn.executemany(_FLUSH, [(t, n, i) for i, (t, n) in sorted(self._access.items())])
+            # wrote() counts each changed row as a page; uses rows are narrow (~150 a page, and as many in
+            # the policy's index), so a batch rewrites at most about two pages per 150 entries.
+            entries = conn.execute("SELECT entries FROM meta WHERE id = 0").fetchone()[0]
+            pages = 4 + 2 * (entries // 150)
+            self._uses_pages_saved += max(0, len(self._access) - pages)
             self._access.clear()
-        if settle:
-            # Any process's unsettled rows (also those of one killed before its flush), not only ours.
-            wrote = dx.settle(conn) > 0 or wrote
-            self._unsettled = False
         if wrote and self.policy == "lru":
             # Finer than 1/64 of the age span of the entries cannot change which entries go first.
-            oldest = conn.execute("SELECT min(accessed) FROM entries WHERE accessed >= 0").fetchone()[0]
+            oldest = conn.execute("SELECT min(accessed) FROM uses").fetchone()[0]
             span = self.clock() - oldest if oldest is not None else 0.0
             self.resolution = max(0.0, span / ACCESS_RESOLUTION_SPLIT)
         self._last_flush = time.monotonic()
@@ -365,18 +364,17 @@ class Index:
     # ------------------------------------------------------------------------------------------ eviction
 
     def evict(self, conn: sqlite3.Connection, now: float, keep: builtins.set[bytes], total: int | None = None,
-              fresh: int = 0, limit: int | None = None, batch: bool = False) -> list[str]:
-        """Inside a write transaction: delete entries until the shared total is within the bound (``fresh``:
-        how many unsettled rows this transaction inserted, all in ``keep``; ``limit``: at most that many rows;
+              limit: int | None = None, batch: bool = False) -> list[str]:
+        """Inside a write transaction: delete entries until the shared total is within the bound (``limit``: at
+        most that many rows;
         ``batch``: down to the low-water mark, :attr:`slack` under the bound, so that the next sets need not
         evict). Returns the value files to unlink after the commit."""
         if total is None:
             total = conn.execute("SELECT bytes FROM meta WHERE id = 0").fetchone()[0]
         if total <= self.limit:
             return []
-        # So this process's own uses count in the order; _sqlite.evict settles other unsettled rows itself.
-        self.flush_access(conn, settle=False)
-        files, n_expired, n_evicted = dx.evict(conn, self.policy, total - self.limit, now, keep, fresh, limit,
+        self.flush_access(conn)  # so this process's own uses count in the order
+        files, n_expired, n_evicted = dx.evict(conn, self.policy, total - self.limit, now, keep, limit,
                                                self.slack if batch else 0)
         self._stats.expirations += n_expired
         self._stats.evictions += n_evicted

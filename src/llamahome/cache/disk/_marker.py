@@ -105,7 +105,7 @@ def _legacy_index(root: str) -> bool:
         if not {"entries", "meta"} <= tables:
             return False
         row = conn.execute("SELECT version FROM meta WHERE id = 0").fetchone()
-        return row is not None and row[0] in (1, 2, 3)
+        return row is not None and row[0] in (1, 2, 3, 4)  # every index version so far
     except sqlite3.Error:
         return False
     finally:

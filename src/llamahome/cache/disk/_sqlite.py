@@ -1,16 +1,16 @@
 """The SQLite index of the disk tier: schema, connection setup, lock retries, damage detection and rebuild.
 
 One row per entry. Small values live in the row (``value``); large ones in a value file (``file``). The
-``meta`` row holds the totals of every process sharing the directory (bytes, entries);
-triggers keep it exact in the same transaction as the change, so the size bound is global, not per process.
+``meta`` row holds the totals of every process sharing the directory (bytes, entries); triggers keep it exact in
+the same transaction as the change, so the size bound is global, not per process.
 
-The lru index is partial (``WHERE accessed >= 0``): an lru process inserts a new row with ``accessed`` =
-:data:`UNSETTLED` (-1), so an insert does not write an lru index page (a quarter of the cost of a small
-insert). Its use is its creation time; :func:`settle` writes ``accessed = created`` for such rows in one
-batch (every flush of access times, at most about a second later, by any process) and always before an
-eviction picks victims, so the eviction order is exact. ``meta.pending`` counts the unsettled rows (kept by
-the same triggers), so settling finds them from the newest row down without a scan of the table, and rows
-left unsettled by a process killed with -9 are settled by the next flush of any process or by cleanup().
+The uses of an entry (last use, count) live in a narrow table of their own, ``uses`` (schema version 4), with
+the lru/lfu index over it. Why not in the entry's row, as before: a row holds its inline value (a 1 KiB entry
+fills a third of a page), so recording the uses of randomly read entries rewrote one random page of the whole
+table per use (measured 14-17 us a use at 100k entries, most of a 90% read workload's time); ``uses`` rows are
+24 bytes, the whole table stays in the page cache and a batch of uses dirties a few hundred pages
+(3.2-3.5 us a use). Triggers insert an entry's ``uses`` row with the entry (its creation is its first use) and
+delete it with the entry.
 """
 
 from __future__ import annotations
@@ -32,21 +32,43 @@ from . import _files as df
 from ._log import log
 
 __all__ = [
-    "POLICY_ORDER", "UNSETTLED", "checkpoint", "evict", "settle", "open_index", "retry_busy", "is_busy", "is_damaged",
+    "POLICY_ORDER", "USES_RECONCILE", "checkpoint", "map_if_large", "evict", "open_index", "retry_busy", "is_busy", "is_damaged",
     "storage_error",
 ]
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 INDEX_NAME = "index.sqlite3"
-#: ``accessed`` of a row whose use (its creation) is not yet in the lru index; see :func:`settle`.
-UNSETTLED = -1.0
-
-# The triggers that keep meta exact (schema version 3): the totals, the bytes held in value files and what
-# their last 4 KiB blocks leave unused (so the directory's own overhead can be measured, see Index.measure),
-# and the count of unsettled rows.
+# The triggers of schema version 4: they keep meta exact (the totals, the bytes held in value files and what
+# their last 4 KiB blocks leave unused, so the directory's own overhead can be measured, see Index.measure) and
+# give every entry its row in ``uses`` (created with it, as its first use; deleted with it).
 _TRIGGERS = (
+    """CREATE TRIGGER IF NOT EXISTS entries_ins AFTER INSERT ON entries BEGIN
+    UPDATE meta SET bytes = bytes + NEW.size, entries = entries + 1,
+    file_bytes = file_bytes + NEW.size * (NEW.file IS NOT NULL),
+    file_slack = file_slack + (NEW.file IS NOT NULL) * ((4096 - (NEW.size - length(NEW.key)) % 4096) % 4096)
+    WHERE id = 0;
+    INSERT OR REPLACE INTO uses (id, accessed, hits) VALUES (NEW.id, max(NEW.created, 0), 1);
+END""",
+    """CREATE TRIGGER IF NOT EXISTS entries_del AFTER DELETE ON entries BEGIN
+    UPDATE meta SET bytes = bytes - OLD.size, entries = entries - 1,
+    file_bytes = file_bytes - OLD.size * (OLD.file IS NOT NULL),
+    file_slack = file_slack - (OLD.file IS NOT NULL) * ((4096 - (OLD.size - length(OLD.key)) % 4096) % 4096)
+    WHERE id = 0;
+    DELETE FROM uses WHERE id = OLD.id;
+END""",
+    """CREATE TRIGGER IF NOT EXISTS entries_upd AFTER UPDATE OF size, file ON entries
+WHEN NEW.size != OLD.size OR (NEW.file IS NULL) != (OLD.file IS NULL) BEGIN
+    UPDATE meta SET bytes = bytes + NEW.size - OLD.size,
+    file_bytes = file_bytes + NEW.size * (NEW.file IS NOT NULL) - OLD.size * (OLD.file IS NOT NULL),
+    file_slack = file_slack + (NEW.file IS NOT NULL) * ((4096 - (NEW.size - length(NEW.key)) % 4096) % 4096)
+    - (OLD.file IS NOT NULL) * ((4096 - (OLD.size - length(OLD.key)) % 4096) % 4096) WHERE id = 0;
+END""",
+)
+# Version 3's triggers (pending: the count of rows whose use was not yet in the lru index), installed by the
+# migration from version 2 (the one to 4 replaces them).
+_TRIGGERS_V3 = (
     """CREATE TRIGGER IF NOT EXISTS entries_ins AFTER INSERT ON entries BEGIN
     UPDATE meta SET bytes = bytes + NEW.size, entries = entries + 1, pending = pending + (NEW.accessed < 0),
     file_bytes = file_bytes + NEW.size * (NEW.file IS NOT NULL),
@@ -84,9 +106,14 @@ END""",
     """CREATE TRIGGER IF NOT EXISTS entries_upd AFTER UPDATE OF size ON entries WHEN NEW.size != OLD.size BEGIN
     UPDATE meta SET bytes = bytes + NEW.size - OLD.size WHERE id = 0;
 END""",
-    _TRIGGERS[3],
+    """CREATE TRIGGER IF NOT EXISTS entries_acc AFTER UPDATE OF accessed ON entries
+WHEN (NEW.accessed < 0) != (OLD.accessed < 0) BEGIN
+    UPDATE meta SET pending = pending + (NEW.accessed < 0) - (OLD.accessed < 0) WHERE id = 0;
+END""",
 )
 
+# ``entries.accessed`` and ``entries.hits`` are unused since version 4 (uses live in ``uses``); new rows get 0,
+# which SQLite stores in no bytes. They stay because dropping columns rewrites the whole table.
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS entries (
     id INTEGER PRIMARY KEY,
@@ -100,6 +127,11 @@ CREATE TABLE IF NOT EXISTS entries (
     expires REAL,
     accessed REAL NOT NULL,
     hits INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS uses (
+    id INTEGER PRIMARY KEY,
+    accessed REAL NOT NULL,
+    hits INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (
     id INTEGER PRIMARY KEY CHECK (id = 0),
@@ -117,42 +149,56 @@ CREATE INDEX IF NOT EXISTS entries_expires ON entries(expires) WHERE expires IS 
 
 #: Eviction order per policy (after expired entries, which always go first): the one table in ``policies``.
 POLICY_ORDER = ORDER_SQL
+#: The index each policy orders by: (name, table and columns); fifo's is the rowid (ids only grow, and an
+#: overwrite keeps its row: first-insertion order).
 _POLICY_INDEX = {
-    "lru": "(accessed) WHERE accessed >= 0",  # partial: unsettled rows (see settle()) are not in it
-    "lfu": "(hits, accessed)",
-    "fifo": None,  # the rowid: ids only grow, and an overwrite keeps its row (first-insertion order)
-    "time": "(created)",
+    "lru": ("uses_lru", "uses(accessed)"),
+    "lfu": ("uses_lfu", "uses(hits, accessed)"),
+    "fifo": None,
+    "time": ("entries_time", "entries(created)"),
 }
-# The rows the policy's index orders (the lru index leaves unsettled rows out: settle() first).
-_POLICY_WHERE = {"lru": " WHERE accessed >= 0"}
-_PENDING = "SELECT pending FROM meta WHERE id = 0"
+#: The policies whose order lives in ``uses``.
+_BY_USE = ("lru", "lfu")
+
+
+def _order_query(policy: str) -> str:
+    """Candidate victims (id, key, file, size) in ``policy``'s order."""
+    if policy not in _BY_USE:
+        return f"SELECT id, key, file, size FROM entries ORDER BY {POLICY_ORDER[policy]}"
+    # CROSS JOIN: walk ``uses`` by the policy's index, then look each entry up by id.
+    order = ", ".join(f"u.{column.strip()}" for column in POLICY_ORDER[policy].split(","))
+    return f"SELECT e.id, e.key, e.file, e.size FROM uses AS u CROSS JOIN entries AS e ON e.id = u.id ORDER BY {order}"
+
+
+_ORDER_QUERY = {policy: _order_query(policy) for policy in POLICY_ORDER}
 #: Recount meta's value-file totals from the rows (a migration; cleanup(full=True)).
 FILE_TOTALS = _FILE_TOTALS = (
     "UPDATE meta SET (file_bytes, file_slack) = (SELECT coalesce(sum(size), 0),"
     " coalesce(sum((4096 - (size - length(key)) % 4096) % 4096), 0) FROM entries WHERE file IS NOT NULL) WHERE id = 0"
 )
 _FILE_INDEX = "CREATE INDEX IF NOT EXISTS entries_file ON entries(file) WHERE file IS NOT NULL"
-# Newest rows first: unsettled rows are recent inserts, so the scan stops after the last of them.
-_SETTLE_SOME = (
-    "UPDATE entries SET accessed = max(created, 0) WHERE id IN"
-    " (SELECT id FROM entries WHERE accessed < 0 ORDER BY id DESC LIMIT ?)"
+#: Make ``uses`` hold exactly one row per entry (cleanup(full=True); the triggers keep it so otherwise).
+USES_RECONCILE = (
+    "DELETE FROM uses WHERE id NOT IN (SELECT id FROM entries)",
+    "INSERT INTO uses (id, accessed, hits) SELECT id, max(created, 0), 1 FROM entries"
+    " WHERE id NOT IN (SELECT id FROM uses)",
 )
-_SETTLE_ALL = "UPDATE entries SET accessed = max(created, 0) WHERE accessed < 0"
 
 WAL_CHECKPOINT_PAGES = 10_000
 PAGE_CACHE_KIB = 32 * 1024
+#: How much of a large index is read through a memory map (see map_if_large).
+MMAP_BYTES = 1 << 30
 
 #: How long a writer waits for another process's write lock before the cache reports a StorageError.
 BUSY_TIMEOUT_S = 60.0
 
 
 def evict(
-    conn: sqlite3.Connection, policy: str, excess: int, now: float, keep: set[bytes], fresh: int = 0,
+    conn: sqlite3.Connection, policy: str, excess: int, now: float, keep: set[bytes],
     limit: int | None = None, slack: int = 0,
 ) -> tuple[list[str], int, int]:
     """Inside a write transaction: delete rows worth at least ``excess`` bytes, expired ones first, then by
-    ``policy``, sparing the keys in ``keep`` unless they alone exceed the bound. ``fresh`` is how many
-    unsettled rows this transaction inserted (all in ``keep``): only other unsettled rows need settling first.
+    ``policy``, sparing the keys in ``keep`` unless they alone exceed the bound.
 
     ``limit``: delete at most that many rows (small transactions, for a full disk). ``slack``: then go on
     down to that many bytes under the bound, with victims that fit in it (see :func:`_take`).
@@ -165,36 +211,15 @@ def evict(
     if limit is not None:
         limit -= n_expired
     n_evicted = 0
-    if excess > 0 and conn.execute(_PENDING).fetchone()[0] > fresh:
-        settle(conn)  # rows of other processes (or of a killed one) whose use is not yet in the lru index
-    order = f"SELECT id, key, file, size FROM entries{_POLICY_WHERE.get(policy, '')} ORDER BY {POLICY_ORDER[policy]}"
-    for skip in (keep, set(), None):
+    order = _ORDER_QUERY[policy]
+    for skip in (keep, set()):
         if excess <= 0 or (limit is not None and limit <= 0):
             break
-        if skip is None:
-            # Only the rows being written are left, and some of them are unsettled (out of the lru index).
-            if not conn.execute(_SETTLE_ALL).rowcount:
-                break
-            skip = set()
         excess, n = _take(conn, conn.execute(order), excess, skip, files, limit, slack)
         n_evicted += n
         if limit is not None:
             limit -= n
     return files, n_expired, n_evicted
-
-
-def settle(conn: sqlite3.Connection, everything: bool = False) -> int:
-    """Inside a write transaction: record the use of unsettled rows (their creation) in the lru index.
-
-    ``meta.pending`` says how many there are, so the newest-first scan stops after the last of them;
-    ``everything`` scans the whole table instead (cleanup, which also repairs the count). Returns the count.
-    """
-    if everything:
-        n = conn.execute(_SETTLE_ALL).rowcount
-        conn.execute("UPDATE meta SET pending = 0 WHERE id = 0 AND pending != 0")
-        return int(n)
-    pending = conn.execute(_PENDING).fetchone()[0]
-    return int(conn.execute(_SETTLE_SOME, (pending,)).rowcount) if pending > 0 else 0
 
 
 def _take(conn: sqlite3.Connection, cursor: sqlite3.Cursor, excess: int, skip: set[bytes],
@@ -359,14 +384,24 @@ def connect(db_path: str, sync: bool, max_bytes: int = 1 << 40) -> sqlite3.Conne
         # SQLite's default page cache (2 MiB) makes a get-hit over a few thousand 1 KiB entries ~1.5x slower
         # once writes are mixed in; 32 MiB (diskcache's figure too) is used only as the index grows.
         conn.execute(f"PRAGMA cache_size=-{PAGE_CACHE_KIB}")
-        # No memory map of the index (PRAGMA mmap_size stays 0). A 64 MiB map halved a fresh process's first
-        # gets (23 -> 10 us) but made the steady-state get-hit 1.41x -> 1.66x diskcache's in bench_disk.py
-        # (target <= 1.5x): the use bookkeeping and checkpoints keep changing mapped pages. The steady state
-        # is what a cache spends its life in.
+        # No memory map of the index yet: see map_if_large().
     except BaseException:
         conn.close()
         raise
     return conn
+
+
+def map_if_large(conn: sqlite3.Connection, index_bytes: int) -> bool:
+    """Read the index through a memory map once it outgrows the page cache; True if it is mapped now.
+
+    Why only then: while the index fits the page cache, a map made the steady-state get-hit slower (1.41x ->
+    1.66x diskcache's in bench_disk.py: mapped pages are fetched again on every use, and writes keep
+    changing them). Once it does not fit, most reads miss the page cache, and a page fault on the shared OS
+    cache is cheaper than a read() copy into it (the 90/10 mix at 100k entries: +12% with the map)."""
+    if index_bytes <= PAGE_CACHE_KIB * 1024:
+        return False
+    conn.execute(f"PRAGMA mmap_size={MMAP_BYTES}")
+    return True
 
 
 def _remove_index(db_path: str) -> None:
@@ -395,6 +430,9 @@ def _setup(conn: sqlite3.Connection, policy: str, check: bool) -> bool:
         version = (2,)
     if version is not None and version[0] == 2:
         retry_busy(lambda: _migrate_from_2(conn), "index")
+        version = (3,)
+    if version is not None and version[0] == 3:
+        retry_busy(lambda: _migrate_from_3(conn), "index")
         version = (SCHEMA_VERSION,)
     if version is not None and type(version[0]) is int and version[0] > SCHEMA_VERSION:
         # Never "repair" an index a newer version wrote: that would throw its entries away.
@@ -404,11 +442,9 @@ def _setup(conn: sqlite3.Connection, policy: str, check: bool) -> bool:
         )
     if version is None or version[0] != SCHEMA_VERSION:
         raise sqlite3.DatabaseError(f"unknown index version {version}")
-    column = _POLICY_INDEX[policy]
-    if column is not None:
-        retry_busy(
-            lambda: conn.execute(f"CREATE INDEX IF NOT EXISTS entries_{policy} ON entries{column}"), "index"
-        )
+    spec = _POLICY_INDEX[policy]
+    if spec is not None:
+        retry_busy(lambda: conn.execute(f"CREATE INDEX IF NOT EXISTS {spec[0]} ON {spec[1]}"), "index")
     # Value files by name (only rows that have one): cleanup checks a slice of data/ at a time against it.
     retry_busy(lambda: conn.execute(_FILE_INDEX), "index")
     return fresh
@@ -429,7 +465,7 @@ def _migrate_from_1(conn: sqlite3.Connection) -> None:
             ).fetchone()[0]
             if had_lru:  # version 1's lru index covers every row; version 2's leaves unsettled rows out
                 conn.execute("DROP INDEX entries_lru")
-                conn.execute(f"CREATE INDEX entries_lru ON entries{_POLICY_INDEX['lru']}")
+                conn.execute("CREATE INDEX entries_lru ON entries(accessed) WHERE accessed >= 0")
             conn.execute("UPDATE meta SET version = 2 WHERE id = 0")
         conn.execute("COMMIT")
     except BaseException:
@@ -459,17 +495,42 @@ def _migrate_from_2(conn: sqlite3.Connection) -> None:
             conn.execute("ALTER TABLE meta ADD COLUMN file_slack INTEGER NOT NULL DEFAULT 0")
             for name in ("entries_ins", "entries_del", "entries_upd", "entries_acc"):
                 conn.execute(f"DROP TRIGGER IF EXISTS {name}")
-            for trigger in _TRIGGERS:
+            for trigger in _TRIGGERS_V3:
                 conn.execute(trigger)
             conn.execute(_FILE_TOTALS)
             conn.executemany("DELETE FROM entries WHERE id = ?", damaged)
-            conn.execute(f"UPDATE meta SET version = {SCHEMA_VERSION} WHERE id = 0")
+            conn.execute("UPDATE meta SET version = 3 WHERE id = 0")
         conn.execute("COMMIT")
     except BaseException:
         with contextlib.suppress(sqlite3.Error):
             conn.execute("ROLLBACK")
         raise
-    log.info("The disk cache index was upgraded from version 2 to %d.", SCHEMA_VERSION)
+    log.info("The disk cache index was upgraded from version 2 to 3.")
+
+
+def _migrate_from_3(conn: sqlite3.Connection) -> None:
+    """Version 3 -> 4 in one transaction: uses move from the entries' rows into the narrow ``uses`` table (an
+    unsettled row's use is its creation), with the triggers that keep it and the policy indexes over it."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if conn.execute("SELECT version FROM meta WHERE id = 0").fetchone()[0] == 3:  # not done meanwhile
+            conn.execute("CREATE TABLE IF NOT EXISTS uses (id INTEGER PRIMARY KEY, accessed REAL NOT NULL,"
+                         " hits INTEGER NOT NULL)")
+            conn.execute("INSERT OR REPLACE INTO uses (id, accessed, hits) SELECT id,"
+                         " CASE WHEN accessed < 0 THEN max(created, 0) ELSE accessed END, hits FROM entries")
+            for name in ("entries_ins", "entries_del", "entries_upd", "entries_acc"):
+                conn.execute(f"DROP TRIGGER IF EXISTS {name}")
+            for trigger in _TRIGGERS:
+                conn.execute(trigger)
+            for name in ("entries_lru", "entries_lfu"):
+                conn.execute(f"DROP INDEX IF EXISTS {name}")
+            conn.execute(f"UPDATE meta SET version = {SCHEMA_VERSION}, pending = 0 WHERE id = 0")
+        conn.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        raise
+    log.info("The disk cache index was upgraded from version 3 to %d.", SCHEMA_VERSION)
 
 
 def rebuild_from_files(conn: sqlite3.Connection, data_dir: str) -> tuple[int, int]:

@@ -24,7 +24,7 @@ from llamahome.errors import (
 
 from .. import codecs
 from ..policies import POLICY_NAMES
-from ..base import MISSING, Key, Store, key_to_bytes, validate_key, validate_ttl
+from ..base import MAX_KEY_BYTES, MISSING, Key, Store, key_to_bytes, validate_key, validate_ttl
 from ..stats import CacheStats, CleanupReport
 from ..units import size_to_bytes
 from . import _files as df
@@ -44,27 +44,34 @@ INLINE_MAX = 32 * 1024
 _MB = 1024 * 1024
 _K_TREE, _K_PICKLE = 7, 8
 _SQL_CHUNK = 500
+#: str keys up to this many characters cannot exceed MAX_KEY_BYTES encoded (4 bytes a character at most).
+_FAST_KEY_CHARS = MAX_KEY_BYTES // 4
 
-# The last recorded use; an unsettled row's (see _sqlite.settle) is its creation.
-_COLS = "id, value, file, checksum, expires, frame_size, CASE WHEN accessed < 0 THEN created ELSE accessed END"
-_GET = f"SELECT {_COLS} FROM entries WHERE key = ?"
+# An entry and its last recorded use (from ``uses``, see _sqlite; an entry always has its row there, the join
+# only guards against a hand-edited index). fifo and time caches never look at uses: they read ``created``.
+_COLS = "e.id, e.value, e.file, e.checksum, e.expires, e.frame_size"
+_GET_TRACKED = (
+    f"SELECT {_COLS}, coalesce(u.accessed, e.created) FROM entries AS e LEFT JOIN uses AS u ON u.id = e.id"
+    " WHERE e.key = ?"
+)
+_GET_UNTRACKED = f"SELECT {_COLS}, e.created FROM entries AS e WHERE e.key = ?"
+_MANY = (
+    f"SELECT e.key, {_COLS}, coalesce(u.accessed, e.created) FROM entries AS e LEFT JOIN uses AS u ON u.id = e.id"
+    " WHERE e.key IN"
+)
 # Under the write lock the entry being replaced is read first (its file goes after the commit; its id lets
 # the row be updated in place, cheaper than an upsert), together with the shared total, in one step.
 _BEFORE = (
-    "SELECT m.bytes, e.id, e.file, e.size, e.accessed, e.created FROM meta AS m LEFT JOIN entries AS e ON e.key = ?"
-    " WHERE m.id = 0"
+    "SELECT m.bytes, e.id, e.file, e.size, coalesce(u.accessed, e.created) FROM meta AS m"
+    " LEFT JOIN entries AS e ON e.key = ? LEFT JOIN uses AS u ON u.id = e.id WHERE m.id = 0"
 )
+# accessed and hits are unused since index version 4 (see _sqlite): 0 takes no bytes in the row.
 _INSERT = (
     "INSERT INTO entries (key, value, file, size, frame_size, checksum, created, expires, accessed, hits)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, 0)"
 )
+# A rewrite keeps the entry's row (and so its first-insertion place); its use goes through the uses buffer.
 _UPDATE = (
-    "UPDATE entries SET value = ?, file = ?, size = ?, frame_size = ?, checksum = ?, created = ?, expires = ?,"
-    " accessed = ?, hits = hits + 1 WHERE id = ?"
-)
-# lru, rewriting an entry used within the access resolution: its place in the order stays (as for reads), and
-# the lru index is not touched (a third of the cost of a small set).
-_UPDATE_IN_PLACE = (
     "UPDATE entries SET value = ?, file = ?, size = ?, frame_size = ?, checksum = ?, created = ?, expires = ?"
     " WHERE id = ?"
 )
@@ -181,6 +188,7 @@ class DiskCache(Store):
         self._stats = CacheStats(name=name, max_bytes=self.max_bytes)
         self._index = Index(self.path, self._files.data_dir, self.policy, self.max_bytes, sync=sync,
                             check_on_open=check_on_open, clock=clock, stats=self._stats)
+        self._get_sql = _GET_TRACKED if self._index.track else _GET_UNTRACKED
         _live.add(self)
 
     # ------------------------------------------------------------------------------------------ reads
@@ -188,7 +196,39 @@ class DiskCache(Store):
     def get(self, key: Key, default: Any = None, *, mmap: bool = False) -> Any:
         """The value under ``key`` or ``default``. With ``mmap=True`` large arrays come back as read-only
         zero-copy views of the mapped value file (they stay valid after the entry is replaced or evicted)."""
-        value = self._get(key_to_bytes(validate_key(key)), mmap)[0]
+        if type(key) is str and len(key) <= _FAST_KEY_CHARS and not mmap:
+            # The commonest read, a str key whose value lives in its index row, in as few Python steps as
+            # possible (issue 19: the lookup itself is ~4 us; everything else here used to be as much again).
+            # Anything unusual (a value file, expiry, damage, a closed or forked connection) takes _get.
+            kb = b"s" + key.encode("utf-8", "surrogatepass")
+            index = self._index
+            with index.lock:
+                conn = index.connected
+                if conn is not None:
+                    try:
+                        row = conn.execute(self._get_sql, (kb,)).fetchone()
+                    except sqlite3.Error:
+                        row = _RETRY
+                    if row is None:
+                        self._stats.misses += 1
+                        return default
+                    if row is not _RETRY and row[4] is None:
+                        value = row[1]
+                        if (type(value) is bytes and len(value) > 4 and value[4] != _K_TREE
+                                and df.key_checksum(value, kb) == row[3]):
+                            try:
+                                value = codecs.decode(value, allow_pickle=self._allow_pickle)
+                            except CacheValueError:
+                                pass  # _get says why (damage, or a pickle frame without allow_pickle)
+                            else:
+                                self._stats.hits += 1
+                                if index.track:
+                                    index.hit(row[0], self._clock(), row[6])
+                                return value
+            kb_checked = kb
+        else:
+            kb_checked = key_to_bytes(validate_key(key))
+        value = self._get(kb_checked, mmap)[0]
         return default if value is MISSING else value
 
     def get_with_ttl(self, key: Key, default: Any = None, *, mmap: bool = False) -> tuple[Any, float | None]:
@@ -208,9 +248,9 @@ class DiskCache(Store):
             with self._index.lock:
                 conn = self._index.conn()
                 try:
-                    row = conn.execute(_GET, (kb,)).fetchone()
+                    row = conn.execute(self._get_sql, (kb,)).fetchone()
                 except sqlite3.Error:
-                    row = self._index.read(_GET, (kb,))
+                    row = self._index.read(self._get_sql, (kb,))
                 if row is None:
                     break
                 now = self._clock()
@@ -350,7 +390,7 @@ class DiskCache(Store):
                 for i in range(0, len(kbs), _SQL_CHUNK):
                     chunk = kbs[i : i + _SQL_CHUNK]
                     marks = ",".join("?" * len(chunk))
-                    rows += conn.execute(f"SELECT key, {_COLS} FROM entries WHERE key IN ({marks})", chunk).fetchall()
+                    rows += conn.execute(f"{_MANY} ({marks})", chunk).fetchall()
             finally:
                 conn.execute("COMMIT")
             return rows
@@ -444,48 +484,29 @@ class DiskCache(Store):
             return
         self._commit([self._pending(kb, enc, expires, now)], now)
 
-    def _update(self, value: Any, name: str | None, size: int, frame_size: int, digest: int, now: float,
-                expires: float | None, entry_id: int, used: float, created: float) -> tuple[str, tuple[Any, ...]]:
-        """The statement that rewrites entry ``entry_id`` (last use recorded at ``used``, written at ``created``)."""
-        index = self._index
-        if used < 0 and not index.lfu and now - created < index.resolution:
-            # An unsettled insert rewritten within the resolution keeps its place: its use stays its creation
-            # (the rewrite moves ``created``, so the use is settled now, rarely: within a second of the insert).
-            return _UPDATE, (value, name, size, frame_size, digest, now, expires, max(created, 0.0), entry_id)
-        if index.track:
-            # The use goes into the access buffer (written with the next batch, and always before this
-            # process evicts) unless the recorded use is within the lru resolution: moving the entry in the
-            # lru/lfu index inside every set would cost a third of a small set.
-            if index.lfu or not now - used < index.resolution:
-                index.note_use(entry_id, now)
-            return _UPDATE_IN_PLACE, (value, name, size, frame_size, digest, now, expires, entry_id)
-        return _UPDATE, (value, name, size, frame_size, digest, now, expires, now, entry_id)
-
     def _put_row(self, conn: sqlite3.Connection, key: bytes, value: bytes | None, name: str | None, size: int,
-                 frame_size: int, digest: int, expires: float | None, now: float) -> tuple[int, str | None, bool]:
-        """Inside a write transaction: insert or rewrite the row of ``key``. Returns the shared total after it,
-        the value file of the replaced entry (unlinked after the commit), and whether the row went in unsettled."""
-        total, old_id, old_file, old_size, old_used, old_created = conn.execute(_BEFORE, (key,)).fetchone()
+                 frame_size: int, digest: int, expires: float | None, now: float) -> tuple[int, str | None]:
+        """Inside a write transaction: insert or rewrite the row of ``key``. Returns the shared total after it
+        and the value file of the replaced entry (unlinked after the commit)."""
+        total, old_id, old_file, old_size, old_used = conn.execute(_BEFORE, (key,)).fetchone()
         if old_id is None:
-            # A set that evicts pays for settling anyway (before victims are chosen): insert settled.
-            used = self._index.new_used if total + size <= self._index.limit else None
-            conn.execute(_INSERT, (key, value, name, size, frame_size, digest, now, expires,
-                                   now if used is None else used))
-            return total + size, None, used is not None
-        conn.execute(*self._update(value, name, size, frame_size, digest, now, expires, old_id, old_used,
-                                   old_created))
-        return total - old_size + size, old_file, False
-
-    def _settle_rows(self, conn: sqlite3.Connection, now: float, keys: builtins.set[bytes], total: int,
-                     fresh: int) -> list[str]:
-        """Inside the same transaction, after :meth:`_put_row` for ``keys``: evict to the bound (never those
-        keys), let a due batch of uses ride along, and note unsettled inserts. Returns the victims' files."""
+            conn.execute(_INSERT, (key, value, name, size, frame_size, digest, now, expires))
+            return total + size, None
         index = self._index
-        victims = index.evict(conn, now, keys, total, fresh, batch=True) if total > index.limit else []
+        # A rewrite is a use: it goes into the uses buffer (written with the next batch, and always before this
+        # process evicts) unless the recorded use is within the lru resolution, as for reads.
+        if index.track and (index.lfu or not now - old_used < index.resolution):
+            index.note_use(old_id, now)
+        conn.execute(_UPDATE, (value, name, size, frame_size, digest, now, expires, old_id))
+        return total - old_size + size, old_file
+
+    def _settle_rows(self, conn: sqlite3.Connection, now: float, keys: builtins.set[bytes], total: int) -> list[str]:
+        """Inside the same transaction, after :meth:`_put_row` for ``keys``: evict to the bound (never those
+        keys) and let a due batch of uses ride along. Returns the victims' files."""
+        index = self._index
+        victims = index.evict(conn, now, keys, total, batch=True) if total > index.limit else []
         if index.flush_due():
             index.flush_access(conn)  # the batched uses ride along in this transaction
-        if fresh:
-            index.inserted_unsettled()  # a rollback leaves it set: the next flush then merely finds nothing to do
         return victims
 
     def _set_inline_fast(self, kb: bytes, enc: codecs.EncodedValue, expires: float | None, now: float) -> bool:
@@ -505,8 +526,8 @@ class DiskCache(Store):
             except sqlite3.Error:
                 return False
             try:
-                total, old_file, fresh = self._put_row(conn, kb, frame, None, size, enc.size, digest, expires, now)
-                victims = self._settle_rows(conn, now, {kb}, total, fresh)
+                total, old_file = self._put_row(conn, kb, frame, None, size, enc.size, digest, expires, now)
+                victims = self._settle_rows(conn, now, {kb}, total)
                 conn.execute("COMMIT")
             except sqlite3.Error:
                 with contextlib.suppress(sqlite3.Error):
@@ -557,14 +578,13 @@ class DiskCache(Store):
                     os.rename(p.tmp, self._files.path(p.name or ""))
                     moved.append(p)
             replaced: list[str] = []
-            total = fresh = 0
+            total = 0
             for p in items:
-                total, old_file, unsettled = self._put_row(conn, p.key, p.value, p.name, p.size, p.frame_size,
-                                                           p.digest, p.expires, now)
+                total, old_file = self._put_row(conn, p.key, p.value, p.name, p.size, p.frame_size, p.digest,
+                                                p.expires, now)
                 if old_file:
                     replaced.append(old_file)
-                fresh += unsettled
-            return replaced, self._settle_rows(conn, now, {p.key for p in items}, total, fresh)
+            return replaced, self._settle_rows(conn, now, {p.key for p in items}, total)
 
         try:
             replaced, victims = self._index.write(body, undo, sum(p.size for p in items if p.value is not None))

@@ -1,7 +1,7 @@
 """DiskCache.cleanup(): expiry, the bound, repairs and reconciliation, kept apart from the hot paths.
 
-A pass costs what changed, not the cache's size: expired rows come from the expiry index, uses to settle from
-the pending count, victims from the policy's index; value files are checked (rows against files, files
+A pass costs what changed, not the cache's size: expired rows come from the expiry index, victims from the
+policy's index; value files are checked (rows against files, files
 against rows) one slice of the 256 ``data/`` folders per pass (1/16), walking round; the totals are trusted
 (triggers keep them). ``full=True`` checks every file and reconciles the totals with the rows.
 
@@ -180,8 +180,9 @@ class Upkeep:
         index, report = self.index, self.report
 
         def body(conn: sqlite3.Connection) -> tuple[Any, Any]:
-            # Every unsettled lru insert gets its use recorded and the pending count is made exact again.
-            dx.settle(conn, everything=True)
+            # One uses row per entry again (the triggers keep it so; a hand edit or a bug could not).
+            for sql in dx.USES_RECONCILE:
+                conn.execute(sql)
             real = conn.execute("SELECT coalesce(sum(size), 0), count(*) FROM entries").fetchone()
             kept = conn.execute("SELECT bytes, entries FROM meta WHERE id = 0").fetchone()
             if tuple(real) != tuple(kept):
