@@ -406,56 +406,100 @@ def test_the_push_reader_parses_every_reply_however_the_bytes_are_split() -> Non
         assert got == expected, cut
 
 
-def test_the_push_reader_reads_reports_split_across_socket_reads() -> None:
+class _Conn:  # what the push reader needs of a redis-py connection: its socket, and nothing buffered
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+
+    def can_read(self, timeout: float = 0) -> bool:
+        return False
+
+
+def _read_in_two_parts(stream: bytes, cut: int, waiting: Any, known: dict[bytes, Any]) -> tuple[list[Any], ...]:
+    """Feed ``stream`` to a push reader in two socket writes split at ``cut``; what it handed back."""
     import socket
 
     from llamahome.cache.redis._invalidation import _PushReader
 
-    class Conn:  # what the reader needs of a redis-py connection: its socket, and nothing buffered
-        def __init__(self, sock: socket.socket) -> None:
-            self._sock = sock
+    ours, theirs = socket.socketpair()
+    try:
+        reader = _PushReader(_Conn(ours))  # type: ignore[arg-type]
+        pieces: list[bytes] = []
+        not_ours: list[bytes] = []
+        pushes: list[Any] = []
+        roles: list[Any] = []
+        for part in (stream[:cut], stream[cut:]):
+            if part:
+                theirs.sendall(part)
+                assert reader.wait(1.0)
+                roles += reader.read_available(waiting, known, pieces, not_ours, pushes)
+        assert not reader.wait(0)  # nothing left but what was read
+        return pieces, not_ours, pushes, roles
+    finally:
+        ours.close()
+        theirs.close()
 
-        def can_read(self, timeout: float = 0) -> bool:
-            return False
+
+def test_the_push_reader_reads_reports_split_across_socket_reads() -> None:
+    import collections
 
     stream = b"".join(b">2\r\n$10\r\ninvalidate\r\n*1\r\n$5\r\nns:k%d\r\n" % i for i in range(3))
     stream += b"*3\r\n$6\r\nmaster\r\n:0\r\n*0\r\n"
     for cut in range(len(stream) + 1):
-        ours, theirs = socket.socketpair()
-        try:
-            reader = _PushReader(Conn(ours))  # type: ignore[arg-type]
-            keys: list[bytes] = []
-            replies: list[Any] = []
-            for part in (stream[:cut], stream[cut:]):
-                if part:
-                    theirs.sendall(part)
-                    assert reader.wait(1.0)
-                    replies += reader.read_available(keys)
-            assert keys == [b"ns:k0", b"ns:k1", b"ns:k2"] and replies == [[b"master", 0, []]], cut
-            assert not reader.wait(0)  # nothing left but what was read
-        finally:
-            ours.close()
-            theirs.close()
+        waiting = collections.deque([None])  # a ROLE check was sent
+        pieces, not_ours, pushes, roles = _read_in_two_parts(stream, cut, waiting, {})
+        assert pieces == [b"5\r\nns:k0\r\n", b"5\r\nns:k1\r\n", b"5\r\nns:k2\r\n"], cut
+        assert roles == [[b"master", 0, []]] and not waiting and not not_ours and not pushes, cut
+
+
+def test_a_batch_of_echo_checks_is_settled_at_once_or_reply_by_reply() -> None:
+    """The replies to a batch of checks are compared in one go when they are all our stamps; a report pushed
+    between them, or a stamp of another writer, is told apart reply by reply, however the bytes are split."""
+    import collections
+
+    from llamahome.cache.redis._invalidation import _Batch, _piece, _stamp_reply
+
+    ours = [b"A" * 16, b"B" * 16, b""]  # two sets, and a delete: no entry expected
+    pieces = [_piece(b"ns:sa"), _piece(b"ns:sb"), _piece(b"ns:sc")]
+    batch = _Batch(pieces, ours)
+    assert batch.command() == b"".join(
+        b"*4\r\n$8\r\nGETRANGE\r\n$%b$3\r\n-16\r\n$2\r\n-1\r\n" % p for p in pieces
+    )
+    report = b">2\r\n$10\r\ninvalidate\r\n*1\r\n$5\r\nns:sz\r\n"
+    all_ours = b"".join(map(_stamp_reply, ours))
+    theirs_in_b = _stamp_reply(ours[0]) + _stamp_reply(b"Z" * 16) + _stamp_reply(b"")
+    cases = [
+        (all_ours + report, []),
+        (_stamp_reply(ours[0]) + report + _stamp_reply(ours[1]) + _stamp_reply(b""), []),
+        (theirs_in_b + report, [pieces[1]]),
+        (_stamp_reply(ours[0]) + _stamp_reply(ours[1]) + _stamp_reply(b"C" * 16) + report, [pieces[2]]),
+        (_stamp_reply(ours[0]) + _stamp_reply(ours[1]) + b"-ERR x\r\n" + report, [pieces[2]]),  # never a stamp
+    ]
+    for stream, expected_not_ours in cases:
+        for cut in range(len(stream) + 1):
+            waiting = collections.deque([_Batch(pieces, ours), None])
+            got, not_ours, pushes, roles = _read_in_two_parts(stream, cut, waiting, {})
+            assert got == [_piece(b"ns:sz")] and not_ours == expected_not_ours, (stream, cut)
+            assert list(waiting) == [None] and not pushes and not roles, (stream, cut)
 
 
 def test_the_fast_path_is_not_fooled_by_a_key_that_contains_a_push_head() -> None:
-    from llamahome.cache.redis._invalidation import _ONE_KEY_HEAD, _one_key_pushes
+    from llamahome.cache.redis._invalidation import _ONE_KEY_HEAD, _one_key_pushes, _parse_push, _piece
 
     def push(key: bytes) -> bytes:
         return _ONE_KEY_HEAD + b"%d\r\n" % len(key) + key + b"\r\n"
 
-    tricky = b"ns:s" + push(b"ns:sfake")  # a key whose bytes look like a whole push
-    stream = push(b"ns:sa") + push(tricky) + push(b"ns:sb")
-    keys: list[bytes] = []
-    used = _one_key_pushes(bytearray(stream), keys)
-    assert keys == [b"ns:sa"] and used == len(push(b"ns:sa"))  # the run stops at the tricky push
-    from llamahome.cache.redis._invalidation import _parse_push
-
-    rest, pos, more = bytearray(stream), used, []
-    while pos < len(rest):
-        reply, pos = _parse_push(rest, pos)
-        more += reply[1]
-    assert more == [tricky, b"ns:sb"]
+    # keys whose bytes look like a whole push, or end like the piece of a key we wait for
+    for tricky in (b"ns:s" + push(b"ns:sfake"), b"ns:s" + _ONE_KEY_HEAD + b"8\r\nns:sfake"):
+        stream = push(b"ns:sa") + push(tricky) + push(b"ns:sb")
+        for known in ({}, {_piece(b"ns:sfake"): [1, b""], _piece(b"ns:sa"): [1, b""]}):  # ours or not
+            pieces: list[bytes] = []
+            used = _one_key_pushes(bytearray(stream), 0, known, pieces)
+            assert pieces == [_piece(b"ns:sa")] and used == len(push(b"ns:sa"))  # the run stops at the tricky one
+        rest, pos, more = bytearray(stream), used, []
+        while pos < len(rest):
+            reply, pos = _parse_push(rest, pos)
+            more += reply[1]
+        assert more == [tricky, b"ns:sb"]
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Python 3.12+ warns about fork() with threads

@@ -125,9 +125,18 @@ class _PushReader:
         pending = getattr(self._sock, "pending", None)  # TLS: decrypted bytes select() cannot see
         return bool(pending is not None and pending())
 
-    def read_available(self, keys: list[bytes]) -> list[Any]:
-        """Every complete reply received so far, without blocking; the keys of single-key invalidation pushes
-        (nearly all of them) are appended to ``keys`` instead of returned as replies."""
+    def read_available(
+        self, waiting: collections.deque[Any], known: dict[bytes, Any], pieces: list[bytes], not_ours: list[bytes],
+        pushes: list[Any],
+    ) -> list[Any]:
+        """Handle every complete message received so far, without blocking; return the replies to ROLE checks.
+
+        Single-key invalidation pushes (nearly all messages) add the key's piece (see :func:`_piece`) to
+        ``pieces``; other pushes are parsed into ``pushes``. Replies answer the front of ``waiting`` in order:
+        a :class:`_Batch` of echo checks whose replies are exactly the expected bytes is settled by one
+        comparison; a check that found another stamp adds its piece to ``not_ours``; None is a ROLE check.
+        ``known`` (the echoes waited for, keyed by piece) lets the fast path skip validating our own pieces.
+        """
         while self._pending() or self._poll.poll(0):
             try:
                 size = self._sock.recv_into(self._chunk)
@@ -138,59 +147,134 @@ class _PushReader:
             self._buf += self._view[:size]
             if size < len(self._chunk):
                 break
-        out, self._early = self._early, []
-        buf, size = self._buf, len(self._buf)
-        pos = _one_key_pushes(buf, keys)
+        pushes += self._early  # read before this reader took over: pushes only (nothing was asked yet)
+        self._early = []
+        roles: list[Any] = []
+        buf, size, pos = self._buf, len(self._buf), 0
         head, skip = _ONE_KEY_HEAD, len(_ONE_KEY_HEAD)
+        runs = 2  # the split fast path copies the rest of the buffer: a few times per call at most
         while pos < size:
-            if buf.startswith(b"$16\r\n", pos) and pos + 23 <= size:  # a stamp: the check of an echo
-                out.append(bytes(buf[pos + 5 : pos + 21]))
-                pos += 23
+            if buf[pos] == 62:  # ">": a push
+                if buf.startswith(head, pos):
+                    if runs:
+                        runs -= 1
+                        after = _one_key_pushes(buf, pos, known, pieces)
+                        if after > pos:
+                            pos = after
+                            continue
+                    end = buf.find(b"\r\n", pos + skip)  # inlined: one single-key push
+                    if end < 0:
+                        break
+                    digits = buf[pos + skip : end]
+                    if digits.isdigit():
+                        stop = end + 2 + int(digits)
+                        if stop + 2 > size:
+                            break
+                        pieces.append(bytes(buf[pos + skip : stop + 2]))
+                        pos = stop + 2
+                        continue
+                try:
+                    reply, pos = _parse_push(buf, pos)
+                except _Incomplete:
+                    break
+                pushes.append(reply)
                 continue
-            if buf.startswith(head, pos):  # inlined: this loop is the listener's whole cost per write
-                end = buf.find(b"\r\n", pos + skip)
-                if end < 0:
+            if not waiting:
+                raise RedisConnectionError(f"an unexpected reply on the tracking connection: {bytes(buf[pos:pos + 80])!r}")
+            asked = waiting[0]
+            if type(asked) is _Batch:
+                if buf.startswith(asked.expected, pos):  # the usual case: every key still holds our stamp
+                    pos += len(asked.expected)
+                    waiting.popleft()
+                    continue
+                if asked.expected.startswith(bytes(buf[pos:])):  # so far so good: the rest is on its way
                     break
-                stop = end + 2 + int(buf[pos + skip : end])
-                if stop + 2 > size:
-                    break
-                keys.append(bytes(buf[end + 2 : stop]))
-                pos = stop + 2
+                waiting.popleft()  # a push in between, or another stamp: check the replies one by one
+                waiting.extendleft(reversed(asked.items()))
                 continue
             try:
-                reply, pos = _parse_push(buf, pos)
+                reply, after = _parse(buf, pos)
             except _Incomplete:
                 break
-            out.append(reply)
+            waiting.popleft()
+            if asked is None:
+                roles.append(reply)
+            elif buf[pos:after] != asked[1]:  # the entry's stamp is not our latest write's: not ours
+                not_ours.append(asked[0])
+            pos = after
         if pos:
             del buf[:pos]
-        return out
+        return roles
 
 
-_GETRANGE = b"*4\r\n$8\r\nGETRANGE\r\n$%d\r\n%b\r\n$3\r\n-16\r\n$2\r\n-1\r\n"  # the entry's stamp
 _PUSH_HEAD = b">2\r\n$10\r\ninvalidate\r\n*"
 _ONE_KEY_HEAD = _PUSH_HEAD + b"1\r\n$"
+# The check of echoes: ``GETRANGE key -16 -1`` (the entry's stamp) per key, all sent at once. A key goes in as
+# its piece, so the commands of a batch are one join.
+_CHECK_HEAD = b"*4\r\n$8\r\nGETRANGE\r\n$"
+_CHECK_TAIL = b"$3\r\n-16\r\n$2\r\n-1\r\n"
+_CHECK_GLUE = _CHECK_TAIL + _CHECK_HEAD
 
 
-def _one_key_pushes(buf: bytearray, keys: list[bytes]) -> int:
-    """Fast path: the keys of the run of single-key invalidation pushes that ``buf`` starts with (appended to
-    ``keys``), and how many bytes they took. One C-level split instead of a parse per push: at a busy writer's
+def _piece(rkey: bytes) -> bytes:
+    """``rkey`` as the body of a RESP bulk string, ``<length>\\r\\n<rkey>\\r\\n``: the bytes that follow
+    ``$`` in an invalidation push, so a report is matched with our echoes as received, without a parse."""
+    return b"%d\r\n%b\r\n" % (len(rkey), rkey)
+
+
+def _piece_key(piece: bytes) -> bytes | None:
+    """The key a piece holds, or None if ``piece`` is not exactly one bulk string body."""
+    digits, sep, rest = piece.partition(b"\r\n")
+    if not sep or not digits.isdigit() or len(rest) != int(digits) + 2 or not rest.endswith(b"\r\n"):
+        return None
+    return rest[:-2]
+
+
+def _stamp_reply(stamp: bytes) -> bytes:
+    """GETRANGE's reply when the entry ends with ``stamp`` (b"": no entry, our delete)."""
+    return b"$%d\r\n%b\r\n" % (len(stamp), stamp)
+
+
+class _Batch:
+    """The echo checks sent at once, and the bytes their replies make when every one is ours."""
+
+    __slots__ = ("pieces", "stamps", "expected")
+
+    def __init__(self, pieces: list[bytes], stamps: list[bytes]) -> None:
+        self.pieces = pieces
+        self.stamps = stamps
+        if all(len(stamp) == 16 for stamp in stamps):  # sets only: one join
+            self.expected = b"$16\r\n" + b"\r\n$16\r\n".join(stamps) + b"\r\n"
+        else:
+            self.expected = b"".join(map(_stamp_reply, stamps))
+
+    def command(self) -> bytes:
+        return _CHECK_HEAD + _CHECK_GLUE.join(self.pieces) + _CHECK_TAIL
+
+    def items(self) -> list[tuple[bytes, bytes]]:
+        """One ``(piece, expected reply)`` per check."""
+        return [(piece, _stamp_reply(stamp)) for piece, stamp in zip(self.pieces, self.stamps)]
+
+
+def _one_key_pushes(buf: bytearray, pos: int, known: dict[bytes, Any], pieces: list[bytes]) -> int:
+    """Fast path: the pieces of the run of single-key invalidation pushes at ``buf[pos:]`` (appended to
+    ``pieces``), and where the run ends. One C-level split instead of a parse per push: at a busy writer's
     rate (one echo per write) this is the listener's main cost.
 
-    A piece between two push heads must be exactly ``<n>\\r\\n<n-byte key>\\r\\n``; the first that is not (the
-    last, incomplete push; another reply after it; a key that happens to contain a push head) ends the run,
-    and the caller's general parser goes on from there.
+    A piece between two push heads must be exactly ``<n>\\r\\n<n-byte key>\\r\\n``: an echo we wait for
+    (in ``known``) is one by construction, any other is checked. The first that is not (the last, incomplete
+    push; another reply after it; a key that happens to contain a push head: its first piece is too short for
+    its length) ends the run, and the caller's general parser goes on from there.
     """
     head = _ONE_KEY_HEAD
-    if not buf.startswith(head):
-        return 0
-    pos = 0
-    for piece in bytes(buf).split(head)[1:]:
-        digits, sep, rest = piece.partition(b"\r\n")
-        if not sep or not digits.isdigit() or len(rest) != int(digits) + 2 or not rest.endswith(b"\r\n"):
+    step = len(head)
+    parts = bytes(buf[pos:] if pos else buf).split(head)
+    for i in range(1, len(parts)):
+        piece = parts[i]
+        if piece not in known and _piece_key(piece) is None:
             break
-        keys.append(rest[:-2])
-        pos += len(head) + len(piece)
+        pieces.append(piece)
+        pos += step + len(piece)
     return pos
 
 
@@ -409,7 +493,8 @@ class InvalidationListener:
 
     def _start(self) -> None:
         self._lock = threading.Lock()
-        # rkey -> [writes of ours whose report has not come yet, stamp of our latest write (b"": a delete)]
+        # piece of rkey (see _piece: how reports carry it) -> [writes of ours whose report has not come yet,
+        # stamp of our latest write (b"": a delete)]
         self._echoes: dict[bytes, list[Any]] = {}
         self._subscribed = threading.Event()
         self._live = False  # mirrors _subscribed, read without a call on every write
@@ -447,9 +532,10 @@ class InvalidationListener:
         with self._lock:
             echoes = self._echoes
             for rkey, stamp in writes:
-                entry = echoes.get(rkey)
+                piece = _piece(rkey)
+                entry = echoes.get(piece)
                 if entry is None:
-                    echoes[rkey] = [1, stamp]
+                    echoes[piece] = [1, stamp]
                 else:
                     entry[0] += 1
                     entry[1] = stamp
@@ -459,10 +545,11 @@ class InvalidationListener:
         """:meth:`expect` for one write (the set path: no iterator, no Event call)."""
         if not self._live:
             return False
+        piece = b"%d\r\n%b\r\n" % (len(rkey), rkey)  # _piece, inlined
         with self._lock:
-            entry = self._echoes.get(rkey)
+            entry = self._echoes.get(piece)
             if entry is None:
-                self._echoes[rkey] = [1, stamp]
+                self._echoes[piece] = [1, stamp]
             else:
                 entry[0] += 1
                 entry[1] = stamp
@@ -473,11 +560,12 @@ class InvalidationListener:
         with self._lock:
             echoes = self._echoes
             for rkey in rkeys:
-                entry = echoes.get(rkey)
+                piece = _piece(rkey)
+                entry = echoes.get(piece)
                 if entry is not None:
                     entry[0] -= 1
                     if entry[0] <= 0:
-                        del echoes[rkey]
+                        del echoes[piece]
 
     def stop(self) -> None:
         self._stop.set()
@@ -603,8 +691,9 @@ class InvalidationListener:
     def _read(self, conn: Connection, failed: threading.Event) -> None:
         last = time.monotonic()
         check_sent: float | None = None
-        # What each reply we wait for answers, in order: a ROLE health check, or the check of an echo.
-        waiting: collections.deque[tuple[bytes, bytes] | None] = collections.deque()
+        # What each reply we wait for answers, in order: a ROLE health check (None), a batch of echo checks,
+        # or one echo check (a batch whose replies did not all match at once).
+        waiting: collections.deque[Any] = collections.deque()
         try:
             reader = _PushReader(conn)
             next_read = 0.0
@@ -613,36 +702,30 @@ class InvalidationListener:
                     pause = next_read - time.monotonic()
                     if pause > 0:
                         time.sleep(pause)
-                    changed: list[bytes] = []
+                    pieces: list[bytes] = []
                     not_ours: list[bytes] = []
+                    pushes: list[Any] = []
                     flushed = False
-                    for reply in reader.read_available(changed):
-                        if isinstance(reply, list) and reply and reply[0] == b"invalidate":
-                            keys = reply[1] if len(reply) > 1 else None
+                    for reply in reader.read_available(waiting, self._echoes, pieces, not_ours, pushes):
+                        check_sent = None  # the health check's ROLE reply
+                        if not isinstance(reply, list) or not reply or reply[0] != b"master":
+                            raise _Resync("a tracked node is no longer a primary")
+                    for push in pushes:
+                        if isinstance(push, list) and push and push[0] == b"invalidate":
+                            keys = push[1] if len(push) > 1 else None
                             if keys is None:
                                 flushed = True
                             else:
-                                changed += keys
-                            continue
-                        if isinstance(reply, _Push):  # another kind of push (none is asked for): not a reply
-                            continue
-                        if not waiting:
-                            raise RedisConnectionError(f"an unexpected reply on the tracking connection: {reply!r}")
-                        asked = waiting.popleft()
-                        if asked is None:  # the health check's ROLE reply
-                            check_sent = None
-                            if not isinstance(reply, list) or not reply or reply[0] != b"master":
-                                raise _Resync("a tracked node is no longer a primary")
-                        elif reply != asked[1]:  # the entry's stamp is not our latest write's: not ours
-                            not_ours.append(asked[0])
+                                pieces += map(_piece, keys)
+                        # another kind of push (none is asked for): nothing to do
                     last = time.monotonic()
                     next_read = last + BATCH_WINDOW
                     if flushed:
                         self._report(None)
-                    to_check = self._report(changed, not_ours) if changed or not_ours else []
-                    if to_check:
-                        conn.send_packed_command([b"".join(_GETRANGE % (len(rkey), rkey) for rkey, _ in to_check)])
-                        waiting.extend(to_check)
+                    batch = self._report(pieces, not_ours) if pieces or not_ours else None
+                    if batch is not None:
+                        conn.send_packed_command([batch.command()])
+                        waiting.append(batch)
                     continue
                 now = time.monotonic()
                 if check_sent is not None and now - check_sent > HEALTH_TIMEOUT:
@@ -660,40 +743,45 @@ class InvalidationListener:
         finally:
             failed.set()
 
-    def _report(self, rkeys: list[bytes] | None, not_ours: Sequence[bytes] = ()) -> list[tuple[bytes, bytes]]:
-        """Drop the local copies of keys changed by others (``rkeys`` reported, ``not_ours`` failed their
-        check); return the reports that may be our own echoes, to be checked.
+    def _report(self, pieces: list[bytes] | None, not_ours: Sequence[bytes] = ()) -> _Batch | None:
+        """Drop the local copies of keys changed by others (``pieces`` reported, ``not_ours`` failed their
+        check); return the reports that may be our own echoes, to be checked (None if there are none).
 
         A report of a key we wrote is most likely our own write, but Redis reports a key once per event-loop
         cycle however many clients changed it, so another machine may have written it in the same cycle,
         after us. So an echo is checked: the stamp at the end of the entry must still be our latest write's
         (``GETRANGE key -16 -1``; our delete expects nothing there), else the key is dropped after all.
         """
-        if rkeys is None:  # FLUSHDB / FLUSHALL: everything changed
+        if pieces is None:  # FLUSHDB / FLUSHALL: everything changed
             self._reset("Redis flushed the database")
-            return []
+            return None
         changed: list[bytes] = list(not_ours)
         to_check: dict[bytes, bytes] = {}  # one check per key and batch, against our latest stamp
         with self._lock:
             echoes = self._echoes
-            for rkey in rkeys:
-                entry = echoes.get(rkey)
+            for piece in pieces:
+                entry = echoes.get(piece)
                 if entry is None:
-                    changed.append(rkey)
+                    changed.append(piece)
                     continue
-                to_check[rkey] = entry[1]
+                to_check[piece] = entry[1]
                 entry[0] -= 1
                 if entry[0] <= 0:
-                    del echoes[rkey]
-        n = len(self._prefix)
-        keys = [key_from_bytes(rkey[n:]) for rkey in changed if rkey.startswith(self._prefix)]
-        if keys:
-            self._stats.add("invalidations", len(keys))
-            try:
-                self._on_keys(keys)
-            except Exception as exc:  # a closed tier, a full disk: the copies stay, say so
-                log.warning("Could not drop %d invalidated local copies: %s: %s", len(keys), type(exc).__name__, exc)
-        return list(to_check.items())
+                    del echoes[piece]
+        if changed:
+            prefix, n = self._prefix, len(self._prefix)
+            keys = []
+            for piece in changed:
+                rkey = _piece_key(piece)
+                if rkey is not None and rkey.startswith(prefix):
+                    keys.append(key_from_bytes(rkey[n:]))
+            if keys:
+                self._stats.add("invalidations", len(keys))
+                try:
+                    self._on_keys(keys)
+                except Exception as exc:  # a closed tier, a full disk: the copies stay, say so
+                    log.warning("Could not drop %d invalidated local copies: %s: %s", len(keys), type(exc).__name__, exc)
+        return _Batch(list(to_check), list(to_check.values())) if to_check else None
 
     def _reset(self, why: str) -> None:
         self.resets += 1
