@@ -605,3 +605,90 @@ def test_pushes_are_told_from_replies() -> None:
     report, pos = _parse_push(buf, pos)
     assert isinstance(push, _Push) and not isinstance(reply, _Push) and isinstance(report, _Push)
     assert report == [b"invalidate", [b"a"]] and pos == len(buf)
+
+
+# ---------------------------------------------------------------------------------------------- the writer
+
+
+def _getrange_calls(raw: redis.Redis) -> int:
+    return int(raw.info("commandstats").get("cmdstat_getrange", {}).get("calls", 0))
+
+
+def test_own_sets_come_back_as_no_report_at_all(pair: tuple[TieredCache, TieredCache], redis_url: str) -> None:
+    """A set goes through the listener's writer, whose tracking is NOLOOP: Redis sends this process nothing
+    about it, so there is no echo to receive or check (the cost that kept set throughput under 0.9x)."""
+    a, _ = pair
+    raw = redis.Redis.from_url(redis_url)
+    _settle(a)
+    checks = _getrange_calls(raw)
+    for i in range(50):
+        a.set(f"k{i}", i)
+    _settle(a)
+    assert _getrange_calls(raw) == checks  # no echo was checked: none came
+    assert a.listener is not None and not a.listener._echoes and a.stats.invalidations == 0
+    assert all(a.tiers[0].get(f"k{i}") == i for i in range(50))
+    raw.close()
+
+
+def test_a_write_in_the_same_cycle_after_our_writer_s_is_reported(
+    pair: tuple[TieredCache, TieredCache], redis_url: str
+) -> None:
+    """Redis keeps the last writer of each key per event-loop cycle and spares a NOLOOP client only the keys
+    it wrote last: B's write landing in the same cycle as A's, after it, still reaches A."""
+    a, b = pair
+    raw = redis.Redis.from_url(redis_url)
+    a.set("k", "a0")
+    _settle(a, b)
+    seen = a.stats.invalidations
+    raw.client_pause(300, all=False)  # write commands wait, then run together in one cycle, in arrival order
+    first = threading.Thread(target=a.set, args=("k", "from-a"))
+    first.start()
+    time.sleep(0.1)
+    b.set("k", "from-b")  # returns once the pause is over
+    first.join()
+    assert _wait(lambda: a.get("k") == "from-b")  # A's copy of its own value was dropped: B wrote last
+    assert a.stats.invalidations > seen
+    raw.close()
+
+
+def _writer_id(cache: TieredCache) -> int:
+    assert cache.listener is not None and cache.listener._writer is not None
+    return int(cache.listener._writer.client_id())
+
+
+def test_a_killed_writer_connection_drops_the_local_copies_and_is_replaced(
+    pair: tuple[TieredCache, TieredCache], redis_url: str
+) -> None:
+    """The writer's tracking is what makes Redis report other machines' changes: without it (Redis closed the
+    connection) A would hear nothing, so it counts as a lost connection: copies dropped, tracking set up again."""
+    a, b = pair
+    raw = redis.Redis.from_url(redis_url)
+    a.set("k", "v1")
+    assert a.listener is not None
+    resets, old = a.listener.resets, _writer_id(a)
+    raw.client_kill_filter(_id=old)
+    assert _wait(lambda: a.listener.resets > resets, timeout=5.0)  # the health check noticed within seconds
+    assert a.tiers[0].get("k") is None
+    assert _wait(lambda: a.listener._writer is not None, timeout=5.0) and _writer_id(a) != old
+    a.set("k", "v1")
+    b.set("k", "v2")
+    assert _wait(lambda: a.get("k") == "v2")
+    raw.close()
+
+
+def test_a_reconnected_listener_points_a_new_writer_at_itself(
+    pair: tuple[TieredCache, TieredCache], redis_url: str
+) -> None:
+    a, b = pair
+    raw = redis.Redis.from_url(redis_url)
+    assert a.listener is not None and a.listener._writer is not None
+    listener_id = a.listener._writer.execute_command("CLIENT", "TRACKINGINFO")[b"redirect"]
+    resets = a.listener.resets
+    raw.client_kill_filter(_id=listener_id)
+    assert _wait(lambda: a.listener.resets > resets and a.listener.subscribed, timeout=5.0)
+    assert _wait(lambda: a.listener._writer is not None, timeout=5.0)
+    assert a.listener._writer.execute_command("CLIENT", "TRACKINGINFO")[b"redirect"] != listener_id
+    a.set("k", "v1")
+    b.set("k", "v2")
+    assert _wait(lambda: a.get("k") == "v2")
+    raw.close()

@@ -48,10 +48,12 @@ import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+import redis
 from redis._parsers import _RESP3Parser
 from redis.backoff import NoBackoff
 from redis.connection import Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.retry import Retry
 
 from ..base import Key, key_from_bytes
@@ -403,6 +405,22 @@ class ConnectionRecipe:
         conn.connect()
         return conn
 
+    def connect_writer(self) -> redis.Redis:
+        """The listener's writer: a redis-py client like the cache's own (RESP2, the cache's timeout) on one
+        connection of its own, never reconnected behind our back (a new connection would not be tracked)."""
+        pool = redis.ConnectionPool(
+            connection_class=self.connection_class,
+            **self.options,
+            socket_timeout=self.timeout,
+            socket_connect_timeout=max(self.timeout, 0.5),
+            retry=Retry(NoBackoff(), 0),
+        )
+        try:
+            return redis.Redis(connection_pool=pool, single_connection_client=True, retry=Retry(NoBackoff(), 0))
+        except BaseException:
+            pool.disconnect()
+            raise
+
     def primaries(self) -> list[tuple[str, int] | None]:
         """Where to subscribe: ``[None]`` for a standalone server, else every primary of the cluster."""
         if self.seeds is None:
@@ -448,6 +466,14 @@ def _parse_nodes(reply: Any) -> tuple[list[tuple[str, int] | None], list[tuple[s
         if "master" in flags and not {"fail", "fail?", "handshake", "noaddr"} & set(flags):
             primaries.append(node)
     return sorted(primaries, key=str), everyone
+
+
+def _close_writer(writer: redis.Redis) -> None:
+    try:
+        writer.close()
+        writer.connection_pool.disconnect()
+    except CALL_ERRORS:
+        pass
 
 
 _listeners: weakref.WeakSet[InvalidationListener] = weakref.WeakSet()
@@ -500,6 +526,10 @@ class InvalidationListener:
         self._live = False  # mirrors _subscribed, read without a call on every write
         self._first_try = threading.Event()
         self._failed = threading.Event()  # the current subscription's "stop serving" flag
+        # The writer (standalone servers): a connection whose own sets Redis does not report (see try_set).
+        self._writer: redis.Redis | None = None
+        self._writer_lock = threading.Lock()
+        self._writer_used = 0.0
         self._thread = threading.Thread(target=self._run, name=f"llamahome-invalidation-{self._name}", daemon=True)
         self._thread.start()
 
@@ -555,6 +585,33 @@ class InvalidationListener:
                 entry[1] = stamp
         return True
 
+    def try_set(self, rkey: bytes, payload: bytes, px: int | None) -> bool:
+        """Send a set through the writer, whose tracking is NOLOOP: Redis reports the key to this process only
+        if another client changed it after us in the same event-loop cycle, so there is no echo to expect or
+        check. False (nothing sent) when there is no writer (not subscribed, a cluster) or another thread is
+        using it: the caller then sets through its pool and :meth:`expect_one`. Errors are raised; one that
+        may have cost the writer its connection (and Redis its tracking) also makes the listener resubscribe,
+        dropping the local copies.
+        """
+        if self._writer is None or not self._writer_lock.acquire(blocking=False):
+            return False
+        try:
+            writer = self._writer
+            if writer is None:
+                return False
+            try:
+                writer.set(rkey, payload, px=px)
+            except ResponseError:  # Redis refused the write (OOM, READONLY...): nothing changed, still in step
+                raise
+            except BaseException:
+                self._writer = None  # never used again: redis-py would reconnect it untracked
+                self._failed.set()
+                raise
+            self._writer_used = time.monotonic()
+            return True
+        finally:
+            self._writer_lock.release()
+
     def withdraw(self, rkeys: Iterable[bytes]) -> None:
         """The write announced by :meth:`expect` did not change these keys in Redis: no echo will come."""
         with self._lock:
@@ -579,11 +636,20 @@ class InvalidationListener:
         delay = _MIN_DELAY
         while not self._stop.is_set():
             conns: list[Connection] = []
+            writer: redis.Redis | None = None
             try:
                 missing: list[tuple[str, int]] = []
                 try:
                     primaries = self._recipe.primaries()
-                    for address in primaries:
+                    if primaries == [None]:  # a standalone server: the writer tracks, reports come here
+                        conn = self._recipe.connect(None)
+                        conns.append(conn)
+                        conn.send_command("CLIENT", "ID")
+                        listener_id = conn.read_response()
+                        writer = self._recipe.connect_writer()
+                        assert writer.connection is not None
+                        self._track(writer.connection, redirect=listener_id)
+                    for address in primaries if writer is None else []:
                         try:
                             conn = self._recipe.connect(address)
                         except CALL_ERRORS:
@@ -611,7 +677,7 @@ class InvalidationListener:
                     self._live = True
                     self._first_try.set()
                     delay = _MIN_DELAY
-                    self._serve(conns, primaries, missing)
+                    self._serve(conns, primaries, missing, writer)
                     self._live = False
                     self._subscribed.clear()
                     if not self._stop.is_set():
@@ -628,27 +694,36 @@ class InvalidationListener:
                         conn.disconnect()
                     except CALL_ERRORS:
                         pass
+                if writer is not None:
+                    _close_writer(writer)
             self._stop.wait(delay)
             delay = min(delay * 2, _MAX_DELAY)
         self._live = False
         self._subscribed.clear()
 
-    def _track(self, conn: Connection) -> None:
-        conn.send_command(
-            "CLIENT", "TRACKING", "ON", "BCAST", "PREFIX", self._prefix + b"s", "PREFIX", self._prefix + b"b"
-        )
+    def _track(self, conn: Connection, redirect: int | None = None) -> None:
+        """Turn tracking on: on ``conn`` itself, or for the writer, reported to the ``redirect`` connection
+        and without the writer's own changes (NOLOOP)."""
+        options: list[Any] = ["REDIRECT", redirect] if redirect is not None else []
+        options += ["BCAST", "PREFIX", self._prefix + b"s", "PREFIX", self._prefix + b"b"]
+        if redirect is not None:
+            options.append("NOLOOP")
+        conn.send_command("CLIENT", "TRACKING", "ON", *options)
         reply = conn.read_response()
         if reply not in (b"OK", "OK"):
             raise RedisConnectionError(f"CLIENT TRACKING answered {reply!r}")
 
     def _serve(
-        self, conns: list[Connection], primaries: list[tuple[str, int] | None], missing: list[tuple[str, int]]
+        self, conns: list[Connection], primaries: list[tuple[str, int] | None], missing: list[tuple[str, int]],
+        writer: redis.Redis | None = None,
     ) -> None:
-        """Read reports on every connection until one fails, the primaries change, a missing primary answers
-        again, or stop() is called."""
+        """Read reports on every connection until one fails (or the writer does), the primaries change, a
+        missing primary answers again, or stop() is called."""
         failed = self._failed = threading.Event()
         if self._stop.is_set():
             failed.set()
+        with self._writer_lock:
+            self._writer, self._writer_used = writer, time.monotonic()
         readers = [
             threading.Thread(target=self._read, args=(conn, failed), name="llamahome-invalidation-reader", daemon=True)
             for conn in conns
@@ -659,6 +734,8 @@ class InvalidationListener:
         next_check = time.monotonic() + interval
         while not failed.is_set() and not self._stop.is_set():
             failed.wait(0.25)
+            if writer is not None and time.monotonic() - self._writer_used > HEALTH_INTERVAL:
+                self._check_writer(writer, failed)
             if self._recipe.seeds is not None and time.monotonic() >= next_check and not failed.is_set():
                 next_check = time.monotonic() + interval
                 try:
@@ -671,6 +748,8 @@ class InvalidationListener:
                 except CALL_ERRORS:
                     failed.set()
         failed.set()
+        with self._writer_lock:  # a set in flight through it finishes first
+            self._writer = None
         for conn in conns:
             try:
                 conn.disconnect()  # wakes a reader blocked on its socket
@@ -678,6 +757,29 @@ class InvalidationListener:
                 pass
         for reader in readers:
             reader.join(timeout=5)
+
+    def _check_writer(self, writer: redis.Redis, failed: threading.Event) -> None:
+        """PING the idle writer: if Redis closed it (a server timeout, CLIENT KILL), its tracking went with it
+        and changes by others would go unreported, so that counts as a lost connection."""
+        if not self._writer_lock.acquire(blocking=False):
+            return  # a set is using it: alive
+        try:
+            if self._writer is not writer:
+                return
+            conn = writer.connection
+            if conn is None:
+                raise RedisConnectionError("the writer has no connection")
+            conn.send_command("PING")
+            if not conn.can_read(timeout=HEALTH_TIMEOUT):
+                raise RedisConnectionError("the writer did not answer the health check")
+            conn.read_response()
+            self._writer_used = time.monotonic()
+        except CALL_ERRORS as exc:
+            log.info("Invalidation writer lost (%s: %s); local copies are dropped.", type(exc).__name__, exc)
+            self._writer = None
+            failed.set()
+        finally:
+            self._writer_lock.release()
 
     def _any_answers(self, addresses: list[tuple[str, int]]) -> bool:
         for address in addresses:
