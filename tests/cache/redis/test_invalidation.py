@@ -692,3 +692,31 @@ def test_a_reconnected_listener_points_a_new_writer_at_itself(
     b.set("k", "v2")
     assert _wait(lambda: a.get("k") == "v2")
     raw.close()
+
+
+def test_a_slow_set_through_the_writer_times_out_but_keeps_it(tmp_path: Path, redis_url: str, redis_namespace: str) -> None:
+    """A set through the writer gets the cache's timeout like any call; the late reply is read in the
+    background, so the writer (and the tracking on it) survives: no resubscription, no dropped copies."""
+    a = TieredCache(*_local_tiers(tmp_path, "a"), RedisCache(redis_url, namespace=redis_namespace, timeout=0.1))
+    b = TieredCache(*_local_tiers(tmp_path, "b"), RedisCache(redis_url, namespace=redis_namespace, timeout=2.0))
+    raw = redis.Redis.from_url(redis_url)
+    try:
+        assert a.listener is not None
+        a.set("kept", 1)
+        resets, writer = a.listener.resets, _writer_id(a)
+        shared = a.tiers[2]
+        assert isinstance(shared, RedisCache)
+        errors = shared.stats.errors
+        raw.client_pause(400, all=False)
+        assert shared.set("slow", 1) is False  # timed out after 0.1 s
+        assert shared.stats.errors == errors + 1
+        time.sleep(0.4)
+        assert _wait(lambda: a.listener._late is None, timeout=3.0)  # the late reply was read
+        assert a.listener.resets == resets and _writer_id(a) == writer and a.tiers[0].get("kept") == 1
+        assert raw.get(shared._rkey("slow")) is not None  # Redis did apply it, late
+        b.set("kept", 2)
+        assert _wait(lambda: a.get("kept") == 2)  # still told of other machines' writes
+    finally:
+        raw.close()
+        a.close()
+        b.close()

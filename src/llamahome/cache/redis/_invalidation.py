@@ -1,27 +1,43 @@
 """Invalidation across machines: Redis tells this process which of the namespace's keys other clients changed.
 
-**Mechanism: RESP3 client tracking in broadcast mode.** One dedicated connection per primary runs
-``CLIENT TRACKING ON BCAST PREFIX <ns>:s PREFIX <ns>:b``; from then on Redis itself pushes an ``invalidate``
-message on it after every change to an entry key of the namespace (SET, DEL, UNLINK, expiry, eviction; a
-FLUSHDB is a "drop everything"). Writers send nothing extra, and a write by any client (sync, async, another
-language) is seen. ``benchmarks/bench_coherence.py`` measures the alternatives: a PUBLISH or sharded SPUBLISH
-per write, pipelined with it or in one script with it, costs every set an extra command, where tracking only
-costs the server its fan-out (which pub/sub costs too). What is left for the writer is reading the report of
-its own write and checking it (a few us of this thread's CPU per write, batched; see BATCH_WINDOW).
+**Mechanism: RESP3 client tracking in broadcast mode.** Redis reports every change to an entry key of the
+namespace (SET, DEL, UNLINK, expiry, eviction; a FLUSHDB is a "drop everything") as an ``invalidate`` push
+to the listener's connection, once ``CLIENT TRACKING ON ... BCAST PREFIX <ns>:s PREFIX <ns>:b`` is on.
+Writers send nothing extra, and a write by any client (sync, async, another language) is seen.
+``benchmarks/bench_coherence.py`` measures the alternatives: a PUBLISH or sharded SPUBLISH per write,
+pipelined with it or in one script with it, costs every set an extra command, where tracking only costs the
+server its fan-out (which pub/sub costs too).
+
+**Own writes: the writer (a standalone server).** Redis would report this process's own writes too, and
+receiving, parsing and checking one report per set cost a busy writer about a tenth of its set throughput
+(measured: most of it is the server's side of sending the report; a reader that only drained them, without
+parsing, already cost 5-10%). So on a standalone server the tracking is
+not the listening connection's own: the listener opens a *writer*, one redis-py connection of its own, with
+``CLIENT TRACKING ON REDIRECT <listener's id> BCAST PREFIX ... NOLOOP``: reports come to the listener, minus
+the writer's own writes. ``RedisCache.set`` goes through the writer when no other thread is using it
+(:meth:`InvalidationListener.try_set`), so a set costs no message at all. Redis remembers the *last* client
+that changed a key in an event-loop cycle and spares a NOLOOP client only the keys it changed last, so
+another machine's write after ours in the same cycle is still reported. The writer's tracking is the only
+source of reports, so losing the writer counts as losing the connection: an error on it, or an idle writer
+not answering a PING within the health check, drops the local copies and subscribes again with a new
+listener and writer (the redirect names the listener's connection id, which a reconnect changes).
+
+**Own writes: echoes (everything else).** Every other write of this process (sets while the writer is busy,
+deletes, ``set_many``, any write on a cluster, where the listening connections track for themselves) is
+reported back, once per event-loop cycle however many clients changed the key in that cycle. So before such
+a write goes out, its key is *expected* with the stamp the entry carries (see ``_signing``; a delete expects
+no entry); a report of an expected key is then checked on the tracking connection itself (``GETRANGE key
+-16 -1``, pipelined per batch, the batch's replies compared in one go): if the entry still ends with our
+latest stamp, the change was ours and the local copy stays; otherwise another machine wrote after us and the
+copy is dropped. A write Redis did not apply (an error, a DEL that removed nothing) withdraws its
+expectation; any other mismatch between expectations and reports only causes a check, or a drop. Reports
+are matched with expectations as received (keyed by the key's bulk-string bytes), and read at most once per
+BATCH_WINDOW.
 
 **Races.** Redis sends a report after the write is applied. The owner bumps a per-key counter when it drops a
 copy, and a read copies a value found in Redis into the local tiers only if that counter did not move since
 before the read (see ``TieredCache``): a read that found the old value loses to the report of the new one,
 whichever comes first, so no old value is kept for good.
-
-**Own writes.** Redis also reports this process's own writes, and reports a key once per event-loop cycle
-however many clients changed it in that cycle. So before a write goes out, its key is *expected* with the
-stamp the entry carries (see ``_signing``; a delete expects no entry); a report of an expected key is then
-checked on the tracking connection itself (``GETRANGE key -16 -1``, pipelined per batch): if the entry still
-ends with our latest stamp, the change was ours and the local copy stays; otherwise another machine wrote
-after us and the copy is dropped. A write Redis did not apply (an error, a DEL that removed nothing)
-withdraws its expectation; any other mismatch between expectations and reports only causes a check, or a
-drop.
 
 **Lost messages.** Reports sent while this connection is down are lost. So when the connection drops (Redis
 restarting or failing over included), ``on_reset`` is called at once, and again once tracking is back on every
@@ -54,6 +70,7 @@ from redis.backoff import NoBackoff
 from redis.connection import Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from ..base import Key, key_from_bytes
@@ -530,6 +547,7 @@ class InvalidationListener:
         self._writer: redis.Redis | None = None
         self._writer_lock = threading.Lock()
         self._writer_used = 0.0
+        self._late: float | None = None  # when a set through the writer timed out (it holds the lock until read)
         self._thread = threading.Thread(target=self._run, name=f"llamahome-invalidation-{self._name}", daemon=True)
         self._thread.start()
 
@@ -589,28 +607,42 @@ class InvalidationListener:
         """Send a set through the writer, whose tracking is NOLOOP: Redis reports the key to this process only
         if another client changed it after us in the same event-loop cycle, so there is no echo to expect or
         check. False (nothing sent) when there is no writer (not subscribed, a cluster) or another thread is
-        using it: the caller then sets through its pool and :meth:`expect_one`. Errors are raised; one that
-        may have cost the writer its connection (and Redis its tracking) also makes the listener resubscribe,
-        dropping the local copies.
+        using it: the caller then sets through its pool and :meth:`expect_one`. Errors are raised. No answer
+        within the cache's timeout raises a TimeoutError but keeps the connection, and its tracking: the
+        listener reads the late reply and frees the writer (or gives it up after HEALTH_TIMEOUT). Any other
+        error may have cost the writer its connection, and so Redis its tracking: the listener subscribes
+        again, dropping the local copies.
         """
         if self._writer is None or not self._writer_lock.acquire(blocking=False):
             return False
+        late = False
         try:
             writer = self._writer
-            if writer is None:
+            if writer is None or writer.connection is None:
                 return False
+            conn = writer.connection
             try:
-                writer.set(rkey, payload, px=px)
+                if px is None:
+                    conn.send_command("SET", rkey, payload)
+                else:
+                    conn.send_command("SET", rkey, payload, "PX", px)
+                if not conn.can_read(timeout=self._recipe.timeout):
+                    late = True
+                    self._late = time.monotonic()
+                    raise RedisTimeoutError(f"Redis did not answer within {self._recipe.timeout} s")
+                conn.read_response()
             except ResponseError:  # Redis refused the write (OOM, READONLY...): nothing changed, still in step
                 raise
             except BaseException:
-                self._writer = None  # never used again: redis-py would reconnect it untracked
-                self._failed.set()
+                if not late:
+                    self._writer = None  # never used again: redis-py would reconnect it untracked
+                    self._failed.set()
                 raise
             self._writer_used = time.monotonic()
             return True
         finally:
-            self._writer_lock.release()
+            if not late:  # else the listener frees it once the reply is read
+                self._writer_lock.release()
 
     def withdraw(self, rkeys: Iterable[bytes]) -> None:
         """The write announced by :meth:`expect` did not change these keys in Redis: no echo will come."""
@@ -734,7 +766,9 @@ class InvalidationListener:
         next_check = time.monotonic() + interval
         while not failed.is_set() and not self._stop.is_set():
             failed.wait(0.25)
-            if writer is not None and time.monotonic() - self._writer_used > HEALTH_INTERVAL:
+            if self._late is not None:
+                self._read_late_reply(writer, failed)
+            elif writer is not None and time.monotonic() - self._writer_used > HEALTH_INTERVAL:
                 self._check_writer(writer, failed)
             if self._recipe.seeds is not None and time.monotonic() >= next_check and not failed.is_set():
                 next_check = time.monotonic() + interval
@@ -748,8 +782,15 @@ class InvalidationListener:
                 except CALL_ERRORS:
                     failed.set()
         failed.set()
-        with self._writer_lock:  # a set in flight through it finishes first
-            self._writer = None
+        while True:  # a set in flight through the writer finishes first
+            if self._writer_lock.acquire(timeout=0.05):
+                self._writer = None
+                self._writer_lock.release()
+                break
+            if self._late is not None:  # held for a late reply, which no longer matters
+                self._late, self._writer = None, None
+                self._writer_lock.release()
+                break
         for conn in conns:
             try:
                 conn.disconnect()  # wakes a reader blocked on its socket
@@ -757,6 +798,30 @@ class InvalidationListener:
                 pass
         for reader in readers:
             reader.join(timeout=5)
+
+    def _read_late_reply(self, writer: redis.Redis | None, failed: threading.Event) -> None:
+        """A set through the writer timed out, holding the writer: read its reply when it comes, then free the
+        writer; no reply within HEALTH_TIMEOUT counts as a lost connection."""
+        assert self._late is not None
+        conn = writer.connection if writer is not None else None
+        try:
+            if conn is None:
+                raise RedisConnectionError("the writer has no connection")
+            if not conn.can_read(timeout=0):
+                if time.monotonic() - self._late > HEALTH_TIMEOUT:
+                    raise RedisConnectionError("Redis did not answer a set through the writer")
+                return
+            try:
+                conn.read_response()
+            except ResponseError:  # the late set was refused: the connection is in step all the same
+                pass
+            self._writer_used = time.monotonic()
+        except CALL_ERRORS as exc:
+            log.info("Invalidation writer lost (%s: %s); local copies are dropped.", type(exc).__name__, exc)
+            self._writer = None
+            failed.set()
+        self._late = None
+        self._writer_lock.release()
 
     def _check_writer(self, writer: redis.Redis, failed: threading.Event) -> None:
         """PING the idle writer: if Redis closed it (a server timeout, CLIENT KILL), its tracking went with it
