@@ -651,9 +651,16 @@ def test_a_write_in_the_same_cycle_after_our_writer_s_is_reported(
     raw.close()
 
 
+def _on_writer(cache: TieredCache, *command: Any) -> Any:
+    """Run a command on the listener's writer, holding it (its health check uses it too)."""
+    assert cache.listener is not None
+    with cache.listener._writer_lock:
+        assert cache.listener._writer is not None
+        return cache.listener._writer.execute_command(*command)
+
+
 def _writer_id(cache: TieredCache) -> int:
-    assert cache.listener is not None and cache.listener._writer is not None
-    return int(cache.listener._writer.client_id())
+    return int(_on_writer(cache, "CLIENT", "ID"))
 
 
 def test_a_killed_writer_connection_drops_the_local_copies_and_is_replaced(
@@ -682,12 +689,12 @@ def test_a_reconnected_listener_points_a_new_writer_at_itself(
     a, b = pair
     raw = redis.Redis.from_url(redis_url)
     assert a.listener is not None and a.listener._writer is not None
-    listener_id = a.listener._writer.execute_command("CLIENT", "TRACKINGINFO")[b"redirect"]
+    listener_id = _on_writer(a, "CLIENT", "TRACKINGINFO")[b"redirect"]
     resets = a.listener.resets
     raw.client_kill_filter(_id=listener_id)
     assert _wait(lambda: a.listener.resets > resets and a.listener.subscribed, timeout=5.0)
     assert _wait(lambda: a.listener._writer is not None, timeout=5.0)
-    assert a.listener._writer.execute_command("CLIENT", "TRACKINGINFO")[b"redirect"] != listener_id
+    assert _on_writer(a, "CLIENT", "TRACKINGINFO")[b"redirect"] != listener_id
     a.set("k", "v1")
     b.set("k", "v2")
     assert _wait(lambda: a.get("k") == "v2")
