@@ -406,56 +406,100 @@ def test_the_push_reader_parses_every_reply_however_the_bytes_are_split() -> Non
         assert got == expected, cut
 
 
-def test_the_push_reader_reads_reports_split_across_socket_reads() -> None:
+class _Conn:  # what the push reader needs of a redis-py connection: its socket, and nothing buffered
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+
+    def can_read(self, timeout: float = 0) -> bool:
+        return False
+
+
+def _read_in_two_parts(stream: bytes, cut: int, waiting: Any, known: dict[bytes, Any]) -> tuple[list[Any], ...]:
+    """Feed ``stream`` to a push reader in two socket writes split at ``cut``; what it handed back."""
     import socket
 
     from llamahome.cache.redis._invalidation import _PushReader
 
-    class Conn:  # what the reader needs of a redis-py connection: its socket, and nothing buffered
-        def __init__(self, sock: socket.socket) -> None:
-            self._sock = sock
+    ours, theirs = socket.socketpair()
+    try:
+        reader = _PushReader(_Conn(ours))  # type: ignore[arg-type]
+        pieces: list[bytes] = []
+        not_ours: list[bytes] = []
+        pushes: list[Any] = []
+        roles: list[Any] = []
+        for part in (stream[:cut], stream[cut:]):
+            if part:
+                theirs.sendall(part)
+                assert reader.wait(1.0)
+                roles += reader.read_available(waiting, known, pieces, not_ours, pushes)
+        assert not reader.wait(0)  # nothing left but what was read
+        return pieces, not_ours, pushes, roles
+    finally:
+        ours.close()
+        theirs.close()
 
-        def can_read(self, timeout: float = 0) -> bool:
-            return False
+
+def test_the_push_reader_reads_reports_split_across_socket_reads() -> None:
+    import collections
 
     stream = b"".join(b">2\r\n$10\r\ninvalidate\r\n*1\r\n$5\r\nns:k%d\r\n" % i for i in range(3))
     stream += b"*3\r\n$6\r\nmaster\r\n:0\r\n*0\r\n"
     for cut in range(len(stream) + 1):
-        ours, theirs = socket.socketpair()
-        try:
-            reader = _PushReader(Conn(ours))  # type: ignore[arg-type]
-            keys: list[bytes] = []
-            replies: list[Any] = []
-            for part in (stream[:cut], stream[cut:]):
-                if part:
-                    theirs.sendall(part)
-                    assert reader.wait(1.0)
-                    replies += reader.read_available(keys)
-            assert keys == [b"ns:k0", b"ns:k1", b"ns:k2"] and replies == [[b"master", 0, []]], cut
-            assert not reader.wait(0)  # nothing left but what was read
-        finally:
-            ours.close()
-            theirs.close()
+        waiting = collections.deque([None])  # a ROLE check was sent
+        pieces, not_ours, pushes, roles = _read_in_two_parts(stream, cut, waiting, {})
+        assert pieces == [b"5\r\nns:k0\r\n", b"5\r\nns:k1\r\n", b"5\r\nns:k2\r\n"], cut
+        assert roles == [[b"master", 0, []]] and not waiting and not not_ours and not pushes, cut
+
+
+def test_a_batch_of_echo_checks_is_settled_at_once_or_reply_by_reply() -> None:
+    """The replies to a batch of checks are compared in one go when they are all our stamps; a report pushed
+    between them, or a stamp of another writer, is told apart reply by reply, however the bytes are split."""
+    import collections
+
+    from llamahome.cache.redis._invalidation import _Batch, _piece, _stamp_reply
+
+    ours = [b"A" * 16, b"B" * 16, b""]  # two sets, and a delete: no entry expected
+    pieces = [_piece(b"ns:sa"), _piece(b"ns:sb"), _piece(b"ns:sc")]
+    batch = _Batch(pieces, ours)
+    assert batch.command() == b"".join(
+        b"*4\r\n$8\r\nGETRANGE\r\n$%b$3\r\n-16\r\n$2\r\n-1\r\n" % p for p in pieces
+    )
+    report = b">2\r\n$10\r\ninvalidate\r\n*1\r\n$5\r\nns:sz\r\n"
+    all_ours = b"".join(map(_stamp_reply, ours))
+    theirs_in_b = _stamp_reply(ours[0]) + _stamp_reply(b"Z" * 16) + _stamp_reply(b"")
+    cases = [
+        (all_ours + report, []),
+        (_stamp_reply(ours[0]) + report + _stamp_reply(ours[1]) + _stamp_reply(b""), []),
+        (theirs_in_b + report, [pieces[1]]),
+        (_stamp_reply(ours[0]) + _stamp_reply(ours[1]) + _stamp_reply(b"C" * 16) + report, [pieces[2]]),
+        (_stamp_reply(ours[0]) + _stamp_reply(ours[1]) + b"-ERR x\r\n" + report, [pieces[2]]),  # never a stamp
+    ]
+    for stream, expected_not_ours in cases:
+        for cut in range(len(stream) + 1):
+            waiting = collections.deque([_Batch(pieces, ours), None])
+            got, not_ours, pushes, roles = _read_in_two_parts(stream, cut, waiting, {})
+            assert got == [_piece(b"ns:sz")] and not_ours == expected_not_ours, (stream, cut)
+            assert list(waiting) == [None] and not pushes and not roles, (stream, cut)
 
 
 def test_the_fast_path_is_not_fooled_by_a_key_that_contains_a_push_head() -> None:
-    from llamahome.cache.redis._invalidation import _ONE_KEY_HEAD, _one_key_pushes
+    from llamahome.cache.redis._invalidation import _ONE_KEY_HEAD, _one_key_pushes, _parse_push, _piece
 
     def push(key: bytes) -> bytes:
         return _ONE_KEY_HEAD + b"%d\r\n" % len(key) + key + b"\r\n"
 
-    tricky = b"ns:s" + push(b"ns:sfake")  # a key whose bytes look like a whole push
-    stream = push(b"ns:sa") + push(tricky) + push(b"ns:sb")
-    keys: list[bytes] = []
-    used = _one_key_pushes(bytearray(stream), keys)
-    assert keys == [b"ns:sa"] and used == len(push(b"ns:sa"))  # the run stops at the tricky push
-    from llamahome.cache.redis._invalidation import _parse_push
-
-    rest, pos, more = bytearray(stream), used, []
-    while pos < len(rest):
-        reply, pos = _parse_push(rest, pos)
-        more += reply[1]
-    assert more == [tricky, b"ns:sb"]
+    # keys whose bytes look like a whole push, or end like the piece of a key we wait for
+    for tricky in (b"ns:s" + push(b"ns:sfake"), b"ns:s" + _ONE_KEY_HEAD + b"8\r\nns:sfake"):
+        stream = push(b"ns:sa") + push(tricky) + push(b"ns:sb")
+        for known in ({}, {_piece(b"ns:sfake"): [1, b""], _piece(b"ns:sa"): [1, b""]}):  # ours or not
+            pieces: list[bytes] = []
+            used = _one_key_pushes(bytearray(stream), 0, known, pieces)
+            assert pieces == [_piece(b"ns:sa")] and used == len(push(b"ns:sa"))  # the run stops at the tricky one
+        rest, pos, more = bytearray(stream), used, []
+        while pos < len(rest):
+            reply, pos = _parse_push(rest, pos)
+            more += reply[1]
+        assert more == [tricky, b"ns:sb"]
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Python 3.12+ warns about fork() with threads
@@ -561,3 +605,125 @@ def test_pushes_are_told_from_replies() -> None:
     report, pos = _parse_push(buf, pos)
     assert isinstance(push, _Push) and not isinstance(reply, _Push) and isinstance(report, _Push)
     assert report == [b"invalidate", [b"a"]] and pos == len(buf)
+
+
+# ---------------------------------------------------------------------------------------------- the writer
+
+
+def _getrange_calls(raw: redis.Redis) -> int:
+    return int(raw.info("commandstats").get("cmdstat_getrange", {}).get("calls", 0))
+
+
+def test_own_sets_come_back_as_no_report_at_all(pair: tuple[TieredCache, TieredCache], redis_url: str) -> None:
+    """A set goes through the listener's writer, whose tracking is NOLOOP: Redis sends this process nothing
+    about it, so there is no echo to receive or check (the cost that kept set throughput under 0.9x)."""
+    a, _ = pair
+    raw = redis.Redis.from_url(redis_url)
+    _settle(a)
+    checks = _getrange_calls(raw)
+    for i in range(50):
+        a.set(f"k{i}", i)
+    _settle(a)
+    assert _getrange_calls(raw) == checks  # no echo was checked: none came
+    assert a.listener is not None and not a.listener._echoes and a.stats.invalidations == 0
+    assert all(a.tiers[0].get(f"k{i}") == i for i in range(50))
+    raw.close()
+
+
+def test_a_write_in_the_same_cycle_after_our_writer_s_is_reported(
+    pair: tuple[TieredCache, TieredCache], redis_url: str
+) -> None:
+    """Redis keeps the last writer of each key per event-loop cycle and spares a NOLOOP client only the keys
+    it wrote last: B's write landing in the same cycle as A's, after it, still reaches A."""
+    a, b = pair
+    raw = redis.Redis.from_url(redis_url)
+    a.set("k", "a0")
+    _settle(a, b)
+    seen = a.stats.invalidations
+    raw.client_pause(300, all=False)  # write commands wait, then run together in one cycle, in arrival order
+    first = threading.Thread(target=a.set, args=("k", "from-a"))
+    first.start()
+    time.sleep(0.1)
+    b.set("k", "from-b")  # returns once the pause is over
+    first.join()
+    assert _wait(lambda: a.get("k") == "from-b")  # A's copy of its own value was dropped: B wrote last
+    assert a.stats.invalidations > seen
+    raw.close()
+
+
+def _on_writer(cache: TieredCache, *command: Any) -> Any:
+    """Run a command on the listener's writer, holding it (its health check uses it too)."""
+    assert cache.listener is not None
+    with cache.listener._writer_lock:
+        assert cache.listener._writer is not None
+        return cache.listener._writer.execute_command(*command)
+
+
+def _writer_id(cache: TieredCache) -> int:
+    return int(_on_writer(cache, "CLIENT", "ID"))
+
+
+def test_a_killed_writer_connection_drops_the_local_copies_and_is_replaced(
+    pair: tuple[TieredCache, TieredCache], redis_url: str
+) -> None:
+    """The writer's tracking is what makes Redis report other machines' changes: without it (Redis closed the
+    connection) A would hear nothing, so it counts as a lost connection: copies dropped, tracking set up again."""
+    a, b = pair
+    raw = redis.Redis.from_url(redis_url)
+    a.set("k", "v1")
+    assert a.listener is not None
+    resets, old = a.listener.resets, _writer_id(a)
+    raw.client_kill_filter(_id=old)
+    assert _wait(lambda: a.listener.resets > resets, timeout=5.0)  # the health check noticed within seconds
+    assert a.tiers[0].get("k") is None
+    assert _wait(lambda: a.listener._writer is not None, timeout=5.0) and _writer_id(a) != old
+    a.set("k", "v1")
+    b.set("k", "v2")
+    assert _wait(lambda: a.get("k") == "v2")
+    raw.close()
+
+
+def test_a_reconnected_listener_points_a_new_writer_at_itself(
+    pair: tuple[TieredCache, TieredCache], redis_url: str
+) -> None:
+    a, b = pair
+    raw = redis.Redis.from_url(redis_url)
+    assert a.listener is not None and a.listener._writer is not None
+    listener_id = _on_writer(a, "CLIENT", "TRACKINGINFO")[b"redirect"]
+    resets = a.listener.resets
+    raw.client_kill_filter(_id=listener_id)
+    assert _wait(lambda: a.listener.resets > resets and a.listener.subscribed, timeout=5.0)
+    assert _wait(lambda: a.listener._writer is not None, timeout=5.0)
+    assert _on_writer(a, "CLIENT", "TRACKINGINFO")[b"redirect"] != listener_id
+    a.set("k", "v1")
+    b.set("k", "v2")
+    assert _wait(lambda: a.get("k") == "v2")
+    raw.close()
+
+
+def test_a_slow_set_through_the_writer_times_out_but_keeps_it(tmp_path: Path, redis_url: str, redis_namespace: str) -> None:
+    """A set through the writer gets the cache's timeout like any call; the late reply is read in the
+    background, so the writer (and the tracking on it) survives: no resubscription, no dropped copies."""
+    a = TieredCache(*_local_tiers(tmp_path, "a"), RedisCache(redis_url, namespace=redis_namespace, timeout=0.1))
+    b = TieredCache(*_local_tiers(tmp_path, "b"), RedisCache(redis_url, namespace=redis_namespace, timeout=2.0))
+    raw = redis.Redis.from_url(redis_url)
+    try:
+        assert a.listener is not None
+        a.set("kept", 1)
+        resets, writer = a.listener.resets, _writer_id(a)
+        shared = a.tiers[2]
+        assert isinstance(shared, RedisCache)
+        errors = shared.stats.errors
+        raw.client_pause(400, all=False)
+        assert shared.set("slow", 1) is False  # timed out after 0.1 s
+        assert shared.stats.errors == errors + 1
+        time.sleep(0.4)
+        assert _wait(lambda: a.listener._late is None, timeout=3.0)  # the late reply was read
+        assert a.listener.resets == resets and _writer_id(a) == writer and a.tiers[0].get("kept") == 1
+        assert raw.get(shared._rkey("slow")) is not None  # Redis did apply it, late
+        b.set("kept", 2)
+        assert _wait(lambda: a.get("kept") == 2)  # still told of other machines' writes
+    finally:
+        raw.close()
+        a.close()
+        b.close()

@@ -1,27 +1,43 @@
 """Invalidation across machines: Redis tells this process which of the namespace's keys other clients changed.
 
-**Mechanism: RESP3 client tracking in broadcast mode.** One dedicated connection per primary runs
-``CLIENT TRACKING ON BCAST PREFIX <ns>:s PREFIX <ns>:b``; from then on Redis itself pushes an ``invalidate``
-message on it after every change to an entry key of the namespace (SET, DEL, UNLINK, expiry, eviction; a
-FLUSHDB is a "drop everything"). Writers send nothing extra, and a write by any client (sync, async, another
-language) is seen. ``benchmarks/bench_coherence.py`` measures the alternatives: a PUBLISH or sharded SPUBLISH
-per write, pipelined with it or in one script with it, costs every set an extra command, where tracking only
-costs the server its fan-out (which pub/sub costs too). What is left for the writer is reading the report of
-its own write and checking it (a few us of this thread's CPU per write, batched; see BATCH_WINDOW).
+**Mechanism: RESP3 client tracking in broadcast mode.** Redis reports every change to an entry key of the
+namespace (SET, DEL, UNLINK, expiry, eviction; a FLUSHDB is a "drop everything") as an ``invalidate`` push
+to the listener's connection, once ``CLIENT TRACKING ON ... BCAST PREFIX <ns>:s PREFIX <ns>:b`` is on.
+Writers send nothing extra, and a write by any client (sync, async, another language) is seen.
+``benchmarks/bench_coherence.py`` measures the alternatives: a PUBLISH or sharded SPUBLISH per write,
+pipelined with it or in one script with it, costs every set an extra command, where tracking only costs the
+server its fan-out (which pub/sub costs too).
+
+**Own writes: the writer (a standalone server).** Redis would report this process's own writes too, and
+receiving, parsing and checking one report per set cost a busy writer about a tenth of its set throughput
+(measured: most of it is the server's side of sending the report; a reader that only drained them, without
+parsing, already cost 5-10%). So on a standalone server the tracking is
+not the listening connection's own: the listener opens a *writer*, one redis-py connection of its own, with
+``CLIENT TRACKING ON REDIRECT <listener's id> BCAST PREFIX ... NOLOOP``: reports come to the listener, minus
+the writer's own writes. ``RedisCache.set`` goes through the writer when no other thread is using it
+(:meth:`InvalidationListener.try_set`), so a set costs no message at all. Redis remembers the *last* client
+that changed a key in an event-loop cycle and spares a NOLOOP client only the keys it changed last, so
+another machine's write after ours in the same cycle is still reported. The writer's tracking is the only
+source of reports, so losing the writer counts as losing the connection: an error on it, or an idle writer
+not answering a PING within the health check, drops the local copies and subscribes again with a new
+listener and writer (the redirect names the listener's connection id, which a reconnect changes).
+
+**Own writes: echoes (everything else).** Every other write of this process (sets while the writer is busy,
+deletes, ``set_many``, any write on a cluster, where the listening connections track for themselves) is
+reported back, once per event-loop cycle however many clients changed the key in that cycle. So before such
+a write goes out, its key is *expected* with the stamp the entry carries (see ``_signing``; a delete expects
+no entry); a report of an expected key is then checked on the tracking connection itself (``GETRANGE key
+-16 -1``, pipelined per batch, the batch's replies compared in one go): if the entry still ends with our
+latest stamp, the change was ours and the local copy stays; otherwise another machine wrote after us and the
+copy is dropped. A write Redis did not apply (an error, a DEL that removed nothing) withdraws its
+expectation; any other mismatch between expectations and reports only causes a check, or a drop. Reports
+are matched with expectations as received (keyed by the key's bulk-string bytes), and read at most once per
+BATCH_WINDOW.
 
 **Races.** Redis sends a report after the write is applied. The owner bumps a per-key counter when it drops a
 copy, and a read copies a value found in Redis into the local tiers only if that counter did not move since
 before the read (see ``TieredCache``): a read that found the old value loses to the report of the new one,
 whichever comes first, so no old value is kept for good.
-
-**Own writes.** Redis also reports this process's own writes, and reports a key once per event-loop cycle
-however many clients changed it in that cycle. So before a write goes out, its key is *expected* with the
-stamp the entry carries (see ``_signing``; a delete expects no entry); a report of an expected key is then
-checked on the tracking connection itself (``GETRANGE key -16 -1``, pipelined per batch): if the entry still
-ends with our latest stamp, the change was ours and the local copy stays; otherwise another machine wrote
-after us and the copy is dropped. A write Redis did not apply (an error, a DEL that removed nothing)
-withdraws its expectation; any other mismatch between expectations and reports only causes a check, or a
-drop.
 
 **Lost messages.** Reports sent while this connection is down are lost. So when the connection drops (Redis
 restarting or failing over included), ``on_reset`` is called at once, and again once tracking is back on every
@@ -48,10 +64,13 @@ import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+import redis
 from redis._parsers import _RESP3Parser
 from redis.backoff import NoBackoff
 from redis.connection import Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from ..base import Key, key_from_bytes
@@ -125,9 +144,18 @@ class _PushReader:
         pending = getattr(self._sock, "pending", None)  # TLS: decrypted bytes select() cannot see
         return bool(pending is not None and pending())
 
-    def read_available(self, keys: list[bytes]) -> list[Any]:
-        """Every complete reply received so far, without blocking; the keys of single-key invalidation pushes
-        (nearly all of them) are appended to ``keys`` instead of returned as replies."""
+    def read_available(
+        self, waiting: collections.deque[Any], known: dict[bytes, Any], pieces: list[bytes], not_ours: list[bytes],
+        pushes: list[Any],
+    ) -> list[Any]:
+        """Handle every complete message received so far, without blocking; return the replies to ROLE checks.
+
+        Single-key invalidation pushes (nearly all messages) add the key's piece (see :func:`_piece`) to
+        ``pieces``; other pushes are parsed into ``pushes``. Replies answer the front of ``waiting`` in order:
+        a :class:`_Batch` of echo checks whose replies are exactly the expected bytes is settled by one
+        comparison; a check that found another stamp adds its piece to ``not_ours``; None is a ROLE check.
+        ``known`` (the echoes waited for, keyed by piece) lets the fast path skip validating our own pieces.
+        """
         while self._pending() or self._poll.poll(0):
             try:
                 size = self._sock.recv_into(self._chunk)
@@ -138,59 +166,134 @@ class _PushReader:
             self._buf += self._view[:size]
             if size < len(self._chunk):
                 break
-        out, self._early = self._early, []
-        buf, size = self._buf, len(self._buf)
-        pos = _one_key_pushes(buf, keys)
+        pushes += self._early  # read before this reader took over: pushes only (nothing was asked yet)
+        self._early = []
+        roles: list[Any] = []
+        buf, size, pos = self._buf, len(self._buf), 0
         head, skip = _ONE_KEY_HEAD, len(_ONE_KEY_HEAD)
+        runs = 2  # the split fast path copies the rest of the buffer: a few times per call at most
         while pos < size:
-            if buf.startswith(b"$16\r\n", pos) and pos + 23 <= size:  # a stamp: the check of an echo
-                out.append(bytes(buf[pos + 5 : pos + 21]))
-                pos += 23
+            if buf[pos] == 62:  # ">": a push
+                if buf.startswith(head, pos):
+                    if runs:
+                        runs -= 1
+                        after = _one_key_pushes(buf, pos, known, pieces)
+                        if after > pos:
+                            pos = after
+                            continue
+                    end = buf.find(b"\r\n", pos + skip)  # inlined: one single-key push
+                    if end < 0:
+                        break
+                    digits = buf[pos + skip : end]
+                    if digits.isdigit():
+                        stop = end + 2 + int(digits)
+                        if stop + 2 > size:
+                            break
+                        pieces.append(bytes(buf[pos + skip : stop + 2]))
+                        pos = stop + 2
+                        continue
+                try:
+                    reply, pos = _parse_push(buf, pos)
+                except _Incomplete:
+                    break
+                pushes.append(reply)
                 continue
-            if buf.startswith(head, pos):  # inlined: this loop is the listener's whole cost per write
-                end = buf.find(b"\r\n", pos + skip)
-                if end < 0:
+            if not waiting:
+                raise RedisConnectionError(f"an unexpected reply on the tracking connection: {bytes(buf[pos:pos + 80])!r}")
+            asked = waiting[0]
+            if type(asked) is _Batch:
+                if buf.startswith(asked.expected, pos):  # the usual case: every key still holds our stamp
+                    pos += len(asked.expected)
+                    waiting.popleft()
+                    continue
+                if asked.expected.startswith(bytes(buf[pos:])):  # so far so good: the rest is on its way
                     break
-                stop = end + 2 + int(buf[pos + skip : end])
-                if stop + 2 > size:
-                    break
-                keys.append(bytes(buf[end + 2 : stop]))
-                pos = stop + 2
+                waiting.popleft()  # a push in between, or another stamp: check the replies one by one
+                waiting.extendleft(reversed(asked.items()))
                 continue
             try:
-                reply, pos = _parse_push(buf, pos)
+                reply, after = _parse(buf, pos)
             except _Incomplete:
                 break
-            out.append(reply)
+            waiting.popleft()
+            if asked is None:
+                roles.append(reply)
+            elif buf[pos:after] != asked[1]:  # the entry's stamp is not our latest write's: not ours
+                not_ours.append(asked[0])
+            pos = after
         if pos:
             del buf[:pos]
-        return out
+        return roles
 
 
-_GETRANGE = b"*4\r\n$8\r\nGETRANGE\r\n$%d\r\n%b\r\n$3\r\n-16\r\n$2\r\n-1\r\n"  # the entry's stamp
 _PUSH_HEAD = b">2\r\n$10\r\ninvalidate\r\n*"
 _ONE_KEY_HEAD = _PUSH_HEAD + b"1\r\n$"
+# The check of echoes: ``GETRANGE key -16 -1`` (the entry's stamp) per key, all sent at once. A key goes in as
+# its piece, so the commands of a batch are one join.
+_CHECK_HEAD = b"*4\r\n$8\r\nGETRANGE\r\n$"
+_CHECK_TAIL = b"$3\r\n-16\r\n$2\r\n-1\r\n"
+_CHECK_GLUE = _CHECK_TAIL + _CHECK_HEAD
 
 
-def _one_key_pushes(buf: bytearray, keys: list[bytes]) -> int:
-    """Fast path: the keys of the run of single-key invalidation pushes that ``buf`` starts with (appended to
-    ``keys``), and how many bytes they took. One C-level split instead of a parse per push: at a busy writer's
+def _piece(rkey: bytes) -> bytes:
+    """``rkey`` as the body of a RESP bulk string, ``<length>\\r\\n<rkey>\\r\\n``: the bytes that follow
+    ``$`` in an invalidation push, so a report is matched with our echoes as received, without a parse."""
+    return b"%d\r\n%b\r\n" % (len(rkey), rkey)
+
+
+def _piece_key(piece: bytes) -> bytes | None:
+    """The key a piece holds, or None if ``piece`` is not exactly one bulk string body."""
+    digits, sep, rest = piece.partition(b"\r\n")
+    if not sep or not digits.isdigit() or len(rest) != int(digits) + 2 or not rest.endswith(b"\r\n"):
+        return None
+    return rest[:-2]
+
+
+def _stamp_reply(stamp: bytes) -> bytes:
+    """GETRANGE's reply when the entry ends with ``stamp`` (b"": no entry, our delete)."""
+    return b"$%d\r\n%b\r\n" % (len(stamp), stamp)
+
+
+class _Batch:
+    """The echo checks sent at once, and the bytes their replies make when every one is ours."""
+
+    __slots__ = ("pieces", "stamps", "expected")
+
+    def __init__(self, pieces: list[bytes], stamps: list[bytes]) -> None:
+        self.pieces = pieces
+        self.stamps = stamps
+        if all(len(stamp) == 16 for stamp in stamps):  # sets only: one join
+            self.expected = b"$16\r\n" + b"\r\n$16\r\n".join(stamps) + b"\r\n"
+        else:
+            self.expected = b"".join(map(_stamp_reply, stamps))
+
+    def command(self) -> bytes:
+        return _CHECK_HEAD + _CHECK_GLUE.join(self.pieces) + _CHECK_TAIL
+
+    def items(self) -> list[tuple[bytes, bytes]]:
+        """One ``(piece, expected reply)`` per check."""
+        return [(piece, _stamp_reply(stamp)) for piece, stamp in zip(self.pieces, self.stamps)]
+
+
+def _one_key_pushes(buf: bytearray, pos: int, known: dict[bytes, Any], pieces: list[bytes]) -> int:
+    """Fast path: the pieces of the run of single-key invalidation pushes at ``buf[pos:]`` (appended to
+    ``pieces``), and where the run ends. One C-level split instead of a parse per push: at a busy writer's
     rate (one echo per write) this is the listener's main cost.
 
-    A piece between two push heads must be exactly ``<n>\\r\\n<n-byte key>\\r\\n``; the first that is not (the
-    last, incomplete push; another reply after it; a key that happens to contain a push head) ends the run,
-    and the caller's general parser goes on from there.
+    A piece between two push heads must be exactly ``<n>\\r\\n<n-byte key>\\r\\n``: an echo we wait for
+    (in ``known``) is one by construction, any other is checked. The first that is not (the last, incomplete
+    push; another reply after it; a key that happens to contain a push head: its first piece is too short for
+    its length) ends the run, and the caller's general parser goes on from there.
     """
     head = _ONE_KEY_HEAD
-    if not buf.startswith(head):
-        return 0
-    pos = 0
-    for piece in bytes(buf).split(head)[1:]:
-        digits, sep, rest = piece.partition(b"\r\n")
-        if not sep or not digits.isdigit() or len(rest) != int(digits) + 2 or not rest.endswith(b"\r\n"):
+    step = len(head)
+    parts = bytes(buf[pos:] if pos else buf).split(head)
+    for i in range(1, len(parts)):
+        piece = parts[i]
+        if piece not in known and _piece_key(piece) is None:
             break
-        keys.append(rest[:-2])
-        pos += len(head) + len(piece)
+        pieces.append(piece)
+        pos += step + len(piece)
     return pos
 
 
@@ -319,6 +422,22 @@ class ConnectionRecipe:
         conn.connect()
         return conn
 
+    def connect_writer(self) -> redis.Redis:
+        """The listener's writer: a redis-py client like the cache's own (RESP2, the cache's timeout) on one
+        connection of its own, never reconnected behind our back (a new connection would not be tracked)."""
+        pool = redis.ConnectionPool(
+            connection_class=self.connection_class,
+            **self.options,
+            socket_timeout=self.timeout,
+            socket_connect_timeout=max(self.timeout, 0.5),
+            retry=Retry(NoBackoff(), 0),
+        )
+        try:
+            return redis.Redis(connection_pool=pool, single_connection_client=True, retry=Retry(NoBackoff(), 0))
+        except BaseException:
+            pool.disconnect()
+            raise
+
     def primaries(self) -> list[tuple[str, int] | None]:
         """Where to subscribe: ``[None]`` for a standalone server, else every primary of the cluster."""
         if self.seeds is None:
@@ -366,6 +485,14 @@ def _parse_nodes(reply: Any) -> tuple[list[tuple[str, int] | None], list[tuple[s
     return sorted(primaries, key=str), everyone
 
 
+def _close_writer(writer: redis.Redis) -> None:
+    try:
+        writer.close()
+        writer.connection_pool.disconnect()
+    except CALL_ERRORS:
+        pass
+
+
 _listeners: weakref.WeakSet[InvalidationListener] = weakref.WeakSet()
 
 
@@ -409,12 +536,18 @@ class InvalidationListener:
 
     def _start(self) -> None:
         self._lock = threading.Lock()
-        # rkey -> [writes of ours whose report has not come yet, stamp of our latest write (b"": a delete)]
+        # piece of rkey (see _piece: how reports carry it) -> [writes of ours whose report has not come yet,
+        # stamp of our latest write (b"": a delete)]
         self._echoes: dict[bytes, list[Any]] = {}
         self._subscribed = threading.Event()
         self._live = False  # mirrors _subscribed, read without a call on every write
         self._first_try = threading.Event()
         self._failed = threading.Event()  # the current subscription's "stop serving" flag
+        # The writer (standalone servers): a connection whose own sets Redis does not report (see try_set).
+        self._writer: redis.Redis | None = None
+        self._writer_lock = threading.Lock()
+        self._writer_used = 0.0
+        self._late: float | None = None  # when a set through the writer timed out (it holds the lock until read)
         self._thread = threading.Thread(target=self._run, name=f"llamahome-invalidation-{self._name}", daemon=True)
         self._thread.start()
 
@@ -447,9 +580,10 @@ class InvalidationListener:
         with self._lock:
             echoes = self._echoes
             for rkey, stamp in writes:
-                entry = echoes.get(rkey)
+                piece = _piece(rkey)
+                entry = echoes.get(piece)
                 if entry is None:
-                    echoes[rkey] = [1, stamp]
+                    echoes[piece] = [1, stamp]
                 else:
                     entry[0] += 1
                     entry[1] = stamp
@@ -459,25 +593,68 @@ class InvalidationListener:
         """:meth:`expect` for one write (the set path: no iterator, no Event call)."""
         if not self._live:
             return False
+        piece = b"%d\r\n%b\r\n" % (len(rkey), rkey)  # _piece, inlined
         with self._lock:
-            entry = self._echoes.get(rkey)
+            entry = self._echoes.get(piece)
             if entry is None:
-                self._echoes[rkey] = [1, stamp]
+                self._echoes[piece] = [1, stamp]
             else:
                 entry[0] += 1
                 entry[1] = stamp
         return True
+
+    def try_set(self, rkey: bytes, payload: bytes, px: int | None) -> bool:
+        """Send a set through the writer, whose tracking is NOLOOP: Redis reports the key to this process only
+        if another client changed it after us in the same event-loop cycle, so there is no echo to expect or
+        check. False (nothing sent) when there is no writer (not subscribed, a cluster) or another thread is
+        using it: the caller then sets through its pool and :meth:`expect_one`. Errors are raised. No answer
+        within the cache's timeout raises a TimeoutError but keeps the connection, and its tracking: the
+        listener reads the late reply and frees the writer (or gives it up after HEALTH_TIMEOUT). Any other
+        error may have cost the writer its connection, and so Redis its tracking: the listener subscribes
+        again, dropping the local copies.
+        """
+        if self._writer is None or not self._writer_lock.acquire(blocking=False):
+            return False
+        late = False
+        try:
+            writer = self._writer
+            if writer is None or writer.connection is None:
+                return False
+            conn = writer.connection
+            try:
+                if px is None:
+                    conn.send_command("SET", rkey, payload)
+                else:
+                    conn.send_command("SET", rkey, payload, "PX", px)
+                if not conn.can_read(timeout=self._recipe.timeout):
+                    late = True
+                    self._late = time.monotonic()
+                    raise RedisTimeoutError(f"Redis did not answer within {self._recipe.timeout} s")
+                conn.read_response()
+            except ResponseError:  # Redis refused the write (OOM, READONLY...): nothing changed, still in step
+                raise
+            except BaseException:
+                if not late:
+                    self._writer = None  # never used again: redis-py would reconnect it untracked
+                    self._failed.set()
+                raise
+            self._writer_used = time.monotonic()
+            return True
+        finally:
+            if not late:  # else the listener frees it once the reply is read
+                self._writer_lock.release()
 
     def withdraw(self, rkeys: Iterable[bytes]) -> None:
         """The write announced by :meth:`expect` did not change these keys in Redis: no echo will come."""
         with self._lock:
             echoes = self._echoes
             for rkey in rkeys:
-                entry = echoes.get(rkey)
+                piece = _piece(rkey)
+                entry = echoes.get(piece)
                 if entry is not None:
                     entry[0] -= 1
                     if entry[0] <= 0:
-                        del echoes[rkey]
+                        del echoes[piece]
 
     def stop(self) -> None:
         self._stop.set()
@@ -491,11 +668,20 @@ class InvalidationListener:
         delay = _MIN_DELAY
         while not self._stop.is_set():
             conns: list[Connection] = []
+            writer: redis.Redis | None = None
             try:
                 missing: list[tuple[str, int]] = []
                 try:
                     primaries = self._recipe.primaries()
-                    for address in primaries:
+                    if primaries == [None]:  # a standalone server: the writer tracks, reports come here
+                        conn = self._recipe.connect(None)
+                        conns.append(conn)
+                        conn.send_command("CLIENT", "ID")
+                        listener_id = conn.read_response()
+                        writer = self._recipe.connect_writer()
+                        assert writer.connection is not None
+                        self._track(writer.connection, redirect=listener_id)
+                    for address in primaries if writer is None else []:
                         try:
                             conn = self._recipe.connect(address)
                         except CALL_ERRORS:
@@ -523,7 +709,7 @@ class InvalidationListener:
                     self._live = True
                     self._first_try.set()
                     delay = _MIN_DELAY
-                    self._serve(conns, primaries, missing)
+                    self._serve(conns, primaries, missing, writer)
                     self._live = False
                     self._subscribed.clear()
                     if not self._stop.is_set():
@@ -540,27 +726,36 @@ class InvalidationListener:
                         conn.disconnect()
                     except CALL_ERRORS:
                         pass
+                if writer is not None:
+                    _close_writer(writer)
             self._stop.wait(delay)
             delay = min(delay * 2, _MAX_DELAY)
         self._live = False
         self._subscribed.clear()
 
-    def _track(self, conn: Connection) -> None:
-        conn.send_command(
-            "CLIENT", "TRACKING", "ON", "BCAST", "PREFIX", self._prefix + b"s", "PREFIX", self._prefix + b"b"
-        )
+    def _track(self, conn: Connection, redirect: int | None = None) -> None:
+        """Turn tracking on: on ``conn`` itself, or for the writer, reported to the ``redirect`` connection
+        and without the writer's own changes (NOLOOP)."""
+        options: list[Any] = ["REDIRECT", redirect] if redirect is not None else []
+        options += ["BCAST", "PREFIX", self._prefix + b"s", "PREFIX", self._prefix + b"b"]
+        if redirect is not None:
+            options.append("NOLOOP")
+        conn.send_command("CLIENT", "TRACKING", "ON", *options)
         reply = conn.read_response()
         if reply not in (b"OK", "OK"):
             raise RedisConnectionError(f"CLIENT TRACKING answered {reply!r}")
 
     def _serve(
-        self, conns: list[Connection], primaries: list[tuple[str, int] | None], missing: list[tuple[str, int]]
+        self, conns: list[Connection], primaries: list[tuple[str, int] | None], missing: list[tuple[str, int]],
+        writer: redis.Redis | None = None,
     ) -> None:
-        """Read reports on every connection until one fails, the primaries change, a missing primary answers
-        again, or stop() is called."""
+        """Read reports on every connection until one fails (or the writer does), the primaries change, a
+        missing primary answers again, or stop() is called."""
         failed = self._failed = threading.Event()
         if self._stop.is_set():
             failed.set()
+        with self._writer_lock:
+            self._writer, self._writer_used = writer, time.monotonic()
         readers = [
             threading.Thread(target=self._read, args=(conn, failed), name="llamahome-invalidation-reader", daemon=True)
             for conn in conns
@@ -571,6 +766,10 @@ class InvalidationListener:
         next_check = time.monotonic() + interval
         while not failed.is_set() and not self._stop.is_set():
             failed.wait(0.25)
+            if self._late is not None:
+                self._read_late_reply(writer, failed)
+            elif writer is not None and time.monotonic() - self._writer_used > HEALTH_INTERVAL:
+                self._check_writer(writer, failed)
             if self._recipe.seeds is not None and time.monotonic() >= next_check and not failed.is_set():
                 next_check = time.monotonic() + interval
                 try:
@@ -583,6 +782,15 @@ class InvalidationListener:
                 except CALL_ERRORS:
                     failed.set()
         failed.set()
+        while True:  # a set in flight through the writer finishes first
+            if self._writer_lock.acquire(timeout=0.05):
+                self._writer = None
+                self._writer_lock.release()
+                break
+            if self._late is not None:  # held for a late reply, which no longer matters
+                self._late, self._writer = None, None
+                self._writer_lock.release()
+                break
         for conn in conns:
             try:
                 conn.disconnect()  # wakes a reader blocked on its socket
@@ -590,6 +798,53 @@ class InvalidationListener:
                 pass
         for reader in readers:
             reader.join(timeout=5)
+
+    def _read_late_reply(self, writer: redis.Redis | None, failed: threading.Event) -> None:
+        """A set through the writer timed out, holding the writer: read its reply when it comes, then free the
+        writer; no reply within HEALTH_TIMEOUT counts as a lost connection."""
+        assert self._late is not None
+        conn = writer.connection if writer is not None else None
+        try:
+            if conn is None:
+                raise RedisConnectionError("the writer has no connection")
+            if not conn.can_read(timeout=0):
+                if time.monotonic() - self._late > HEALTH_TIMEOUT:
+                    raise RedisConnectionError("Redis did not answer a set through the writer")
+                return
+            try:
+                conn.read_response()
+            except ResponseError:  # the late set was refused: the connection is in step all the same
+                pass
+            self._writer_used = time.monotonic()
+        except CALL_ERRORS as exc:
+            log.info("Invalidation writer lost (%s: %s); local copies are dropped.", type(exc).__name__, exc)
+            self._writer = None
+            failed.set()
+        self._late = None
+        self._writer_lock.release()
+
+    def _check_writer(self, writer: redis.Redis, failed: threading.Event) -> None:
+        """PING the idle writer: if Redis closed it (a server timeout, CLIENT KILL), its tracking went with it
+        and changes by others would go unreported, so that counts as a lost connection."""
+        if not self._writer_lock.acquire(blocking=False):
+            return  # a set is using it: alive
+        try:
+            if self._writer is not writer:
+                return
+            conn = writer.connection
+            if conn is None:
+                raise RedisConnectionError("the writer has no connection")
+            conn.send_command("PING")
+            if not conn.can_read(timeout=HEALTH_TIMEOUT):
+                raise RedisConnectionError("the writer did not answer the health check")
+            conn.read_response()
+            self._writer_used = time.monotonic()
+        except CALL_ERRORS as exc:
+            log.info("Invalidation writer lost (%s: %s); local copies are dropped.", type(exc).__name__, exc)
+            self._writer = None
+            failed.set()
+        finally:
+            self._writer_lock.release()
 
     def _any_answers(self, addresses: list[tuple[str, int]]) -> bool:
         for address in addresses:
@@ -603,8 +858,9 @@ class InvalidationListener:
     def _read(self, conn: Connection, failed: threading.Event) -> None:
         last = time.monotonic()
         check_sent: float | None = None
-        # What each reply we wait for answers, in order: a ROLE health check, or the check of an echo.
-        waiting: collections.deque[tuple[bytes, bytes] | None] = collections.deque()
+        # What each reply we wait for answers, in order: a ROLE health check (None), a batch of echo checks,
+        # or one echo check (a batch whose replies did not all match at once).
+        waiting: collections.deque[Any] = collections.deque()
         try:
             reader = _PushReader(conn)
             next_read = 0.0
@@ -613,36 +869,30 @@ class InvalidationListener:
                     pause = next_read - time.monotonic()
                     if pause > 0:
                         time.sleep(pause)
-                    changed: list[bytes] = []
+                    pieces: list[bytes] = []
                     not_ours: list[bytes] = []
+                    pushes: list[Any] = []
                     flushed = False
-                    for reply in reader.read_available(changed):
-                        if isinstance(reply, list) and reply and reply[0] == b"invalidate":
-                            keys = reply[1] if len(reply) > 1 else None
+                    for reply in reader.read_available(waiting, self._echoes, pieces, not_ours, pushes):
+                        check_sent = None  # the health check's ROLE reply
+                        if not isinstance(reply, list) or not reply or reply[0] != b"master":
+                            raise _Resync("a tracked node is no longer a primary")
+                    for push in pushes:
+                        if isinstance(push, list) and push and push[0] == b"invalidate":
+                            keys = push[1] if len(push) > 1 else None
                             if keys is None:
                                 flushed = True
                             else:
-                                changed += keys
-                            continue
-                        if isinstance(reply, _Push):  # another kind of push (none is asked for): not a reply
-                            continue
-                        if not waiting:
-                            raise RedisConnectionError(f"an unexpected reply on the tracking connection: {reply!r}")
-                        asked = waiting.popleft()
-                        if asked is None:  # the health check's ROLE reply
-                            check_sent = None
-                            if not isinstance(reply, list) or not reply or reply[0] != b"master":
-                                raise _Resync("a tracked node is no longer a primary")
-                        elif reply != asked[1]:  # the entry's stamp is not our latest write's: not ours
-                            not_ours.append(asked[0])
+                                pieces += map(_piece, keys)
+                        # another kind of push (none is asked for): nothing to do
                     last = time.monotonic()
                     next_read = last + BATCH_WINDOW
                     if flushed:
                         self._report(None)
-                    to_check = self._report(changed, not_ours) if changed or not_ours else []
-                    if to_check:
-                        conn.send_packed_command([b"".join(_GETRANGE % (len(rkey), rkey) for rkey, _ in to_check)])
-                        waiting.extend(to_check)
+                    batch = self._report(pieces, not_ours) if pieces or not_ours else None
+                    if batch is not None:
+                        conn.send_packed_command([batch.command()])
+                        waiting.append(batch)
                     continue
                 now = time.monotonic()
                 if check_sent is not None and now - check_sent > HEALTH_TIMEOUT:
@@ -660,40 +910,45 @@ class InvalidationListener:
         finally:
             failed.set()
 
-    def _report(self, rkeys: list[bytes] | None, not_ours: Sequence[bytes] = ()) -> list[tuple[bytes, bytes]]:
-        """Drop the local copies of keys changed by others (``rkeys`` reported, ``not_ours`` failed their
-        check); return the reports that may be our own echoes, to be checked.
+    def _report(self, pieces: list[bytes] | None, not_ours: Sequence[bytes] = ()) -> _Batch | None:
+        """Drop the local copies of keys changed by others (``pieces`` reported, ``not_ours`` failed their
+        check); return the reports that may be our own echoes, to be checked (None if there are none).
 
         A report of a key we wrote is most likely our own write, but Redis reports a key once per event-loop
         cycle however many clients changed it, so another machine may have written it in the same cycle,
         after us. So an echo is checked: the stamp at the end of the entry must still be our latest write's
         (``GETRANGE key -16 -1``; our delete expects nothing there), else the key is dropped after all.
         """
-        if rkeys is None:  # FLUSHDB / FLUSHALL: everything changed
+        if pieces is None:  # FLUSHDB / FLUSHALL: everything changed
             self._reset("Redis flushed the database")
-            return []
+            return None
         changed: list[bytes] = list(not_ours)
         to_check: dict[bytes, bytes] = {}  # one check per key and batch, against our latest stamp
         with self._lock:
             echoes = self._echoes
-            for rkey in rkeys:
-                entry = echoes.get(rkey)
+            for piece in pieces:
+                entry = echoes.get(piece)
                 if entry is None:
-                    changed.append(rkey)
+                    changed.append(piece)
                     continue
-                to_check[rkey] = entry[1]
+                to_check[piece] = entry[1]
                 entry[0] -= 1
                 if entry[0] <= 0:
-                    del echoes[rkey]
-        n = len(self._prefix)
-        keys = [key_from_bytes(rkey[n:]) for rkey in changed if rkey.startswith(self._prefix)]
-        if keys:
-            self._stats.add("invalidations", len(keys))
-            try:
-                self._on_keys(keys)
-            except Exception as exc:  # a closed tier, a full disk: the copies stay, say so
-                log.warning("Could not drop %d invalidated local copies: %s: %s", len(keys), type(exc).__name__, exc)
-        return list(to_check.items())
+                    del echoes[piece]
+        if changed:
+            prefix, n = self._prefix, len(self._prefix)
+            keys = []
+            for piece in changed:
+                rkey = _piece_key(piece)
+                if rkey is not None and rkey.startswith(prefix):
+                    keys.append(key_from_bytes(rkey[n:]))
+            if keys:
+                self._stats.add("invalidations", len(keys))
+                try:
+                    self._on_keys(keys)
+                except Exception as exc:  # a closed tier, a full disk: the copies stay, say so
+                    log.warning("Could not drop %d invalidated local copies: %s: %s", len(keys), type(exc).__name__, exc)
+        return _Batch(list(to_check), list(to_check.values())) if to_check else None
 
     def _reset(self, why: str) -> None:
         self.resets += 1

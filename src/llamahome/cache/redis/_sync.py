@@ -161,6 +161,16 @@ class RedisCache(BaseRedisCache, Store):
         if packed is None or not self._allow("SET", write=True):
             return False
         listener = self._listener
+        if listener is not None:
+            try:
+                written = listener.try_set(rkey, packed[0], px)  # no echo to expect (see try_set)
+            except CALL_ERRORS as exc:
+                self._failed(exc, "SET")
+                return False
+            if written:
+                self._ok()
+                self._count_sets([(rkey, packed)])
+                return True
         expected = listener is not None and listener.expect_one(rkey, packed[0][-STAMP_SIZE:])
         try:
             self.client.set(rkey, packed[0], px=px)
