@@ -242,7 +242,7 @@ def cost(url: str, workdir: str, trials: int, ops: int, cluster: bool = False) -
         "TieredCache.set, listen=False": quiet(lambda: per_op(lambda: off.set(next(keys), value), ops)),
         "TieredCache.set, listen=True": quiet(lambda: per_op(lambda: on.set(next(keys), value), ops)),
     }
-    if cluster and listening.listener._writer is None:  # type: ignore[union-attr]
+    if cluster and not listening.listener.has_writers:  # type: ignore[union-attr]
         del peers["RedisCache.set, listening, writer busy"]  # no writer to be busy: every set is checked
     results = interleaved(peers, trials)
     results.update(interleaved(
