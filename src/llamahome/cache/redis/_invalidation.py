@@ -8,14 +8,17 @@ Writers send nothing extra, and a write by any client (sync, async, another lang
 pipelined with it or in one script with it, costs every set an extra command, where tracking only costs the
 server its fan-out (which pub/sub costs too).
 
-**Own writes: the writer (a standalone server).** Redis would report this process's own writes too, and
+**Own writes: the writer.** Redis would report this process's own writes too, and
 receiving, parsing and checking one report per set cost a busy writer about a tenth of its set throughput
 (measured: most of it is the server's side of sending the report; a reader that only drained them, without
-parsing, already cost 5-10%). So on a standalone server the tracking is
+parsing, already cost 5-10%; on a cluster, 15-25%). So the tracking is
 not the listening connection's own: the listener opens a *writer*, one redis-py connection of its own, with
 ``CLIENT TRACKING ON REDIRECT <listener's id> BCAST PREFIX ... NOLOOP``: reports come to the listener, minus
-the writer's own writes. ``RedisCache.set`` goes through the writer when no other thread is using it
-(:meth:`InvalidationListener.try_set`), so a set costs no message at all. Redis remembers the *last* client
+the writer's own writes. On a cluster there is one listening connection and one writer per primary, each
+writer redirected to its own primary's listening connection. ``RedisCache.set`` goes through the writer (on
+a cluster: the writer of the primary the cluster client maps the key's slot to) when no other thread is
+using one (:meth:`InvalidationListener.try_set`), so a set costs no message at all; a MOVED or ASK (the slot
+moved) sends it through the cluster client instead. Redis remembers the *last* client
 that changed a key in an event-loop cycle and spares a NOLOOP client only the keys it changed last, so
 another machine's write after ours in the same cycle is still reported. The writer's tracking is the only
 source of reports, so losing the writer counts as losing the connection: an error on it, or an idle writer
@@ -23,7 +26,7 @@ not answering a PING within the health check, drops the local copies and subscri
 listener and writer (the redirect names the listener's connection id, which a reconnect changes).
 
 **Own writes: echoes (everything else).** Every other write of this process (sets while the writer is busy,
-deletes, ``set_many``, any write on a cluster, where the listening connections track for themselves) is
+deletes, ``set_many``) is
 reported back, once per event-loop cycle however many clients changed the key in that cycle. So before such
 a write goes out, its key is *expected* with the stamp the entry carries (see ``_signing``; a delete expects
 no entry); a report of an expected key is then checked on the tracking connection itself (``GETRANGE key
