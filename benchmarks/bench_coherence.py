@@ -22,8 +22,8 @@ On a self-started redis-server (loopback, persistence off):
    is timed too ("writer busy").
 
 ``--cluster`` runs 2. and 3. on a self-started 3-primary Redis Cluster on loopback instead (the tests' own
-``RedisClusterNodes``, from tests/cache/conftest.py; needs redis-cli). There is no writer on a cluster: every
-own set goes through the cluster client and comes back as a report that the listener checks.
+``RedisClusterNodes``, from tests/cache/conftest.py; needs redis-cli; its servers are killed at the end).
+There the listener has a writer per primary, and a listening set goes through the key's primary's writer.
 """
 
 from __future__ import annotations
