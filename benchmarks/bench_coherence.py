@@ -1,6 +1,6 @@
 """Coherence across machines (issue 13): how stale a reader gets, what invalidation costs, and why tracking.
 
-    .venv/bin/python benchmarks/bench_coherence.py [--quick]
+    .venv/bin/python benchmarks/bench_coherence.py [--quick] [--cluster]
 
 On a self-started redis-server (loopback, persistence off):
 
@@ -20,11 +20,16 @@ On a self-started redis-server (loopback, persistence off):
    goes through the writer, which skips redis-py's pool, so it can come out faster than today's; when the
    writer is busy (another thread's set) a set takes the pool, and its echo is read and checked: that case
    is timed too ("writer busy").
+
+``--cluster`` runs 2. and 3. on a self-started 3-primary Redis Cluster on loopback instead (the tests' own
+``RedisClusterNodes``, from tests/cache/conftest.py; needs redis-cli; its servers are killed at the end).
+There the listener has a writer per primary, and a listening set goes through the key's primary's writer.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import itertools
 import multiprocessing as mp
 import os
@@ -35,6 +40,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -42,6 +48,19 @@ from llamahome.cache import DiskCache, MemoryCache, RedisCache, TieredCache
 
 # The server and timing helpers are bench_redis.py's (this script's folder is on sys.path when it runs).
 from bench_redis import interleaved, paired, per_op, start_server
+
+
+def start_cluster(workdir: str) -> Any:
+    """A 3-primary Redis Cluster on loopback, started by the tests' own helper (stop() kills its servers)."""
+    path = Path(__file__).resolve().parents[1] / "tests" / "cache" / "conftest.py"
+    spec = importlib.util.spec_from_file_location("_llamahome_redis_fixtures", path)
+    assert spec is not None and spec.loader is not None
+    fixtures = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fixtures)
+    if fixtures.REDIS_SERVER is None or fixtures.REDIS_CLI is None:
+        print("redis-server and redis-cli are needed for --cluster (apt-get install redis-server redis-tools).")
+        sys.exit(0)
+    return fixtures.RedisClusterNodes(Path(workdir) / "cluster").start()
 
 
 def tiered(url: str, namespace: str, disk: Path, listen: bool = True) -> TieredCache:
@@ -193,7 +212,7 @@ def staleness(url: str, workdir: str, rounds: int) -> list[float]:
 # ------------------------------------------------------------------------------------------------ 3. cost
 
 
-def cost(url: str, workdir: str, trials: int, ops: int) -> dict[str, list[float]]:
+def cost(url: str, workdir: str, trials: int, ops: int, cluster: bool = False) -> dict[str, list[float]]:
     value = os.urandom(1024)
     plain = RedisCache(url, namespace="cost-off")
     listening = RedisCache(url, namespace="cost-on")
@@ -216,16 +235,16 @@ def cost(url: str, workdir: str, trials: int, ops: int) -> dict[str, list[float]
         with lock:
             return per_op(lambda: listening.set(next(keys), value), ops)
 
-    results = interleaved(
-        {
-            "RedisCache.set, no listener": quiet(lambda: per_op(lambda: plain.set(next(keys), value), ops)),
-            "RedisCache.set, listening": quiet(lambda: per_op(lambda: listening.set(next(keys), value), ops)),
-            "RedisCache.set, listening, writer busy": quiet(through_the_pool),
-            "TieredCache.set, listen=False": quiet(lambda: per_op(lambda: off.set(next(keys), value), ops)),
-            "TieredCache.set, listen=True": quiet(lambda: per_op(lambda: on.set(next(keys), value), ops)),
-        },
-        trials,
-    )
+    peers = {
+        "RedisCache.set, no listener": quiet(lambda: per_op(lambda: plain.set(next(keys), value), ops)),
+        "RedisCache.set, listening": quiet(lambda: per_op(lambda: listening.set(next(keys), value), ops)),
+        "RedisCache.set, listening, writer busy": quiet(through_the_pool),
+        "TieredCache.set, listen=False": quiet(lambda: per_op(lambda: off.set(next(keys), value), ops)),
+        "TieredCache.set, listen=True": quiet(lambda: per_op(lambda: on.set(next(keys), value), ops)),
+    }
+    if cluster and not listening.listener.has_writers:  # type: ignore[union-attr]
+        del peers["RedisCache.set, listening, writer busy"]  # no writer to be busy: every set is checked
+    results = interleaved(peers, trials)
     results.update(interleaved(
         {
             "TieredCache memory hit, listen=False": quiet(lambda: per_op(lambda: off.get("hot"), ops * 20)),
@@ -241,28 +260,40 @@ def cost(url: str, workdir: str, trials: int, ops: int) -> dict[str, list[float]
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a short run")
+    parser.add_argument("--cluster", action="store_true", help="2. and 3. on a 3-primary Redis Cluster")
     args = parser.parse_args()
     trials, ops, rounds = (7, 200, 200) if args.quick else (31, 500, 1000)
 
+    mech: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as workdir:
-        proc, port = start_server(workdir)
-        url = f"redis://127.0.0.1:{port}/0"
-        try:
-            mech = mechanisms(port, trials, ops)
-            stale = staleness(url, workdir, rounds)
-            costs = cost(url, workdir, trials, ops)
-        finally:
-            proc.kill()
-            proc.wait()
+        if args.cluster:
+            nodes = start_cluster(workdir)
+            url, stop = nodes.url, nodes.stop
+        else:
+            proc, port = start_server(workdir)
+            url = f"redis://127.0.0.1:{port}/0"
 
-    print(f"redis-py {redis.__version__}, loopback redis-server, 1 KiB values; medians of {trials} interleaved rounds "
+            def stop() -> None:
+                proc.kill()
+                proc.wait()
+        try:
+            if not args.cluster:
+                mech = mechanisms(port, trials, ops)
+            stale = staleness(url, workdir, rounds)
+            costs = cost(url, workdir, trials, ops, cluster=args.cluster)
+        finally:
+            stop()
+
+    where = "a 3-primary Redis Cluster" if args.cluster else "redis-server"
+    print(f"redis-py {redis.__version__}, loopback {where}, 1 KiB values; medians of {trials} interleaved rounds "
           "(ratios: median of per-round ratios); the box is shared, so figures are noisy")
-    print("\n1. one write, telling the other machines by:")
-    base = mech["SET (no invalidation)"]
-    for name, figures in mech.items():
-        print(f"  {name:38s} {statistics.median(figures) * 1e6:7.1f} us   {paired(figures, base):5.2f}x SET")
-    nolooped = paired(mech["  the writer's path, no tracking"], mech["  the writer's path, NOLOOP tracking"])
-    print(f"  the writer's set throughput, NOLOOP tracking / none (like for like)  {nolooped:5.2f}x")
+    if mech:
+        print("\n1. one write, telling the other machines by:")
+        base = mech["SET (no invalidation)"]
+        for name, figures in mech.items():
+            print(f"  {name:38s} {statistics.median(figures) * 1e6:7.1f} us   {paired(figures, base):5.2f}x SET")
+        nolooped = paired(mech["  the writer's path, no tracking"], mech["  the writer's path, NOLOOP tracking"])
+        print(f"  the writer's set throughput, NOLOOP tracking / none (like for like)  {nolooped:5.2f}x")
     print(f"\n2. staleness over {len(stale)} writes (B's set returned -> A's get returns the new value):")
     ordered = sorted(stale)
     lost = sum(1 for s in stale if s == float("inf"))
@@ -273,14 +304,17 @@ def main() -> int:
     for name, figures in costs.items():
         print(f"  {name:38s} {statistics.median(figures) * 1e6:8.2f} us")
     redis_ratio = paired(costs["RedisCache.set, no listener"], costs["RedisCache.set, listening"])
-    busy_ratio = paired(costs["RedisCache.set, no listener"], costs["RedisCache.set, listening, writer busy"])
+    busy = costs.get("RedisCache.set, listening, writer busy")
     tiered_ratio = paired(costs["TieredCache.set, listen=False"], costs["TieredCache.set, listen=True"])
     hit_ratio = paired(costs["TieredCache memory hit, listen=True"], costs["TieredCache memory hit, listen=False"])
     print(f"  RedisCache set throughput, listening / not    {redis_ratio:5.2f}x   target >= 0.90x  "
-          f"{'met' if redis_ratio >= 0.9 else 'NOT met'}  (the writer's path skips redis-py's pool: see 1.)")
+          f"{'met' if redis_ratio >= 0.9 else 'NOT met'}  "
+          + ("(no writer: own sets are echoed and checked)" if busy is None else "(the writer's path skips redis-py's pool: see 1.)"))
     print(f"  TieredCache set throughput, listen / not      {tiered_ratio:5.2f}x   target >= 0.90x  "
           f"{'met' if tiered_ratio >= 0.9 else 'NOT met'}")
-    print(f"  RedisCache set throughput, writer busy / not  {busy_ratio:5.2f}x   (concurrent sets: pool, echo, check)")
+    if busy is not None:
+        busy_ratio = paired(costs["RedisCache.set, no listener"], busy)
+        print(f"  RedisCache set throughput, writer busy / not  {busy_ratio:5.2f}x   (concurrent sets: pool, echo, check)")
     print(f"  TieredCache memory-hit time, listen / not     {hit_ratio:5.2f}x   (no Redis call either way)")
     return 0
 

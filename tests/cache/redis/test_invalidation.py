@@ -727,3 +727,80 @@ def test_a_slow_set_through_the_writer_times_out_but_keeps_it(tmp_path: Path, re
         raw.close()
         a.close()
         b.close()
+
+
+# ---------------------------------------------------------------------------------------------- cluster writers
+
+
+@pytest.fixture
+def cluster_pair(tmp_path: Path, redis_cluster: Any, redis_namespace: str) -> Iterator[tuple[TieredCache, TieredCache]]:
+    a = TieredCache(*_local_tiers(tmp_path, "a"), RedisCache(redis_cluster.url, namespace=redis_namespace, timeout=2.0))
+    b = TieredCache(*_local_tiers(tmp_path, "b"), RedisCache(redis_cluster.url, namespace=redis_namespace, timeout=2.0))
+    for cache in (a, b):
+        assert cache.listener is not None and cache.listener.wait_subscribed(10)
+    yield a, b
+    a.close()
+    b.close()
+
+
+def _cluster_writer(cache: TieredCache, address: Any, *command: Any) -> Any:
+    assert cache.listener is not None
+    with cache.listener._writer_lock:
+        return cache.listener._writers[address].execute_command(*command)
+
+
+def test_on_a_cluster_own_sets_go_through_each_primarys_nolooped_writer(
+    cluster_pair: tuple[TieredCache, TieredCache], redis_cluster: Any
+) -> None:
+    """As on a standalone server, own sets cost no report: each primary has a writer whose tracking is NOLOOP
+    and reported to this machine's connection to that primary. Other machines' writes are still reported."""
+    a, b = cluster_pair
+    assert a.listener is not None
+    assert sorted(a.listener._writers) == sorted(("127.0.0.1", node.port) for node in redis_cluster.nodes)
+    for address in a.listener._writers:
+        info = _cluster_writer(a, address, "CLIENT", "TRACKINGINFO")
+        assert {b"on", b"bcast", b"noloop"} <= set(info[b"flags"]) and info[b"redirect"] > 0
+    for i in range(30):  # keys on every primary
+        a.set(f"n{i}", "mine")
+    assert not a.listener._echoes  # no set went through the pool: no echo to wait for
+    _settle(a)
+    assert all(a.tiers[0].get(f"n{i}") == "mine" for i in range(30))  # no report of our own sets
+    for i in range(30):
+        b.set(f"n{i}", "theirs")
+    assert _wait(lambda: all(a.get(f"n{i}") == "theirs" for i in range(30)))
+
+
+def test_on_a_cluster_a_set_sent_to_the_wrong_primary_falls_back_to_the_cluster_client(
+    cluster_pair: tuple[TieredCache, TieredCache],
+) -> None:
+    a, _ = cluster_pair
+    assert a.listener is not None
+    shared = a.tiers[2]
+    assert isinstance(shared, RedisCache)
+    rkey = shared._rkey("k")
+    owner = shared._primary_of(rkey)
+    other = next(address for address in a.listener._writers if address != owner)
+    assert a.listener.try_set(rkey, b"x" * 20, None, other) is False  # MOVED: nothing written, writer kept
+    assert shared.client.get(rkey) is None and other in a.listener._writers
+    a.set("k", "v")
+    assert a.get("k") == "v"
+
+
+def test_on_a_cluster_a_killed_writer_drops_the_local_copies_and_is_replaced(
+    cluster_pair: tuple[TieredCache, TieredCache], redis_cluster: Any
+) -> None:
+    a, b = cluster_pair
+    assert a.listener is not None
+    a.set("k", "v1")
+    address = next(iter(a.listener._writers))
+    resets, old = a.listener.resets, int(_cluster_writer(a, address, "CLIENT", "ID"))
+    raw = redis.Redis(host=address[0], port=address[1])
+    raw.client_kill_filter(_id=old)
+    raw.close()
+    assert _wait(lambda: a.listener.resets > resets, timeout=5.0)  # the health check noticed within seconds
+    assert a.tiers[0].get("k") is None
+    assert _wait(lambda: address in a.listener._writers, timeout=5.0)
+    assert int(_cluster_writer(a, address, "CLIENT", "ID")) != old
+    a.set("k", "v1")
+    b.set("k", "v2")
+    assert _wait(lambda: a.get("k") == "v2")

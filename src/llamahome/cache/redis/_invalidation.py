@@ -8,14 +8,18 @@ Writers send nothing extra, and a write by any client (sync, async, another lang
 pipelined with it or in one script with it, costs every set an extra command, where tracking only costs the
 server its fan-out (which pub/sub costs too).
 
-**Own writes: the writer (a standalone server).** Redis would report this process's own writes too, and
+**Own writes: the writer.** Redis would report this process's own writes too, and
 receiving, parsing and checking one report per set cost a busy writer about a tenth of its set throughput
 (measured: most of it is the server's side of sending the report; a reader that only drained them, without
-parsing, already cost 5-10%). So on a standalone server the tracking is
+parsing, already cost 5-10%; on a 3-primary cluster, where every own set was echoed, it ran at 0.73-0.89x
+of today's). So the tracking is
 not the listening connection's own: the listener opens a *writer*, one redis-py connection of its own, with
 ``CLIENT TRACKING ON REDIRECT <listener's id> BCAST PREFIX ... NOLOOP``: reports come to the listener, minus
-the writer's own writes. ``RedisCache.set`` goes through the writer when no other thread is using it
-(:meth:`InvalidationListener.try_set`), so a set costs no message at all. Redis remembers the *last* client
+the writer's own writes. On a cluster there is one listening connection and one writer per primary, each
+writer redirected to its own primary's listening connection. ``RedisCache.set`` goes through the writer (on
+a cluster: the writer of the primary the cluster client maps the key's slot to) when no other thread is
+using one (:meth:`InvalidationListener.try_set`), so a set costs no message at all; a MOVED or ASK (the slot
+moved) sends it through the cluster client instead. Redis remembers the *last* client
 that changed a key in an event-loop cycle and spares a NOLOOP client only the keys it changed last, so
 another machine's write after ours in the same cycle is still reported. The writer's tracking is the only
 source of reports, so losing the writer counts as losing the connection: an error on it, or an idle writer
@@ -23,7 +27,7 @@ not answering a PING within the health check, drops the local copies and subscri
 listener and writer (the redirect names the listener's connection id, which a reconnect changes).
 
 **Own writes: echoes (everything else).** Every other write of this process (sets while the writer is busy,
-deletes, ``set_many``, any write on a cluster, where the listening connections track for themselves) is
+deletes, ``set_many``) is
 reported back, once per event-loop cycle however many clients changed the key in that cycle. So before such
 a write goes out, its key is *expected* with the stamp the entry carries (see ``_signing``; a delete expects
 no entry); a report of an expected key is then checked on the tracking connection itself (``GETRANGE key
@@ -68,8 +72,8 @@ import redis
 from redis._parsers import _RESP3Parser
 from redis.backoff import NoBackoff
 from redis.connection import Connection
+from redis.exceptions import AskError, ResponseError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
@@ -422,12 +426,15 @@ class ConnectionRecipe:
         conn.connect()
         return conn
 
-    def connect_writer(self) -> redis.Redis:
+    def connect_writer(self, address: tuple[str, int] | None = None) -> redis.Redis:
         """The listener's writer: a redis-py client like the cache's own (RESP2, the cache's timeout) on one
         connection of its own, never reconnected behind our back (a new connection would not be tracked)."""
+        options = dict(self.options)
+        if address is not None:
+            options["host"], options["port"] = address
         pool = redis.ConnectionPool(
             connection_class=self.connection_class,
-            **self.options,
+            **options,
             socket_timeout=self.timeout,
             socket_connect_timeout=max(self.timeout, 0.5),
             retry=Retry(NoBackoff(), 0),
@@ -543,11 +550,13 @@ class InvalidationListener:
         self._live = False  # mirrors _subscribed, read without a call on every write
         self._first_try = threading.Event()
         self._failed = threading.Event()  # the current subscription's "stop serving" flag
-        # The writer (standalone servers): a connection whose own sets Redis does not report (see try_set).
-        self._writer: redis.Redis | None = None
+        # The writers: per primary (None: a standalone server), a connection whose own sets Redis does not
+        # report (see try_set). One lock for them all: a set that finds it taken goes through the pool.
+        self._writers: dict[tuple[str, int] | None, redis.Redis] = {}
         self._writer_lock = threading.Lock()
         self._writer_used = 0.0
         self._late: float | None = None  # when a set through the writer timed out (it holds the lock until read)
+        self._late_writer: redis.Redis | None = None  # and which writer that was
         self._thread = threading.Thread(target=self._run, name=f"llamahome-invalidation-{self._name}", daemon=True)
         self._thread.start()
 
@@ -559,6 +568,16 @@ class InvalidationListener:
             self._start()
 
     # ------------------------------------------------------------------------------------------ writers
+
+    @property
+    def _writer(self) -> redis.Redis | None:
+        """The writer of a standalone server (None on a cluster, or while there is none)."""
+        return self._writers.get(None)
+
+    @property
+    def has_writers(self) -> bool:
+        """True while own sets can go through a writer (:meth:`try_set`)."""
+        return bool(self._writers)
 
     @property
     def subscribed(self) -> bool:
@@ -603,21 +622,23 @@ class InvalidationListener:
                 entry[1] = stamp
         return True
 
-    def try_set(self, rkey: bytes, payload: bytes, px: int | None) -> bool:
-        """Send a set through the writer, whose tracking is NOLOOP: Redis reports the key to this process only
+    def try_set(self, rkey: bytes, payload: bytes, px: int | None, address: tuple[str, int] | None = None) -> bool:
+        """Send a set through the writer (on a cluster: the writer of the primary at ``address``, which should
+        own the key's slot), whose tracking is NOLOOP: Redis reports the key to this process only
         if another client changed it after us in the same event-loop cycle, so there is no echo to expect or
-        check. False (nothing sent) when there is no writer (not subscribed, a cluster) or another thread is
-        using it: the caller then sets through its pool and :meth:`expect_one`. Errors are raised. No answer
+        check. False (nothing sent or changed) when there is no such writer (not subscribed, an unknown node),
+        another thread is using one, or the node does not own the key's slot (MOVED, ASK, TRYAGAIN): the
+        caller then sets through its pool and :meth:`expect_one`. Other errors are raised. No answer
         within the cache's timeout raises a TimeoutError but keeps the connection, and its tracking: the
         listener reads the late reply and frees the writer (or gives it up after HEALTH_TIMEOUT). Any other
         error may have cost the writer its connection, and so Redis its tracking: the listener subscribes
         again, dropping the local copies.
         """
-        if self._writer is None or not self._writer_lock.acquire(blocking=False):
+        if address not in self._writers or not self._writer_lock.acquire(blocking=False):
             return False
         late = False
         try:
-            writer = self._writer
+            writer = self._writers.get(address)
             if writer is None or writer.connection is None:
                 return False
             conn = writer.connection
@@ -628,14 +649,17 @@ class InvalidationListener:
                     conn.send_command("SET", rkey, payload, "PX", px)
                 if not conn.can_read(timeout=self._recipe.timeout):
                     late = True
-                    self._late = time.monotonic()
+                    self._late, self._late_writer = time.monotonic(), writer
                     raise RedisTimeoutError(f"Redis did not answer within {self._recipe.timeout} s")
                 conn.read_response()
+            except (AskError, TryAgainError):  # (MovedError is an AskError) not this node's slot: nothing changed
+                self._writer_used = time.monotonic()
+                return False
             except ResponseError:  # Redis refused the write (OOM, READONLY...): nothing changed, still in step
                 raise
             except BaseException:
                 if not late:
-                    self._writer = None  # never used again: redis-py would reconnect it untracked
+                    self._writers = {}  # never used again: redis-py would reconnect it untracked
                     self._failed.set()
                 raise
             self._writer_used = time.monotonic()
@@ -668,7 +692,7 @@ class InvalidationListener:
         delay = _MIN_DELAY
         while not self._stop.is_set():
             conns: list[Connection] = []
-            writer: redis.Redis | None = None
+            writers: dict[tuple[str, int] | None, redis.Redis] = {}
             try:
                 missing: list[tuple[str, int]] = []
                 try:
@@ -678,10 +702,10 @@ class InvalidationListener:
                         conns.append(conn)
                         conn.send_command("CLIENT", "ID")
                         listener_id = conn.read_response()
-                        writer = self._recipe.connect_writer()
+                        writer = writers[None] = self._recipe.connect_writer()
                         assert writer.connection is not None
                         self._track(writer.connection, redirect=listener_id)
-                    for address in primaries if writer is None else []:
+                    for address in primaries if not writers else []:
                         try:
                             conn = self._recipe.connect(address)
                         except CALL_ERRORS:
@@ -692,7 +716,13 @@ class InvalidationListener:
                             missing.append(address)
                             continue
                         conns.append(conn)
-                        self._track(conn)
+                        assert address is not None
+                        # As on a standalone server: this primary's writer tracks, its reports come to conn.
+                        conn.send_command("CLIENT", "ID")
+                        listener_id = conn.read_response()
+                        writer = writers[address] = self._recipe.connect_writer(address)
+                        assert writer.connection is not None
+                        self._track(writer.connection, redirect=listener_id)
                     if not conns:
                         raise RedisConnectionError("no Redis primary answered")
                 except CALL_ERRORS as exc:
@@ -709,7 +739,7 @@ class InvalidationListener:
                     self._live = True
                     self._first_try.set()
                     delay = _MIN_DELAY
-                    self._serve(conns, primaries, missing, writer)
+                    self._serve(conns, primaries, missing, writers)
                     self._live = False
                     self._subscribed.clear()
                     if not self._stop.is_set():
@@ -726,7 +756,7 @@ class InvalidationListener:
                         conn.disconnect()
                     except CALL_ERRORS:
                         pass
-                if writer is not None:
+                for writer in writers.values():
                     _close_writer(writer)
             self._stop.wait(delay)
             delay = min(delay * 2, _MAX_DELAY)
@@ -747,7 +777,7 @@ class InvalidationListener:
 
     def _serve(
         self, conns: list[Connection], primaries: list[tuple[str, int] | None], missing: list[tuple[str, int]],
-        writer: redis.Redis | None = None,
+        writers: dict[tuple[str, int] | None, redis.Redis],
     ) -> None:
         """Read reports on every connection until one fails (or the writer does), the primaries change, a
         missing primary answers again, or stop() is called."""
@@ -755,7 +785,8 @@ class InvalidationListener:
         if self._stop.is_set():
             failed.set()
         with self._writer_lock:
-            self._writer, self._writer_used = writer, time.monotonic()
+            self._writers, self._writer_used = dict(writers), time.monotonic()
+        pinged = time.monotonic()
         readers = [
             threading.Thread(target=self._read, args=(conn, failed), name="llamahome-invalidation-reader", daemon=True)
             for conn in conns
@@ -767,9 +798,14 @@ class InvalidationListener:
         while not failed.is_set() and not self._stop.is_set():
             failed.wait(0.25)
             if self._late is not None:
-                self._read_late_reply(writer, failed)
-            elif writer is not None and time.monotonic() - self._writer_used > HEALTH_INTERVAL:
-                self._check_writer(writer, failed)
+                self._read_late_reply(self._late_writer, failed)
+            elif len(writers) == 1 and time.monotonic() - self._writer_used > HEALTH_INTERVAL:
+                self._check_writer(next(iter(writers.values())), failed)
+            elif len(writers) > 1 and time.monotonic() - pinged > HEALTH_INTERVAL:  # one busy writer says
+                pinged = time.monotonic()  # nothing of the others: each is checked
+                for writer in writers.values():
+                    if not failed.is_set():
+                        self._check_writer(writer, failed)
             if self._recipe.seeds is not None and time.monotonic() >= next_check and not failed.is_set():
                 next_check = time.monotonic() + interval
                 try:
@@ -784,11 +820,11 @@ class InvalidationListener:
         failed.set()
         while True:  # a set in flight through the writer finishes first
             if self._writer_lock.acquire(timeout=0.05):
-                self._writer = None
+                self._writers = {}
                 self._writer_lock.release()
                 break
             if self._late is not None:  # held for a late reply, which no longer matters
-                self._late, self._writer = None, None
+                self._late, self._late_writer, self._writers = None, None, {}
                 self._writer_lock.release()
                 break
         for conn in conns:
@@ -818,9 +854,9 @@ class InvalidationListener:
             self._writer_used = time.monotonic()
         except CALL_ERRORS as exc:
             log.info("Invalidation writer lost (%s: %s); local copies are dropped.", type(exc).__name__, exc)
-            self._writer = None
+            self._writers = {}
             failed.set()
-        self._late = None
+        self._late, self._late_writer = None, None
         self._writer_lock.release()
 
     def _check_writer(self, writer: redis.Redis, failed: threading.Event) -> None:
@@ -829,7 +865,7 @@ class InvalidationListener:
         if not self._writer_lock.acquire(blocking=False):
             return  # a set is using it: alive
         try:
-            if self._writer is not writer:
+            if writer not in self._writers.values():
                 return
             conn = writer.connection
             if conn is None:
@@ -841,7 +877,7 @@ class InvalidationListener:
             self._writer_used = time.monotonic()
         except CALL_ERRORS as exc:
             log.info("Invalidation writer lost (%s: %s); local copies are dropped.", type(exc).__name__, exc)
-            self._writer = None
+            self._writers = {}
             failed.set()
         finally:
             self._writer_lock.release()

@@ -161,9 +161,9 @@ class RedisCache(BaseRedisCache, Store):
         if packed is None or not self._allow("SET", write=True):
             return False
         listener = self._listener
-        if listener is not None:
+        if listener is not None and listener.has_writers:
             try:
-                written = listener.try_set(rkey, packed[0], px)  # no echo to expect (see try_set)
+                written = listener.try_set(rkey, packed[0], px, self._primary_of(rkey) if self._cluster else None)
             except CALL_ERRORS as exc:
                 self._failed(exc, "SET")
                 return False
@@ -182,6 +182,15 @@ class RedisCache(BaseRedisCache, Store):
         self._ok()
         self._count_sets([(rkey, packed)])
         return True
+
+    def _primary_of(self, rkey: bytes) -> tuple[str, int] | None:
+        """Where the cluster client would send a write of ``rkey`` (None if it does not know): the listener's
+        writer for that primary takes the set (no echo to expect; see InvalidationListener.try_set)."""
+        try:
+            node = self.client.get_node_from_key(rkey)  # type: ignore[union-attr]
+        except CALL_ERRORS:
+            return None
+        return (node.host, int(node.port))
 
     def delete(self, key: Key) -> bool:
         rkey = self._rkey(key)
