@@ -61,7 +61,7 @@ the index's pages take beyond the inline values and the value files' last blocks
 1/20 of the bound; see ``Index.measure``), so ``du`` of a closed cache stays within about 1.1 x the bound.
 Outside it: the reserve (1/64 of the bound, 128 KiB to 1 MiB), the folders (up to 256 fan-out folders of
 4 KiB), free index pages and, while the cache is open, the WAL (1/8 of the bound between checkpoints, at
-most about 40 MiB per writing process).
+most 256 MiB per writing process).
 A set that has to evict evicts a batch, down to 1/64 of the bound (at most 1 MiB) under the limit.
 POSIX only (fcntl locks, fork handling).
 
