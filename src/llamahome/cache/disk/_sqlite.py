@@ -430,13 +430,13 @@ def _setup(conn: sqlite3.Connection, policy: str, check: bool) -> bool:
         retry_busy(lambda: conn.executescript(_SCHEMA), "index")
     version = retry_busy(lambda: conn.execute("SELECT version FROM meta WHERE id = 0").fetchone(), "index")
     if version is not None and version[0] == 1:
-        retry_busy(lambda: _migrate_from_1(conn), "index")
+        retry_busy(lambda: _upgrade(conn, 1, _step_from_1), "index")
         version = (2,)
     if version is not None and version[0] == 2:
-        retry_busy(lambda: _migrate_from_2(conn), "index")
+        retry_busy(lambda: _upgrade(conn, 2, _step_from_2), "index")
         version = (3,)
     if version is not None and version[0] == 3:
-        retry_busy(lambda: _migrate_from_3(conn), "index")
+        retry_busy(lambda: _upgrade(conn, 3, _step_from_3), "index")
         version = (SCHEMA_VERSION,)
     if version is not None and type(version[0]) is int and version[0] > SCHEMA_VERSION:
         # Never "repair" an index a newer version wrote: that would throw its entries away.
@@ -454,87 +454,74 @@ def _setup(conn: sqlite3.Connection, policy: str, check: bool) -> bool:
     return fresh
 
 
-def _migrate_from_1(conn: sqlite3.Connection) -> None:
-    """Version 1 -> 2 in one transaction: meta.pending, the triggers that keep it, a partial lru index."""
+def _upgrade(conn: sqlite3.Connection, version: int, step: Callable[[sqlite3.Connection], None]) -> None:
+    """Run ``step`` (the change from ``version`` to the next) in one write transaction, unless another
+    process did it meanwhile."""
     conn.execute("BEGIN IMMEDIATE")
     try:
-        if conn.execute("SELECT version FROM meta WHERE id = 0").fetchone()[0] == 1:  # not done meanwhile
-            conn.execute("ALTER TABLE meta ADD COLUMN pending INTEGER NOT NULL DEFAULT 0")
-            for name in ("entries_ins", "entries_del", "entries_upd"):
-                conn.execute(f"DROP TRIGGER IF EXISTS {name}")
-            for trigger in _TRIGGERS_V2:
-                conn.execute(trigger)
-            had_lru = conn.execute(
-                "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = 'entries_lru'"
-            ).fetchone()[0]
-            if had_lru:  # version 1's lru index covers every row; version 2's leaves unsettled rows out
-                conn.execute("DROP INDEX entries_lru")
-                conn.execute("CREATE INDEX entries_lru ON entries(accessed) WHERE accessed >= 0")
-            conn.execute("UPDATE meta SET version = 2 WHERE id = 0")
+        if conn.execute("SELECT version FROM meta WHERE id = 0").fetchone()[0] == version:
+            step(conn)
+            conn.execute("UPDATE meta SET version = ? WHERE id = 0", (version + 1,))
         conn.execute("COMMIT")
     except BaseException:
         with contextlib.suppress(sqlite3.Error):
             conn.execute("ROLLBACK")
         raise
-    log.info("The disk cache index was upgraded from version 1 to 2.")
+    log.info("The disk cache index was upgraded from version %d to %d.", version, version + 1)
 
 
-def _migrate_from_2(conn: sqlite3.Connection) -> None:
+def _step_from_1(conn: sqlite3.Connection) -> None:
+    """Version 1 -> 2 in one transaction: meta.pending, the triggers that keep it, a partial lru index."""
+    conn.execute("ALTER TABLE meta ADD COLUMN pending INTEGER NOT NULL DEFAULT 0")
+    for name in ("entries_ins", "entries_del", "entries_upd"):
+        conn.execute(f"DROP TRIGGER IF EXISTS {name}")
+    for trigger in _TRIGGERS_V2:
+        conn.execute(trigger)
+    had_lru = conn.execute(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = 'entries_lru'"
+    ).fetchone()[0]
+    if had_lru:  # version 1's lru index covers every row; version 2's leaves unsettled rows out
+        conn.execute("DROP INDEX entries_lru")
+        conn.execute("CREATE INDEX entries_lru ON entries(accessed) WHERE accessed >= 0")
+
+
+def _step_from_2(conn: sqlite3.Connection) -> None:
     """Version 2 -> 3 in one transaction: inline values' checksums are bound to their keys (xxh3 seeded with
     the key's hash; rows whose value fails its old checksum are dropped: they would read as misses), and
     ``meta.file_bytes`` (bytes held in value files) with the triggers that keep it."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        if conn.execute("SELECT version FROM meta WHERE id = 0").fetchone()[0] == 2:  # not done meanwhile
-            updates, damaged = [], []
-            for entry_id, key, value, digest in conn.execute(
-                "SELECT id, key, value, checksum FROM entries WHERE value IS NOT NULL"
-            ):
-                if isinstance(value, bytes) and isinstance(key, bytes) and df.checksum(value) == digest:
-                    updates.append((df.key_checksum(value, key), entry_id))
-                else:
-                    damaged.append((entry_id,))
-            conn.executemany("UPDATE entries SET checksum = ? WHERE id = ?", updates)
-            conn.execute("ALTER TABLE meta ADD COLUMN file_bytes INTEGER NOT NULL DEFAULT 0")
-            conn.execute("ALTER TABLE meta ADD COLUMN file_slack INTEGER NOT NULL DEFAULT 0")
-            for name in ("entries_ins", "entries_del", "entries_upd", "entries_acc"):
-                conn.execute(f"DROP TRIGGER IF EXISTS {name}")
-            for trigger in _TRIGGERS_V3:
-                conn.execute(trigger)
-            conn.execute(_FILE_TOTALS)
-            conn.executemany("DELETE FROM entries WHERE id = ?", damaged)
-            conn.execute("UPDATE meta SET version = 3 WHERE id = 0")
-        conn.execute("COMMIT")
-    except BaseException:
-        with contextlib.suppress(sqlite3.Error):
-            conn.execute("ROLLBACK")
-        raise
-    log.info("The disk cache index was upgraded from version 2 to 3.")
+    updates, damaged = [], []
+    for entry_id, key, value, digest in conn.execute(
+        "SELECT id, key, value, checksum FROM entries WHERE value IS NOT NULL"
+    ):
+        if isinstance(value, bytes) and isinstance(key, bytes) and df.checksum(value) == digest:
+            updates.append((df.key_checksum(value, key), entry_id))
+        else:
+            damaged.append((entry_id,))
+    conn.executemany("UPDATE entries SET checksum = ? WHERE id = ?", updates)
+    conn.execute("ALTER TABLE meta ADD COLUMN file_bytes INTEGER NOT NULL DEFAULT 0")
+    conn.execute("ALTER TABLE meta ADD COLUMN file_slack INTEGER NOT NULL DEFAULT 0")
+    for name in ("entries_ins", "entries_del", "entries_upd", "entries_acc"):
+        conn.execute(f"DROP TRIGGER IF EXISTS {name}")
+    for trigger in _TRIGGERS_V3:
+        conn.execute(trigger)
+    conn.execute(_FILE_TOTALS)
+    conn.executemany("DELETE FROM entries WHERE id = ?", damaged)
 
 
-def _migrate_from_3(conn: sqlite3.Connection) -> None:
+def _step_from_3(conn: sqlite3.Connection) -> None:
     """Version 3 -> 4 in one transaction: uses move from the entries' rows into the narrow ``uses`` table (an
     unsettled row's use is its creation), with the triggers that keep it and the policy indexes over it."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        if conn.execute("SELECT version FROM meta WHERE id = 0").fetchone()[0] == 3:  # not done meanwhile
-            conn.execute("CREATE TABLE IF NOT EXISTS uses (id INTEGER PRIMARY KEY, accessed REAL NOT NULL,"
-                         " hits INTEGER NOT NULL)")
-            conn.execute("INSERT OR REPLACE INTO uses (id, accessed, hits) SELECT id,"
-                         " CASE WHEN accessed < 0 THEN max(created, 0) ELSE accessed END, hits FROM entries")
-            for name in ("entries_ins", "entries_del", "entries_upd", "entries_acc"):
-                conn.execute(f"DROP TRIGGER IF EXISTS {name}")
-            for trigger in _TRIGGERS:
-                conn.execute(trigger)
-            for name in ("entries_lru", "entries_lfu"):
-                conn.execute(f"DROP INDEX IF EXISTS {name}")
-            conn.execute(f"UPDATE meta SET version = {SCHEMA_VERSION}, pending = 0 WHERE id = 0")
-        conn.execute("COMMIT")
-    except BaseException:
-        with contextlib.suppress(sqlite3.Error):
-            conn.execute("ROLLBACK")
-        raise
-    log.info("The disk cache index was upgraded from version 3 to %d.", SCHEMA_VERSION)
+    conn.execute("CREATE TABLE IF NOT EXISTS uses (id INTEGER PRIMARY KEY, accessed REAL NOT NULL,"
+                 " hits INTEGER NOT NULL)")
+    conn.execute("INSERT OR REPLACE INTO uses (id, accessed, hits) SELECT id,"
+                 " CASE WHEN accessed < 0 THEN max(created, 0) ELSE accessed END, hits FROM entries")
+    for name in ("entries_ins", "entries_del", "entries_upd", "entries_acc"):
+        conn.execute(f"DROP TRIGGER IF EXISTS {name}")
+    for trigger in _TRIGGERS:
+        conn.execute(trigger)
+    for name in ("entries_lru", "entries_lfu"):
+        conn.execute(f"DROP INDEX IF EXISTS {name}")
+    conn.execute("UPDATE meta SET pending = 0 WHERE id = 0")
 
 
 def rebuild_from_files(conn: sqlite3.Connection, data_dir: str) -> tuple[int, int]:
