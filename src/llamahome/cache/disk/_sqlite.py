@@ -81,13 +81,7 @@ END""",
     file_slack = file_slack - (OLD.file IS NOT NULL) * ((4096 - (OLD.size - length(OLD.key)) % 4096) % 4096)
     WHERE id = 0;
 END""",
-    """CREATE TRIGGER IF NOT EXISTS entries_upd AFTER UPDATE OF size, file ON entries
-WHEN NEW.size != OLD.size OR (NEW.file IS NULL) != (OLD.file IS NULL) BEGIN
-    UPDATE meta SET bytes = bytes + NEW.size - OLD.size,
-    file_bytes = file_bytes + NEW.size * (NEW.file IS NOT NULL) - OLD.size * (OLD.file IS NOT NULL),
-    file_slack = file_slack + (NEW.file IS NOT NULL) * ((4096 - (NEW.size - length(NEW.key)) % 4096) % 4096)
-    - (OLD.file IS NOT NULL) * ((4096 - (OLD.size - length(OLD.key)) % 4096) % 4096) WHERE id = 0;
-END""",
+    _TRIGGERS[2],  # entries_upd: unchanged in version 4
     """CREATE TRIGGER IF NOT EXISTS entries_acc AFTER UPDATE OF accessed ON entries
 WHEN (NEW.accessed < 0) != (OLD.accessed < 0) BEGIN
     UPDATE meta SET pending = pending + (NEW.accessed < 0) - (OLD.accessed < 0) WHERE id = 0;
@@ -106,10 +100,7 @@ END""",
     """CREATE TRIGGER IF NOT EXISTS entries_upd AFTER UPDATE OF size ON entries WHEN NEW.size != OLD.size BEGIN
     UPDATE meta SET bytes = bytes + NEW.size - OLD.size WHERE id = 0;
 END""",
-    """CREATE TRIGGER IF NOT EXISTS entries_acc AFTER UPDATE OF accessed ON entries
-WHEN (NEW.accessed < 0) != (OLD.accessed < 0) BEGIN
-    UPDATE meta SET pending = pending + (NEW.accessed < 0) - (OLD.accessed < 0) WHERE id = 0;
-END""",
+    _TRIGGERS_V3[3],  # entries_acc: the same in version 3
 )
 
 # ``entries.accessed`` and ``entries.hits`` are unused since version 4 (uses live in ``uses``); new rows get 0,
