@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import math
 import os
 import random
 import sqlite3
@@ -26,7 +27,10 @@ from . import _marker as dm
 from . import _sqlite as dx
 from ._log import log
 
-__all__ = ["Index", "FULL_DISK_STEP", "ACCESS_FLUSH_INTERVAL", "ACCESS_BUFFER_MAX", "ACCESS_RESOLUTION_SPLIT"]
+__all__ = [
+    "Index", "FULL_DISK_STEP", "ACCESS_FLUSH_INTERVAL", "ACCESS_BUFFER_MAX", "ACCESS_RESOLUTION_SPLIT",
+    "DEFER_MIN_ENTRIES", "DEFER_BATCH_MAX", "DEFER_MAX_S", "FRONT_SPLIT",
+]
 
 T = TypeVar("T")
 
@@ -38,6 +42,17 @@ ACCESS_BUFFER_MAX = 10_000
 #: turns over many times a second still orders its evictions by use): reads of an entry used more recently
 #: than that cost no bookkeeping at all, and cannot change which entries go first by more than 1/64 of it.
 ACCESS_RESOLUTION_SPLIT = 64
+#: From this many entries on, an lru cache writes only the uses that can matter soon within the second: those
+#: of entries in the oldest 1/FRONT_SPLIT of the order (the front, where evictions take victims). Uses of the
+#: other entries wait for a batch of DEFER_BATCH_MAX (at most 1/16 of the entries) or DEFER_MAX_S. Why: with
+#: uniform reads over a large cache, each use rewrites a random page of ``uses`` and one of its lru index, and
+#: a batch of 10k uses over 1M entries touches each page about once (15 us a use, measured on a raw 1M-row
+#: table); a batch of 64k touches each several times (5 us). Below DEFER_MIN_ENTRIES a second's batch already
+#: rewrites each page many times, and every use is written within the second as before.
+DEFER_MIN_ENTRIES = 200_000
+DEFER_BATCH_MAX = 65_536
+DEFER_MAX_S = 10.0
+FRONT_SPLIT = 8
 #: How long a checkpoint waits for other processes' transactions to leave the WAL (see _sqlite.checkpoint).
 CHECKPOINT_WAIT_S = 0.05
 
@@ -70,7 +85,13 @@ class Index:
         #: lru uses more recent than this (seconds) are not recorded again; 0 until the first flush measures
         #: the entries' age span, so every use is recorded until then.
         self.resolution = 0.0
-        self._access: dict[int, list[Any]] = {}
+        #: Uses of entries recorded before this time are urgent (written within ACCESS_FLUSH_INTERVAL); later
+        #: ones are deferred (see DEFER_MIN_ENTRIES). inf: every use is urgent (small caches, lfu).
+        self.front = math.inf
+        self._access: dict[int, list[Any]] = {}  # urgent uses: entry id -> [last use, count]
+        self._later: dict[int, list[Any]] = {}  # deferred uses, the same shape
+        self._later_max = DEFER_BATCH_MAX
+        self._last_full = self._front_at = time.monotonic()
         # Rows a batch of uses changed beyond the pages it can have written (see flush_access and wrote).
         self._uses_pages_saved = 0
         self._last_flush = time.monotonic()
@@ -151,6 +172,7 @@ class Index:
         self._db = None
         self.lock = threading.RLock()
         self._access = {}
+        self._later = {}
 
     def check_identity(self) -> None:
         """Reopen if another process replaced a damaged index file under us (ours would be a ghost)."""
@@ -168,7 +190,7 @@ class Index:
             if self.closed:
                 return
             if self._db is not None:
-                if self._access:
+                if self._access or self._later:
                     with contextlib.suppress(Exception):
                         self.write(lambda conn: self.flush_access(conn))
                 if self.wal_frames:
@@ -298,11 +320,12 @@ class Index:
 
     # ------------------------------------------------------------------------------------------ uses
 
-    def note_use(self, entry_id: int, now: float) -> None:
-        """Buffer a use of ``entry_id`` (written by the next flush)."""
-        seen = self._access.get(entry_id)
+    def note_use(self, entry_id: int, now: float, accessed: float = -math.inf) -> None:
+        """Buffer a use of ``entry_id`` whose last recorded use is ``accessed`` (written by a later flush)."""
+        buffer = self._access if accessed < self.front else self._later
+        seen = buffer.get(entry_id)
         if seen is None:
-            self._access[entry_id] = [now, 1]
+            buffer[entry_id] = [now, 1]
         else:
             seen[0] = max(seen[0], now)
             seen[1] += 1
@@ -311,35 +334,60 @@ class Index:
         """A read of ``entry_id`` (last use recorded at ``accessed``): lfu counts every use; lru keeps access
         times to a resolution (like the file system's relatime)."""
         if self.track and (self.lfu or not now - accessed < self.resolution):
-            self.note_use(entry_id, now)
+            self.note_use(entry_id, now, accessed)
             if self.flush_due():
                 self._flush_soon()
 
     def flush_due(self) -> bool:
-        return bool(self._access) and (
-            len(self._access) >= ACCESS_BUFFER_MAX or time.monotonic() - self._last_flush >= ACCESS_FLUSH_INTERVAL
-        )
+        """Whether urgent uses have waited a second (or filled a batch), or deferred ones are due."""
+        return (bool(self._access) and (len(self._access) >= ACCESS_BUFFER_MAX
+                                        or time.monotonic() - self._last_flush >= ACCESS_FLUSH_INTERVAL)
+                ) or self._later_due()
+
+    def _later_due(self) -> bool:
+        return bool(self._later) and (len(self._later) >= self._later_max
+                                      or time.monotonic() - self._last_full >= DEFER_MAX_S)
 
     def forget_uses(self) -> None:
         self._access.clear()
+        self._later.clear()
 
-    def flush_access(self, conn: sqlite3.Connection) -> None:
-        """Write the buffered access times/counts into ``uses`` (inside a write transaction)."""
-        wrote = bool(self._access)
-        if wrote:
-            conn.executemany(_FLUSH, [(t, n, i) for i, (t, n) in sorted(self._access.items())])
+    def flush_access(self, conn: sqlite3.Connection, everything: bool = True) -> None:
+        """Write the buffered uses into ``uses`` (inside a write transaction): the urgent ones, and the deferred
+        ones too when ``everything`` (before an eviction, on cleanup and close) or when they are due."""
+        later = bool(self._later) and (everything or self._later_due())
+        rows = [(t, n, i) for i, (t, n) in self._access.items()]
+        if later:
+            rows += [(t, n, i) for i, (t, n) in self._later.items()]
+            self._later.clear()
+            self._last_full = time.monotonic()
+        if rows:
+            rows.sort(key=lambda row: row[2])  # in id order: neighbouring rows share pages
+            conn.executemany(_FLUSH, rows)
             # wrote() counts each changed row as a page; uses rows are narrow (~150 a page, and as many in
             # the policy's index), so a batch rewrites at most about two pages per 150 entries.
             entries = conn.execute("SELECT entries FROM meta WHERE id = 0").fetchone()[0]
             pages = 4 + 2 * (entries // 150)
-            self._uses_pages_saved += max(0, len(self._access) - pages)
+            self._uses_pages_saved += max(0, len(rows) - pages)
             self._access.clear()
-        if wrote and self.policy == "lru":
-            # Finer than 1/64 of the age span of the entries cannot change which entries go first.
-            oldest = conn.execute("SELECT min(accessed) FROM uses").fetchone()[0]
-            span = self.clock() - oldest if oldest is not None else 0.0
-            self.resolution = max(0.0, span / ACCESS_RESOLUTION_SPLIT)
+            if self.policy == "lru":
+                self._measure_order(conn, entries)
         self._last_flush = time.monotonic()
+
+    def _measure_order(self, conn: sqlite3.Connection, entries: int) -> None:
+        """After writing uses (lru): the resolution (finer than 1/64 of the age span of the entries cannot
+        change which entries go first) and, every DEFER_MAX_S in a large cache, the front."""
+        oldest = conn.execute("SELECT min(accessed) FROM uses").fetchone()[0]
+        span = self.clock() - oldest if oldest is not None else 0.0
+        self.resolution = max(0.0, span / ACCESS_RESOLUTION_SPLIT)
+        if entries < DEFER_MIN_ENTRIES:
+            self.front = math.inf
+        elif self.front == math.inf or time.monotonic() - self._front_at >= DEFER_MAX_S:
+            row = conn.execute("SELECT accessed FROM uses ORDER BY accessed LIMIT 1 OFFSET ?",
+                               (entries // FRONT_SPLIT,)).fetchone()
+            self.front = math.inf if row is None else row[0]
+            self._later_max = min(DEFER_BATCH_MAX, entries // 16)
+            self._front_at = time.monotonic()
 
     def _flush_soon(self) -> None:
         """Flush from the read path without waiting: if another process holds the write lock, try later."""
@@ -351,9 +399,11 @@ class Index:
         except sqlite3.Error:
             if len(self._access) > 4 * ACCESS_BUFFER_MAX:
                 self._access.clear()  # bookkeeping is advisory; never let it grow without bound
+            if len(self._later) > 2 * self._later_max:
+                self._later.clear()
             return
         try:
-            self.flush_access(conn)
+            self.flush_access(conn, everything=False)
             conn.execute("COMMIT")
             self.wrote(conn.total_changes - changes, 0)
         except sqlite3.Error as exc:

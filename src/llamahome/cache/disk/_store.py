@@ -496,7 +496,7 @@ class DiskCache(Store):
         # A rewrite is a use: it goes into the uses buffer (written with the next batch, and always before this
         # process evicts) unless the recorded use is within the lru resolution, as for reads.
         if index.track and (index.lfu or not now - old_used < index.resolution):
-            index.note_use(old_id, now)
+            index.note_use(old_id, now, old_used)
         conn.execute(_UPDATE, (value, name, size, frame_size, digest, now, expires, old_id))
         return total - old_size + size, old_file
 
@@ -506,7 +506,7 @@ class DiskCache(Store):
         index = self._index
         victims = index.evict(conn, now, keys, total, batch=True) if total > index.limit else []
         if index.flush_due():
-            index.flush_access(conn)  # the batched uses ride along in this transaction
+            index.flush_access(conn, everything=False)  # the due uses ride along in this transaction
         return victims
 
     def _set_inline_fast(self, kb: bytes, enc: codecs.EncodedValue, expires: float | None, now: float) -> bool:
