@@ -8,7 +8,8 @@ built once per size:
 
 - open: a new process's constructor + first get of an existing cache (the OS cache warm);
 - cleanup: ``cleanup()`` with nothing to do (ours) against ``cull()`` (diskcache), median of 3 calls;
-- mix: 90% get / 10% set of 1 KiB values over the whole key range, ops/s in one process and in four;
+- mix: 90% get / 10% set of 1 KiB values over the whole key range, ops/s in one process and in four (and
+  four/one with gets only);
 - evicting set: a set of a new key into a cache at its bound against a set with room (mean us);
 - get-hit: random keys, warm (cold when the OS cache can be dropped: root and /proc/sys/vm/drop_caches);
 - du: the directory after close over the bound (ours is given a bound of the data's size);
@@ -86,7 +87,8 @@ def child(lib: str, task: str, path: str, n: int, seconds: float, seed: int) -> 
             times.append((time.perf_counter() - t0) * 1e3)
         cache.close()
         return {"ms": statistics.median(times)}
-    if task == "mix":
+    if task in ("mix", "reads"):
+        set_share = 0.1 if task == "mix" else 0.0
         cache = _open(lib, path, n)
         ops = 0
         cpu0 = time.process_time()
@@ -94,7 +96,7 @@ def child(lib: str, task: str, path: str, n: int, seconds: float, seed: int) -> 
         while time.perf_counter() < deadline:
             for _ in range(100):
                 key = f"key-{rnd.randrange(n):08d}"
-                if rnd.random() < 0.1:
+                if rnd.random() < set_share:
                     cache.set(key, value)
                 else:
                     cache.get(key)
@@ -148,11 +150,11 @@ def run(lib: str, task: str, path: str, n: int, seconds: float = 0.0, seed: int 
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
-def mix(lib: str, path: str, n: int, seconds: float, procs: int) -> tuple[float, float]:
-    """(ops/s of all processes together, ops per CPU-second of each)."""
+def mix(lib: str, path: str, n: int, seconds: float, procs: int, task: str = "mix") -> tuple[float, float]:
+    """(ops/s of all processes together, ops per CPU-second of each); ``task="reads"``: gets only."""
     env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
     workers = [
-        subprocess.Popen([sys.executable, __file__, "--child", lib, "mix", path, str(n), str(seconds), str(i)],
+        subprocess.Popen([sys.executable, __file__, "--child", lib, task, path, str(n), str(seconds), str(i)],
                          stdout=subprocess.PIPE, text=True, env=env)
         for i in range(procs)
     ]
@@ -256,6 +258,12 @@ def main() -> None:
             row("  the same, per CPU-second each", four_cpu["ours"][1], four_cpu["diskcache"][1], "ops")
             print(f"{'':<34} four/one: ours {four['ours'] / one['ours']:.2f}, "
                   f"diskcache {four['diskcache'] / one['diskcache']:.2f} (target >= 1.5; needs idle cores)")
+            # Without writes: another process's commit makes SQLite drop each reader's page cache (WAL mode),
+            # so with 10% sets every process spends about twice the CPU a read; reads alone show the scaling.
+            reads = {lib: (mix(lib, paths[lib], n, seconds / 2, 1, "reads")[0],
+                           mix(lib, paths[lib], n, seconds / 2, 4, "reads")[0]) for lib in paths}
+            print(f"{'':<34} reads only, four/one: ours {reads['ours'][1] / reads['ours'][0]:.2f}, "
+                  f"diskcache {reads['diskcache'][1] / reads['diskcache'][0]:.2f}", flush=True)
             if n == sizes[0]:
                 ev = {lib: run(lib, "evict", os.path.join(root, f"{lib}-evict"), n) for lib in paths}
                 row("set, cache with room", ev["ours"]["room"], ev["diskcache"]["room"], "us")
