@@ -134,3 +134,16 @@ def test_another_process_s_eviction_sees_urgent_uses_within_the_second(
     finally:
         b.close()
         a.close()
+
+
+def test_entries_tied_with_the_front_are_urgent(tmp_path: Path, clock: Any, large: None) -> None:
+    """Entries stored together share their first use: when the front falls on such a tie, all of them are in
+    it (an eviction would take them in id order), so none of their uses may wait."""
+    with DiskCache(tmp_path / "c", size=4, clock=clock) as c:
+        c.set_many({f"k{i:03d}": b"v" * 100 for i in range(N)})
+        clock.advance(1000)
+        assert c.get("k399") is not None
+        c._index.write(c._index.flush_access)
+        assert c._index.front < math.inf
+        assert c.get("k300") is not None and c.get("k100") is not None
+        assert c._index._later == {} and len(c._index._access) == 2

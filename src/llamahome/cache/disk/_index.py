@@ -85,7 +85,7 @@ class Index:
         #: lru uses more recent than this (seconds) are not recorded again; 0 until the first flush measures
         #: the entries' age span, so every use is recorded until then.
         self.resolution = 0.0
-        #: Uses of entries recorded before this time are urgent (written within ACCESS_FLUSH_INTERVAL); later
+        #: Uses of entries recorded at or before this time are urgent (written within ACCESS_FLUSH_INTERVAL); later
         #: ones are deferred (see DEFER_MIN_ENTRIES). inf: every use is urgent (small caches, lfu).
         self.front = math.inf
         self._access: dict[int, list[Any]] = {}  # urgent uses: entry id -> [last use, count]
@@ -322,7 +322,7 @@ class Index:
 
     def note_use(self, entry_id: int, now: float, accessed: float = -math.inf) -> None:
         """Buffer a use of ``entry_id`` whose last recorded use is ``accessed`` (written by a later flush)."""
-        buffer = self._access if accessed < self.front else self._later
+        buffer = self._access if accessed <= self.front else self._later
         seen = buffer.get(entry_id)
         if seen is None:
             buffer[entry_id] = [now, 1]
