@@ -9,7 +9,8 @@ built once per size:
 - open: a new process's constructor + first get of an existing cache (the OS cache warm);
 - cleanup: ``cleanup()`` with nothing to do (ours) against ``cull()`` (diskcache), median of 3 calls;
 - mix: 90% get / 10% set of 1 KiB values over the whole key range, ops/s in one process and in four (and
-  four/one with gets only);
+  four/one with gets only; and a reader's CPU per get alone and while another process sets: each commit
+  makes SQLite drop the other processes' page caches);
 - evicting set: a set of a new key into a cache at its bound against a set with room (mean us);
 - get-hit: random keys, warm (cold when the OS cache can be dropped: root and /proc/sys/vm/drop_caches);
 - du: the directory after close over the bound (ours is given a bound of the data's size);
@@ -35,6 +36,7 @@ from typing import Any
 
 KIB = 1024
 VALUE = KIB
+WRITER_RATE = 2000  # sets a second of the other process in the "reader" figure
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -104,6 +106,39 @@ def child(lib: str, task: str, path: str, n: int, seconds: float, seed: int) -> 
         cpu = time.process_time() - cpu0
         cache.close()
         return {"ops": ops, "cpu": cpu}
+    if task == "writer":  # sets at WRITER_RATE a second for ``seconds`` (for "reader")
+        cache = _open(lib, path, n)
+        t0 = time.perf_counter()
+        done = 0
+        while time.perf_counter() - t0 < seconds:
+            cache.set(f"key-{rnd.randrange(n):08d}", value)
+            done += 1
+            ahead = done / WRITER_RATE - (time.perf_counter() - t0)
+            if ahead > 0:
+                time.sleep(ahead)
+        cache.close()
+        return {}
+    if task == "reader":  # CPU per get alone, then while another process writes
+        cache = _open(lib, path, n)
+        keys = [f"key-{rnd.randrange(n):08d}" for _ in range(min(n, 40000))]
+        for key in keys:
+            cache.get(key)  # the pages this process reads, in its page cache
+        out = {}
+        for phase in ("alone", "writer"):
+            writer = None
+            if phase == "writer":
+                writer = subprocess.Popen([sys.executable, __file__, "--child", lib, "writer", path, str(n),
+                                           str(seconds + 30), str(seed + 1)], stdout=subprocess.DEVNULL)
+                time.sleep(1.0)
+            cpu0 = time.process_time()
+            for key in keys:
+                cache.get(key)
+            out[phase] = (time.process_time() - cpu0) / len(keys) * 1e6
+            if writer is not None:
+                writer.kill()
+                writer.wait()
+        cache.close()
+        return out
     if task == "get":
         cache = _open(lib, path, n)
         keys = [f"key-{rnd.randrange(n):08d}" for _ in range(min(n, 20000))]
@@ -264,6 +299,10 @@ def main() -> None:
                            mix(lib, paths[lib], n, seconds / 2, 4, "reads")[0]) for lib in paths}
             print(f"{'':<34} reads only, four/one: ours {reads['ours'][1] / reads['ours'][0]:.2f}, "
                   f"diskcache {reads['diskcache'][1] / reads['diskcache'][0]:.2f}", flush=True)
+            reader = {lib: run(lib, "reader", paths[lib], n, seconds / 2) for lib in paths}
+            row(f"reader CPU a get, {label}, alone", reader["ours"]["alone"], reader["diskcache"]["alone"], "us")
+            row(f"  while another process sets {WRITER_RATE}/s", reader["ours"]["writer"],
+                reader["diskcache"]["writer"], "us")
             if n == sizes[0]:
                 ev = {lib: run(lib, "evict", os.path.join(root, f"{lib}-evict"), n) for lib in paths}
                 row("set, cache with room", ev["ours"]["room"], ev["diskcache"]["room"], "us")
