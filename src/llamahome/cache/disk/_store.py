@@ -209,6 +209,9 @@ class DiskCache(Store):
                         row = conn.execute(self._get_sql, (kb,)).fetchone()
                     except sqlite3.Error:
                         row = _RETRY
+                    index.until_check -= 1
+                    if index.until_check <= 0:
+                        index.notice_others()
                     if row is None:
                         self._stats.misses += 1
                         return default
