@@ -29,7 +29,7 @@ from ._log import log
 
 __all__ = [
     "Index", "FULL_DISK_STEP", "ACCESS_FLUSH_INTERVAL", "ACCESS_BUFFER_MAX", "ACCESS_RESOLUTION_SPLIT",
-    "DEFER_MIN_ENTRIES", "DEFER_BATCH_MAX", "DEFER_MAX_S", "FRONT_SPLIT", "OTHERS_CHECK_EVERY", "OTHERS_QUIET_S",
+    "DEFER_MIN_ENTRIES", "DEFER_BATCH_MAX", "DEFER_MAX_S", "FRONT_SPLIT", "OTHERS_CHECK_EVERY",
 ]
 
 T = TypeVar("T")
@@ -53,10 +53,12 @@ DEFER_MIN_ENTRIES = 200_000
 DEFER_BATCH_MAX = 65_536
 DEFER_MAX_S = 10.0
 FRONT_SPLIT = 8
-#: Every this many reads or commits a process looks whether other processes commit to the index ...
+#: Every this many reads or commits a process looks whether other processes committed to the index since
+#: its last look; it reads a large index without the memory map while more than half of its recent looks
+#: (a moving average over about 32) saw their commits, and maps it again below 1/8 (see notice_others).
 OTHERS_CHECK_EVERY = 1024
-#: ... and maps a large index again this long (seconds) after their last commit (see Index.notice_others).
-OTHERS_QUIET_S = 10.0
+OTHERS_UNMAP_SHARE = 0.5
+OTHERS_REMAP_SHARE = 0.125
 #: How long a checkpoint waits for other processes' transactions to leave the WAL (see _sqlite.checkpoint).
 CHECKPOINT_WAIT_S = 0.05
 
@@ -120,7 +122,7 @@ class Index:
         #: Reads and commits left before the next look at other processes' commits (see notice_others).
         self.until_check = OTHERS_CHECK_EVERY
         self._data_version: int | None = None
-        self._others_at = -math.inf  # when other processes' commits were last seen (time.monotonic)
+        self.others_share = 0.0  # moving average: the share of recent looks that saw other processes' commits
         self._db: sqlite3.Connection | None = None
         self._stale: list[sqlite3.Connection] = []
         self._ino: int | None = None
@@ -291,12 +293,13 @@ class Index:
             self.notice_others()
 
     def notice_others(self) -> None:
-        """Whether other processes commit to the index (PRAGMA data_version moves without us): while they do,
-        read it without the memory map. Each of their commits makes SQLite drop this connection's map, so the
-        next reads fault every page in again: at 1M entries a reader's CPU per get went from 15 to 33-37 us
-        while another process set 2,000 entries a second, against 18 us unmapped. A process alone keeps the
-        map (the 1M 90/10 mix: 47-54k ops/s mapped, 32-44k not). Called every OTHERS_CHECK_EVERY reads and
-        commits (never raises)."""
+        """Whether other processes commit to the index often (PRAGMA data_version moves without us): while they
+        do, read it without the memory map. Each of their commits makes SQLite unmap the index from this
+        connection, so the next reads fault every page in again: at 1M entries a reader's CPU per get went from
+        15 to 33-37 us while another process set 2,000 entries a second, against 18-20 us unmapped. A process
+        alone, or beside processes that commit now and then (batches of uses), keeps the map (the one-process
+        1M 90/10 mix: 47-54k ops/s mapped, 32-44k not). Called every OTHERS_CHECK_EVERY reads and commits
+        (never raises)."""
         self.until_check = OTHERS_CHECK_EVERY
         conn = self._db
         if conn is None:
@@ -305,15 +308,14 @@ class Index:
             version = conn.execute("PRAGMA data_version").fetchone()[0]
             others = self._data_version is not None and version != self._data_version
             self._data_version = version
-            if others:
-                self._others_at = time.monotonic()
-                if self._mapped:
-                    conn.execute("PRAGMA mmap_size=0")
-                    self._mapped = False
+            self.others_share = self.others_share * (31 / 32) + (1 / 32 if others else 0.0)
+            if self._mapped and self.others_share > OTHERS_UNMAP_SHARE:
+                conn.execute("PRAGMA mmap_size=0")
+                self._mapped = False
                 return
         except sqlite3.Error:
             return
-        if not self._mapped and time.monotonic() - self._others_at >= OTHERS_QUIET_S:
+        if not self._mapped and self.others_share < OTHERS_REMAP_SHARE:
             self.measure()  # maps a large index again
 
     def checkpoint(self, wait_s: float = CHECKPOINT_WAIT_S) -> None:
@@ -347,7 +349,7 @@ class Index:
             page_size = conn.execute("PRAGMA page_size").fetchone()[0]
             total, file_bytes, file_slack = conn.execute(
                 "SELECT bytes, file_bytes, file_slack FROM meta WHERE id = 0").fetchone()
-            if not self._mapped and time.monotonic() - self._others_at >= OTHERS_QUIET_S:
+            if not self._mapped and self.others_share < OTHERS_REMAP_SHARE:
                 self._mapped = dx.map_if_large(conn, pages * page_size)
         except sqlite3.Error:
             return
