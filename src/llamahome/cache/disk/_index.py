@@ -30,6 +30,7 @@ from ._log import log
 __all__ = [
     "Index", "FULL_DISK_STEP", "ACCESS_FLUSH_INTERVAL", "ACCESS_BUFFER_MAX", "ACCESS_RESOLUTION_SPLIT",
     "DEFER_MIN_ENTRIES", "DEFER_BATCH_MAX", "DEFER_MAX_S", "FRONT_SPLIT", "OTHERS_CHECK_EVERY",
+    "OTHERS_UNMAP_SHARE", "OTHERS_REMAP_SHARE",
 ]
 
 T = TypeVar("T")
@@ -123,6 +124,7 @@ class Index:
         self.until_check = OTHERS_CHECK_EVERY
         self._data_version: int | None = None
         self.others_share = 0.0  # moving average: the share of recent looks that saw other processes' commits
+        self._unmapped = False  # whether notice_others took the map away (and so may give it back)
         self._db: sqlite3.Connection | None = None
         self._stale: list[sqlite3.Connection] = []
         self._ino: int | None = None
@@ -312,11 +314,13 @@ class Index:
             if self._mapped and self.others_share > OTHERS_UNMAP_SHARE:
                 conn.execute("PRAGMA mmap_size=0")
                 self._mapped = False
+                self._unmapped = True
                 return
         except sqlite3.Error:
             return
-        if not self._mapped and self.others_share < OTHERS_REMAP_SHARE:
-            self.measure()  # maps a large index again
+        if self._unmapped and self.others_share < OTHERS_REMAP_SHARE:
+            self._unmapped = False
+            self.measure()  # maps the index again
 
     def checkpoint(self, wait_s: float = CHECKPOINT_WAIT_S) -> None:
         """Copy the WAL into the index and let it start over (never raises: the next operation reports damage)."""
