@@ -384,13 +384,13 @@ class Index:
 
     def flush_due(self) -> bool:
         """Whether urgent uses have waited a second (or filled a batch), or deferred ones are due."""
+        now = time.monotonic()
         return (bool(self._access) and (len(self._access) >= ACCESS_BUFFER_MAX
-                                        or time.monotonic() - self._last_flush >= ACCESS_FLUSH_INTERVAL)
-                ) or self._later_due()
+                                        or now - self._last_flush >= ACCESS_FLUSH_INTERVAL)
+                ) or self._later_due(now)
 
-    def _later_due(self) -> bool:
-        return bool(self._later) and (len(self._later) >= self._later_max
-                                      or time.monotonic() - self._last_full >= DEFER_MAX_S)
+    def _later_due(self, now: float) -> bool:
+        return bool(self._later) and (len(self._later) >= self._later_max or now - self._last_full >= DEFER_MAX_S)
 
     def forget_uses(self) -> None:
         self._access.clear()
@@ -399,7 +399,7 @@ class Index:
     def flush_access(self, conn: sqlite3.Connection, everything: bool = True) -> None:
         """Write the buffered uses into ``uses`` (inside a write transaction): the urgent ones, and the deferred
         ones too when ``everything`` (before an eviction, on cleanup and close) or when they are due."""
-        later = bool(self._later) and (everything or self._later_due())
+        later = bool(self._later) and (everything or self._later_due(time.monotonic()))
         rows = [(t, n, i) for i, (t, n) in self._access.items()]
         if later:
             rows += [(t, n, i) for i, (t, n) in self._later.items()]
